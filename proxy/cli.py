@@ -1,0 +1,61 @@
+"""``sipfed`` command line: run, check-config, certs, --version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from proxy import __version__, certs
+from proxy.config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipfed", description="SIP presence federation proxy")
+    parser.add_argument("--version", action="version", version=f"sipfed {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("--config", required=True, help="TOML config file")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override proxy.log_level")
+    check = commands.add_parser("check-config", help="validate a config file and print what it sets up")
+    check.add_argument("--config", required=True, help="TOML config file")
+    certs.add_arguments(commands.add_parser("certs", help="create a lab CA and leaf certificates"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "certs":
+        return certs.run(args)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(describe(config))
+        return 0
+    level = (args.log_level or config.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from proxy.server import run as run_server
+
+    return run_server(config)
+
+
+def describe(config: object) -> str:
+    """What a valid config sets up, one line per listener and route."""
+    from proxy.config import Config
+
+    assert isinstance(config, Config)
+    lines = [f"{config.path}: OK", f"proxy fqdn {config.fqdn}, Record-Route maddr {config.federation_fqdn}"]
+    for lst in config.listeners:
+        mtls = ", client certificate required" if lst.transport == "tls" and lst.require_client_cert else ""
+        lines.append(f"listener {lst.name}: {lst.transport} {lst.address}:{lst.port} as {lst.fqdn} "
+                     f"(maddr {lst.federation_fqdn}){mtls}")
+    for route in config.routes:
+        lines.append(f"route {route.name}: {route.match_uri} -> {route.destination}:{route.port} {route.transport} "
+                     f"(certificate name {route.tls_name}, via listener {route.listener or 'inbound'})")
+    for rewrite in config.maddr_rewrites:
+        lines.append(f"maddr rewrite: {rewrite.internal} <-> {rewrite.external}")
+    return "\n".join(lines)

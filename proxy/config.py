@@ -1,0 +1,317 @@
+"""The TOML config: typed, documented fields, every problem reported at once with its key path.
+
+A bad file never half-starts the proxy: ``load_config`` either returns a whole
+``Config`` or raises ``ConfigError`` listing each problem as ``key.path: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routes import StaticRoute, parse_routes
+from routes.table import DOMAIN_RE, is_host
+
+TRANSPORTS = ("tls", "tcp", "udp")
+PROXY_KEYS = {
+    "fqdn", "federation_fqdn", "tolerated_option_tags", "transaction_timeout_seconds",
+    "invite_timeout_seconds", "connect_timeout_seconds", "max_message_bytes", "log_level",
+}
+LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert"}
+TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
+TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite"}
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` lists each as ``key.path: what to do``."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"config error in {self.path}:\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """A socket sipfed accepts SIP on, and the identity it shows on that side."""
+
+    name: str
+    """Short name (``cisco``, ``lync``) used by routes, logs and metrics."""
+    transport: str
+    """``tls``, ``tcp`` or ``udp``."""
+    address: str
+    """IP address to bind."""
+    port: int
+    """Port to bind (0: any free port, for tests)."""
+    fqdn: str
+    """The name put in Via and Record-Route on this side (our certificate carries it)."""
+    federation_fqdn: str
+    """The name put in Record-Route ``maddr`` on this side (CUP's Federation Routing FQDN)."""
+    require_client_cert: bool = True
+    """Mutual TLS: refuse a TLS client that presents no certificate the CA bundle verifies."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Our certificate and the CAs we trust, for listeners and outbound connections alike."""
+
+    cert_chain: Path
+    """PEM: our certificate followed by its intermediates (the chain peers need)."""
+    key: Path
+    """PEM: the private key of ``cert_chain``."""
+    ca_bundle: Path
+    """PEM: the CA certificates that peers' chains must end in."""
+    min_version: str = "1.2"
+    """Lowest TLS version accepted: ``1.2`` or ``1.3``."""
+    ciphers: str | None = None
+    """OpenSSL cipher list for TLS 1.2, or None for the library default."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaddrRewrite:
+    """Record-Route ``maddr`` mapping: ``internal`` (e.g. a peer's private IP) <-> ``external`` (an FQDN)."""
+
+    internal: str
+    """The value a peer puts in its own Record-Route maddr."""
+    external: str
+    """The value the other side is shown instead (and that maps back on in-dialog Route)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything sipfed runs on."""
+
+    path: Path
+    """The file this came from."""
+    fqdn: str
+    """The proxy's default FQDN (Via, Record-Route)."""
+    federation_fqdn: str
+    """The default federation FQDN for Record-Route maddr."""
+    listeners: tuple[ListenerConfig, ...]
+    """Where sipfed accepts SIP."""
+    tls: TlsConfig | None
+    """TLS material, required when any listener or route uses TLS."""
+    routes: tuple[StaticRoute, ...] = ()
+    """Static routes by MatchUri."""
+    maddr_rewrites: tuple[MaddrRewrite, ...] = ()
+    """Record-Route maddr rewrite rules."""
+    tolerated_option_tags: frozenset[str] = field(default_factory=frozenset)
+    """Proxy-Require option tags passed on instead of refused with 420 (e.g. ``ms-benotify``)."""
+    transaction_timeout_seconds: float = 16.0
+    """Non-INVITE next-hop timeout before answering 408; below the sender's 32 s Timer F (RFC 4320)."""
+    invite_timeout_seconds: float = 180.0
+    """Timer C (RFC 3261 §16.6 step 11): how long an INVITE may ring."""
+    connect_timeout_seconds: float = 5.0
+    """How long a TCP connect plus TLS handshake to a next hop may take before 503."""
+    max_message_bytes: int = 65535
+    """Largest message accepted; larger gets 513 (RFC 3261 §21.5.14)."""
+    log_level: str = "info"
+    """Python logging level name."""
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raise ConfigError with every problem found."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    problems: list[str] = []
+    config = _build(raw, path, problems)
+    if problems or config is None:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | None:
+    for key in sorted(set(raw) - TOP_KEYS):
+        problems.append(f"{key}: unknown section (known: {', '.join(sorted(TOP_KEYS))})")
+    proxy = _table(raw, "proxy", problems)
+    _unknown(proxy, PROXY_KEYS, "proxy", problems)
+    fqdn = _domain(proxy, "fqdn", "proxy", problems, required=True)
+    federation_fqdn = _domain(proxy, "federation_fqdn", "proxy", problems) or fqdn
+    listeners = _listeners(raw.get("listeners"), fqdn, federation_fqdn, problems)
+    routes, route_problems = parse_routes(raw.get("routes"))
+    problems.extend(route_problems)
+    names = {listener.name for listener in listeners}
+    for i, route in enumerate(routes):
+        if route.listener is not None and route.listener not in names:
+            problems.append(f"routes[{i}].listener: no listener is named {route.listener!r} "
+                            f"(listeners: {', '.join(sorted(names)) or 'none'})")
+    needs_tls = any(lst.transport == "tls" for lst in listeners) or any(r.transport == "tls" for r in routes)
+    tls = _tls(raw.get("tls"), path.parent, needs_tls, problems)
+    settings = _settings(proxy, problems)
+    rewrites = _rewrites(raw.get("maddr_rewrite"), problems)
+    if problems:
+        return None
+    return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings)
+
+
+def _listeners(raw: object, fqdn: str, federation_fqdn: str, problems: list[str]) -> list[ListenerConfig]:
+    if raw is None:
+        # The field notes' topology: 5061 faces the Cisco side, 5062 (peer-auth) the Lync side.
+        raw = [{"name": "cisco", "port": 5061}, {"name": "lync", "port": 5062}]
+    if not isinstance(raw, list) or not raw:
+        problems.append("listeners: must be a non-empty list of tables ([[listeners]])")
+        return []
+    out: list[ListenerConfig] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(raw):
+        where = f"listeners[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: must be a table")
+            continue
+        _unknown(entry, LISTENER_KEYS, where, problems)
+        name = _string(entry, "name", where, problems, default=f"listener{i}")
+        if name in seen:
+            problems.append(f"{where}.name: {name!r} is already used by listeners[{seen[name]}]")
+        seen[name] = i
+        transport = _string(entry, "transport", where, problems, default="tls").lower()
+        if transport not in TRANSPORTS:
+            problems.append(f"{where}.transport: {transport!r} must be one of {', '.join(TRANSPORTS)}")
+        address = _string(entry, "address", where, problems, default="0.0.0.0")
+        if not is_host(address) or (DOMAIN_RE.fullmatch(address) and not address[0].isdigit()):
+            problems.append(f"{where}.address: {address!r} must be an IP address to bind")
+        port = _port(entry, "port", where, problems, default=5061)
+        require = entry.get("require_client_cert", True)
+        if not isinstance(require, bool):
+            problems.append(f"{where}.require_client_cert: must be true or false")
+        out.append(ListenerConfig(
+            name, transport, address, port,
+            _domain(entry, "fqdn", where, problems) or fqdn,
+            _domain(entry, "federation_fqdn", where, problems) or federation_fqdn,
+            bool(require),
+        ))
+    _clashing_ports(out, problems)
+    return out
+
+
+def _clashing_ports(listeners: list[ListenerConfig], problems: list[str]) -> None:
+    taken: dict[tuple[str, str, int], str] = {}
+    for listener in listeners:
+        kind = "udp" if listener.transport == "udp" else "stream"
+        key = (kind, listener.address, listener.port)
+        if listener.port and key in taken:
+            problems.append(f"listeners: {listener.name!r} and {taken[key]!r} both bind "
+                            f"{listener.address}:{listener.port}")
+        taken[key] = listener.name
+
+
+def _tls(raw: object, base: Path, needed: bool, problems: list[str]) -> TlsConfig | None:
+    if raw is None:
+        if needed:
+            problems.append("tls: missing; a TLS listener or route needs cert_chain, key and ca_bundle "
+                            "(make lab certificates with 'sipfed certs')")
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append("tls: must be a table")
+        return None
+    _unknown(raw, TLS_KEYS, "tls", problems)
+    files = {}
+    for key in ("cert_chain", "key", "ca_bundle"):
+        text = _string(raw, key, "tls", problems, required=True)
+        file = (base / text).resolve() if text else Path()
+        if text and not file.is_file():
+            problems.append(f"tls.{key}: {text!r} is not a readable file (looked at {file})")
+        files[key] = file
+    min_version = str(raw.get("min_version", "1.2"))
+    if min_version not in ("1.2", "1.3"):
+        problems.append(f"tls.min_version: {min_version!r} must be '1.2' or '1.3'")
+    ciphers = raw.get("ciphers")
+    if ciphers is not None and not isinstance(ciphers, str):
+        problems.append("tls.ciphers: must be an OpenSSL cipher string")
+    return TlsConfig(files["cert_chain"], files["key"], files["ca_bundle"], min_version, ciphers)
+
+
+def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, default in (("transaction_timeout_seconds", 16.0), ("invite_timeout_seconds", 180.0),
+                         ("connect_timeout_seconds", 5.0)):
+        value = proxy.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            problems.append(f"proxy.{key}: {value!r} must be a positive number of seconds")
+        out[key] = float(value) if isinstance(value, int | float) else default
+    size = proxy.get("max_message_bytes", 65535)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1024 <= size <= 1048576:
+        problems.append(f"proxy.max_message_bytes: {size!r} must be 1024-1048576")
+    out["max_message_bytes"] = size if isinstance(size, int) else 65535
+    tags = proxy.get("tolerated_option_tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problems.append("proxy.tolerated_option_tags: must be a list of option tags, e.g. ['ms-benotify']")
+        tags = []
+    out["tolerated_option_tags"] = frozenset(t.lower() for t in tags)
+    level = str(proxy.get("log_level", "info")).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        problems.append(f"proxy.log_level: {level!r} must be debug, info, warning or error")
+    out["log_level"] = level
+    return out
+
+
+def _rewrites(raw: object, problems: list[str]) -> list[MaddrRewrite]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append("maddr_rewrite: must be a list of tables ([[maddr_rewrite]])")
+        return []
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"maddr_rewrite[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: must be a table with 'internal' and 'external'")
+            continue
+        _unknown(entry, {"internal", "external"}, where, problems)
+        internal = _string(entry, "internal", where, problems, required=True)
+        external = _string(entry, "external", where, problems, required=True)
+        for key, value in (("internal", internal), ("external", external)):
+            if value and not is_host(value.lower()):
+                problems.append(f"{where}.{key}: {value!r} is not an IP address or FQDN")
+        out.append(MaddrRewrite(internal.lower(), external.lower()))
+    return out
+
+
+def _table(raw: Mapping[str, Any], key: str, problems: list[str]) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        problems.append(f"{key}: must be a table ([{key}])")
+        return {}
+    return value
+
+
+def _unknown(entry: Mapping[str, Any], known: set[str], where: str, problems: list[str]) -> None:
+    for key in sorted(set(entry) - known):
+        problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _string(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *,
+            required: bool = False, default: str = "") -> str:
+    value = entry.get(key)
+    if value is None:
+        if required:
+            problems.append(f"{where}.{key}: missing (required)")
+        return default
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}.{key}: must be a non-empty string, got {value!r}")
+        return default
+    return value.strip()
+
+
+def _domain(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *,
+            required: bool = False) -> str:
+    value = _string(entry, key, where, problems, required=required).lower()
+    if value and not is_host(value):
+        problems.append(f"{where}.{key}: {value!r} is not a valid FQDN")
+    return value
+
+
+def _port(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *, default: int) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 65536:
+        problems.append(f"{where}.{key}: {value!r} must be a whole number 0-65535 (0: any free port)")
+        return default
+    return value

@@ -1,0 +1,248 @@
+"""The asyncio bridge: sockets in, ``Proxy`` calls, outputs sent, one re-armed timer.
+
+Connections are persistent and reused (RFC 5923): responses go back on the accepting
+connection, requests toward a next hop reuse an open connection to it (or one the peer
+offered with ``alias``), and a new connection is opened only when none is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
+
+from proxy.net.tls import describe_failure, peer_names
+from proxy.relay.core import Proxy
+from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
+from proxy.sip.parser import FramingError, Ping, StreamFramer
+
+log = logging.getLogger("sipfed.net")
+
+HopKey = tuple[str, str, int, str | None]
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection, accepted or opened; frames messages with a StreamFramer."""
+
+    def __init__(self, driver: Driver, transport_name: str, listener: str, outbound: bool) -> None:
+        self.driver = driver
+        self.transport_name = transport_name
+        self.listener = listener
+        self.outbound = outbound
+        self.framer = StreamFramer(driver.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.flow: Flow | None = None
+        self.keys: list[Any] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
+        names = peer_names(transport.get_extra_info("ssl_object"))
+        conn_id = self.driver.register(self)
+        self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, names)
+        log.debug("connection %d %s %s:%d %s", conn_id, "to" if self.outbound else "from", peer[0], peer[1], names)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.flow is not None
+        assert self.transport is not None
+        for frame in self.framer.feed(data):
+            if isinstance(frame, bytes):
+                self.driver.deliver(self.flow, frame)
+            elif isinstance(frame, Ping):
+                self.transport.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+            elif isinstance(frame, FramingError):
+                self.driver.framing_error(self.flow, frame)
+                if frame.fatal:
+                    self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.driver.unregister(self)
+
+    def send(self, data: bytes) -> bool:
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(data)
+        return True
+
+
+class DatagramEndpoint(asyncio.DatagramProtocol):
+    """A UDP socket: each datagram is one message."""
+
+    def __init__(self, driver: Driver, listener: str) -> None:
+        self.driver = driver
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if data.strip(b"\r\n") == b"":
+            return  # keep-alive CRLFs on UDP carry nothing
+        self.driver.deliver(Flow("udp", self.listener, (str(addr[0]), addr[1]), 0), data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp %s: %s", self.listener, exc)
+
+
+class Driver:
+    """Owns the sockets and feeds the proxy core."""
+
+    def __init__(self, proxy: Proxy, loop: asyncio.AbstractEventLoop, *, client_ssl: ssl.SSLContext | None,
+                 connect_timeout: float, max_message_bytes: int) -> None:
+        self.proxy = proxy
+        self.loop = loop
+        self.client_ssl = client_ssl
+        self.connect_timeout = connect_timeout
+        self.max_message_bytes = max_message_bytes
+        self.connections: dict[int, StreamConnection] = {}
+        self.by_hop: dict[HopKey, StreamConnection] = {}
+        self.aliases: dict[tuple[str, str, int], StreamConnection] = {}
+        self.pending: dict[HopKey, list[tuple[bytes, int]]] = {}
+        self.udp: dict[str, DatagramEndpoint] = {}
+        self._ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- connection table -------------------------------------------------------------------
+
+    def register(self, conn: StreamConnection) -> int:
+        conn_id = next(self._ids)
+        self.connections[conn_id] = conn
+        return conn_id
+
+    def unregister(self, conn: StreamConnection) -> None:
+        if conn.flow is not None:
+            self.connections.pop(conn.flow.conn_id, None)
+        for key in conn.keys:
+            table: dict[Any, StreamConnection] = self.by_hop if len(key) == 4 else self.aliases
+            if table.get(key) is conn:
+                del table[key]
+
+    def stream_factory(self, transport_name: str, listener: str) -> Callable[[], StreamConnection]:
+        return lambda: StreamConnection(self, transport_name, listener, outbound=False)
+
+    # -- into the core ----------------------------------------------------------------------
+
+    def deliver(self, flow: Flow, data: bytes) -> None:
+        try:
+            self.proxy.receive(flow, data, self.loop.time())
+        except Exception:  # the core must never take the process down with it
+            log.exception("internal error on a message from %s:%d", *flow.remote)
+        self.pump()
+
+    def framing_error(self, flow: Flow, error: FramingError) -> None:
+        self.proxy.receive_framing_error(flow, error)
+        self.pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.proxy.handle_timer(self.loop.time())
+        except Exception:
+            log.exception("internal error in a timer")
+        self.pump()
+
+    # -- out of the core --------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send what the core produced and re-arm the one timer (aioquic's ``transmit``)."""
+        while outputs := self.proxy.take_outputs():
+            for output in outputs:
+                if isinstance(output, SendOnFlow):
+                    self._send_on_flow(output.flow, output.data)
+                elif isinstance(output, SendToHop):
+                    self._send_to_hop(output.hop, output.data, output.token)
+                elif isinstance(output, RegisterAlias):
+                    self._register_alias(output)
+        deadline = self.proxy.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timer) if deadline is not None else None
+            self._timer_at = deadline
+
+    def _send_on_flow(self, flow: Flow, data: bytes) -> None:
+        if flow.transport == "udp":
+            udp = self._udp_for(flow.listener)
+            if udp is not None:
+                udp.sendto(data, flow.remote)
+            return
+        conn = self.connections.get(flow.conn_id)
+        if conn is None or not conn.send(data):
+            log.warning("response to %s:%d lost: its connection closed first", *flow.remote)
+
+    def _send_to_hop(self, hop: NextHop, data: bytes, token: int) -> None:
+        if hop.transport == "udp":
+            udp = self._udp_for(hop.listener)
+            if udp is None:
+                self.proxy.hop_failed(token, "no UDP listener is configured to send from", self.loop.time())
+            else:
+                udp.sendto(data, (hop.host, hop.port))
+            return
+        key: HopKey = (hop.transport, hop.host, hop.port, hop.tls_name)
+        conn = self.by_hop.get(key) or self._alias_for(hop)
+        if conn is not None and conn.send(data):
+            return
+        waiting = self.pending.get(key)
+        if waiting is not None:
+            waiting.append((data, token))
+            return
+        self.pending[key] = [(data, token)]
+        task = self.loop.create_task(self._connect(key, hop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _alias_for(self, hop: NextHop) -> StreamConnection | None:
+        conn = self.aliases.get((hop.transport, hop.host, hop.port))
+        if conn is None or conn.flow is None:
+            return None
+        if hop.tls_name is not None and hop.tls_name not in conn.flow.peer_names:
+            return None  # RFC 5923 §5: reuse only a connection whose certificate names the hop
+        return conn
+
+    def _register_alias(self, alias: RegisterAlias) -> None:
+        conn = self.connections.get(alias.flow.conn_id)
+        if conn is not None:
+            key = (alias.flow.transport, alias.host, alias.port)
+            self.aliases[key] = conn
+            conn.keys.append(key)
+
+    async def _connect(self, key: HopKey, hop: NextHop) -> None:
+        tls = hop.transport == "tls"
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_connection(
+                lambda: StreamConnection(self, hop.transport, hop.listener, outbound=True),
+                hop.host, hop.port, ssl=self.client_ssl if tls else None,
+                server_hostname=hop.tls_name if tls else None,
+            ), self.connect_timeout)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            reason = describe_failure(exc, hop.tls_name)
+            where = f" (route {hop.route})" if hop.route else ""
+            log.warning("next hop %s%s unreachable: %s", hop, where, reason)
+            for _, token in self.pending.pop(key, []):
+                self.proxy.hop_failed(token, reason, self.loop.time())
+            self.pump()
+            return
+        self.by_hop[key] = conn
+        conn.keys.append(key)
+        for data, _ in self.pending.pop(key, []):
+            conn.send(data)
+
+    def _udp_for(self, listener: str) -> asyncio.DatagramTransport | None:
+        endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
+        return endpoint.transport if endpoint is not None else None
+
+    async def close(self) -> None:
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()

@@ -1,0 +1,83 @@
+"""TLS contexts for listeners and next hops, peer certificate names, and failures in plain words."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from proxy.config import ListenerConfig, TlsConfig
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _base_context(purpose: ssl.Purpose, tls: TlsConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(purpose, cafile=str(tls.ca_bundle))
+    context.minimum_version = _VERSIONS[tls.min_version]
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    if tls.ciphers:
+        context.set_ciphers(tls.ciphers)
+    # Our certificate goes out with its intermediates: the chain file holds them (field notes).
+    context.load_cert_chain(str(tls.cert_chain), str(tls.key))
+    return context
+
+
+def server_context(tls: TlsConfig, listener: ListenerConfig) -> ssl.SSLContext:
+    """A listener's context: mutual TLS when the listener requires a client certificate."""
+    context = _base_context(ssl.Purpose.CLIENT_AUTH, tls)
+    context.verify_mode = ssl.CERT_REQUIRED if listener.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def client_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Outbound: present our chain as client certificate, verify the next hop's chain and name.
+
+    Kamailio and OpenSIPS skip the name check on outbound TLS; we do not (RFC 5922 §7.3).
+    """
+    context = _base_context(ssl.Purpose.SERVER_AUTH, tls)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def peer_names(ssl_object: Any) -> tuple[str, ...]:
+    """The DNS and IP subjectAltNames and the CN of a verified peer certificate, lower case."""
+    if ssl_object is None:
+        return ()
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return ()
+    names = [value.lower() for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
+    for rdn in cert.get("subject", ()):
+        names.extend(value.lower() for key, value in rdn if key == "commonName")
+    return tuple(dict.fromkeys(names))
+
+
+def describe_failure(exc: BaseException, expected_name: str | None) -> str:
+    """One line an admin can act on, for a failed outbound connection or handshake."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = getattr(exc, "verify_code", 0)
+        message = getattr(exc, "verify_message", str(exc))
+        if code == 62 or "hostname mismatch" in str(message).lower() or "IP address mismatch" in str(message):
+            return (f"certificate name mismatch: the route expects {expected_name!r} but the peer's "
+                    f"certificate does not carry that name ({message})")
+        if code == 10:
+            return f"the peer's certificate has expired ({message})"
+        if code in (2, 20, 21):
+            return (f"the peer's certificate chain does not lead to our CA bundle ({message}); "
+                    "add its CA to tls.ca_bundle, or make the peer send its intermediate certificate")
+        return f"the peer's certificate was rejected: {message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if "UNSUPPORTED_CERTIFICATE" in reason.upper():
+            return ("the peer rejected our certificate (TLS alert 43 unsupported_certificate): "
+                    "check that it has the Client Authentication EKU")
+        if "CERTIFICATE_REQUIRED" in reason.upper():
+            return "the peer requires a client certificate and did not accept ours"
+        return f"TLS handshake failed: {reason}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or exc}"
+    return f"cannot connect: {exc}"

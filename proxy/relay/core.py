@@ -1,0 +1,460 @@
+"""The transaction-stateful proxy core (RFC 3261 §16, §17), with no I/O.
+
+Driven like aioquic's connection: ``receive(flow, data, now)``, ``hop_failed(token, reason, now)``
+and ``handle_timer(now)`` go in; ``take_outputs()`` and ``get_timer()`` come out.
+
+Rules:
+1. Every request that gets a server transaction ends in exactly one final response:
+   the next hop's, or ours (4xx for what §16.3 refuses, 408 on timeout, 503 when the
+   next hop cannot be reached). Nothing accepted is dropped silently.
+2. A response is sent on the flow its request came in on (§18.2.2, RFC 5923).
+3. ACK for a 2xx and responses with no transaction are never answered (§17).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+from proxy.relay.forwarding import (
+    BRANCH_PREFIX,
+    RelayPolicy,
+    choose_next_hop,
+    detect_loop,
+    hop_for_uri,
+    loop_hash,
+    mark_received,
+    prepare_forward,
+    process_routes,
+    validate,
+)
+from proxy.relay.record_route import rewrite_maddr
+from proxy.relay.types import Flow, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
+from proxy.sip.errors import SipError
+from proxy.sip.headers import canonical, parse_name_addr
+from proxy.sip.message import Headers, Request, Response, make_response, parse_message
+from proxy.sip.parser import FramingError
+from proxy.sip.transaction import (
+    T1,
+    T2,
+    T4,
+    TIMER_B,
+    TIMER_H,
+    TIMER_J,
+    TIMER_L,
+    ServerKey,
+    TimerQueue,
+    TimerSet,
+    server_key,
+)
+
+log = logging.getLogger("sipfed.relay")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, UPDATE"
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """The timing and size knobs of the core (from the config)."""
+
+    transaction_timeout_seconds: float = 16.0
+    """Non-INVITE: answer 408 when the next hop has not answered by then."""
+    invite_timeout_seconds: float = 180.0
+    """Timer C (§16.6 step 11)."""
+
+
+@dataclass(slots=True, eq=False)
+class ServerTx:
+    """A server transaction: the request as it came in and what we answered."""
+
+    key: ServerKey
+    request: Request
+    flow: Flow
+    invite: bool
+    last_response: bytes | None = None
+    final_status: int = 0
+    client: ClientTx | None = None
+    timers: TimerSet = field(default_factory=TimerSet)
+
+
+@dataclass(slots=True, eq=False)
+class ClientTx:
+    """A client transaction: the request as forwarded to one next hop."""
+
+    id: int
+    branch: str
+    method: str
+    hop: NextHop
+    data: bytes
+    request: Request
+    server: ServerTx | None
+    provisional: bool = False
+    final_status: int = 0
+    cancel_pending: bool = False
+    interval: float = T1
+    timers: TimerSet = field(default_factory=TimerSet)
+
+
+class Proxy:
+    """RFC 3261 §16 transaction-stateful proxy, one target per request (no forking)."""
+
+    def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None) -> None:
+        self.policy = policy
+        self.settings = settings or RelaySettings()
+        self.timers = TimerQueue()
+        self.server_txs: dict[ServerKey, ServerTx] = {}
+        self.client_txs: dict[tuple[str, str], ClientTx] = {}
+        self._by_id: dict[int, ClientTx] = {}
+        self._ids = itertools.count(1)
+        self._outputs: list[Output] = []
+        self._to_tag = secrets.token_hex(6)
+
+    # -- the driver's interface ------------------------------------------------------------
+
+    def take_outputs(self) -> list[Output]:
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def get_timer(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.timers.run_due(now)
+
+    def receive(self, flow: Flow, data: bytes, now: float) -> None:
+        """One whole message from a flow (a framed stream message or a datagram)."""
+        try:
+            message = parse_message(data, datagram=flow.transport == "udp")
+        except SipError as exc:
+            self._reject_unparsed(flow, data, exc)
+            return
+        try:
+            if isinstance(message, Response):
+                self._on_response(message, now)
+            else:
+                self._on_request(message, flow, now)
+        except SipError as exc:  # a header the decisions needed did not parse
+            self._reject_unparsed(flow, data, exc)
+
+    def receive_framing_error(self, flow: Flow, error: FramingError) -> None:
+        """The stream framer gave up on a message; answer it if its headers were read."""
+        log.warning("from %s:%d: %s", *flow.remote, error.error.reason)
+        if error.head:
+            self._reject_unparsed(flow, error.head, error.error)
+
+    def hop_failed(self, token: int, reason: str, now: float) -> None:
+        """The edge could not deliver to a next hop (refused, TLS failure, connect timeout)."""
+        ctx = self._by_id.get(token)
+        if ctx is None or ctx.final_status:
+            return
+        self._end_client(ctx)
+        stx = ctx.server
+        if stx is not None and not stx.final_status:
+            self._respond(stx, 503, f"Service Unavailable ({reason})", now)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _on_request(self, request: Request, flow: Flow, now: float) -> None:
+        self._maybe_alias(request, flow)
+        mark_received(request, flow)
+        if request.method == "ACK":
+            self._on_ack(request, flow, now)
+            return
+        key = server_key(request)
+        existing = self.server_txs.get(key)
+        if existing is not None:  # §17.2.1/§17.2.2: a retransmission gets the last response again
+            if existing.last_response is not None:
+                self._outputs.append(SendOnFlow(existing.flow, existing.last_response))
+            return
+        stx = ServerTx(key, request, flow, request.method == "INVITE")
+        self.server_txs[key] = stx
+        if request.method == "CANCEL":
+            self._on_cancel(stx, now)
+            return
+        if stx.invite:
+            self._respond(stx, 100, "Trying", now)  # §16.2: a stateful proxy answers INVITE at once
+        try:
+            validate(request, self.policy)
+            hashed = loop_hash(request)
+            detect_loop(request, self.policy, hashed)
+            popped = process_routes(request, self.policy)
+            hop = choose_next_hop(request, self.policy, flow, popped)
+        except SipError as exc:
+            self._respond(stx, exc.status, exc.reason, now, exc.headers)
+            return
+        if hop is None:
+            self._answer_locally(stx, now)
+        else:
+            self._forward(stx, hop, hashed, now)
+
+    def _forward(self, stx: ServerTx, hop: NextHop, hashed: str, now: float) -> None:
+        """§16.6: forward a copy over a new client transaction and arm its timers."""
+        cid = next(self._ids)
+        branch = f"{BRANCH_PREFIX}{hashed}.{cid:x}"
+        inbound = self.policy.identities[stx.flow.listener]
+        forwarded = prepare_forward(stx.request, hop, self.policy, inbound, branch)
+        data = forwarded.to_bytes()
+        ctx = ClientTx(cid, branch, stx.request.method, hop, data, forwarded, stx)
+        self.client_txs[(branch, ctx.method)] = ctx
+        self._by_id[cid] = ctx
+        stx.client = ctx
+        self._outputs.append(SendToHop(hop, data, cid))
+        timeout = TIMER_B if stx.invite else self.settings.transaction_timeout_seconds
+        ctx.timers.set("timeout", self.timers.schedule(now + timeout, lambda t: self._client_timeout(ctx, t)))
+        if hop.transport == "udp":  # §17.1.1.2 Timer A / §17.1.2.2 Timer E
+            ctx.timers.set("retransmit", self.timers.schedule(now + T1, lambda t: self._retransmit(ctx, t)))
+
+    def _answer_locally(self, stx: ServerTx, now: float) -> None:
+        """A request addressed to sipfed itself: answer OPTIONS (peers' keep-alive pings)."""
+        if stx.request.method == "OPTIONS":
+            extra = (("Allow", ALLOW), ("Accept", "application/sdp, application/pidf+xml, text/plain"),
+                     ("Supported", ""))
+            self._respond(stx, 200, "OK", now, extra)
+        else:
+            self._respond(stx, 404, "Not Found (request addressed to the proxy itself)", now)
+
+    def _on_ack(self, request: Request, flow: Flow, now: float) -> None:
+        stx = self.server_txs.get(server_key(request))
+        if stx is not None and stx.final_status >= 300:
+            # §17.2.1: the ACK for our non-2xx final ends the INVITE server transaction.
+            stx.timers.cancel_all()
+            linger = T4 if flow.transport == "udp" else 0.0
+            stx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_server(stx)))
+            return
+        # An ACK for a 2xx is end-to-end (§13.2.2.4): route it statelessly (§16.11).
+        try:
+            validate(request, self.policy)
+            popped = process_routes(request, self.policy)
+            hop = choose_next_hop(request, self.policy, flow, popped)
+        except SipError as exc:
+            log.info("ACK from %s:%d dropped: %s", *flow.remote, exc.reason)
+            return
+        if hop is None:
+            return
+        incoming = (request.top_via.branch or "").encode()
+        branch = f"{BRANCH_PREFIX}{hashlib.blake2s(incoming, digest_size=6).hexdigest()}.a"
+        forwarded = prepare_forward(request, hop, self.policy, self.policy.identities[flow.listener], branch)
+        self._outputs.append(SendToHop(hop, forwarded.to_bytes(), 0))
+
+    def _on_cancel(self, cancel: ServerTx, now: float) -> None:
+        """§16.10: answer the CANCEL, then cancel the pending INVITE's client transaction."""
+        invite = self.server_txs.get((*cancel.key[:-1], "INVITE"))
+        if invite is None:
+            self._respond(cancel, 481, "Call/Transaction Does Not Exist", now)
+            return
+        self._respond(cancel, 200, "OK", now)
+        if invite.final_status:
+            return
+        ctx = invite.client
+        if ctx is None or ctx.final_status:
+            self._respond(invite, 487, "Request Terminated", now)
+        elif ctx.provisional:
+            self._send_cancel(ctx, now)
+        else:
+            ctx.cancel_pending = True  # §9.1: no CANCEL before a provisional response
+
+    def _maybe_alias(self, request: Request, flow: Flow) -> None:
+        """RFC 5923 §5: honour ``alias`` on a stream; over TLS only if the certificate names sent-by."""
+        if flow.transport == "udp" or ";alias" not in (request.headers.get("via") or ""):
+            return
+        via = request.top_via
+        if via.param("alias") is None:
+            return
+        if flow.transport == "tls" and via.host.lower() not in flow.peer_names:
+            log.info("alias from %s:%d ignored: sent-by %s is not in its certificate", *flow.remote, via.host)
+            return
+        port = via.port or (5061 if flow.transport == "tls" else 5060)
+        self._outputs.append(RegisterAlias(flow, via.host.lower(), port))
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _on_response(self, response: Response, now: float) -> None:
+        via = response.top_via
+        _, method = response.cseq
+        ctx = self.client_txs.get((via.branch or "", method))
+        if ctx is None:
+            log.debug("response %d with no transaction (branch %s) dropped", response.status, via.branch)
+            return
+        if ctx.method == "CANCEL":
+            self._end_client(ctx)  # the 200 to our CANCEL is for us alone
+            return
+        response.headers.remove_first("via")
+        if self.policy.maddr_out and "record-route" in response.headers:
+            values = [rewrite_maddr(v, self.policy.maddr_out) for v in response.headers.get_all("record-route")]
+            response.headers.replace_all("record-route", values, "Record-Route")
+        if response.status < 200:
+            self._on_provisional(ctx, response, now)
+        else:
+            self._on_final(ctx, response, now)
+
+    def _on_provisional(self, ctx: ClientTx, response: Response, now: float) -> None:
+        if ctx.final_status:
+            return
+        if not ctx.provisional:
+            ctx.provisional = True
+            if ctx.method == "INVITE":
+                ctx.timers.cancel("retransmit")
+                ctx.timers.set("timeout", self.timers.schedule(
+                    now + self.settings.invite_timeout_seconds, lambda t: self._timer_c(ctx, t)))
+            if ctx.cancel_pending:
+                self._send_cancel(ctx, now)
+        stx = ctx.server
+        if response.status > 100 and stx is not None and not stx.final_status:
+            self._send_response(stx, response, now)  # §16.7 step 5: forward provisionals but 100
+
+    def _on_final(self, ctx: ClientTx, response: Response, now: float) -> None:
+        status = response.status
+        invite = ctx.method == "INVITE"
+        if invite and status >= 300:
+            self._send_ack(ctx, response)  # §17.1.1.3: the proxy ACKs a non-2xx final hop by hop
+        stx = ctx.server
+        if ctx.final_status:
+            # A retransmitted final: only a 2xx to INVITE travels on (RFC 6026 §8.4).
+            if invite and 200 <= status < 300 and stx is not None:
+                self._outputs.append(SendOnFlow(stx.flow, response.to_bytes()))
+            return
+        ctx.final_status = status
+        ctx.timers.cancel_all()
+        linger = TIMER_L if invite and status < 300 else (T4 if ctx.hop.transport == "udp" else 0.0)
+        ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
+        if stx is None or (stx.final_status and not (invite and status < 300)):
+            return
+        if status == 503:
+            # §16.7 step 6: a 503 would make the sender think sipfed itself is unavailable.
+            response.status, response.reason = 500, "Next Hop Unavailable (503)"
+        self._send_response(stx, response, now)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _client_timeout(self, ctx: ClientTx, now: float) -> None:
+        """Timer F (our shorter non-INVITE limit, RFC 4320) or Timer B: answer 408 upstream."""
+        self._end_client(ctx)
+        stx = ctx.server
+        waited = self.settings.transaction_timeout_seconds if ctx.method != "INVITE" else TIMER_B
+        log.warning("%s to %s: no final response in %g s", ctx.method, ctx.hop, waited)
+        if stx is not None and not stx.final_status:
+            self._respond(stx, 408, f"Request Timeout (no answer from {ctx.hop.host} in {waited:g} s)", now)
+
+    def _timer_c(self, ctx: ClientTx, now: float) -> None:
+        """§16.6 step 11 / §16.8: Timer C fired on a ringing INVITE: CANCEL it, wait for its 487."""
+        self._send_cancel(ctx, now)
+        ctx.timers.set("timeout", self.timers.schedule(now + TIMER_B, lambda t: self._client_timeout(ctx, t)))
+
+    def _retransmit(self, ctx: ClientTx, now: float) -> None:
+        """§17.1.1.2 Timer A / §17.1.2.2 Timer E over UDP."""
+        if ctx.final_status or (ctx.method == "INVITE" and ctx.provisional):
+            return
+        self._outputs.append(SendToHop(ctx.hop, ctx.data, ctx.id))
+        ctx.interval = T2 if ctx.provisional else min(ctx.interval * 2, T2 if ctx.method != "INVITE" else 64 * T1)
+        ctx.timers.set("retransmit", self.timers.schedule(now + ctx.interval, lambda t: self._retransmit(ctx, t)))
+
+    def _retransmit_final(self, stx: ServerTx, interval: float, now: float) -> None:
+        """§17.2.1 Timer G: resend a non-2xx final to INVITE over UDP until the ACK comes."""
+        if stx.last_response is None or stx.key not in self.server_txs:
+            return
+        self._outputs.append(SendOnFlow(stx.flow, stx.last_response))
+        nxt = min(interval * 2, T2)
+        stx.timers.set("g", self.timers.schedule(now + nxt, lambda t: self._retransmit_final(stx, nxt, t)))
+
+    # -- building and sending ---------------------------------------------------------------
+
+    def _respond(self, stx: ServerTx, status: int, reason: str, now: float,
+                 extra: tuple[tuple[str, str], ...] = ()) -> None:
+        reason = " ".join(reason.split())  # a Reason-Phrase holds no CR or LF (§25.1)
+        self._send_response(stx, make_response(stx.request, status, reason, to_tag=self._to_tag, extra=extra), now)
+
+    def _send_response(self, stx: ServerTx, response: Response, now: float) -> None:
+        data = response.to_bytes()
+        stx.last_response = data
+        self._outputs.append(SendOnFlow(stx.flow, data))
+        if response.status >= 200 and not stx.final_status:
+            self._server_final(stx, response.status, now)
+
+    def _server_final(self, stx: ServerTx, status: int, now: float) -> None:
+        """How long a server transaction outlives its final response (§17.2, RFC 6026)."""
+        stx.final_status = status
+        udp = stx.flow.transport == "udp"
+        if stx.invite and status >= 300:
+            linger = TIMER_H  # wait for the ACK
+            if udp:
+                stx.timers.set("g", self.timers.schedule(now + T1, lambda t: self._retransmit_final(stx, T1, t)))
+        elif stx.invite:
+            linger = TIMER_L
+        else:
+            linger = TIMER_J if udp else 0.0
+        if linger:
+            stx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_server(stx)))
+        else:
+            self._end_server(stx)
+
+    def _send_cancel(self, ctx: ClientTx, now: float) -> None:
+        """§9.1: CANCEL with the INVITE's Request-URI, Call-ID, From, To, CSeq number, top Via and Route."""
+        ctx.cancel_pending = False
+        request = _hop_request(ctx, "CANCEL", to=ctx.request.headers.get("to") or "")
+        cid = next(self._ids)
+        cancel = ClientTx(cid, ctx.branch, "CANCEL", ctx.hop, request.to_bytes(), request, None)
+        self.client_txs[(ctx.branch, "CANCEL")] = cancel
+        self._by_id[cid] = cancel
+        cancel.timers.set("end", self.timers.schedule(now + TIMER_B, lambda t: self._end_client(cancel)))
+        self._outputs.append(SendToHop(ctx.hop, cancel.data, 0))
+
+    def _send_ack(self, ctx: ClientTx, response: Response) -> None:
+        """§17.1.1.3: ACK a non-2xx final with the To of the response."""
+        ack = _hop_request(ctx, "ACK", to=response.headers.get("to") or "")
+        self._outputs.append(SendToHop(ctx.hop, ack.to_bytes(), 0))
+
+    def _end_client(self, ctx: ClientTx) -> None:
+        ctx.timers.cancel_all()
+        if self.client_txs.get((ctx.branch, ctx.method)) is ctx:
+            del self.client_txs[(ctx.branch, ctx.method)]
+        self._by_id.pop(ctx.id, None)
+
+    def _end_server(self, stx: ServerTx) -> None:
+        stx.timers.cancel_all()
+        if self.server_txs.get(stx.key) is stx:
+            del self.server_txs[stx.key]
+
+    def _reject_unparsed(self, flow: Flow, data: bytes, exc: SipError) -> None:
+        """Answer a request we could not parse with its 4xx/5xx if it can be addressed; drop the rest."""
+        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+        lines = head.split("\r\n")
+        start = lines[0]
+        if start.startswith("SIP/") or start.startswith("ACK ") or not start.strip():
+            log.warning("dropped malformed message from %s:%d: %s", *flow.remote, exc.reason)
+            return
+        copied = Headers()
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if colon and canonical(name.strip()) in ("via", "from", "to", "call-id", "cseq"):
+                copied.append(name.strip(), value.strip())
+        if "via" not in copied:
+            log.warning("dropped malformed request from %s:%d (no Via to answer): %s", *flow.remote, exc.reason)
+            return
+        for name, value in exc.headers:
+            copied.append(name, value)
+        copied.append("Content-Length", "0")
+        reason = " ".join(exc.reason.split())
+        log.info("answered %d %s to %s:%d", exc.status, reason, *flow.remote)
+        self._outputs.append(SendOnFlow(flow, Response(copied, b"", "SIP/2.0", exc.status, reason).to_bytes()))
+
+
+def _hop_request(ctx: ClientTx, method: str, to: str) -> Request:
+    """A CANCEL or ACK built from the forwarded request of a client transaction (§9.1, §17.1.1.3)."""
+    fwd = ctx.request
+    headers = Headers()
+    headers.append("Via", fwd.headers.get("via") or "")
+    for value in fwd.headers.get_all("route"):
+        headers.append("Route", value)
+    headers.append("Max-Forwards", "70")
+    headers.append("From", fwd.headers.get("from") or "")
+    headers.append("To", to)
+    headers.append("Call-ID", fwd.call_id)
+    headers.append("CSeq", f"{fwd.cseq[0]} {method}")
+    headers.append("Content-Length", "0")
+    return Request(headers, b"", "SIP/2.0", method, fwd.uri)
+
+
+__all__ = ["Proxy", "RelaySettings", "hop_for_uri", "parse_name_addr"]

@@ -1,0 +1,200 @@
+"""RFC 3261 §16.3-§16.6 as plain functions: validate, process Route, choose the next hop, forward.
+
+Every function takes the request and a ``RelayPolicy`` and either returns a decision or
+raises a ``SipError`` carrying the status to answer with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from proxy.relay.record_route import RECORD_ROUTE_METHODS, our_record_routes, rewrite_maddr
+from proxy.relay.types import Flow, Identity, NextHop
+from proxy.sip.errors import SipError
+from proxy.sip.grammar import MAGIC_COOKIE, is_ip_literal
+from proxy.sip.headers import parse_name_addr, parse_via
+from proxy.sip.message import Request
+from proxy.sip.uri import DEFAULT_PORTS, SipUri
+from routes import RouteTable
+
+#: Our branches: the magic cookie, our mark, the loop-detection hash, a dot, the transaction id.
+BRANCH_PREFIX = MAGIC_COOKIE + "sf"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPolicy:
+    """What the forwarding decisions need to know about this proxy."""
+
+    identities: dict[str, Identity]
+    """Our identity on each listener, by listener name."""
+    routes: RouteTable
+    """Static routes by MatchUri."""
+    maddr_out: dict[str, str] = field(default_factory=dict)
+    """maddr rewrite for Record-Route: internal -> external."""
+    maddr_in: dict[str, str] = field(default_factory=dict)
+    """The reverse, for Route on in-dialog requests: external -> internal."""
+    tolerated_option_tags: frozenset[str] = frozenset()
+    """Proxy-Require option tags passed on instead of refused."""
+    own_names: frozenset[str] = frozenset()
+    """Our FQDNs and federation FQDNs, lower case."""
+    own_addresses: frozenset[tuple[str, int]] = frozenset()
+    """(IP, port) pairs we listen on."""
+    own_ports: frozenset[int] = frozenset()
+    """Ports we listen on."""
+
+    @classmethod
+    def build(cls, identities: list[Identity], routes: RouteTable, maddr_out: dict[str, str],
+              tolerated: frozenset[str]) -> RelayPolicy:
+        names = {i.fqdn.lower() for i in identities} | {i.federation_fqdn.lower() for i in identities}
+        addresses: set[tuple[str, int]] = set()
+        for ident in identities:
+            bound = ["127.0.0.1"] if ident.address in ("0.0.0.0", "::") else [ident.address]
+            addresses.update((addr, ident.port) for addr in bound)
+        return cls({i.listener: i for i in identities}, routes, dict(maddr_out),
+                   {v: k for k, v in maddr_out.items()}, tolerated, frozenset(names),
+                   frozenset(addresses), frozenset(i.port for i in identities))
+
+    def is_own_uri(self, uri: SipUri) -> bool:
+        """§16.4: a URI that names this proxy, by FQDN, by address, or by maddr."""
+        maddr = uri.param("maddr")
+        if maddr and maddr.lower() in self.own_names:
+            return True
+        host = uri.host.lower()
+        if host in self.own_names:
+            return uri.port is None or uri.port in self.own_ports
+        if is_ip_literal(host):
+            port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
+            return (host, port) in self.own_addresses
+        return False
+
+
+def validate(request: Request, policy: RelayPolicy) -> None:
+    """§16.3 steps 1-3 and 6: reasonable syntax, URI scheme, Max-Forwards, Proxy-Require."""
+    request.request_uri  # noqa: B018 - 416 for a non-SIP scheme (RFC 4475 §3.3.2), 400 if malformed
+    request.from_  # noqa: B018 - From and To must parse (RFC 4475 §3.1.2.6, §3.1.2.13)
+    request.to  # noqa: B018
+    max_forwards = request.headers.get("max-forwards")
+    if max_forwards is not None and int(max_forwards) == 0:
+        raise SipError("Too Many Hops", 483)  # §16.3 step 3
+    unsupported = [
+        tag for value in request.headers.get_all("proxy-require") for tag in
+        (t.strip() for t in value.split(",")) if tag and tag.lower() not in policy.tolerated_option_tags
+    ]
+    if unsupported:  # §16.3 step 6
+        raise SipError("Bad Extension", 420, (("Unsupported", ", ".join(unsupported)),))
+
+
+def loop_hash(request: Request) -> str:
+    """§16.6 step 8: a hash of the fields loop detection compares (§16.3 step 4)."""
+    h = hashlib.blake2s(digest_size=6)
+    for part in (
+        request.uri, request.to.param("tag") or "", request.from_.param("tag") or "", request.call_id,
+        str(request.cseq[0]), *request.headers.get_all("proxy-require"),
+        *request.headers.get_all("proxy-authorization"), *request.headers.get_all("route"),
+    ):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def detect_loop(request: Request, policy: RelayPolicy, hashed: str) -> None:
+    """§16.3 step 4: our Via with the same loop hash means the request came back unchanged: 482."""
+    for value in request.headers.get_all("via"):
+        if BRANCH_PREFIX not in value:
+            continue
+        via = parse_via(value)
+        branch = via.branch or ""
+        if branch.startswith(BRANCH_PREFIX) and via.host.lower() in policy.own_names | {
+            a for a, _ in policy.own_addresses
+        } and branch[len(BRANCH_PREFIX):].split(".")[0] == hashed:
+            raise SipError("Loop Detected", 482)
+
+
+def process_routes(request: Request, policy: RelayPolicy) -> bool:
+    """§16.4: undo a strict router's rewrite, pop our own Route entries; True if we popped any."""
+    routes = request.headers.get_all("route")
+    popped = False
+    if routes and policy.is_own_uri(request.request_uri):
+        # §16.4: the previous hop was a strict router; the real target is the last Route.
+        request.set_uri(parse_name_addr(routes[-1]).uri)
+        routes = routes[:-1]
+        popped = True
+    while routes and policy.is_own_uri(parse_name_addr(routes[0]).uri):
+        routes = routes[1:]  # several in a row after an RFC 5658 double Record-Route
+        popped = True
+    if policy.maddr_in:
+        routes = [rewrite_maddr(value, policy.maddr_in) for value in routes]
+    request.headers.replace_all("route", routes, "Route")
+    return popped
+
+
+def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_own: bool) -> NextHop | None:
+    """§16.5/§16.6 steps 6-7: the next hop; None when the request is for this proxy itself."""
+    first_route = request.headers.get("route")
+    if first_route is not None:
+        return hop_for_uri(parse_name_addr(first_route).uri, policy, flow.listener)
+    uri = request.request_uri
+    route = policy.routes.lookup(uri.host)
+    if route is not None and not (popped_own and (uri.port is not None or uri.host_is_ip)):
+        listener = route.listener or flow.listener
+        return NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name)
+    if policy.is_own_uri(uri):
+        return None
+    if popped_own or request.to.param("tag") is not None or request.method == "ACK":
+        return hop_for_uri(uri, policy, flow.listener)  # in a dialog we are on: go where it points
+    raise SipError(f"Not Found (no route for domain {uri.host})", 404)
+
+
+def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str) -> NextHop:
+    """RFC 3263 §4 for a URI with an explicit host (maddr first); a static route to the same
+    destination lends its port, transport and certificate name."""
+    host = uri.target_host.lower()
+    route = policy.routes.by_destination(host) or policy.routes.by_destination(uri.host.lower())
+    transport = uri.explicit_transport or (route.transport if route else "udp")
+    port = uri.port or (route.port if route else DEFAULT_PORTS.get(transport, 5060))
+    tls_name = route.tls_name if route else uri.host.lower()
+    listener = route.listener if route and route.listener else default_listener
+    return NextHop(transport, host, port, tls_name if transport == "tls" else None, listener,
+                   route.name if route else None)
+
+
+def prepare_forward(request: Request, hop: NextHop, policy: RelayPolicy, inbound: Identity, branch: str) -> Request:
+    """§16.6 steps 1-8 on a copy: Max-Forwards, Record-Route, maddr rewrite, our Via."""
+    out = request.copy()
+    headers = out.headers
+    max_forwards = headers.get("max-forwards")
+    headers.set("Max-Forwards", str(int(max_forwards) - 1) if max_forwards is not None else "70")
+    outbound = policy.identities[hop.listener]
+    if policy.maddr_out and "record-route" in headers:
+        values = [rewrite_maddr(v, policy.maddr_out) for v in headers.get_all("record-route")]
+        headers.replace_all("record-route", values, "Record-Route")
+    if out.method in RECORD_ROUTE_METHODS:
+        for value in reversed(our_record_routes(inbound, outbound)):
+            headers.prepend("Record-Route", value)
+    headers.prepend("Via", via_value(outbound, hop.transport, branch))
+    return out
+
+
+def via_value(identity: Identity, transport: str, branch: str) -> str:
+    """§16.6 step 8 / §18.1.1: our Via; UDP asks for rport (RFC 3581) so answers come back to us."""
+    if transport == "udp":
+        host = identity.address if identity.address not in ("0.0.0.0", "::") else identity.fqdn
+        return f"SIP/2.0/UDP {host}:{identity.port};branch={branch};rport"
+    return f"SIP/2.0/{transport.upper()} {identity.fqdn}:{identity.port};branch={branch}"
+
+
+def mark_received(request: Request, flow: Flow) -> None:
+    """§18.2.1: add received= when the sent-by host is not the source address; fill rport (RFC 3581 §4)."""
+    value = request.headers.get("via")
+    if value is None:
+        return
+    via = parse_via(value)
+    source_ip, source_port = flow.remote
+    changed = value
+    if via.host != source_ip and via.param("received") is None:
+        changed += f";received={source_ip}"
+    if via.param("rport") == "":
+        changed = changed.replace(";rport", f";rport={source_port}", 1)
+    if changed is not value:
+        request.headers.set("Via", changed)

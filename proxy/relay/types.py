@@ -1,0 +1,97 @@
+"""What flows between the sans-IO proxy core and the asyncio edge: flows in, sends out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Where a message came from: a connection (TLS/TCP) or a UDP socket and a remote address."""
+
+    transport: str
+    """``tls``, ``tcp`` or ``udp``."""
+    listener: str
+    """Name of the listener this flow belongs to (for outbound connections: the route's listener)."""
+    remote: tuple[str, int]
+    """The peer's IP address and port."""
+    conn_id: int
+    """The edge's connection id (UDP: 0)."""
+    peer_names: tuple[str, ...] = ()
+    """Names (DNS and IP SANs, CN) of the peer's verified TLS certificate; () if none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """How sipfed names itself on one listener's side."""
+
+    listener: str
+    """The listener's name."""
+    transport: str
+    """The listener's transport."""
+    address: str
+    """The bound IP address."""
+    port: int
+    """The bound port (the real one when the config said 0)."""
+    fqdn: str
+    """Name in Via and Record-Route."""
+    federation_fqdn: str
+    """Name in Record-Route maddr."""
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where a request goes next (RFC 3261 §16.6 step 7)."""
+
+    transport: str
+    """``tls``, ``tcp`` or ``udp``."""
+    host: str
+    """Name or IP address to connect to."""
+    port: int
+    """Port to connect to."""
+    tls_name: str | None
+    """The name the next hop's certificate must carry (TLS only)."""
+    listener: str
+    """The listener whose identity faces this hop."""
+    route: str | None = None
+    """The static route that chose this hop, for logs; None when a Route header or dialog did."""
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port};transport={self.transport}"
+
+
+@dataclass(frozen=True, slots=True)
+class SendOnFlow:
+    """Send bytes back on a flow (a response on the connection its request came in on)."""
+
+    flow: Flow
+    """The flow to send on."""
+    data: bytes
+    """The serialised message."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendToHop:
+    """Send a request toward a next hop, reusing an open connection or opening one."""
+
+    hop: NextHop
+    """Where to."""
+    data: bytes
+    """The serialised request."""
+    token: int
+    """Reported back with ``Proxy.hop_failed`` if the hop cannot be reached (0: nobody to tell)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAlias:
+    """RFC 5923: requests toward ``host:port`` over ``transport`` may reuse ``flow``."""
+
+    flow: Flow
+    """The connection to reuse."""
+    host: str
+    """The Via sent-by host the peer offered."""
+    port: int
+    """The Via sent-by port."""
+
+
+Output = SendOnFlow | SendToHop | RegisterAlias

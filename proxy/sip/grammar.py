@@ -1,0 +1,40 @@
+"""Character classes and regexes of RFC 3261 §25.1, each under the ABNF rule it implements."""
+
+from __future__ import annotations
+
+import re
+
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+TOKEN_RE = re.compile(TOKEN)
+
+# Method = INVITEm / ACKm / ... / extension-method ; extension-method = token
+METHOD_RE = re.compile(TOKEN)
+
+# Request-Line = Method SP Request-URI SP SIP-Version CRLF  (exactly one SP each, §7.1)
+REQUEST_LINE_RE = re.compile(r"(" + TOKEN + r") (\S+) (SIP/\d+\.\d+)")
+
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF ; Status-Code = 3DIGIT
+STATUS_LINE_RE = re.compile(r"(SIP/\d+\.\d+) (\d{3}) ?(.*)")
+
+# hostname = *( domainlabel "." ) toplabel [ "." ]  /  IPv4address  /  IPv6reference
+HOST_RE = re.compile(r"[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\]")
+IPV4_RE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+# header-name = token ; HCOLON = *( SP / HTAB ) ":" SWS
+HEADER_NAME_RE = re.compile(TOKEN)
+
+# Via: sent-protocol LWS sent-by *( SEMI via-params ) ; sent-protocol = name SLASH version SLASH transport
+VIA_RE = re.compile(
+    r"\s*(" + TOKEN + r")\s*/\s*(" + TOKEN + r")\s*/\s*(" + TOKEN + r")\s+"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*(\d+))?\s*(.*)",
+    re.DOTALL,
+)
+
+# The magic cookie that marks an RFC 3261 branch (§8.1.1.7).
+MAGIC_COOKIE = "z9hG4bK"
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4address or IPv6reference host."""
+    return host.startswith("[") or IPV4_RE.fullmatch(host) is not None

@@ -1,0 +1,191 @@
+"""Header names (RFC 3261 §7.3.3 compact forms), comma lists, name-addr and Via values (§20)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.sip.errors import SipSyntaxError
+from proxy.sip.grammar import VIA_RE
+from proxy.sip.uri import Param, SipUri, parse_uri
+
+#: RFC 3261 §7.3.3 and later RFCs' compact forms -> canonical lower-case name.
+COMPACT_FORMS = {
+    "a": "accept-contact",  # RFC 3841
+    "b": "referred-by",  # RFC 3892
+    "c": "content-type",
+    "d": "request-disposition",  # RFC 3841
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",  # RFC 3841
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "o": "event",  # RFC 6665
+    "r": "refer-to",  # RFC 3515
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",  # RFC 6665
+    "v": "via",
+    "x": "session-expires",  # RFC 4028
+    "y": "identity",  # RFC 8224
+}
+
+#: Headers the proxy edits value by value; a line holding several is split on parse (§7.3.1).
+LIST_HEADERS = frozenset({"via", "route", "record-route"})
+
+
+def canonical(name: str) -> str:
+    """The lookup key of a header name: lower case, compact form expanded."""
+    key = name.lower()
+    return COMPACT_FORMS.get(key, key)
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value at the commas that separate values, not those in quotes or <>."""
+    if "," not in value:
+        return [value]
+    parts: list[str] = []
+    depth_angle = 0
+    in_quotes = False
+    start = 0
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if in_quotes:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_quotes = False
+        elif c == '"':
+            in_quotes = True
+        elif c == "<":
+            depth_angle += 1
+        elif c == ">":
+            depth_angle -= 1
+        elif c == "," and depth_angle == 0:
+            parts.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    if in_quotes:
+        raise SipSyntaxError(f"unterminated quoted string in {value!r}")
+    parts.append(value[start:].strip())
+    return parts
+
+
+def parse_params(text: str) -> tuple[Param, ...]:
+    """generic-param list after a value: ``;name=value;flag`` (quoted values kept whole)."""
+    params: list[Param] = []
+    text = text.strip()
+    if not text:
+        return ()
+    if not text.startswith(";"):
+        raise SipSyntaxError(f"expected ';' before parameters in {text!r}")
+    for raw in _split_semis(text[1:]):
+        key, eq, value = raw.partition("=")
+        key = key.strip()
+        if not key:
+            raise SipSyntaxError(f"empty parameter in {text!r}")
+        params.append((key, value.strip() if eq else None))
+    return tuple(params)
+
+
+def _split_semis(text: str) -> list[str]:
+    if '"' not in text:
+        return text.split(";")
+    out: list[str] = []
+    in_quotes = False
+    start = 0
+    for i, c in enumerate(text):
+        if c == '"' and (i == 0 or text[i - 1] != "\\"):
+            in_quotes = not in_quotes
+        elif c == ";" and not in_quotes:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
+
+
+def find_param(params: tuple[Param, ...], name: str) -> str | None:
+    lname = name.lower()
+    for key, value in params:
+        if key.lower() == lname:
+            return "" if value is None else value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """RFC 3261 §20.10 name-addr / addr-spec with header parameters."""
+
+    display: str
+    """The display-name as written (with its quotes), or ''."""
+    uri: SipUri
+    """The URI inside <> (or the bare addr-spec)."""
+    params: tuple[Param, ...]
+    """Header parameters after the URI (e.g. tag)."""
+    angle: bool = True
+    """Whether the URI was enclosed in <>."""
+
+    def param(self, name: str) -> str | None:
+        return find_param(self.params, name)
+
+    def __str__(self) -> str:
+        head = f"{self.display} <{self.uri}>" if self.display else f"<{self.uri}>"
+        if not self.angle:
+            head = str(self.uri)
+        tail = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params)
+        return head + tail
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """Parse ``"Name" <sip:...>;p=v`` or ``sip:...;p=v`` (§20.10: then the params are the header's)."""
+    value = value.strip()
+    lt = value.find("<")
+    if lt < 0:
+        uri_text, _, rest = value.partition(";")
+        return NameAddr("", parse_uri(uri_text.strip()), parse_params(";" + rest if rest else ""), False)
+    if value.count('"') % 2:
+        raise SipSyntaxError(f"unterminated quoted display name in {value!r}")
+    gt = value.find(">", lt)
+    if gt < 0:
+        raise SipSyntaxError(f"unclosed '<' in {value!r}")
+    return NameAddr(value[:lt].strip(), parse_uri(value[lt + 1 : gt]), parse_params(value[gt + 1 :]))
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """RFC 3261 §20.42 one Via header field value."""
+
+    transport: str
+    """The transport of sent-protocol, upper case as sent (TLS, TCP, UDP, ...)."""
+    host: str
+    """sent-by host."""
+    port: int | None
+    """sent-by port, None if absent."""
+    params: tuple[Param, ...]
+    """via-params in order."""
+
+    @property
+    def branch(self) -> str | None:
+        return find_param(self.params, "branch")
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def param(self, name: str) -> str | None:
+        return find_param(self.params, name)
+
+
+def parse_via(value: str) -> Via:
+    """Parse one Via value: ``SIP/2.0/TLS host:port;branch=...``."""
+    match = VIA_RE.fullmatch(value)
+    if match is None:
+        raise SipSyntaxError(f"malformed Via {value!r}")
+    name, version, transport, host, port, rest = match.groups()
+    if name.upper() != "SIP" or version != "2.0":
+        raise SipSyntaxError(f"Via with unknown protocol {name}/{version}")
+    if port is not None and not 0 < int(port) < 65536:
+        raise SipSyntaxError(f"Via port out of range in {value!r}")
+    return Via(transport.upper(), host, int(port) if port else None, parse_params(rest))

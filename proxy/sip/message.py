@@ -1,0 +1,314 @@
+"""SIP requests and responses (RFC 3261 §7): parse one whole message, edit headers, serialise.
+
+Header values are kept as written; the proxy edits only the few it must (Via,
+Route, Record-Route, Max-Forwards) and everything else passes byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from proxy.sip.errors import SipSyntaxError, UnsupportedVersion
+from proxy.sip.grammar import HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE, TOKEN_RE
+from proxy.sip.headers import LIST_HEADERS, NameAddr, Via, canonical, parse_name_addr, parse_via, split_commas
+from proxy.sip.uri import SipUri, parse_uri
+
+#: RFC 3261 §8.1.1: the headers a request cannot be processed without (RFC 4475 §3.3.1).
+MANDATORY_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
+MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
+
+
+class Headers:
+    """An ordered header list of (key, name-as-written, value) with lookup by canonical key."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[tuple[str, str, str]] = ()) -> None:
+        self.items: list[tuple[str, str, str]] = list(items)
+
+    def get(self, key: str) -> str | None:
+        for k, _, value in self.items:
+            if k == key:
+                return value
+        return None
+
+    def get_all(self, key: str) -> list[str]:
+        return [value for k, _, value in self.items if k == key]
+
+    def count(self, key: str) -> int:
+        return sum(1 for k, _, _ in self.items if k == key)
+
+    def __contains__(self, key: object) -> bool:
+        return any(k == key for k, _, _ in self.items)
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        return iter(self.items)
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert ``name: value`` above the first header of that name (or at the top)."""
+        key = canonical(name)
+        for i, (k, _, _) in enumerate(self.items):
+            if k == key:
+                self.items.insert(i, (key, name, value))
+                return
+        self.items.insert(0, (key, name, value))
+
+    def append(self, name: str, value: str) -> None:
+        self.items.append((canonical(name), name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace the first header of that name in place, or append it."""
+        key = canonical(name)
+        for i, (k, written, _) in enumerate(self.items):
+            if k == key:
+                self.items[i] = (key, written, value)
+                return
+        self.items.append((key, name, value))
+
+    def remove_first(self, key: str) -> str | None:
+        for i, (k, _, value) in enumerate(self.items):
+            if k == key:
+                del self.items[i]
+                return value
+        return None
+
+    def replace_all(self, key: str, values: list[str], name: str) -> None:
+        """Put ``values`` where the ``key`` headers stood (one line each), keeping their position."""
+        positions = [i for i, (k, _, _) in enumerate(self.items) if k == key]
+        at = positions[0] if positions else len(self.items)
+        written = self.items[at][1] if positions else name
+        kept = [item for item in self.items if item[0] != key]
+        at -= sum(1 for p in positions if p < at)
+        kept[at:at] = [(key, written, v) for v in values]
+        self.items = kept
+
+    def copy(self) -> Headers:
+        return Headers(self.items)
+
+
+@dataclass(slots=True)
+class Message:
+    """What requests and responses share: headers and body."""
+
+    headers: Headers
+    """All header fields in order."""
+    body: bytes = b""
+    """The message body, untouched."""
+    version: str = "SIP/2.0"
+    """The SIP-Version of the start line."""
+
+    @property
+    def call_id(self) -> str:
+        return self.headers.get("call-id") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """RFC 3261 §20.16 CSeq: (sequence number, method)."""
+        return parse_cseq(self.headers.get("cseq") or "")
+
+    @property
+    def vias(self) -> list[Via]:
+        return [parse_via(v) for v in self.headers.get_all("via")]
+
+    @property
+    def top_via(self) -> Via:
+        value = self.headers.get("via")
+        if value is None:
+            raise SipSyntaxError("Missing Via header")
+        return parse_via(value)
+
+    @property
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self.headers.get("from") or "")
+
+    @property
+    def to(self) -> NameAddr:
+        return parse_name_addr(self.headers.get("to") or "")
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialise; Content-Length is added if absent (mandatory on streams, RFC 3261 §20.14)."""
+        parts = [self.start_line()]
+        parts.extend(f"{name}: {value}" for _, name, value in self.headers.items)
+        if "content-length" not in self.headers:
+            parts.append(f"Content-Length: {len(self.body)}")
+        parts.append("\r\n")
+        return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass(slots=True)
+class Request(Message):
+    """A SIP request (RFC 3261 §7.1)."""
+
+    method: str = ""
+    """The method as sent (case-sensitive, §7.1)."""
+    uri: str = ""
+    """The Request-URI as text."""
+    _parsed_uri: SipUri | None = field(default=None, repr=False)
+
+    @property
+    def request_uri(self) -> SipUri:
+        """The Request-URI parsed (raises UnsupportedScheme for non-SIP schemes)."""
+        if self._parsed_uri is None or str(self._parsed_uri) != self.uri:
+            self._parsed_uri = parse_uri(self.uri)
+        return self._parsed_uri
+
+    def set_uri(self, uri: SipUri) -> None:
+        self._parsed_uri = uri
+        self.uri = str(uri)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def copy(self) -> Request:
+        return Request(self.headers.copy(), self.body, self.version, self.method, self.uri, self._parsed_uri)
+
+
+@dataclass(slots=True)
+class Response(Message):
+    """A SIP response (RFC 3261 §7.2)."""
+
+    status: int = 0
+    """The Status-Code."""
+    reason: str = ""
+    """The Reason-Phrase."""
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+
+def parse_cseq(value: str) -> tuple[int, str]:
+    """CSeq = 1*DIGIT LWS Method (§20.16); the number is below 2**31 (§8.1.1.5)."""
+    number, _, method = value.strip().partition(" ")
+    method = method.strip()
+    if not number.isdigit() or not TOKEN_RE.fullmatch(method or "-"):
+        raise SipSyntaxError(f"malformed CSeq {value!r}")
+    if int(number) > MAX_CSEQ:
+        raise SipSyntaxError(f"CSeq number {number} exceeds 2**31-1")
+    return int(number), method
+
+
+def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256) -> Request | Response:
+    """Parse one complete message.
+
+    On a stream the framer has already cut the body by Content-Length. In a datagram
+    Content-Length, when present, says where the body ends; octets after it are dropped
+    (RFC 3261 §18.3, RFC 4475 §3.1.1.8), and a Content-Length past the end is an error.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise SipSyntaxError("message has no empty line after the headers")
+    head = data[:end].decode("utf-8", "surrogateescape")
+    body = data[end + 4 :]
+    lines = _unfold(head.split("\r\n"))
+    headers = Headers(_parse_header_lines(lines[1:], max_headers))
+    message = _parse_start_line(lines[0], headers)
+    message.body = _cut_body(headers, body, datagram)
+    if isinstance(message, Request):
+        _check_request(message)
+    return message
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    """RFC 3261 §7.3.1: a line starting with whitespace continues the previous header."""
+    if not any(line[:1] in (" ", "\t") for line in lines[1:]):
+        return lines
+    out: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and len(out) > 1:
+            out[-1] = out[-1] + " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
+def _parse_header_lines(lines: list[str], max_headers: int) -> list[tuple[str, str, str]]:
+    if len(lines) > max_headers:
+        raise SipSyntaxError(f"too many header fields ({len(lines)} > {max_headers})")
+    items: list[tuple[str, str, str]] = []
+    for line in lines:
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or HEADER_NAME_RE.fullmatch(name) is None:
+            raise SipSyntaxError(f"malformed header line {line[:60]!r}")
+        key = canonical(name)
+        value = value.strip(" \t")
+        if key in LIST_HEADERS:
+            items.extend((key, name, part) for part in split_commas(value) if part)
+        else:
+            items.append((key, name, value))
+    return items
+
+
+def _parse_start_line(line: str, headers: Headers) -> Request | Response:
+    if line.startswith("SIP/"):
+        status = STATUS_LINE_RE.fullmatch(line)
+        if status is None:
+            raise SipSyntaxError(f"malformed Status-Line {line[:80]!r}")
+        version, code, reason = status.groups()
+        _check_version(version)
+        return Response(headers, b"", version, int(code), reason)
+    request = REQUEST_LINE_RE.fullmatch(line)
+    if request is None:
+        raise SipSyntaxError(f"malformed Request-Line {line[:80]!r}")
+    method, uri, version = request.groups()
+    _check_version(version)
+    return Request(headers, b"", version, method, uri)
+
+
+def _check_version(version: str) -> None:
+    if version != "SIP/2.0":
+        raise UnsupportedVersion(f"SIP version {version} not supported")
+
+
+def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
+    lengths = {v.strip() for v in headers.get_all("content-length")}
+    if not lengths:
+        return body
+    if len(lengths) > 1:
+        raise SipSyntaxError("conflicting Content-Length values")  # RFC 4475 §3.3.9
+    text = lengths.pop()
+    if not text.isdigit():
+        raise SipSyntaxError(f"invalid Content-Length {text!r}")  # RFC 4475 §3.1.2.3
+    length = int(text)
+    if length > len(body):
+        raise SipSyntaxError(f"Content-Length {length} larger than the body ({len(body)})")
+    return body[:length] if datagram else body
+
+
+def _check_request(request: Request) -> None:
+    """RFC 3261 §8.2 / §16.3 step 1: what a request must carry to be processed."""
+    for key in MANDATORY_REQUEST_HEADERS:
+        if key not in request.headers:
+            raise SipSyntaxError(f"Missing {key.title()} header")
+    for key in ("call-id", "cseq", "from", "to", "max-forwards"):
+        if request.headers.count(key) > 1:
+            raise SipSyntaxError(f"multiple {key.title()} header fields")  # RFC 4475 §3.3.8
+    _, cseq_method = request.cseq
+    if cseq_method != request.method:
+        raise SipSyntaxError(f"CSeq method {cseq_method} does not match {request.method}")
+    max_forwards = request.headers.get("max-forwards")
+    if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+        raise SipSyntaxError(f"invalid Max-Forwards {max_forwards!r}")
+    request.top_via  # noqa: B018 - raises on a malformed top Via
+
+
+def make_response(
+    request: Request, status: int, reason: str, *, to_tag: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """RFC 3261 §8.2.6.2: a response copies Via, From, To, Call-ID and CSeq from the request."""
+    items: list[tuple[str, str, str]] = []
+    for key, name, value in request.headers.items:
+        if key == "to" and to_tag and status > 100 and parse_name_addr(value).param("tag") is None:
+            value = f"{value};tag={to_tag}"
+        if key in ("via", "from", "to", "call-id", "cseq"):
+            items.append((key, name, value))
+    headers = Headers(items)
+    for name, value in extra:
+        headers.append(name, value)
+    headers.append("Content-Length", "0")
+    return Response(headers, b"", "SIP/2.0", status, reason)

@@ -1,0 +1,124 @@
+"""Stream framing (RFC 3261 §18.3) with size caps, and RFC 5626 §4.4.1 CRLF keep-alives.
+
+On TCP and TLS a message ends where Content-Length says; the framer cuts the byte
+stream into whole messages without parsing them, so one slow or hostile peer costs
+no more than its own buffer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from proxy.sip.errors import MessageTooLarge, SipError, SipSyntaxError
+
+# Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT   (RFC 3261 §20.14)
+_CONTENT_LENGTH_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A CRLFCRLF keep-alive ping; the answer is one CRLF (RFC 5626 §4.4.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FramingError:
+    """A message the framer could not pass on."""
+
+    error: SipError
+    """What was wrong, with the status to answer."""
+    head: bytes
+    """The header block, when it was read whole (so a 513 or 400 can still be answered)."""
+    fatal: bool
+    """True when the stream cannot be resynchronised and the connection must close."""
+
+
+Frame = bytes | Ping | FramingError
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into SIP messages."""
+
+    __slots__ = ("_buffer", "_skip", "broken", "max_header_bytes", "max_message_bytes")
+
+    def __init__(self, max_message_bytes: int = 65535, max_header_bytes: int = 16384) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_header_bytes = max_header_bytes
+        self._buffer = bytearray()
+        self._skip = 0
+        self.broken = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete message held (for idle/slow-sender timeouts)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self.broken:
+            return []
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+        self._buffer += data
+        frames: list[Frame] = []
+        while self._buffer and not self.broken:
+            frame = self._next()
+            if frame is None:
+                break
+            frames.append(frame)
+        return frames
+
+    def _next(self) -> Frame | None:
+        buf = self._buffer
+        if buf[0] in (0x0D, 0x0A):
+            return self._keepalive()
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self.max_header_bytes:
+                return self._fail(MessageTooLarge("header block too large"), b"")
+            return None
+        head = bytes(buf[: end + 4])
+        length = self._content_length(head)
+        if isinstance(length, SipError):
+            return self._fail(length, head)
+        total = end + 4 + length
+        if total > self.max_message_bytes:
+            del buf[: end + 4]
+            self._skip = max(0, length - len(buf))
+            del buf[:length]
+            too_large = MessageTooLarge(f"message of {total} bytes exceeds {self.max_message_bytes}")
+            return FramingError(too_large, head, False)
+        if len(buf) < total:
+            return None
+        message = bytes(buf[:total])
+        del buf[:total]
+        return message
+
+    def _keepalive(self) -> Frame | None:
+        buf = self._buffer
+        if buf[:4] == b"\r\n\r\n":
+            del buf[:4]
+            return Ping()
+        if b"\r\n\r\n".startswith(bytes(buf[:4])):
+            return None  # the start of a ping, wait for the rest
+        # A lone CRLF (a pong, or leading white space before a message, §7.5): skip it.
+        while buf and buf[0] in (0x0D, 0x0A):
+            del buf[:1]
+        return None if not buf else self._next()
+
+    def _content_length(self, head: bytes) -> int | SipError:
+        values = {m.group(1) for m in _CONTENT_LENGTH_RE.finditer(head)}
+        if not values:
+            return 0  # lenient: a stream message without Content-Length is taken to have no body
+        if len(values) > 1:
+            return SipSyntaxError("conflicting Content-Length values")
+        text = values.pop()
+        if not text.isdigit():
+            return SipSyntaxError(f"invalid Content-Length {text.decode('latin-1')!r}")
+        return int(text)
+
+    def _fail(self, error: SipError, head: bytes) -> FramingError:
+        self.broken = True
+        self._buffer.clear()
+        return FramingError(error, head, True)

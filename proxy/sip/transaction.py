@@ -1,0 +1,118 @@
+"""Transaction state for a transaction-stateful proxy (RFC 3261 §17), driven by hand-made time.
+
+The proxy core owns the transactions; this module holds their state, their keys
+(§17.2.3 server matching, §17.1.3 client matching) and one timer queue that the
+asyncio edge turns into a single re-armed timer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from proxy.sip.grammar import MAGIC_COOKIE
+from proxy.sip.message import Request
+
+# RFC 3261 §17.1.1.1 / Table 4 timer values, in seconds.
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+TIMER_B = 64 * T1  # INVITE client transaction timeout
+TIMER_F = 64 * T1  # non-INVITE client transaction timeout
+TIMER_H = 64 * T1  # wait for ACK after a non-2xx final response
+TIMER_J = 64 * T1  # absorb retransmitted non-INVITE requests (unreliable transports)
+TIMER_C = 180.0  # §16.6 step 11: proxy INVITE timer, > 3 minutes
+TIMER_L = 64 * T1  # RFC 6026 §8.7: forward retransmitted 2xx to INVITE
+
+ServerKey = tuple[str, ...]
+
+
+def server_key(request: Request) -> ServerKey:
+    """§17.2.3: the key that matches a request to its server transaction.
+
+    ACK and CANCEL are keyed apart: an ACK for a non-2xx final matches the INVITE's
+    transaction (method INVITE), a CANCEL has a transaction of its own.
+    """
+    via = request.top_via
+    method = "INVITE" if request.method == "ACK" else request.method
+    branch = via.branch or ""
+    if branch.startswith(MAGIC_COOKIE):
+        return (branch, via.sent_by.lower(), method)
+    # RFC 2543 peers (§17.2.3 last paragraph): match on the request's identity instead.
+    number, _ = request.cseq
+    return (
+        "2543", request.uri, request.call_id, str(number), request.from_.param("tag") or "",
+        request.to.param("tag") or "" if request.method != "ACK" else "", via.sent_by.lower(), method,
+    )
+
+
+class TimerQueue:
+    """One heap of deadlines; a cancelled timer stays in the heap and is skipped when due."""
+
+    __slots__ = ("_heap", "_ids")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._ids = itertools.count()
+
+    def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
+        timer = Timer(deadline, callback)
+        heapq.heappush(self._heap, (deadline, next(self._ids), timer))
+        return timer
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def run_due(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, timer = heapq.heappop(heap)
+            timer.fire(now)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+@dataclass(slots=True)
+class Timer:
+    """A scheduled callback; ``cancel()`` makes it a no-op."""
+
+    deadline: float
+    callback: Callable[[float], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self, now: float) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback(now)
+
+
+@dataclass(slots=True)
+class TimerSet:
+    """The timers one transaction holds, cancelled together when it ends."""
+
+    timers: dict[str, Timer] = field(default_factory=dict)
+
+    def set(self, name: str, timer: Timer) -> None:
+        old = self.timers.get(name)
+        if old is not None:
+            old.cancel()
+        self.timers[name] = timer
+
+    def cancel(self, name: str) -> None:
+        timer = self.timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def cancel_all(self) -> None:
+        for timer in self.timers.values():
+            timer.cancel()
+        self.timers.clear()
