@@ -78,6 +78,7 @@ class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.pongs = 0
 
     async def send(self, msg: Msg | str) -> None:
         self.writer.write((msg.text() if isinstance(msg, Msg) else msg).encode())
@@ -87,11 +88,11 @@ class Conn:
         return parse(await asyncio.wait_for(self._read_raw(), timeout))
 
     async def _read_raw(self) -> bytes:
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        while head.startswith(b"\r\n"):
-            head = head[2:]
-            if not head:
-                head = await self.reader.readuntil(b"\r\n\r\n")
+        line = await self.reader.readuntil(b"\r\n")
+        while line == b"\r\n":  # a CRLF keep-alive pong before a message (RFC 5626 §4.4.1)
+            self.pongs += 1
+            line = await self.reader.readuntil(b"\r\n")
+        head = line + await self.reader.readuntil(b"\r\n\r\n")
         match = re.search(rb"^(?:content-length|l)\s*:\s*(\d+)", head, re.IGNORECASE | re.MULTILINE)
         body = await self.reader.readexactly(int(match.group(1))) if match else b""
         return head + body

@@ -1,0 +1,280 @@
+"""The real sipfed process between two stdlib-ssl SIP peers over mutual TLS on loopback.
+
+'cups' (tomt.local, 127.0.0.2) and 'lync' (tomt.it, 127.0.0.3) are the two domains' servers;
+sipfed listens on 127.0.0.1 with a 'cisco' and a 'lync' listener, as in examples/lab.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.peers.sippeer import Msg, Peer
+
+pytestmark = pytest.mark.integration
+
+Scenario = Callable[[Sipfed, Peer, Peer], Awaitable[None]]
+
+
+def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], scenario: Scenario,
+            extra: str = "") -> Sipfed:
+    """Start both peers and sipfed, run the scenario (bounded to 30 s), stop everything."""
+
+    async def main() -> Sipfed:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await cups.start()
+        await lync.start()
+        config = lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=extra)
+        sipfed = start_sipfed(config)
+        try:
+            await asyncio.wait_for(scenario(sipfed, cups, lync), 30)
+        finally:
+            await cups.stop()
+            await lync.stop()
+        return sipfed
+
+    return asyncio.run(main())
+
+
+async def lync_to_sipfed(sipfed: Sipfed, lync: Peer):  # type: ignore[no-untyped-def]
+    return await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+
+
+def test_message_both_ways(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
+                                     extra=[("Content-Type", "text/plain"), ("X-Lync-Thing", "kept ;as=is")],
+                                     body="hello from tomt.it"))
+        got, _ = await cups.next()
+        assert got.method == "MESSAGE"
+        assert got.body == "hello from tomt.it"
+        assert got.get("max-forwards") == "69"
+        vias = got.all("via")
+        assert len(vias) == 2 and vias[0].startswith("SIP/2.0/TLS sipfed.tomt.local:")
+        assert re.search(r"branch=z9hG4bK", vias[0])
+        assert got.get("x-lync-thing") == "kept ;as=is"
+        assert got.get("record-route") is None  # MESSAGE does not create a dialog
+        answer, _ = await lync.next()
+        assert answer.status == 200 and len(answer.all("via")) == 1
+
+        conn2 = await cups.connect("127.0.0.1", sipfed.ports["cisco"], "sipfed.tomt.local")
+        await conn2.send(cups.request("MESSAGE", "sip:bob@tomt.it", to="<sip:bob@tomt.it>", from_user="alice",
+                                      extra=[("Content-Type", "text/plain")], body="hello from tomt.local"))
+        got, _ = await lync.next()
+        assert (got.method, got.body) == ("MESSAGE", "hello from tomt.local")
+        assert got.all("via")[0].startswith("SIP/2.0/TLS sipfed.tomt.it:")
+        answer, _ = await cups.next()
+        assert answer.status == 200
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
+def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
+                                            start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """SUBSCRIBE tomt.it -> tomt.local; the NOTIFY comes back via sipfed's Record-Route; the
+    cups side's own Record-Route maddr (127.0.0.2) is shown to tomt.it as cups.tomt.local and
+    mapped back on the in-dialog un-SUBSCRIBE."""
+
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        cups.auto_answer = False
+        conn = await lync_to_sipfed(sipfed, lync)
+        lync_rr = f"<sip:127.0.0.3:{lync.port};transport=tls;lr;ms-fe=lync01.tomt.it;ms-role-rs-to>"
+        await conn.send(lync.request("SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
+                                     extra=[("Event", "presence"), ("Expires", "600"), ("Record-Route", lync_rr),
+                                            ("Accept", "application/pidf+xml")]))
+        subscribe, cups_conn = await cups.next()
+        rr = subscribe.all("record-route")
+        cisco, lyncside = sipfed.ports["cisco"], sipfed.ports["lync"]
+        # RFC 5658 double Record-Route: top faces tomt.local, the next faces tomt.it.
+        assert rr[0] == f"<sip:sipfed.tomt.local:{cisco};transport=tls;lr;maddr=sipfed.tomt.local>"
+        assert rr[1] == f"<sip:sipfed.tomt.it:{lyncside};transport=tls;lr;maddr=sipfed.tomt.it>"
+        assert rr[2] == lync_rr  # Lync's ms-* parameters pass untouched
+        cups_rr = f"<sip:127.0.0.2:{cups.port};transport=tls;lr;maddr=127.0.0.2>"
+        ok = cups.answer(subscribe, 200, "OK")
+        ok.headers.insert(0, ("Record-Route", cups_rr))
+        await cups_conn.send(ok)
+        answer, _ = await lync.next()
+        assert answer.status == 200
+        answer_rr = answer.all("record-route")
+        assert answer_rr[0] == f"<sip:127.0.0.2:{cups.port};transport=tls;lr;maddr=cups.tomt.local>"
+
+        # The notifier sends NOTIFY along the route set (its own entry first, which it skips).
+        notify = cups.in_dialog("NOTIFY", ok, uas=True, cseq=1, request=subscribe, body="<presence>open</presence>",
+                                extra=[("Event", "presence"), ("Subscription-State", "active;expires=600"),
+                                       ("Content-Type", "application/pidf+xml")])
+        notify.headers = [h for h in notify.headers if not (h[0] == "Route" and "127.0.0.2" in h[1])]
+        notify_conn = await cups.connect("127.0.0.1", cisco, "sipfed.tomt.local")
+        await notify_conn.send(notify)
+        got, lync_conn = await lync.next()
+        assert got.method == "NOTIFY" and got.body == "<presence>open</presence>"
+        assert got.all("route") == [lync_rr]  # sipfed popped both of its entries
+        notify_ok, _ = await cups.next()
+        assert notify_ok.status == 200
+
+        # The subscriber ends the subscription in-dialog; sipfed maps maddr back to 127.0.0.2.
+        unsubscribe = lync.in_dialog("SUBSCRIBE", answer, uas=False, cseq=2, extra=[("Event", "presence"),
+                                                                                   ("Expires", "0")])
+        unsubscribe.headers = [h for h in unsubscribe.headers if not (h[0] == "Route" and h[1] == lync_rr)]
+        await conn.send(unsubscribe)
+        got, got_conn = await cups.next()
+        assert got.method == "SUBSCRIBE" and got.get("expires") == "0"
+        assert got.all("route") == [f"<sip:127.0.0.2:{cups.port};transport=tls;lr;maddr=127.0.0.2>"]
+        await got_conn.send(cups.answer(got, 200, "OK"))
+        final, _ = await lync.next()
+        assert final.status == 200
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
+@pytest.mark.parametrize(
+    ("uri", "max_forwards", "extra", "status", "reason"),
+    [
+        ("sip:carol@nowhere.example", 70, [], 404, "no route for domain nowhere.example"),
+        ("sip:alice@tomt.local", 0, [], 483, "Too Many Hops"),
+        ("sip:alice@tomt.local", 70, [("Proxy-Require", "x-unknown")], 420, "Bad Extension"),
+    ],
+)
+def test_refusals(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], uri: str,
+                  max_forwards: int, extra: list[tuple[str, str]], status: int, reason: str) -> None:
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", uri, to=f"<{uri}>", max_forwards=max_forwards, extra=extra))
+        answer, _ = await lync.next()
+        assert answer.status == status
+        assert reason in answer.reason
+        if status == 420:
+            assert answer.get("unsupported") == "x-unknown"
+        assert cups.received.empty()
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
+def test_tolerated_proxy_require_and_unknown_method(tmp_path: Path, certs: Path,
+                                                    start_sipfed: Callable[[Path], Sipfed]) -> None:
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("BENOTIFY", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
+                                     extra=[("Proxy-Require", "ms-benotify")]))
+        got, _ = await cups.next()
+        assert got.method == "BENOTIFY" and got.get("proxy-require") == "ms-benotify"
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
+def test_loop_detected(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """A route that points back at sipfed itself: the request returns with our Via -> 482."""
+    cisco = free_port()
+    extra = f"""
+[[routes]]
+name = "loop"
+match_uri = "loop.test"
+destination = "127.0.0.1"
+port = {cisco}
+tls_name = "sipfed.tomt.local"
+listener = "cisco"
+"""
+
+    async def main() -> None:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await cups.start()
+        await lync.start()
+        config = lab_config(tmp_path / "loop.toml", certs, cups_port=cups.port, lync_port=lync.port,
+                            extra=extra, cisco_port=cisco)
+        sipfed = start_sipfed(config)
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", "sip:x@loop.test", to="<sip:x@loop.test>"))
+        answer, _ = await lync.next()
+        assert (answer.status, answer.reason) == (482, "Loop Detected")
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_certificate_name_mismatch_is_refused_and_logged(tmp_path: Path, certs: Path,
+                                                          start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """The route expects cups.tomt.local but the server at the destination shows wrong.example."""
+
+    async def main() -> Sipfed:
+        impostor = Peer("wrong.example", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await impostor.start()
+        await lync.start()
+        config = lab_config(tmp_path / "mismatch.toml", certs, cups_port=impostor.port, lync_port=lync.port)
+        sipfed = start_sipfed(config)
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+        answer, _ = await lync.next()
+        assert answer.status == 503
+        assert "certificate name mismatch" in answer.reason
+        assert impostor.received.empty()
+        return sipfed
+
+    sipfed = asyncio.run(asyncio.wait_for(main(), 30))
+    log = sipfed.log_text()
+    assert re.search(r"next hop 127\.0\.0\.2:\d+;transport=tls \(route cisco\) unreachable: certificate name "
+                     r"mismatch: the route expects 'cups\.tomt\.local'", log), log
+
+
+def test_unreachable_next_hop_gives_503(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    async def main() -> None:
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await lync.start()
+        config = lab_config(tmp_path / "down.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=lync.port)
+        sipfed = start_sipfed(config)
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
+                                     extra=[("Event", "presence")]))
+        answer, _ = await lync.next()
+        assert answer.status == 503 and "connection refused" in answer.reason
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_silent_next_hop_gives_408(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        cups.auto_answer = False  # cups takes the MESSAGE and never answers; the lab config waits 2 s
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+        await cups.next()
+        answer, _ = await lync.next(timeout=6)
+        assert answer.status == 408 and "no answer from 127.0.0.2" in answer.reason
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
+def test_keepalive_options_and_client_certificate(tmp_path: Path, certs: Path,
+                                                  start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """CRLFCRLF gets a CRLF pong (RFC 5626 §4.4.1); OPTIONS to sipfed itself gets 200; a TLS
+    client without a certificate never gets to speak SIP on a mutual-TLS listener."""
+
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        conn = await lync_to_sipfed(sipfed, lync)
+        conn.writer.write(b"\r\n\r\n")
+        for _ in range(50):  # bounded: 5 s
+            if conn.pongs:
+                break
+            await asyncio.sleep(0.1)
+        assert conn.pongs == 1
+        await conn.send(lync.request("OPTIONS", f"sip:sipfed.tomt.it:{sipfed.ports['lync']};transport=tls",
+                                     to="<sip:sipfed.tomt.it>"))
+        answer, _ = await lync.next()
+        assert answer.status == 200 and "MESSAGE" in (answer.get("allow") or "")
+
+        anonymous = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sipfed.ports["lync"], ssl=anonymous,
+                                                       server_hostname="sipfed.tomt.it")
+        writer.write(Msg("OPTIONS sip:sipfed.tomt.it SIP/2.0", []).text().encode())
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            data = await asyncio.wait_for(reader.read(100), 5)
+            if not data:
+                raise ConnectionError("closed")
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
