@@ -1,0 +1,45 @@
+# sipfed: `make run` starts the proxy on the lab config, `make test` runs every test.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+LAB_CERTS := examples/certs
+
+.PHONY: run test unit integration lint system-deps certs clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,fast]'
+	touch $(STAMP)
+
+# The lab PKI: one CA, an intermediate, and a leaf (serverAuth + clientAuth, chain beside it) per name.
+$(LAB_CERTS)/ca.crt: | $(STAMP)
+	$(PY) -m proxy certs --out $(LAB_CERTS) --name sipfed.tomt.local,sipfed.tomt.it \
+	    --name cups.tomt.local --name lync01.tomt.it --ip 127.0.0.1 --ip 127.0.0.2 --ip 127.0.0.3
+
+certs: $(LAB_CERTS)/ca.crt
+
+run: $(STAMP) $(LAB_CERTS)/ca.crt
+	$(PY) -m proxy run --config examples/lab.toml
+
+# SIPp (sip-tester) and stunnel4 are the independent SIP peers of the integration tests.
+system-deps:
+	@command -v sipp >/dev/null && command -v stunnel4 >/dev/null || { \
+	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q sip-tester stunnel4; }
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(STAMP) system-deps
+	$(PY) -m pytest -q tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(LAB_CERTS) .pytest_cache .mypy_cache .ruff_cache
