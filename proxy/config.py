@@ -50,7 +50,8 @@ class ListenerConfig:
     fqdn: str
     """The name put in Via and Record-Route on this side (our certificate carries it)."""
     federation_fqdn: str
-    """The name put in Record-Route ``maddr`` on this side (CUP's Federation Routing FQDN)."""
+    """The name put in Record-Route ``maddr`` on this side (CUP's Federation Routing FQDN); default:
+    the listener's own ``fqdn`` if it sets one, else ``proxy.federation_fqdn``."""
     require_client_cert: bool = True
     """Mutual TLS: refuse a TLS client that presents no certificate the CA bundle verifies."""
 
@@ -182,12 +183,10 @@ def _listeners(raw: object, fqdn: str, federation_fqdn: str, problems: list[str]
         require = entry.get("require_client_cert", True)
         if not isinstance(require, bool):
             problems.append(f"{where}.require_client_cert: must be true or false")
-        out.append(ListenerConfig(
-            name, transport, address, port,
-            _domain(entry, "fqdn", where, problems) or fqdn,
-            _domain(entry, "federation_fqdn", where, problems) or federation_fqdn,
-            bool(require),
-        ))
+        own_fqdn = _domain(entry, "fqdn", where, problems)
+        # A listener that names itself shows that name in maddr too, unless told otherwise.
+        own_federation = _domain(entry, "federation_fqdn", where, problems) or own_fqdn or federation_fqdn
+        out.append(ListenerConfig(name, transport, address, port, own_fqdn or fqdn, own_federation, bool(require)))
     _clashing_ports(out, problems)
     return out
 

@@ -43,6 +43,8 @@ class StreamConnection(asyncio.Protocol):
         names = peer_names(transport.get_extra_info("ssl_object"))
         conn_id = self.driver.register(self)
         self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, names)
+        self.driver.by_remote[(self.transport_name, peer[0], peer[1])] = self
+        self.keys.append((self.transport_name, peer[0], peer[1]))
         log.debug("connection %d %s %s:%d %s", conn_id, "to" if self.outbound else "from", peer[0], peer[1], names)
 
     def data_received(self, data: bytes) -> None:
@@ -101,6 +103,7 @@ class Driver:
         self.connections: dict[int, StreamConnection] = {}
         self.by_hop: dict[HopKey, StreamConnection] = {}
         self.aliases: dict[tuple[str, str, int], StreamConnection] = {}
+        self.by_remote: dict[tuple[str, str, int], StreamConnection] = {}
         self.pending: dict[HopKey, list[tuple[bytes, int]]] = {}
         self.udp: dict[str, DatagramEndpoint] = {}
         self._ids = itertools.count(1)
@@ -119,9 +122,9 @@ class Driver:
         if conn.flow is not None:
             self.connections.pop(conn.flow.conn_id, None)
         for key in conn.keys:
-            table: dict[Any, StreamConnection] = self.by_hop if len(key) == 4 else self.aliases
-            if table.get(key) is conn:
-                del table[key]
+            for table in (self.by_hop, self.aliases, self.by_remote):
+                if table.get(key) is conn:
+                    del table[key]
 
     def stream_factory(self, transport_name: str, listener: str) -> Callable[[], StreamConnection]:
         return lambda: StreamConnection(self, transport_name, listener, outbound=False)
@@ -186,7 +189,7 @@ class Driver:
                 udp.sendto(data, (hop.host, hop.port))
             return
         key: HopKey = (hop.transport, hop.host, hop.port, hop.tls_name)
-        conn = self.by_hop.get(key) or self._alias_for(hop)
+        conn = self.by_hop.get(key) or self._reusable(hop)
         if conn is not None and conn.send(data):
             return
         waiting = self.pending.get(key)
@@ -198,8 +201,11 @@ class Driver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _alias_for(self, hop: NextHop) -> StreamConnection | None:
-        conn = self.aliases.get((hop.transport, hop.host, hop.port))
+    def _reusable(self, hop: NextHop) -> StreamConnection | None:
+        """An open connection to the hop's address: one the peer offered by ``alias`` (RFC 5923),
+        or one it opened from that very address and port (as Kamailio reuses accepted ones)."""
+        where = (hop.transport, hop.host, hop.port)
+        conn = self.aliases.get(where) or self.by_remote.get(where)
         if conn is None or conn.flow is None:
             return None
         if hop.tls_name is not None and hop.tls_name not in conn.flow.peer_names:

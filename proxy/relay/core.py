@@ -153,6 +153,8 @@ class Proxy:
         self._end_client(ctx)
         stx = ctx.server
         if stx is not None and not stx.final_status:
+            # §16.9 treats this as a 503 from the hop; §16.7 step 6 allows passing a 503 upstream when
+            # every later request would fail the same way, as it will toward a down static route.
             self._respond(stx, 503, f"Service Unavailable ({reason})", now)
 
     # -- requests ---------------------------------------------------------------------------
@@ -283,8 +285,7 @@ class Proxy:
             return
         response.headers.remove_first("via")
         if self.policy.maddr_out and "record-route" in response.headers:
-            values = [rewrite_maddr(v, self.policy.maddr_out) for v in response.headers.get_all("record-route")]
-            response.headers.replace_all("record-route", values, "Record-Route")
+            response.headers.map_values("record-route", lambda value: rewrite_maddr(value, self.policy.maddr_out))
         if response.status < 200:
             self._on_provisional(ctx, response, now)
         else:

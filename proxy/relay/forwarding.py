@@ -113,19 +113,19 @@ def detect_loop(request: Request, policy: RelayPolicy, hashed: str) -> None:
 
 def process_routes(request: Request, policy: RelayPolicy) -> bool:
     """§16.4: undo a strict router's rewrite, pop our own Route entries; True if we popped any."""
-    routes = request.headers.get_all("route")
+    headers = request.headers
     popped = False
-    if routes and policy.is_own_uri(request.request_uri):
+    if "route" in headers and policy.is_own_uri(request.request_uri):
         # §16.4: the previous hop was a strict router; the real target is the last Route.
-        request.set_uri(parse_name_addr(routes[-1]).uri)
-        routes = routes[:-1]
+        last = headers.remove_last("route")
+        assert last is not None
+        request.set_uri(parse_name_addr(last).uri)
         popped = True
-    while routes and policy.is_own_uri(parse_name_addr(routes[0]).uri):
-        routes = routes[1:]  # several in a row after an RFC 5658 double Record-Route
+    while (first := headers.get("route")) is not None and policy.is_own_uri(parse_name_addr(first).uri):
+        headers.remove_first("route")  # several in a row after an RFC 5658 double Record-Route
         popped = True
-    if policy.maddr_in:
-        routes = [rewrite_maddr(value, policy.maddr_in) for value in routes]
-    request.headers.replace_all("route", routes, "Route")
+    if policy.maddr_in and "route" in headers:
+        headers.map_values("route", lambda value: rewrite_maddr(value, policy.maddr_in))
     return popped
 
 
@@ -135,12 +135,12 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
     if first_route is not None:
         return hop_for_uri(parse_name_addr(first_route).uri, policy, flow.listener)
     uri = request.request_uri
+    if policy.is_own_uri(uri):
+        return None  # §16.4: a Request-URI naming this proxy is for the proxy itself, whatever the routes
     route = policy.routes.lookup(uri.host)
     if route is not None and not (popped_own and (uri.port is not None or uri.host_is_ip)):
         listener = route.listener or flow.listener
         return NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name)
-    if policy.is_own_uri(uri):
-        return None
     if popped_own or request.to.param("tag") is not None or request.method == "ACK":
         return hop_for_uri(uri, policy, flow.listener)  # in a dialog we are on: go where it points
     raise SipError(f"Not Found (no route for domain {uri.host})", 404)
@@ -167,8 +167,7 @@ def prepare_forward(request: Request, hop: NextHop, policy: RelayPolicy, inbound
     headers.set("Max-Forwards", str(int(max_forwards) - 1) if max_forwards is not None else "70")
     outbound = policy.identities[hop.listener]
     if policy.maddr_out and "record-route" in headers:
-        values = [rewrite_maddr(v, policy.maddr_out) for v in headers.get_all("record-route")]
-        headers.replace_all("record-route", values, "Record-Route")
+        headers.map_values("record-route", lambda value: rewrite_maddr(value, policy.maddr_out))
     if out.method in RECORD_ROUTE_METHODS:
         for value in reversed(our_record_routes(inbound, outbound)):
             headers.prepend("Record-Route", value)

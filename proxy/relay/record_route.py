@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 from proxy.relay.types import Identity
 from proxy.sip.headers import parse_name_addr
-from proxy.sip.uri import DEFAULT_PORTS
 
 #: Methods whose forwarded copy carries our Record-Route: those that create dialogs
 #: (INVITE, SUBSCRIBE, REFER; RFC 3261 §16.6, RFC 6665 §4.1.3) and NOTIFY, which may
@@ -16,9 +15,12 @@ RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "NOTIFY", "REFER"})
 
 
 def record_route_value(identity: Identity) -> str:
-    """``<sip:FQDN[:port];transport=tls;lr;maddr=FEDERATION_FQDN>`` for one side."""
-    port = "" if identity.port == DEFAULT_PORTS[identity.transport] else f":{identity.port}"
-    return f"<sip:{identity.fqdn}{port};transport={identity.transport};lr;maddr={identity.federation_fqdn}>"
+    """``<sip:FQDN:port;transport=tls;lr;maddr=FEDERATION_FQDN>`` for one side.
+
+    The port is always written, even 5061: without it a peer would look up SRV records for
+    the maddr name first (RFC 3263 §4.2) and could land on another listener than this one.
+    """
+    return f"<sip:{identity.fqdn}:{identity.port};transport={identity.transport};lr;maddr={identity.federation_fqdn}>"
 
 
 def our_record_routes(inbound: Identity, outbound: Identity) -> list[str]:

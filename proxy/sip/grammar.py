@@ -15,7 +15,11 @@ METHOD_RE = re.compile(TOKEN)
 REQUEST_LINE_RE = re.compile(r"(" + TOKEN + r") (\S+) (SIP/\d+\.\d+)")
 
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF ; Status-Code = 3DIGIT
-STATUS_LINE_RE = re.compile(r"(SIP/\d+\.\d+) (\d{3}) ?(.*)")
+# (leniency: a missing SP before an empty Reason-Phrase is accepted, RFC 4475 §3.1.1.13 spirit)
+STATUS_LINE_RE = re.compile(r"(SIP/\d+\.\d+) (\d{3})(?: (.*))?")
+
+# scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )   (RFC 3986 §3.1, RFC 3261 §25.1)
+SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 
 # hostname = *( domainlabel "." ) toplabel [ "." ]  /  IPv4address  /  IPv6reference
 HOST_RE = re.compile(r"[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\]")

@@ -139,18 +139,40 @@ class NameAddr:
 
 
 def parse_name_addr(value: str) -> NameAddr:
-    """Parse ``"Name" <sip:...>;p=v`` or ``sip:...;p=v`` (§20.10: then the params are the header's)."""
+    """Parse ``"Name" <sip:...>;p=v`` or ``sip:...;p=v`` (§20.10: then the params are the header's).
+
+    The display name may be a quoted-string with quoted-pairs and '<' inside (§25.1).
+    """
     value = value.strip()
-    lt = value.find("<")
+    lt = _unquoted_index(value, "<")
     if lt < 0:
         uri_text, _, rest = value.partition(";")
         return NameAddr("", parse_uri(uri_text.strip()), parse_params(";" + rest if rest else ""), False)
-    if value.count('"') % 2:
-        raise SipSyntaxError(f"unterminated quoted display name in {value!r}")
     gt = value.find(">", lt)
     if gt < 0:
         raise SipSyntaxError(f"unclosed '<' in {value!r}")
     return NameAddr(value[:lt].strip(), parse_uri(value[lt + 1 : gt]), parse_params(value[gt + 1 :]))
+
+
+def _unquoted_index(value: str, char: str) -> int:
+    """Index of the first ``char`` outside a quoted-string; -1 if none; raises on an open quote."""
+    if '"' not in value:
+        return value.find(char)
+    in_quotes = False
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if in_quotes and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            in_quotes = not in_quotes
+        elif c == char and not in_quotes:
+            return i
+        i += 1
+    if in_quotes:
+        raise SipSyntaxError(f"unterminated quoted display name in {value!r}")
+    return -1
 
 
 @dataclass(frozen=True, slots=True)

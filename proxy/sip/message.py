@@ -6,7 +6,7 @@ Route, Record-Route, Max-Forwards) and everything else passes byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from proxy.sip.errors import SipSyntaxError, UnsupportedVersion
@@ -20,7 +20,12 @@ MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
 
 
 class Headers:
-    """An ordered header list of (key, name-as-written, value) with lookup by canonical key."""
+    """An ordered header list of (key, name-as-written, value) with lookup by canonical key.
+
+    Lines stay as written. Via, Route and Record-Route lines may hold several comma-separated
+    values (§7.3.1); they are split only when asked for values or when one value is edited, so
+    a line the proxy does not touch goes out byte for byte.
+    """
 
     __slots__ = ("items",)
 
@@ -28,12 +33,18 @@ class Headers:
         self.items: list[tuple[str, str, str]] = list(items)
 
     def get(self, key: str) -> str | None:
+        """The first value (for list headers: the first value of the first line)."""
         for k, _, value in self.items:
             if k == key:
+                if key in LIST_HEADERS and "," in value:
+                    return split_commas(value)[0]
                 return value
         return None
 
     def get_all(self, key: str) -> list[str]:
+        """Every value, list headers split at their commas."""
+        if key in LIST_HEADERS:
+            return [v for k, _, value in self.items if k == key for v in split_commas(value) if v]
         return [value for k, _, value in self.items if k == key]
 
     def count(self, key: str) -> int:
@@ -58,30 +69,50 @@ class Headers:
         self.items.append((canonical(name), name, value))
 
     def set(self, name: str, value: str) -> None:
-        """Replace the first header of that name in place, or append it."""
+        """Replace the first header of that name in place (its first value, for list headers), or append it."""
         key = canonical(name)
-        for i, (k, written, _) in enumerate(self.items):
+        for i, (k, written, old) in enumerate(self.items):
             if k == key:
+                if key in LIST_HEADERS and "," in old:
+                    value = ", ".join([value, *split_commas(old)[1:]])
                 self.items[i] = (key, written, value)
                 return
         self.items.append((key, name, value))
 
     def remove_first(self, key: str) -> str | None:
-        for i, (k, _, value) in enumerate(self.items):
+        """Remove and return the first value (the rest of its line stays)."""
+        for i, (k, written, value) in enumerate(self.items):
             if k == key:
+                if key in LIST_HEADERS and "," in value:
+                    first, *rest = split_commas(value)
+                    self.items[i] = (k, written, ", ".join(rest))
+                    return first
                 del self.items[i]
                 return value
         return None
 
-    def replace_all(self, key: str, values: list[str], name: str) -> None:
-        """Put ``values`` where the ``key`` headers stood (one line each), keeping their position."""
-        positions = [i for i, (k, _, _) in enumerate(self.items) if k == key]
-        at = positions[0] if positions else len(self.items)
-        written = self.items[at][1] if positions else name
-        kept = [item for item in self.items if item[0] != key]
-        at -= sum(1 for p in positions if p < at)
-        kept[at:at] = [(key, written, v) for v in values]
-        self.items = kept
+    def remove_last(self, key: str) -> str | None:
+        """Remove and return the last value (the rest of its line stays)."""
+        for i in range(len(self.items) - 1, -1, -1):
+            k, written, value = self.items[i]
+            if k == key:
+                if key in LIST_HEADERS and "," in value:
+                    *rest, last = split_commas(value)
+                    self.items[i] = (k, written, ", ".join(rest))
+                    return last
+                del self.items[i]
+                return value
+        return None
+
+    def map_values(self, key: str, change: Callable[[str], str]) -> None:
+        """Apply ``change`` to every value of ``key``; a line is rewritten only if a value changed."""
+        for i, (k, written, value) in enumerate(self.items):
+            if k != key:
+                continue
+            values = split_commas(value) if key in LIST_HEADERS else [value]
+            changed = [change(v) for v in values]
+            if changed != values:
+                self.items[i] = (k, written, ", ".join(changed))
 
     def copy(self) -> Headers:
         return Headers(self.items)
@@ -234,12 +265,7 @@ def _parse_header_lines(lines: list[str], max_headers: int) -> list[tuple[str, s
         name = name.rstrip(" \t")
         if not colon or HEADER_NAME_RE.fullmatch(name) is None:
             raise SipSyntaxError(f"malformed header line {line[:60]!r}")
-        key = canonical(name)
-        value = value.strip(" \t")
-        if key in LIST_HEADERS:
-            items.extend((key, name, part) for part in split_commas(value) if part)
-        else:
-            items.append((key, name, value))
+        items.append((canonical(name), name, value.strip(" \t")))
     return items
 
 
@@ -250,7 +276,7 @@ def _parse_start_line(line: str, headers: Headers) -> Request | Response:
             raise SipSyntaxError(f"malformed Status-Line {line[:80]!r}")
         version, code, reason = status.groups()
         _check_version(version)
-        return Response(headers, b"", version, int(code), reason)
+        return Response(headers, b"", version, int(code), reason or "")
     request = REQUEST_LINE_RE.fullmatch(line)
     if request is None:
         raise SipSyntaxError(f"malformed Request-Line {line[:80]!r}")

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 
 from proxy.sip.errors import MessageTooLarge, SipError, SipSyntaxError
 
-# Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT   (RFC 3261 §20.14)
-_CONTENT_LENGTH_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+# Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT   (RFC 3261 §20.14);
+# the value runs to the end of the line and over folded continuation lines (§7.3.1).
+_CONTENT_LENGTH_RE = re.compile(
+    rb"^(?:content-length|l)[ \t]*:(.*?(?:\r\n[ \t].*?)*)\r?$", re.IGNORECASE | re.MULTILINE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,8 @@ class StreamFramer:
             if len(buf) > self.max_header_bytes:
                 return self._fail(MessageTooLarge("header block too large"), b"")
             return None
+        if end + 4 > self.max_header_bytes:
+            return self._fail(MessageTooLarge("header block too large"), b"")
         head = bytes(buf[: end + 4])
         length = self._content_length(head)
         if isinstance(length, SipError):
@@ -108,7 +113,7 @@ class StreamFramer:
         return None if not buf else self._next()
 
     def _content_length(self, head: bytes) -> int | SipError:
-        values = {m.group(1) for m in _CONTENT_LENGTH_RE.finditer(head)}
+        values = {m.group(1).replace(b"\r\n", b"").strip(b" \t") for m in _CONTENT_LENGTH_RE.finditer(head)}
         if not values:
             return 0  # lenient: a stream message without Content-Length is taken to have no body
         if len(values) > 1:

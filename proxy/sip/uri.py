@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from proxy.sip.errors import SipError, SipSyntaxError
-from proxy.sip.grammar import HOST_RE, is_ip_literal
+from proxy.sip.grammar import HOST_RE, SCHEME_RE, is_ip_literal
 
 Param = tuple[str, str | None]
 
@@ -107,20 +107,21 @@ class SipUri:
 def parse_uri(text: str) -> SipUri:
     """Parse a sip:/sips: URI; raise UnsupportedScheme for any other scheme, SipSyntaxError if malformed."""
     scheme, colon, rest = text.partition(":")
-    if not colon or not scheme:
-        raise SipSyntaxError(f"URI {text!r} has no scheme")
+    if not colon or SCHEME_RE.fullmatch(scheme) is None:
+        raise SipSyntaxError(f"URI {text!r} has no valid scheme")  # RFC 4475 §3.1.2.7: <sip:...> is 400
     scheme = scheme.lower()
     if scheme not in ("sip", "sips"):
         raise UnsupportedScheme(f"Unsupported URI scheme {scheme!r}")
     if any(c in text for c in " \t\r\n<>"):
         raise SipSyntaxError(f"URI {text!r} contains whitespace or angle brackets")
-    rest, qmark, headers = rest.partition("?")
+    # '@' never stands unescaped after the userinfo, which may hold '?' and ';' (§25.1, RFC 4475 §3.1.1.2).
     user: str | None = None
     at = rest.rfind("@")
     if at >= 0:
         user, rest = rest[:at], rest[at + 1 :]
         if not user:
             raise SipSyntaxError(f"URI {text!r} has an empty user part")
+    rest, qmark, headers = rest.partition("?")
     hostport, *raw_params = rest.split(";")
     host, port = _split_hostport(hostport, text)
     params: list[Param] = []

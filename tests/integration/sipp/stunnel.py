@@ -22,13 +22,15 @@ stopped by PID only.  Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -146,12 +148,11 @@ def port_is_listening(port: int) -> bool:
 class Tunnel:
     """A running stunnel child process."""
 
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     config_path: Path
     log_path: Path
     accept_port: int
     connect_port: int
-    _log_file: object = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -169,27 +170,20 @@ class Tunnel:
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the stunnel PID, SIGKILL it after *timeout*; return its exit code."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=timeout)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         return self.proc.returncode
 
-    def __enter__(self) -> "Tunnel":
+    def __enter__(self) -> Tunnel:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -225,30 +219,27 @@ def start_tunnel(
         debug=debug,
     )
     log_path = workdir / f"{name}.log"
-    log_file = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [find_stunnel(), str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
-    )
-    tunnel = Tunnel(proc, conf, log_path, accept_port, connect_port, log_file)
+    with open(log_path, "wb") as log_file:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [find_stunnel(), str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    tunnel = Tunnel(proc, conf, log_path, accept_port, connect_port)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tunnel.stop()
             raise StunnelError(
-                f"stunnel exited with {proc.returncode} before listening on "
-                f"{accept_port}:\n{tunnel.log_text()}"
+                f"stunnel exited with {proc.returncode} before listening on {accept_port}:\n{tunnel.log_text()}"
             )
         if port_is_listening(accept_port):
             return tunnel
         time.sleep(0.02)
     tunnel.stop()
-    raise StunnelError(
-        f"stunnel not listening on {accept_port} after {ready_timeout}s:\n{tunnel.log_text()}"
-    )
+    raise StunnelError(f"stunnel not listening on {accept_port} after {ready_timeout}s:\n{tunnel.log_text()}")
 
 
 def start_client_tunnel(
@@ -260,7 +251,7 @@ def start_client_tunnel(
     key: Path | str,
     ca_file: Path | str,
     check_host: str,
-    **kwargs,
+    **kwargs: Any,
 ) -> Tunnel:
     """Plain TCP on 127.0.0.1:accept_port -> TLS to 127.0.0.1:connect_port."""
     return start_tunnel(
@@ -284,7 +275,7 @@ def start_server_tunnel(
     cert_chain: Path | str,
     key: Path | str,
     ca_file: Path | str,
-    **kwargs,
+    **kwargs: Any,
 ) -> Tunnel:
     """TLS (client cert required) on 127.0.0.1:accept_port -> plain TCP to connect_port."""
     return start_tunnel(
