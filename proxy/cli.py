@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and print what it sets up")
     check.add_argument("--config", required=True, help="TOML config file")
     certs.add_arguments(commands.add_parser("certs", help="create a lab CA and leaf certificates"))
+    doctor = commands.add_parser("doctor", help="find why a federation would fail: certificates, names, routes")
+    doctor.add_argument("--config", required=True, help="TOML config file")
+    doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, for scripts")
     return parser
 
 
@@ -28,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "certs":
         return certs.run(args)
+    if args.command == "doctor":
+        from proxy import doctor
+
+        return doctor.run(args.config, args.json)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from acl.config import parse_trust
+from acl.peers import Trust
 from routes import StaticRoute, parse_routes
 from routes.table import DOMAIN_RE, is_host
 
@@ -20,9 +22,10 @@ PROXY_KEYS = {
     "fqdn", "federation_fqdn", "tolerated_option_tags", "transaction_timeout_seconds",
     "invite_timeout_seconds", "connect_timeout_seconds", "max_message_bytes", "log_level",
 }
-LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert"}
+LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
+UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
-TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite"}
+TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl"}
 
 
 class ConfigError(Exception):
@@ -54,6 +57,10 @@ class ListenerConfig:
     the listener's own ``fqdn`` if it sets one, else ``proxy.federation_fqdn``."""
     require_client_cert: bool = True
     """Mutual TLS: refuse a TLS client that presents no certificate the CA bundle verifies."""
+    untrusted: str = "admit"
+    """What a request from a source that is neither a trusted peer nor exempt gets: ``admit``,
+    ``challenge`` (407, digest) or ``refuse`` (403). Default: challenge when [auth] is set, else
+    refuse when [[peers]] are set, else admit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +119,10 @@ class Config:
     """Largest message accepted; larger gets 513 (RFC 3261 §21.5.14)."""
     log_level: str = "info"
     """Python logging level name."""
+    trust: Trust = field(default_factory=Trust)
+    """Trusted peers, digest realm, exemption ACLs, outgoing credentials."""
+    warnings: tuple[str, ...] = ()
+    """Things that work but an admin should know (plaintext passwords, open admission)."""
 
 
 def load_config(path: Path | str) -> Config:
@@ -149,9 +160,33 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     tls = _tls(raw.get("tls"), path.parent, needs_tls, problems)
     settings = _settings(proxy, problems)
     rewrites = _rewrites(raw.get("maddr_rewrite"), problems)
+    warnings: list[str] = []
+    trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
+    listeners = _untrusted_policies(raw.get("listeners"), listeners, trust, problems, warnings)
     if problems:
         return None
-    return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings)
+    return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings,
+                  trust=trust, warnings=tuple(warnings))
+
+
+def _untrusted_policies(raw: object, listeners: list[ListenerConfig], trust: Trust, problems: list[str],
+                        warnings: list[str]) -> list[ListenerConfig]:
+    """Resolve each listener's ``untrusted`` policy and check it can be carried out."""
+    default = "challenge" if trust.digest else "refuse" if trust.peers else "admit"
+    entries = raw if isinstance(raw, list) else []
+    out = []
+    for i, listener in enumerate(listeners):
+        entry = entries[i] if i < len(entries) and isinstance(entries[i], Mapping) else {}
+        policy = str(entry.get("untrusted", default))
+        if policy not in UNTRUSTED_POLICIES:
+            problems.append(f"listeners[{i}].untrusted: {policy!r} must be one of {', '.join(UNTRUSTED_POLICIES)}")
+        elif policy == "challenge" and trust.digest is None:
+            problems.append(f"listeners[{i}].untrusted: 'challenge' needs an [auth] section with a realm and users")
+        elif policy == "admit" and not trust.peers:
+            warnings.append(f"listener {listener.name!r} admits every source (no [[peers]], no [auth]): any client "
+                            "with a certificate from tls.ca_bundle may relay")
+        out.append(replace(listener, untrusted=policy))
+    return out
 
 
 def _listeners(raw: object, fqdn: str, federation_fqdn: str, problems: list[str]) -> list[ListenerConfig]:

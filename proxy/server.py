@@ -28,7 +28,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
     client_ssl = client_context(config.tls) if config.tls else None
     proxy = Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset()))  # replaced once ports are known
     driver = Driver(proxy, loop, client_ssl=client_ssl, connect_timeout=config.connect_timeout_seconds,
-                    max_message_bytes=config.max_message_bytes)
+                    max_message_bytes=config.max_message_bytes, trust=config.trust)
     servers: list[asyncio.Server] = []
     identities: list[Identity] = []
     for listener in config.listeners:
@@ -48,10 +48,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
             servers.append(server)
             port = server.sockets[0].getsockname()[1]
         identities.append(Identity(listener.name, listener.transport, listener.address, port, listener.fqdn,
-                                   listener.federation_fqdn))
+                                   listener.federation_fqdn, listener.untrusted))
     rewrites = {r.internal: r.external for r in config.maddr_rewrites}
     policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags)
-    driver.proxy = Proxy(policy, RelaySettings(config.transaction_timeout_seconds, config.invite_timeout_seconds))
+    driver.proxy = Proxy(policy, RelaySettings(config.transaction_timeout_seconds, config.invite_timeout_seconds),
+                         config.trust)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
     listening = " ".join(f"{i.listener}={i.transport}:{i.address}:{i.port}" for i in identities)
     print(f"sipfed ready {listening}", flush=True)
     log.info("%d listener(s), %d route(s) from %s", len(identities), len(config.routes), config.path)

@@ -14,7 +14,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
-from proxy.net.tls import describe_failure, peer_names
+from acl.peers import Trust
+from acl.subjects import CertIdentity
+from proxy.net.tls import describe_failure, peer_identity
 from proxy.relay.core import Proxy
 from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.parser import FramingError, Ping, StreamFramer
@@ -40,12 +42,15 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        names = peer_names(transport.get_extra_info("ssl_object"))
+        identity = peer_identity(transport.get_extra_info("ssl_object"))
+        bound = self.driver.trust.bind(identity, peer[0])
         conn_id = self.driver.register(self)
-        self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, names)
+        self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, identity,
+                         bound.name if bound else None)
         self.driver.by_remote[(self.transport_name, peer[0], peer[1])] = self
         self.keys.append((self.transport_name, peer[0], peer[1]))
-        log.debug("connection %d %s %s:%d %s", conn_id, "to" if self.outbound else "from", peer[0], peer[1], names)
+        log.debug("connection %d %s %s:%d %s peer=%s", conn_id, "to" if self.outbound else "from", peer[0], peer[1],
+                  identity.describe(), self.flow.peer)
 
     def data_received(self, data: bytes) -> None:
         assert self.flow is not None
@@ -84,7 +89,9 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if data.strip(b"\r\n") == b"":
             return  # keep-alive CRLFs on UDP carry nothing
-        self.driver.deliver(Flow("udp", self.listener, (str(addr[0]), addr[1]), 0), data)
+        source = str(addr[0])
+        bound = self.driver.trust.bind(CertIdentity(), source) if self.driver.trust.peers else None
+        self.driver.deliver(Flow("udp", self.listener, (source, addr[1]), 0, peer=bound.name if bound else None), data)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp %s: %s", self.listener, exc)
@@ -94,8 +101,9 @@ class Driver:
     """Owns the sockets and feeds the proxy core."""
 
     def __init__(self, proxy: Proxy, loop: asyncio.AbstractEventLoop, *, client_ssl: ssl.SSLContext | None,
-                 connect_timeout: float, max_message_bytes: int) -> None:
+                 connect_timeout: float, max_message_bytes: int, trust: Trust | None = None) -> None:
         self.proxy = proxy
+        self.trust = trust or Trust()
         self.loop = loop
         self.client_ssl = client_ssl
         self.connect_timeout = connect_timeout

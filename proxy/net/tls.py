@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from acl.subjects import CertIdentity
 from proxy.config import ListenerConfig, TlsConfig
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -39,17 +40,9 @@ def client_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
-def peer_names(ssl_object: Any) -> tuple[str, ...]:
-    """The DNS and IP subjectAltNames and the CN of a verified peer certificate, lower case."""
-    if ssl_object is None:
-        return ()
-    cert = ssl_object.getpeercert()
-    if not cert:
-        return ()
-    names = [value.lower() for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
-    for rdn in cert.get("subject", ()):
-        names.extend(value.lower() for key, value in rdn if key == "commonName")
-    return tuple(dict.fromkeys(names))
+def peer_identity(ssl_object: Any) -> CertIdentity:
+    """The verified peer certificate, parsed (the match uses it, never a SIP header)."""
+    return CertIdentity.from_ssl_dict(ssl_object.getpeercert() if ssl_object is not None else None)
 
 
 def describe_failure(exc: BaseException, expected_name: str | None) -> str:

@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 
+from acl.digest import authorization
+from acl.peers import Trust
 from proxy.relay.forwarding import (
     BRANCH_PREFIX,
     RelayPolicy,
@@ -32,6 +35,7 @@ from proxy.relay.forwarding import (
     validate,
 )
 from proxy.relay.record_route import rewrite_maddr
+from proxy.relay.trust import admit
 from proxy.relay.types import Flow, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.errors import SipError
 from proxy.sip.headers import canonical, parse_name_addr
@@ -95,15 +99,22 @@ class ClientTx:
     final_status: int = 0
     cancel_pending: bool = False
     interval: float = T1
+    original_cseq: str | None = None
+    """The sender's CSeq when sipfed renumbered the request (after answering a challenge)."""
+    challenged: bool = False
+    """This is already sipfed's retry with credentials: a second challenge goes no further."""
     timers: TimerSet = field(default_factory=TimerSet)
 
 
 class Proxy:
     """RFC 3261 §16 transaction-stateful proxy, one target per request (no forking)."""
 
-    def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None) -> None:
+    def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None, trust: Trust | None = None) -> None:
         self.policy = policy
         self.settings = settings or RelaySettings()
+        self.trust = trust or Trust()
+        #: (Call-ID, From tag) -> how far sipfed moved that sender's CSeq by answering challenges for it.
+        self._cseq_offsets: dict[tuple[str, str], int] = {}
         self.timers = TimerQueue()
         self.server_txs: dict[ServerKey, ServerTx] = {}
         self.client_txs: dict[tuple[str, str], ClientTx] = {}
@@ -182,6 +193,7 @@ class Proxy:
             validate(request, self.policy)
             hashed = loop_hash(request)
             detect_loop(request, self.policy, hashed)
+            admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now)
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped)
         except SipError as exc:
@@ -198,13 +210,19 @@ class Proxy:
         branch = f"{BRANCH_PREFIX}{hashed}.{cid:x}"
         inbound = self.policy.identities[stx.flow.listener]
         forwarded = prepare_forward(stx.request, hop, self.policy, inbound, branch)
+        original_cseq = self._renumber(forwarded)
         data = forwarded.to_bytes()
-        ctx = ClientTx(cid, branch, stx.request.method, hop, data, forwarded, stx)
-        self.client_txs[(branch, ctx.method)] = ctx
-        self._by_id[cid] = ctx
-        stx.client = ctx
-        self._outputs.append(SendToHop(hop, data, cid))
-        timeout = TIMER_B if stx.invite else self.settings.transaction_timeout_seconds
+        ctx = ClientTx(cid, branch, stx.request.method, hop, data, forwarded, stx, original_cseq=original_cseq)
+        self._start_client(ctx, now)
+
+    def _start_client(self, ctx: ClientTx, now: float) -> None:
+        self.client_txs[(ctx.branch, ctx.method)] = ctx
+        self._by_id[ctx.id] = ctx
+        if ctx.server is not None:
+            ctx.server.client = ctx
+        hop = ctx.hop
+        self._outputs.append(SendToHop(hop, ctx.data, ctx.id))
+        timeout = TIMER_B if ctx.method == "INVITE" else self.settings.transaction_timeout_seconds
         ctx.timers.set("timeout", self.timers.schedule(now + timeout, lambda t: self._client_timeout(ctx, t)))
         if hop.transport == "udp":  # §17.1.1.2 Timer A / §17.1.2.2 Timer E
             ctx.timers.set("retransmit", self.timers.schedule(now + T1, lambda t: self._retransmit(ctx, t)))
@@ -239,6 +257,7 @@ class Proxy:
         incoming = (request.top_via.branch or "").encode()
         branch = f"{BRANCH_PREFIX}{hashlib.blake2s(incoming, digest_size=6).hexdigest()}.a"
         forwarded = prepare_forward(request, hop, self.policy, self.policy.identities[flow.listener], branch)
+        self._renumber(forwarded)
         self._outputs.append(SendToHop(hop, forwarded.to_bytes(), 0))
 
     def _on_cancel(self, cancel: ServerTx, now: float) -> None:
@@ -304,6 +323,8 @@ class Proxy:
                 self._send_cancel(ctx, now)
         stx = ctx.server
         if response.status > 100 and stx is not None and not stx.final_status:
+            if ctx.original_cseq:
+                response.headers.set("CSeq", ctx.original_cseq)
             self._send_response(stx, response, now)  # §16.7 step 5: forward provisionals but 100
 
     def _on_final(self, ctx: ClientTx, response: Response, now: float) -> None:
@@ -323,10 +344,74 @@ class Proxy:
         ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
         if stx is None or (stx.final_status and not (invite and status < 300)):
             return
+        if status in (401, 407) and not stx.final_status and self._absorb_challenge(ctx, stx, response, now):
+            return
+        if ctx.original_cseq:
+            response.headers.set("CSeq", ctx.original_cseq)
         if status == 503:
             # §16.7 step 6: a 503 would make the sender think sipfed itself is unavailable.
             response.status, response.reason = 500, "Next Hop Unavailable (503)"
         self._send_response(stx, response, now)
+
+    # -- challenges from next hops ------------------------------------------------------------
+
+    def _absorb_challenge(self, ctx: ClientTx, stx: ServerTx, response: Response, now: float) -> bool:
+        """A 401/407 for a source that cannot answer digest never reaches it (trust rule 4).
+
+        With credentials for the route, sipfed answers and re-sends the request with the next CSeq
+        (RFC 3261 §22.2, §8.1.3.5), remembering the shift for the rest of the dialog; without, 403.
+        """
+        request = stx.request
+        flow = stx.flow
+        if not self.trust.shield(flow.remote[0], flow.identity, flow.peer, request.method):
+            return False
+        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+        challenge = response.headers.get(header) or ""
+        realm = _realm(challenge)
+        credential = self.trust.credential_for(ctx.hop.route, realm)
+        if credential is None or ctx.challenged or not challenge:
+            why = "sipfed's own credentials were refused" if ctx.challenged else (
+                f"no [[acl.credentials]] for route {ctx.hop.route or ctx.hop.host} realm {realm or '?'}")
+            log.warning("%s from %s: next hop %s challenged (%d) on behalf of %s, which cannot answer digest; %s",
+                        request.method, flow.remote[0], ctx.hop, response.status, flow.peer or flow.remote[0], why)
+            self._respond(stx, 403, f"Forbidden (next hop demanded digest authentication the sender cannot "
+                                    f"answer: {why})", now)
+            return True
+        self._retry_with_credentials(ctx, stx, response.status, challenge, credential.username,
+                                     credential.password, now)
+        return True
+
+    def _retry_with_credentials(self, ctx: ClientTx, stx: ServerTx, status: int, challenge: str, username: str,
+                                password: str, now: float) -> None:
+        retry = ctx.request.copy()
+        number, method = retry.cseq
+        key = (retry.call_id, retry.from_.param("tag") or "")
+        self._cseq_offsets[key] = self._cseq_offsets.get(key, 0) + 1
+        retry.headers.set("CSeq", f"{number + 1} {method}")
+        name = "Authorization" if status == 401 else "Proxy-Authorization"
+        retry.headers.append(name, authorization(challenge, method, retry.uri, username, password,
+                                                 secrets.token_hex(8)))
+        cid = next(self._ids)
+        branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
+        top = retry.headers.get("via") or ""
+        retry.headers.set("Via", top.replace(f"branch={ctx.branch}", f"branch={branch}"))
+        original = ctx.original_cseq or stx.request.headers.get("cseq")
+        retry_ctx = ClientTx(cid, branch, method, ctx.hop, retry.to_bytes(), retry, stx,
+                             original_cseq=original, challenged=True)
+        log.info("%s: answered the %d of %s as %s", method, status, ctx.hop, username)
+        self._start_client(retry_ctx, now)
+
+    def _renumber(self, request: Request) -> str | None:
+        """Shift the CSeq of a dialog sipfed renumbered; return the sender's value if changed."""
+        if not self._cseq_offsets:
+            return None
+        offset = self._cseq_offsets.get((request.call_id, request.from_.param("tag") or ""))
+        if not offset:
+            return None
+        original = request.headers.get("cseq")
+        number, method = request.cseq
+        request.headers.set("CSeq", f"{number + offset} {method}")
+        return original
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -440,6 +525,11 @@ class Proxy:
         reason = " ".join(exc.reason.split())
         log.info("answered %d %s to %s:%d", exc.status, reason, *flow.remote)
         self._outputs.append(SendOnFlow(flow, Response(copied, b"", "SIP/2.0", exc.status, reason).to_bytes()))
+
+
+def _realm(challenge: str) -> str:
+    match = re.search(r'realm\s*=\s*"([^"]*)"', challenge)
+    return match.group(1) if match else ""
 
 
 def _hop_request(ctx: ClientTx, method: str, to: str) -> Request:

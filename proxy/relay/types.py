@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from acl.subjects import CertIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,8 +19,15 @@ class Flow:
     """The peer's IP address and port."""
     conn_id: int
     """The edge's connection id (UDP: 0)."""
-    peer_names: tuple[str, ...] = ()
-    """Names (DNS and IP SANs, CN) of the peer's verified TLS certificate; () if none."""
+    identity: CertIdentity = field(default_factory=CertIdentity)
+    """The peer's verified TLS certificate, parsed; empty for TCP/UDP."""
+    peer: str | None = None
+    """The trusted peer this flow is bound to (by certificate subject and network), or None."""
+
+    @property
+    def peer_names(self) -> tuple[str, ...]:
+        """The certificate's names (DNS SANs, else CN; IP SANs)."""
+        return self.identity.names
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,8 @@ class Identity:
     """Name in Via and Record-Route."""
     federation_fqdn: str
     """Name in Record-Route maddr."""
+    untrusted: str = "admit"
+    """What requests from sources neither trusted nor exempt get: admit, challenge or refuse."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from acl.subjects import CertIdentity
 from proxy.relay.core import Proxy, RelaySettings
 from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.types import Flow, Identity, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
@@ -19,9 +20,9 @@ LYNC_POOL_RR = "<sip:lyncpool.tomt.it:5061;transport=tls;opaque=state:T:F:Ci.R5d
 CUPS_RR_INTERNAL = "<sip:cups.tomt.local:5062;transport=tls;lr;maddr=127.0.0.2>"
 CUPS_RR_EXTERNAL = "<sip:cups.tomt.local:5062;transport=tls;lr;maddr=cups.tomt.local>"
 
-LYNC_IN = Flow("tls", "lync", ("127.0.0.3", 40001), 1, ("lync01.tomt.it",))
-CISCO_OUT = Flow("tls", "cisco", ("127.0.0.2", 5062), 2, ("cups.tomt.local",))
-CISCO_IN = Flow("tls", "cisco", ("127.0.0.2", 40002), 3, ("cups.tomt.local",))
+LYNC_IN = Flow("tls", "lync", ("127.0.0.3", 40001), 1, CertIdentity(dns_names=("lync01.tomt.it",)))
+CISCO_OUT = Flow("tls", "cisco", ("127.0.0.2", 5062), 2, CertIdentity(dns_names=("cups.tomt.local",)))
+CISCO_IN = Flow("tls", "cisco", ("127.0.0.2", 40002), 3, CertIdentity(dns_names=("cups.tomt.local",)))
 UDP_IN = Flow("udp", "udp", ("127.0.0.5", 5060), 0)
 UDP_OUT = Flow("udp", "udp", ("127.0.0.9", 5060), 0)
 TO_CUPS = NextHop("tls", "127.0.0.2", 5062, "cups.tomt.local", "cisco", "cisco")

@@ -1,0 +1,233 @@
+"""The ``[[peers]]``, ``[auth]`` and ``[acl]`` config sections, validated with every problem reported."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from acl.allow import AclEntry, AclError, Network, parse_allow
+from acl.digest import ALGORITHMS, DigestServer, ha1
+from acl.peers import Credential, Trust, TrustedPeer
+from acl.subjects import SubjectError, SubjectPattern, parse_subject
+
+PEER_KEYS = {"name", "subjects", "networks", "domains", "treat_as_authenticated", "answers_digest"}
+AUTH_KEYS = {"realm", "nonce_ttl_seconds", "algorithms", "users", "secret"}
+USER_KEYS = {"username", "password", "ha1_md5", "ha1_sha256"}
+ACL_KEYS = {"incoming", "outgoing", "credentials"}
+CREDENTIAL_KEYS = {"route", "username", "password", "realm"}
+
+
+def parse_trust(raw: Mapping[str, Any], problems: list[str], warnings: list[str],
+                route_names: set[str]) -> Trust:
+    """Build the Trust from the whole config table; append problems and warnings."""
+    peers = _peers(raw.get("peers"), problems)
+    names = {p.name for p in peers}
+    digest = _auth(raw.get("auth"), problems, warnings)
+    acl = raw.get("acl", {})
+    if not isinstance(acl, Mapping):
+        problems.append("acl: must be a table ([acl])")
+        acl = {}
+    _unknown(acl, ACL_KEYS, "acl", problems)
+    incoming = _entries(acl.get("incoming"), "acl.incoming", names, problems)
+    outgoing = _entries(acl.get("outgoing"), "acl.outgoing", names, problems)
+    credentials = _credentials(acl.get("credentials"), route_names, problems, warnings)
+    for peer in peers:
+        if not peer.answers_digest and not peer.treat_as_authenticated and not any(
+                e.kind == "peer" and e.value == peer.name for e in incoming):
+            problems.append(f"peers: {peer.name!r} cannot answer digest (answers_digest = false) but is neither "
+                            "treat_as_authenticated nor exempt in acl.incoming: sipfed would have to challenge "
+                            "it. Set treat_as_authenticated = true or add {peer = \"" + peer.name + "\"} to "
+                            "acl.incoming")
+    return Trust(tuple(peers), tuple(incoming), tuple(outgoing), digest, tuple(credentials))
+
+
+def _peers(raw: object, problems: list[str]) -> list[TrustedPeer]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append("peers: must be a list of tables ([[peers]])")
+        return []
+    peers: list[TrustedPeer] = []
+    for i, entry in enumerate(raw):
+        where = f"peers[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: must be a table")
+            continue
+        _unknown(entry, PEER_KEYS, where, problems)
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where}.name: missing (required)")
+            continue
+        subjects = _subjects(entry.get("subjects", []), f"{where}.subjects", problems)
+        networks = _networks(entry.get("networks", []), f"{where}.networks", problems)
+        if not subjects and not networks:
+            problems.append(f"{where}: give subjects (certificate names) or networks, or it matches nobody")
+        domains = _strings(entry.get("domains", []), f"{where}.domains", problems)
+        flags = [_bool(entry, key, default, where, problems)
+                 for key, default in (("treat_as_authenticated", True), ("answers_digest", True))]
+        if name in {p.name for p in peers}:
+            problems.append(f"{where}.name: {name!r} is used by another peer")
+        peers.append(TrustedPeer(name, tuple(subjects), tuple(networks), tuple(d.lower() for d in domains), *flags))
+    return peers
+
+
+def _subjects(raw: object, where: str, problems: list[str]) -> list[SubjectPattern]:
+    out = []
+    for i, text in enumerate(_strings(raw, where, problems)):
+        try:
+            out.append(parse_subject(text))
+        except SubjectError as exc:
+            problems.append(f"{where}[{i}]: {exc}")
+    return out
+
+
+def _networks(raw: object, where: str, problems: list[str]) -> list[Network]:
+    out = []
+    for i, text in enumerate(_strings(raw, where, problems)):
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            problems.append(f"{where}[{i}]: {text!r} is not an address or CIDR block")
+    return out
+
+
+def _auth(raw: object, problems: list[str], warnings: list[str]) -> DigestServer | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append("auth: must be a table ([auth])")
+        return None
+    _unknown(raw, AUTH_KEYS, "auth", problems)
+    realm = raw.get("realm")
+    if not isinstance(realm, str) or not realm:
+        problems.append("auth.realm: missing (required): the realm sipfed challenges with")
+        realm = ""
+    algorithms = tuple(a.upper() for a in _strings(raw.get("algorithms", ["SHA-256", "MD5"]), "auth.algorithms",
+                                                   problems))
+    for algorithm in algorithms:
+        if algorithm not in ALGORITHMS:
+            problems.append(f"auth.algorithms: {algorithm!r} must be MD5 or SHA-256")
+    ttl = raw.get("nonce_ttl_seconds", 300)
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
+        problems.append(f"auth.nonce_ttl_seconds: {ttl!r} must be a positive number")
+        ttl = 300
+    secret = raw.get("secret")
+    users = _users(raw.get("users", []), realm, problems, warnings)
+    return DigestServer(realm, secret.encode() if isinstance(secret, str) else secrets.token_bytes(32), users,
+                        float(ttl), algorithms or ("MD5",))
+
+
+def _users(raw: object, realm: str, problems: list[str], warnings: list[str]) -> dict[str, dict[str, str]]:
+    users: dict[str, dict[str, str]] = {}
+    if not isinstance(raw, list):
+        problems.append("auth.users: must be a list of tables ([[auth.users]])")
+        return users
+    for i, entry in enumerate(raw):
+        where = f"auth.users[{i}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("username"), str):
+            problems.append(f"{where}: needs a username")
+            continue
+        _unknown(entry, USER_KEYS, where, problems)
+        name = entry["username"]
+        stored = {alg: str(entry[key]).lower() for alg, key in (("MD5", "ha1_md5"), ("SHA-256", "ha1_sha256"))
+                  if key in entry}
+        if "password" in entry:
+            warnings.append(f"{where}.password: a plaintext password in the config; store ha1_md5/ha1_sha256 "
+                            f"(H(username:realm:password)) instead")
+            stored = {alg: ha1(alg, name, realm, str(entry["password"])) for alg in ALGORITHMS} | stored
+        if not stored:
+            problems.append(f"{where}: give ha1_md5 and/or ha1_sha256 (or password)")
+        users[name] = stored
+    return users
+
+
+def _entries(raw: object, where: str, peer_names: set[str], problems: list[str]) -> list[AclEntry]:
+    entries: list[AclEntry] = []
+    if raw is None:
+        return entries
+    if not isinstance(raw, list):
+        problems.append(f"{where}: must be a list of 'Allow from ...' strings or {{peer = ...}} tables")
+        return entries
+    for i, item in enumerate(raw):
+        path = f"{where}[{i}]"
+        entry = _entry(item, path, peer_names, problems)
+        if entry is None:
+            continue
+        for j, earlier in enumerate(entries):
+            if earlier.covers(entry):
+                problems.append(f"{path}: never used — {where}[{j}] ({earlier.value}) already matches all it "
+                                "matches; remove it or put it first")
+                break
+        entries.append(entry)
+    return entries
+
+
+def _entry(item: object, path: str, peer_names: set[str], problems: list[str]) -> AclEntry | None:
+    methods: frozenset[str] = frozenset()
+    if isinstance(item, Mapping):
+        methods = frozenset(m.upper() for m in _strings(item.get("methods", []), f"{path}.methods", problems))
+        if "peer" in item:
+            peer = item["peer"]
+            if peer not in peer_names:
+                problems.append(f"{path}.peer: no peer is named {peer!r} (peers: {', '.join(sorted(peer_names))})")
+                return None
+            return AclEntry("peer", str(peer), methods=methods)
+        item = item.get("from")
+    if not isinstance(item, str):
+        problems.append(f"{path}: must be 'Allow from ...' or a table with 'peer' or 'from'")
+        return None
+    try:
+        return parse_allow(item, methods)
+    except AclError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
+
+
+def _credentials(raw: object, route_names: set[str], problems: list[str], warnings: list[str]) -> list[Credential]:
+    out: list[Credential] = []
+    if raw is None:
+        return out
+    if not isinstance(raw, list):
+        problems.append("acl.credentials: must be a list of tables ([[acl.credentials]])")
+        return out
+    for i, entry in enumerate(raw):
+        where = f"acl.credentials[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: must be a table")
+            continue
+        _unknown(entry, CREDENTIAL_KEYS, where, problems)
+        values = {k: entry.get(k) for k in ("route", "username", "password")}
+        missing = [k for k, v in values.items() if not isinstance(v, str) or not v]
+        if missing:
+            problems.append(f"{where}: missing {', '.join(missing)}")
+            continue
+        if values["route"] not in route_names:
+            problems.append(f"{where}.route: no route is named {values['route']!r}")
+        warnings.append(f"{where}.password: answering a next hop's digest challenge needs the password itself; "
+                        "keep this file readable by sipfed only")
+        realm = entry.get("realm")
+        out.append(Credential(str(values["route"]), str(values["username"]), str(values["password"]),
+                              str(realm) if realm else None))
+    return out
+
+
+def _strings(raw: object, where: str, problems: list[str]) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        problems.append(f"{where}: must be a list of strings")
+        return []
+    return [x.strip() for x in raw]
+
+
+def _bool(entry: Mapping[str, Any], key: str, default: bool, where: str, problems: list[str]) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(f"{where}.{key}: must be true or false")
+        return default
+    return value
+
+
+def _unknown(entry: Mapping[str, Any], known: set[str], where: str, problems: list[str]) -> None:
+    for key in sorted(set(entry) - known):
+        problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")

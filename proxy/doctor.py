@@ -1,0 +1,476 @@
+"""`sipfed doctor`: find a broken federation's cause before the first message, in words an admin acts on.
+
+The offline checks read only the config and the files it names; each returns findings, an ``ok`` one
+too when it passes, so the report shows what was checked. They are the field notes' failures:
+
+- ``cert.eku``: our certificate lacks Client Authentication -> the peer answers TLS alert 43;
+- ``cert.chain``: the chain file lacks the intermediate -> 'unable to get local issuer certificate';
+- ``cert.validity``: expired, not yet valid, or expiring within 30 days;
+- ``cert.key``: the private key is not the certificate's;
+- ``cert.names``: a listener's Via/Record-Route name or ``maddr`` is not one of the certificate's
+  names -> Lync's Trusted Application Pool or CUP's TLS peer subject does not match;
+- ``route.loop`` and ``listener.lync_port``: a route that points back at sipfed, and a Lync-facing
+  listener off 5062 (the Lync static route should point at the peer-auth listener);
+- ``ca.bundle``: the CA bundle parses and holds a CA.
+
+``Finding`` is the unit of every report, the live checks (``--live``) included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import zip_longest
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from proxy.config import Config, ConfigError, ListenerConfig, load_config
+from routes import StaticRoute
+
+Severity = Literal["error", "warning", "ok"]
+SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "ok": 2}
+EXPIRY_WARNING = timedelta(days=30)
+# The field notes: Lync's static route points at CUP's "Peer Authentication listener", port 5062.
+PEER_AUTH_PORT = 5062
+WILDCARD_ADDRESSES = ("0.0.0.0", "::")
+NO_ISSUER = "unable to get local issuer certificate"
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One result of one check: what was looked at, what is wrong (or fine), and what to do."""
+
+    severity: Severity
+    """``error`` (federation will fail), ``warning`` (will fail later or may fail), ``ok`` (checked, fine)."""
+    check: str
+    """Short id of the check, e.g. ``cert.eku``; stable for scripts reading ``--json``."""
+    subject: str
+    """What the finding is about: a file, ``listener lync``, ``route cisco``."""
+    cause: str
+    """What is wrong, in plain words (for ``ok``: what was verified)."""
+    fix: str = ""
+    """What the admin should do; empty for ``ok``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Material:
+    """The TLS files, parsed; a file that did not parse is empty/None and has its own finding."""
+
+    chain: tuple[x509.Certificate, ...]
+    """``tls.cert_chain``: ours first, then the intermediates."""
+    bundle: tuple[x509.Certificate, ...]
+    """``tls.ca_bundle``."""
+    key: PrivateKeyTypes | None
+    """``tls.key``."""
+
+
+def run(config_path: str | Path, as_json: bool, *, now: datetime | None = None, width: int | None = None) -> int:
+    """`sipfed doctor`: print the findings; 0 without error findings, 1 with, 2 when the config fails to load."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    findings = diagnose(config, now or datetime.now(UTC))
+    print(render_json(findings) if as_json else render_table(findings, width=width))
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def diagnose(config: Config, now: datetime) -> list[Finding]:
+    """Every offline check on a loaded config, errors first, then warnings, then ok."""
+    findings = _tls_findings(config, now) + check_routes(config) + check_lync_port(config)
+    return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
+
+
+def _tls_findings(config: Config, now: datetime) -> list[Finding]:
+    tls = config.tls
+    if tls is None:
+        return [Finding("ok", "tls", "[tls]", "no TLS listener or route: certificate checks do not apply")]
+    findings: list[Finding] = []
+    label = _labeler(config)
+    material = _Material(
+        _load_certs(tls.cert_chain, "tls.cert_chain", label, findings),
+        _load_certs(tls.ca_bundle, "tls.ca_bundle", label, findings),
+        _load_key(tls.key, label, findings),
+    )
+    if material.bundle:
+        findings += check_bundle(material.bundle, label(tls.ca_bundle))
+    if not material.chain:
+        return findings
+    chain_label = label(tls.cert_chain)
+    findings += check_eku(material.chain[0], chain_label)
+    if material.bundle:
+        findings += check_chain(material.chain, material.bundle, chain_label)
+    findings += check_validity(material.chain, chain_label, now)
+    if material.key is not None:
+        findings += check_key(material.chain, material.key, chain_label, label(tls.key))
+    findings += check_names(material.chain[0], config.listeners, chain_label)
+    return findings
+
+
+def _labeler(config: Config) -> Callable[[Path], str]:
+    """Paths as the admin wrote them: relative to the config file's directory when inside it."""
+    base = config.path.resolve().parent
+
+    def label(path: Path) -> str:
+        return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+    return label
+
+
+def _load_certs(path: Path, key: str, label: Callable[[Path], str], out: list[Finding]) -> tuple[x509.Certificate, ...]:
+    try:
+        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except OSError as exc:
+        out.append(Finding("error", "cert.load", label(path), f"{key}: cannot read: {exc.strerror or exc}",
+                           "make the file readable by the user sipfed runs as"))
+    except ValueError:
+        out.append(Finding("error", "cert.load", label(path), f"{key}: no PEM certificate in the file",
+                           "use PEM ('-----BEGIN CERTIFICATE-----'); convert DER with "
+                           "'openssl x509 -inform der -in FILE -out FILE.pem'"))
+    return ()
+
+
+def _load_key(path: Path, label: Callable[[Path], str], out: list[Finding]) -> PrivateKeyTypes | None:
+    subject = label(path)
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        out.append(Finding("error", "cert.key", subject, f"tls.key: cannot read: {exc.strerror or exc}",
+                           "make the key readable by the user sipfed runs as (and by no one else)"))
+    except TypeError:
+        out.append(Finding("error", "cert.key", subject,
+                           "tls.key is encrypted; sipfed starts unattended and has no passphrase",
+                           "store it unencrypted with mode 0600: 'openssl pkey -in KEY -out KEY.plain'"))
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        out.append(Finding("error", "cert.key", subject, f"tls.key is not a PEM private key ({exc})",
+                           "point tls.key at the PEM private key of tls.cert_chain"))
+    return None
+
+
+def check_eku(cert: x509.Certificate, subject: str) -> list[Finding]:
+    """RFC 5280 §4.2.1.12: a federation peer is TLS server and client, so it needs both purposes."""
+    eku = _extension(cert, x509.ExtendedKeyUsage)
+    if eku is None or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
+        return [Finding("ok", "cert.eku", subject,
+                        "no Extended Key Usage restriction: any purpose, serverAuth and clientAuth included")]
+    findings = []
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        findings.append(Finding(
+            "error", "cert.eku", subject,
+            "our certificate has no Client Authentication EKU (clientAuth): when sipfed connects out with "
+            "it, the peer answers TLS alert 43 unsupported_certificate (the field notes' Lync/CUP failure)",
+            "reissue it from a template that has Server Authentication and Client Authentication "
+            "(the default WebServer template lacks Client Authentication)"))
+    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        findings.append(Finding(
+            "error", "cert.eku", subject,
+            "our certificate has no Server Authentication EKU (serverAuth): peers connecting to our "
+            "listeners refuse it (TLS alert 43 unsupported_certificate)",
+            "reissue it from a template that has Server Authentication and Client Authentication"))
+    return findings or [Finding("ok", "cert.eku", subject, "EKU has serverAuth and clientAuth (mutual TLS)")]
+
+
+def check_chain(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certificate], subject: str) -> list[Finding]:
+    """RFC 5246 §7.4.2: we send our certificate and the intermediates up to a CA the peer trusts."""
+    path, anchor = build_path(chain, bundle)
+    last = path[-1]
+    if anchor is None and _self_issued(last):
+        return [Finding("error", "cert.chain", subject,
+                        f"the chain ends at the root {_name(last.subject)!r}, which is not in tls.ca_bundle",
+                        "put the CA that issued our certificate into tls.ca_bundle (or fix tls.cert_chain)")]
+    if anchor is None:
+        return [Finding("error", "cert.chain", subject,
+                        f"the chain stops at {_name(last.subject)!r}: its issuer {_name(last.issuer)!r} is in "
+                        f"neither the chain file nor tls.ca_bundle; peers that trust only the root fail with "
+                        f"'{NO_ISSUER}'", _append_fix(last))]
+    if not _self_issued(anchor):
+        return [Finding("warning", "cert.chain", subject,
+                        f"the chain reaches the CA {_name(anchor.subject)!r} only through tls.ca_bundle, which "
+                        f"is not a root; peers that trust only the root fail with '{NO_ISSUER}'",
+                        _append_fix(last))]
+    steps = " -> ".join(_name(cert.subject) for cert in [*path, anchor])
+    return [Finding("ok", "cert.chain", subject, f"chain verifies to a CA in tls.ca_bundle: {steps}")]
+
+
+def _append_fix(last: x509.Certificate) -> str:
+    return (f"append the certificate of {_name(last.issuer)!r} (the intermediate) after ours in the chain file, "
+            "e.g. 'cat ours.crt intermediate.crt > chain.pem'")
+
+
+def build_path(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certificate],
+               ) -> tuple[list[x509.Certificate], x509.Certificate | None]:
+    """Our certificate, then chain-file certificates each issuing the one before (by issuer name and
+    signature), until a self-signed CA in the bundle issues the last; returns the path and that anchor.
+
+    The chain file's intermediates are preferred over the bundle's, so a chain that is complete is seen
+    as complete even when the bundle also holds the intermediate. Without a root, the anchor is the
+    bundle certificate that issued the last one, or None.
+    """
+    path, spare = [chain[0]], list(chain[1:])
+    while True:
+        current = path[-1]
+        anchor = next((ca for ca in bundle if _issued_by(current, ca)), None)
+        if anchor is not None and _self_issued(anchor):
+            return path, anchor
+        following = next((cert for cert in spare if _issued_by(current, cert)), None)
+        if following is None:
+            return path, anchor
+        spare.remove(following)
+        path.append(following)
+
+
+def check_validity(chain: Sequence[x509.Certificate], subject: str, now: datetime) -> list[Finding]:
+    """Each certificate of the chain file: valid now, and not expiring within 30 days."""
+    return [_validity(cert, f"{subject} #{i} ({_name(cert.subject)})", now) for i, cert in enumerate(chain, 1)]
+
+
+def _validity(cert: x509.Certificate, subject: str, now: datetime) -> Finding:
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < start:
+        return Finding("error", "cert.validity", subject,
+                       f"not valid before {start:%Y-%m-%d %H:%M} UTC: peers refuse it (certificate is not yet valid)",
+                       "check this host's clock (and the CA's); or wait, or reissue with an earlier start")
+    if now >= end:
+        return Finding("error", "cert.validity", subject,
+                       f"expired on {end:%Y-%m-%d %H:%M} UTC: peers refuse it (TLS alert 45 certificate_expired)",
+                       "renew the certificate and replace the file, then restart sipfed")
+    days = round((end - now) / timedelta(days=1))
+    if end - now <= EXPIRY_WARNING:
+        return Finding("warning", "cert.validity", subject,
+                       f"expires on {end:%Y-%m-%d} ({days} days left); after that, peers refuse it",
+                       "renew it now, and replace the file before it expires")
+    return Finding("ok", "cert.validity", subject, f"valid until {end:%Y-%m-%d} ({days} days)")
+
+
+def check_key(chain: Sequence[x509.Certificate], key: PrivateKeyTypes, subject: str, key_subject: str,
+              ) -> list[Finding]:
+    """The private key's public half must be the certificate's (sipfed cannot start otherwise)."""
+    mine = _spki(key.public_key())
+    if _spki(chain[0].public_key()) == mine:
+        return [Finding("ok", "cert.key", key_subject, f"the key matches the certificate in {subject}")]
+    where = next((i for i, cert in enumerate(chain, 1) if _spki(cert.public_key()) == mine), None)
+    if where is not None:
+        return [Finding("error", "cert.key", key_subject,
+                        f"the key belongs to certificate #{where} of {subject}, not to the first one",
+                        "put our certificate first in the chain file, then its intermediates")]
+    return [Finding("error", "cert.key", key_subject,
+                    f"the key is not the private key of {_name(chain[0].subject)!r} in {subject}: "
+                    "TLS cannot start with this pair",
+                    "point tls.key at the key the certificate was issued for (the CSR's key), or reissue")]
+
+
+def check_names(cert: x509.Certificate, listeners: Iterable[ListenerConfig], subject: str) -> list[Finding]:
+    """Each TLS listener's fqdn and federation_fqdn are among our certificate's names (RFC 6125)."""
+    names = certificate_names(cert)
+    shown = ", ".join(sorted(names)) or "none"
+    findings = []
+    for listener in (lst for lst in listeners if lst.transport == "tls"):
+        for name, role in _listener_names(listener):
+            if _name_matches(name, names):
+                findings.append(Finding("ok", "cert.names", f"listener {listener.name}",
+                                        f"{role} {name!r} is a name of our certificate"))
+                continue
+            findings.append(Finding(
+                "error", "cert.names", f"listener {listener.name}",
+                f"{role} {name!r} is not a name of our certificate ({subject}: {shown}); the peer that "
+                "checks it (Lync's Trusted Application Pool, CUP's TLS peer subject) refuses",
+                f"reissue the certificate with {name!r} as a DNS subjectAltName, or set this listener's "
+                "fqdn/federation_fqdn to one of its names"))
+    return findings
+
+
+def _listener_names(listener: ListenerConfig) -> list[tuple[str, str]]:
+    if listener.fqdn == listener.federation_fqdn:
+        return [(listener.fqdn, "fqdn (Via, Record-Route and its maddr)")]
+    return [(listener.fqdn, "fqdn (Via, Record-Route)"),
+            (listener.federation_fqdn, "federation_fqdn (Record-Route maddr)")]
+
+
+def certificate_names(cert: x509.Certificate) -> set[str]:
+    """RFC 6125 §6.4.4: the dNSName and iPAddress subjectAltNames; the CN only when there is no SAN."""
+    san = _extension(cert, x509.SubjectAlternativeName)
+    if san is None:
+        return {str(attr.value).lower() for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    addresses = (str(address) for address in san.get_values_for_type(x509.IPAddress))
+    return {*(name.lower() for name in san.get_values_for_type(x509.DNSName)), *addresses}
+
+
+def _name_matches(name: str, names: set[str]) -> bool:
+    """Exact, or RFC 6125 §6.4.3 wildcard in the leftmost label only (``*.tomt.it`` names ``a.tomt.it``)."""
+    ip = _ip(name)
+    if ip is not None:
+        return str(ip) in names
+    name = name.lower().rstrip(".")
+    _, _, rest = name.partition(".")
+    return name in names or (bool(rest) and f"*.{rest}" in names)
+
+
+def check_routes(config: Config) -> list[Finding]:
+    """A route whose next hop is one of our own listeners sends every request back into sipfed."""
+    own = {config.fqdn, config.federation_fqdn}
+    own |= {name for lst in config.listeners for name in (lst.fqdn, lst.federation_fqdn)}
+    findings = []
+    for route in config.routes:
+        listener = next((lst for lst in config.listeners if _is_own(route, lst, own)), None)
+        where = f"{route.destination}:{route.port}"
+        if listener is None:
+            findings.append(Finding("ok", "route.loop", f"route {route.name}", f"next hop {where} is not sipfed"))
+            continue
+        findings.append(Finding(
+            "error", "route.loop", f"route {route.name}",
+            f"next hop {where} ({route.transport}) is sipfed's own listener {listener.name!r} "
+            f"({listener.address}:{listener.port}): requests loop until 482 Loop Detected or 483",
+            "point the route's destination and port at the peer's server (e.g. CUP's 5062 peer-auth "
+            "listener, Lync's 5061), not at sipfed"))
+    return findings
+
+
+def _is_own(route: StaticRoute, listener: ListenerConfig, own_names: set[str]) -> bool:
+    """Same transport and port, and the destination is our name, the bound address, or loopback under
+    a wildcard bind (other local addresses of a wildcard bind are not known offline)."""
+    if not listener.port or route.port != listener.port or route.transport != listener.transport:
+        return False
+    if route.destination in own_names:
+        return True
+    dest, bound = _ip(route.destination), _ip(listener.address)
+    if dest is None or bound is None:
+        return False
+    if dest == bound:
+        return True
+    if listener.address in WILDCARD_ADDRESSES and dest.is_loopback:
+        return listener.address == "::" or dest.version == 4
+    return False
+
+
+def check_lync_port(config: Config) -> list[Finding]:
+    """The field notes: Lync's static route points at the peer-auth listener, 5062.
+
+    sipfed does not know which side is Lync, so the names tell: a listener is Lync-facing when its name
+    contains 'lync', or when a route bound to it (``listener = ...``) has 'lync' in its name,
+    destination or tls_name (the lab's ``lync01.tomt.it``). Port 0 (tests: any free port) is skipped.
+    """
+    facing = [lst for lst in config.listeners if _lync_facing(lst, config.routes)]
+    if not facing:
+        return [Finding("ok", "listener.lync_port", "listeners", "no listener looks Lync-facing (no 'lync' in "
+                        "a listener's name or its routes), so the 5062 rule was not checked")]
+    findings = []
+    for listener in facing:
+        subject = f"listener {listener.name}"
+        if listener.port in (0, PEER_AUTH_PORT):
+            findings.append(Finding("ok", "listener.lync_port", subject,
+                                    f"Lync-facing listener on port {listener.port or 'any (0)'}"))
+            continue
+        findings.append(Finding(
+            "warning", "listener.lync_port", subject,
+            f"looks Lync-facing ('lync' in its name or routes) but listens on {listener.port}, not "
+            f"{PEER_AUTH_PORT}: the field notes' Lync static route (New-CsStaticRoute -Port {PEER_AUTH_PORT}) "
+            "points at the peer-auth listener port, so Lync would reach another listener or none",
+            f"set this listener's port to {PEER_AUTH_PORT}, or give the Lync static route -Port {listener.port}"))
+    return findings
+
+
+def _lync_facing(listener: ListenerConfig, routes: Iterable[StaticRoute]) -> bool:
+    bound = (r for r in routes if r.listener == listener.name)
+    return "lync" in listener.name.lower() or any(
+        "lync" in text.lower() for r in bound for text in (r.name, r.destination, r.tls_name))
+
+
+def check_bundle(bundle: Sequence[x509.Certificate], subject: str) -> list[Finding]:
+    """The bundle must hold a CA (basicConstraints cA TRUE, RFC 5280 §4.2.1.9) to verify peers with."""
+    cas = [cert for cert in bundle if _is_ca(cert)]
+    if not cas:
+        return [Finding("error", "ca.bundle", subject,
+                        f"holds {len(bundle)} certificate(s) but no CA (basicConstraints CA:TRUE): "
+                        "no peer's chain can verify, every mutual-TLS handshake fails with unknown_ca",
+                        "point tls.ca_bundle at the CA certificates (roots) that issued the peers' and our "
+                        "certificates, not at a leaf")]
+    names = ", ".join(_name(cert.subject) for cert in cas)
+    return [Finding("ok", "ca.bundle", subject, f"{len(cas)} CA certificate(s): {names}")]
+
+
+def render_json(findings: Iterable[Finding]) -> str:
+    """A JSON list of objects with the Finding fields, for scripts."""
+    return json.dumps([dataclasses.asdict(f) for f in findings], indent=2)
+
+
+def render_table(findings: Sequence[Finding], *, width: int | None = None) -> str:
+    """An aligned table (severity, check, subject, cause, fix); long cells wrap inside their column."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    header = ("SEVERITY", "CHECK", "SUBJECT", "CAUSE", "FIX")
+    rows = [header, *((f.severity, f.check, f.subject, f.cause, f.fix or "-") for f in findings)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths[2] = min(widths[2], 28)
+    free = max(width - sum(widths) - 2 * 4, 48)  # 4 gaps of 2 spaces
+    fix_width = min(free * 2 // 5, max(len(row[4]) for row in rows))
+    widths += [free - fix_width, fix_width]
+    cells = [[_wrap(text, w) for text, w in zip(row, widths, strict=True)] for row in rows]
+    spaced = any(len(lines) > 1 for row in cells for lines in row)  # blank lines only help wrapped rows
+    out: list[str] = []
+    for row in cells:
+        for parts in zip_longest(*row, fillvalue=""):
+            out.append("  ".join(p.ljust(w) for p, w in zip(parts, widths, strict=True)).rstrip())
+        if spaced:
+            out.append("")
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITY_ORDER}
+    out.append(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['ok']} ok")
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    constraints = _extension(cert, x509.BasicConstraints)
+    return constraints is not None and constraints.ca
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """RFC 5280 §6.1.3 (a)(1) and (a)(4), one step: issuer name and signature."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _self_issued(cert: x509.Certificate) -> bool:
+    return _issued_by(cert, cert)
+
+
+def _name(name: x509.Name) -> str:
+    common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else name.rfc4514_string()
+
+
+def _spki(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None

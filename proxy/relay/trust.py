@@ -1,0 +1,64 @@
+"""Who may relay (RFC 3261 §16.3 step 5, §22.3), and what happens to a next hop's challenge.
+
+Rules:
+1. A trusted peer (bound by its verified certificate) may only speak for its own domains: 403 otherwise.
+2. A trusted peer with ``treat_as_authenticated``, or a source the incoming ACL exempts, is never challenged.
+3. Anyone else proves itself with digest credentials (407 to ask), or gets the listener's policy.
+4. A challenge is never sent to a source that cannot answer one (``answers_digest = false`` or the
+   outgoing ACL): sipfed answers it with configured credentials, or turns it into 403 with the cause.
+ACK and CANCEL are never challenged (§22.1).
+"""
+
+from __future__ import annotations
+
+from acl.digest import Verdict
+from acl.peers import Trust
+from proxy.relay.types import Flow
+from proxy.sip.errors import SipError
+from proxy.sip.message import Request
+
+
+def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float) -> None:
+    """Raise SipError (403 or 407) unless the request may be relayed."""
+    if request.method in ("ACK", "CANCEL"):
+        return
+    peer = trust.peer(flow.peer)
+    if peer is not None:
+        domain = request.from_.uri.host.lower()
+        if not peer.may_speak_for(domain):
+            raise SipError(f"Forbidden (peer {peer.name} may not speak for domain {domain})", 403)
+        if peer.treat_as_authenticated:
+            return
+    if trust.exempt(flow.remote[0], flow.identity, flow.peer, request.method) is not None:
+        return
+    if trust.digest is not None and _credentials_ok(request, trust, now):
+        return
+    if untrusted == "admit":
+        return
+    if untrusted == "challenge" and trust.digest is not None:
+        if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method):
+            raise SipError("Forbidden (source cannot answer a digest challenge and is not exempt)", 403)
+        challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now))
+        raise SipError("Proxy Authentication Required", 407, challenges)
+    raise SipError("Forbidden (not a trusted peer, not exempt, no credentials)", 403)
+
+
+def _credentials_ok(request: Request, trust: Trust, now: float) -> bool:
+    """§22.3: check our realm's Proxy-Authorization; consume it when good, raise on bad/stale/replay."""
+    digest = trust.digest
+    assert digest is not None
+    for value in request.headers.get_all("proxy-authorization"):
+        verdict, user = digest.verify(request.method, value, now)
+        if verdict is Verdict.OTHER_REALM:
+            continue
+        if verdict is Verdict.OK:
+            request.headers.items = [item for item in request.headers.items
+                                     if not (item[0] == "proxy-authorization" and item[2] == value)]
+            return True
+        if verdict is Verdict.STALE:
+            challenges = tuple(("Proxy-Authenticate", c) for c in digest.challenges(now, stale=True))
+            raise SipError("Proxy Authentication Required (nonce expired)", 407, challenges)
+        if verdict is Verdict.REPLAY:
+            raise SipError(f"Forbidden (nonce count replayed by {user or 'unknown user'})", 403)
+        raise SipError(f"Forbidden (wrong credentials for realm {digest.realm})", 403)
+    return False
