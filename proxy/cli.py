@@ -65,4 +65,36 @@ def describe(config: object) -> str:
                      f"(certificate name {route.tls_name}, via listener {route.listener or 'inbound'})")
     for rewrite in config.maddr_rewrites:
         lines.append(f"maddr rewrite: {rewrite.internal} <-> {rewrite.external}")
+    lines.extend(describe_trust(config))
+    lines.extend(f"warning: {w}" for w in config.warnings)
     return "\n".join(lines)
+
+
+def describe_trust(config: object) -> list[str]:
+    """What each trusted peer, ACL entry and credential will match."""
+    from proxy.config import Config
+
+    assert isinstance(config, Config)
+    trust = config.trust
+    lines = []
+    for peer in trust.peers:
+        who = " or ".join(str(p) for p in peer.subjects) or "any certificate"
+        nets = f" from {', '.join(map(str, peer.networks))}" if peer.networks else ""
+        domains = ", ".join(peer.domains) or "any domain"
+        auth = "treated as authenticated" if peer.treat_as_authenticated else "must still authenticate"
+        shield = "; never sent a challenge" if not peer.answers_digest else ""
+        lines.append(f"peer {peer.name}: certificate {who}{nets}; speaks for {domains}; {auth}{shield}")
+    for i, entry in enumerate(trust.incoming):
+        lines.append(f"acl.incoming[{i}] never challenged: {entry.describe()}")
+    for i, entry in enumerate(trust.outgoing):
+        lines.append(f"acl.outgoing[{i}] never forwarded a challenge: {entry.describe()}")
+    for credential in trust.credentials:
+        realm = credential.realm or "any realm"
+        lines.append(f"credentials: answers challenges from route {credential.route} ({realm}) "
+                     f"as {credential.username}")
+    if trust.digest is not None:
+        lines.append(f"digest realm {trust.digest.realm}: {', '.join(trust.digest.algorithms)}, "
+                     f"{len(trust.digest.users)} user(s), nonces valid {trust.digest.nonce_ttl_seconds:g} s")
+    verbs = {"admit": "admitted", "challenge": "challenged (407)", "refuse": "refused (403)"}
+    lines.extend(f"listener {lst.name}: untrusted sources are {verbs[lst.untrusted]}" for lst in config.listeners)
+    return lines
