@@ -56,7 +56,9 @@ class AclEntry:
                 return ipaddress.ip_address(source_ip) in self.network
             except ValueError:
                 return False
-        return any(name == self.value or name.endswith("." + self.value) for name in identity.names)
+        # A wildcard certificate name never stands for a host (RFC 5922 §7.2).
+        return any((name == self.value or name.endswith("." + self.value)) and "*" not in name
+                   for name in identity.names)
 
     def describe(self) -> str:
         who = {
@@ -93,8 +95,10 @@ def parse_allow(text: str, methods: frozenset[str] = frozenset()) -> AclEntry:
     network = _network(value)
     if network is not None:
         return AclEntry("network", value, network, methods)
-    if _DOMAIN_RE.fullmatch(value.rstrip(".")):
-        return AclEntry("domain", value.rstrip("."), methods=methods)
+    domain = value.rstrip(".")
+    # An all-numeric last label is a mistyped address, not a domain (RFC 1123 §2.1).
+    if _DOMAIN_RE.fullmatch(domain) and not domain.rsplit(".", 1)[-1].isdigit():
+        return AclEntry("domain", domain, methods=methods)
     raise AclError(f"{text!r}: {value!r} is not 'all', a domain, an address, a prefix, CIDR or address/netmask")
 
 

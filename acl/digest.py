@@ -60,6 +60,8 @@ class Verdict(Enum):
     """A nonce-count not above the last one seen for that nonce: 403."""
     OTHER_REALM = "other-realm"
     """Credentials for someone else's realm: not ours to judge (RFC 3261 §22.3)."""
+    URI_MISMATCH = "uri-mismatch"
+    """The digest ``uri`` is not the Request-URI: 400 (RFC 2617 §3.2.2.5)."""
 
 
 @dataclass(slots=True)
@@ -86,8 +88,9 @@ class DigestServer:
         return [f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{tail}'
                 for alg in self.algorithms]
 
-    def verify(self, method: str, value: str, now: float) -> tuple[Verdict, str]:
-        """Check one Proxy-Authorization value for ``method``; returns the verdict and the username."""
+    def verify(self, method: str, value: str, now: float, request_uri: str | None = None) -> tuple[Verdict, str]:
+        """Check one Proxy-Authorization value for ``method`` (and, when given, the Request-URI it
+        must be bound to); returns the verdict and the username."""
         scheme, p = parse_auth(value)
         if scheme != "digest":
             return Verdict.BAD, ""
@@ -99,6 +102,8 @@ class DigestServer:
         nonce = p.get("nonce", "")
         if algorithm not in self.algorithms or stored is None or not self._authentic(nonce):
             return Verdict.BAD, user
+        if request_uri is not None and p.get("uri") != request_uri:
+            return Verdict.URI_MISMATCH, user
         if p.get("qop") != "auth" or not re.fullmatch(r"[0-9a-fA-F]{8}", p.get("nc", "")):
             return Verdict.BAD, user  # RFC 7616 requires qop; without nc there is no replay protection
         expected = response(algorithm, stored, nonce, method, p.get("uri", ""), nc=p["nc"],

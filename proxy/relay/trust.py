@@ -48,7 +48,7 @@ def _credentials_ok(request: Request, trust: Trust, now: float) -> bool:
     digest = trust.digest
     assert digest is not None
     for value in request.headers.get_all("proxy-authorization"):
-        verdict, user = digest.verify(request.method, value, now)
+        verdict, user = digest.verify(request.method, value, now, request.uri)
         if verdict is Verdict.OTHER_REALM:
             continue
         if verdict is Verdict.OK:
@@ -58,6 +58,8 @@ def _credentials_ok(request: Request, trust: Trust, now: float) -> bool:
         if verdict is Verdict.STALE:
             challenges = tuple(("Proxy-Authenticate", c) for c in digest.challenges(now, stale=True))
             raise SipError("Proxy Authentication Required (nonce expired)", 407, challenges)
+        if verdict is Verdict.URI_MISMATCH:
+            raise SipError("Bad Request (digest uri is not the Request-URI)", 400)
         if verdict is Verdict.REPLAY:
             raise SipError(f"Forbidden (nonce count replayed by {user or 'unknown user'})", 403)
         raise SipError(f"Forbidden (wrong credentials for realm {digest.realm})", 403)
