@@ -42,9 +42,14 @@ class AclEntry:
     """For 'network': the block."""
     methods: frozenset[str] = frozenset()
     """Methods it applies to; empty: all methods."""
+    routes: frozenset[str] = frozenset()
+    """Static routes (by name) whose requests it applies to; empty: all."""
 
-    def matches(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str) -> bool:
+    def matches(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str,
+                route: str | None = None) -> bool:
         if self.methods and method.upper() not in self.methods:
+            return False
+        if self.routes and route not in self.routes:
             return False
         if self.kind == "all":
             return True
@@ -67,11 +72,14 @@ class AclEntry:
             "network": f"sources in {self.network}",
             "domain": f"TLS peers whose certificate names a host in {self.value}",
         }[self.kind]
-        return who + (f", for {', '.join(sorted(self.methods))}" if self.methods else ", for all methods")
+        scope = f", for {', '.join(sorted(self.methods))}" if self.methods else ", for all methods"
+        return who + scope + (f" toward route(s) {', '.join(sorted(self.routes))}" if self.routes else "")
 
     def covers(self, other: AclEntry) -> bool:
         """True when this entry already matches everything ``other`` would (``other`` after it is unreachable)."""
         if self.methods and not (other.methods and other.methods <= self.methods):
+            return False
+        if self.routes and not (other.routes and other.routes <= self.routes):
             return False
         if self.kind == "all":
             return True
@@ -118,8 +126,8 @@ def _network(value: str) -> Network | None:
 
 
 def first_match(entries: tuple[AclEntry, ...], source_ip: str, identity: CertIdentity, peer: str | None,
-                method: str) -> AclEntry | None:
+                method: str, route: str | None = None) -> AclEntry | None:
     for entry in entries:
-        if entry.matches(source_ip, identity, peer, method):
+        if entry.matches(source_ip, identity, peer, method, route):
             return entry
     return None

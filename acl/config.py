@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from acl.allow import AclEntry, AclError, Network, parse_allow
@@ -30,8 +31,8 @@ def parse_trust(raw: Mapping[str, Any], problems: list[str], warnings: list[str]
         problems.append("acl: must be a table ([acl])")
         acl = {}
     _unknown(acl, ACL_KEYS, "acl", problems)
-    incoming = _entries(acl.get("incoming"), "acl.incoming", names, problems)
-    outgoing = _entries(acl.get("outgoing"), "acl.outgoing", names, problems)
+    incoming = _entries(acl.get("incoming"), "acl.incoming", names, route_names, problems)
+    outgoing = _entries(acl.get("outgoing"), "acl.outgoing", names, route_names, problems)
     credentials = _credentials(acl.get("credentials"), route_names, problems, warnings)
     for peer in peers:
         if not peer.answers_digest and not peer.treat_as_authenticated and not any(
@@ -143,7 +144,8 @@ def _users(raw: object, realm: str, problems: list[str], warnings: list[str]) ->
     return users
 
 
-def _entries(raw: object, where: str, peer_names: set[str], problems: list[str]) -> list[AclEntry]:
+def _entries(raw: object, where: str, peer_names: set[str], route_names: set[str],
+             problems: list[str]) -> list[AclEntry]:
     entries: list[AclEntry] = []
     if raw is None:
         return entries
@@ -152,7 +154,7 @@ def _entries(raw: object, where: str, peer_names: set[str], problems: list[str])
         return entries
     for i, item in enumerate(raw):
         path = f"{where}[{i}]"
-        entry = _entry(item, path, peer_names, problems)
+        entry = _entry(item, path, peer_names, route_names, problems)
         if entry is None:
             continue
         for j, earlier in enumerate(entries):
@@ -164,22 +166,28 @@ def _entries(raw: object, where: str, peer_names: set[str], problems: list[str])
     return entries
 
 
-def _entry(item: object, path: str, peer_names: set[str], problems: list[str]) -> AclEntry | None:
+def _entry(item: object, path: str, peer_names: set[str], route_names: set[str],
+           problems: list[str]) -> AclEntry | None:
     methods: frozenset[str] = frozenset()
+    routes: frozenset[str] = frozenset()
     if isinstance(item, Mapping):
+        _unknown(item, {"peer", "from", "methods", "routes"}, path, problems)
         methods = frozenset(m.upper() for m in _strings(item.get("methods", []), f"{path}.methods", problems))
+        routes = frozenset(_strings(item.get("routes", []), f"{path}.routes", problems))
+        for route in sorted(routes - route_names):
+            problems.append(f"{path}.routes: no route is named {route!r}")
         if "peer" in item:
             peer = item["peer"]
             if peer not in peer_names:
                 problems.append(f"{path}.peer: no peer is named {peer!r} (peers: {', '.join(sorted(peer_names))})")
                 return None
-            return AclEntry("peer", str(peer), methods=methods)
+            return AclEntry("peer", str(peer), methods=methods, routes=routes)
         item = item.get("from")
     if not isinstance(item, str):
         problems.append(f"{path}: must be 'Allow from ...' or a table with 'peer' or 'from'")
         return None
     try:
-        return parse_allow(item, methods)
+        return replace(parse_allow(item, methods), routes=routes)
     except AclError as exc:
         problems.append(f"{path}: {exc}")
         return None

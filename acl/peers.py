@@ -86,15 +86,17 @@ class Trust:
                 return peer
         return None
 
-    def exempt(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str) -> AclEntry | None:
-        return first_match(self.incoming, source_ip, identity, peer, method)
+    def exempt(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str,
+               route: str | None = None) -> AclEntry | None:
+        return first_match(self.incoming, source_ip, identity, peer, method, route)
 
-    def shield(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str) -> bool:
+    def shield(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str,
+               route: str | None = None) -> bool:
         """True when a challenge must never be forwarded to this source."""
         bound = self.peer(peer)
         if bound is not None and not bound.answers_digest:
             return True
-        return first_match(self.outgoing, source_ip, identity, peer, method) is not None
+        return first_match(self.outgoing, source_ip, identity, peer, method, route) is not None
 
     def credential_for(self, route: str | None, realm: str) -> Credential | None:
         for credential in self.credentials:

@@ -193,9 +193,11 @@ class Proxy:
             validate(request, self.policy)
             hashed = loop_hash(request)
             detect_loop(request, self.policy, hashed)
-            admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now)
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped)
+            # §16.3 step 5, once the route is known so that route-scoped exemptions apply.
+            admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
+                  hop.route if hop is not None else None)
         except SipError as exc:
             self._respond(stx, exc.status, exc.reason, now, exc.headers)
             return
@@ -363,7 +365,7 @@ class Proxy:
         """
         request = stx.request
         flow = stx.flow
-        if not self.trust.shield(flow.remote[0], flow.identity, flow.peer, request.method):
+        if not self.trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, ctx.hop.route):
             return False
         header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
         challenge = response.headers.get(header) or ""

@@ -18,8 +18,8 @@ from proxy.sip.errors import SipError
 from proxy.sip.message import Request
 
 
-def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float) -> None:
-    """Raise SipError (403 or 407) unless the request may be relayed."""
+def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float, route: str | None = None) -> None:
+    """Raise SipError (403 or 407) unless the request may be relayed (toward ``route``, if known)."""
     if request.method in ("ACK", "CANCEL"):
         return
     peer = trust.peer(flow.peer)
@@ -29,14 +29,14 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
             raise SipError(f"Forbidden (peer {peer.name} may not speak for domain {domain})", 403)
         if peer.treat_as_authenticated:
             return
-    if trust.exempt(flow.remote[0], flow.identity, flow.peer, request.method) is not None:
+    if trust.exempt(flow.remote[0], flow.identity, flow.peer, request.method, route) is not None:
         return
     if trust.digest is not None and _credentials_ok(request, trust, now):
         return
     if untrusted == "admit":
         return
     if untrusted == "challenge" and trust.digest is not None:
-        if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method):
+        if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, route):
             raise SipError("Forbidden (source cannot answer a digest challenge and is not exempt)", 403)
         challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now))
         raise SipError("Proxy Authentication Required", 407, challenges)

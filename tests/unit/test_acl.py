@@ -1,6 +1,7 @@
 """Certificate subjects, the CUP 'Allow from' ACL, the trusted-peer table and their config section."""
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -418,3 +419,15 @@ def test_challenge_policy_without_auth_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any(p.startswith("listeners[0].untrusted") and "[auth]" in p for p in info.value.problems)
+
+
+def test_route_scoped_exemption_applies_only_toward_its_routes() -> None:
+    from acl.peers import Trust
+
+    entry = replace(parse_allow("Allow from 10.1.0.0/16", frozenset({"SUBSCRIBE"})), routes=frozenset({"cisco"}))
+    trust = Trust(incoming=(entry,))
+    nobody = CertIdentity()
+    assert trust.exempt("10.1.2.3", nobody, None, "SUBSCRIBE", "cisco") is entry
+    assert trust.exempt("10.1.2.3", nobody, None, "SUBSCRIBE", "lync") is None
+    assert trust.exempt("10.1.2.3", nobody, None, "MESSAGE", "cisco") is None
+    assert "toward route(s) cisco" in entry.describe()
