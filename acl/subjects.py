@@ -11,7 +11,9 @@ Wildcards are refused in patterns, and a wildcard SAN in a certificate never mat
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 _NAME_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?")
 _IP_RE = re.compile(r"[0-9.]+|[0-9a-f:]+")
@@ -45,17 +47,17 @@ class CertIdentity:
         return (self.dns_names or self.common_names) + self.ip_addresses
 
     @classmethod
-    def from_ssl_dict(cls, cert: dict[str, object] | None) -> CertIdentity:
+    def from_ssl_dict(cls, cert: Mapping[str, Any] | None) -> CertIdentity:
         """Build from ``SSLObject.getpeercert()`` (the parsed, verified certificate)."""
         if not cert:
             return cls()
         subject: list[tuple[str, str]] = []
-        for rdn in cert.get("subject", ()):  # type: ignore[attr-defined]
+        for rdn in cert.get("subject", ()):
             for key, value in rdn:
                 subject.append((_ATTRIBUTE_NAMES.get(key.lower(), key.lower()), str(value).lower()))
         sans = cert.get("subjectAltName", ())
-        dns = tuple(str(v).lower() for k, v in sans if k == "DNS")  # type: ignore[attr-defined]
-        ips = tuple(str(v).lower() for k, v in sans if k == "IP Address")  # type: ignore[attr-defined]
+        dns = tuple(str(v).lower() for k, v in sans if k == "DNS")
+        ips = tuple(str(v).lower() for k, v in sans if k == "IP Address")
         return cls(tuple(subject), dns, ips)
 
     def describe(self) -> str:

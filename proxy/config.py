@@ -25,7 +25,8 @@ PROXY_KEYS = {
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
-TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl"}
+TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics"}
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
 
 
 class ConfigError(Exception):
@@ -119,6 +120,8 @@ class Config:
     """Largest message accepted; larger gets 513 (RFC 3261 §21.5.14)."""
     log_level: str = "info"
     """Python logging level name."""
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9561)
+    """Where Prometheus scrapes ``/metrics`` (``[metrics] listen``); None: off."""
     trust: Trust = field(default_factory=Trust)
     """Trusted peers, digest realm, exemption ACLs, outgoing credentials."""
     warnings: tuple[str, ...] = ()
@@ -161,12 +164,29 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     settings = _settings(proxy, problems)
     rewrites = _rewrites(raw.get("maddr_rewrite"), problems)
     warnings: list[str] = []
+    metrics_listen = _metrics(raw.get("metrics"), problems)
     trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
     listeners = _untrusted_policies(raw.get("listeners"), listeners, trust, problems, warnings)
     if problems:
         return None
     return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings,
-                  trust=trust, warnings=tuple(warnings))
+                  metrics_listen=metrics_listen, trust=trust, warnings=tuple(warnings))
+
+
+def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:
+    """``[metrics] listen = "127.0.0.1:9561"`` (default), or ``"off"``."""
+    table = raw if isinstance(raw, Mapping) else {}
+    if raw is not None and not isinstance(raw, Mapping):
+        problems.append("metrics: must be a table ([metrics])")
+    _unknown(table, {"listen"}, "metrics", problems)
+    listen = table.get("listen", DEFAULT_METRICS_LISTEN)
+    if listen == "off":
+        return None
+    host, _, port = str(listen).rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536 or not is_host(host.strip("[]")):
+        problems.append(f"metrics.listen: {listen!r} must be ADDRESS:PORT (port 0: any free port) or 'off'")
+        return None
+    return host.strip("[]"), int(port)
 
 
 def _untrusted_policies(raw: object, listeners: list[ListenerConfig], trust: Trust, problems: list[str],

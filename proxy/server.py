@@ -10,7 +10,10 @@ import signal
 import ssl
 import sys
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from proxy.config import Config
+from proxy.metrics import Metrics
 from proxy.net.driver import DatagramEndpoint, Driver
 from proxy.net.tls import client_context, server_context
 from proxy.relay.core import Proxy, RelaySettings
@@ -24,11 +27,11 @@ log = logging.getLogger("sipfed")
 async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
     """Bind every listener, print the readiness line, relay until told to stop."""
     loop = asyncio.get_running_loop()
-    _quiet_handshake_noise(loop)
+    metrics = Metrics(CollectorRegistry())
     client_ssl = client_context(config.tls) if config.tls else None
     proxy = Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset()))  # replaced once ports are known
     driver = Driver(proxy, loop, client_ssl=client_ssl, connect_timeout=config.connect_timeout_seconds,
-                    max_message_bytes=config.max_message_bytes, trust=config.trust)
+                    max_message_bytes=config.max_message_bytes, trust=config.trust, observer=metrics)
     servers: list[asyncio.Server] = []
     identities: list[Identity] = []
     for listener in config.listeners:
@@ -43,8 +46,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
             if listener.transport == "tls":
                 assert config.tls is not None
                 context = server_context(config.tls, listener)
-            server = await loop.create_server(driver.stream_factory(listener.transport, listener.name),
-                                              listener.address, listener.port, ssl=context, reuse_address=True)
+            # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
+            server = await loop.create_server(driver.stream_factory(listener.transport, listener.name, context),
+                                              listener.address, listener.port, reuse_address=True)
             servers.append(server)
             port = server.sockets[0].getsockname()[1]
         identities.append(Identity(listener.name, listener.transport, listener.address, port, listener.fqdn,
@@ -52,10 +56,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
     rewrites = {r.internal: r.external for r in config.maddr_rewrites}
     policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags)
     driver.proxy = Proxy(policy, RelaySettings(config.transaction_timeout_seconds, config.invite_timeout_seconds),
-                         config.trust)
+                         config.trust, metrics)
     for warning in config.warnings:
         log.warning("config: %s", warning)
     listening = " ".join(f"{i.listener}={i.transport}:{i.address}:{i.port}" for i in identities)
+    if config.metrics_listen is not None:
+        http, _ = start_http_server(config.metrics_listen[1], config.metrics_listen[0], registry=metrics.registry)
+        listening += f" metrics=http:{config.metrics_listen[0]}:{http.server_port}"
     print(f"sipfed ready {listening}", flush=True)
     log.info("%d listener(s), %d route(s) from %s", len(identities), len(config.routes), config.path)
     if ready is not None:
@@ -74,24 +81,6 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
 
 def _same(endpoint: DatagramEndpoint) -> DatagramEndpoint:
     return endpoint
-
-
-def _quiet_handshake_noise(loop: asyncio.AbstractEventLoop) -> None:
-    """A refused TLS client is one warning line, not a traceback (asyncio logs those at error)."""
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, ssl.SSLError | ConnectionResetError):
-            peer = context.get("transport")
-            where = ""
-            if peer is not None and hasattr(peer, "get_extra_info"):
-                addr = peer.get_extra_info("peername")
-                where = f" from {addr[0]}:{addr[1]}" if addr else ""
-            log.warning("TLS handshake%s failed: %s", where, getattr(exc, "reason", None) or exc)
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
 
 
 def run(config: Config) -> int:

@@ -16,8 +16,10 @@ from typing import Any, cast
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
-from proxy.net.tls import describe_failure, peer_identity
+from proxy.net.tls import classify, describe_failure, describe_inbound, peer_identity
+from proxy.net.tls_session import TlsSession
 from proxy.relay.core import Proxy
+from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.parser import FramingError, Ping, StreamFramer
 
@@ -27,9 +29,15 @@ HopKey = tuple[str, str, int, str | None]
 
 
 class StreamConnection(asyncio.Protocol):
-    """One TCP or TLS connection, accepted or opened; frames messages with a StreamFramer."""
+    """One TCP or TLS connection, accepted or opened; frames messages with a StreamFramer.
 
-    def __init__(self, driver: Driver, transport_name: str, listener: str, outbound: bool) -> None:
+    Accepted TLS connections run their handshake through a TlsSession (MemoryBIO) so that a
+    refused client gets its alert and the refusal is logged in plain words; outbound ones use
+    asyncio's TLS, whose failures arrive as exceptions in ``Driver._connect``.
+    """
+
+    def __init__(self, driver: Driver, transport_name: str, listener: str, outbound: bool,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.driver = driver
         self.transport_name = transport_name
         self.listener = listener
@@ -38,11 +46,19 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: Flow | None = None
         self.keys: list[Any] = []
+        self.session = TlsSession(tls) if tls is not None else None
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        identity = peer_identity(transport.get_extra_info("ssl_object"))
+        if self.session is not None:
+            self._handshake_timer = self.driver.loop.call_later(self.driver.handshake_timeout, self._handshake_late)
+            return
+        self._established(peer_identity(self.transport.get_extra_info("ssl_object")))
+
+    def _established(self, identity: CertIdentity) -> None:
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername") or ("0.0.0.0", 0)
         bound = self.driver.trust.bind(identity, peer[0])
         conn_id = self.driver.register(self)
         self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, identity,
@@ -51,26 +67,72 @@ class StreamConnection(asyncio.Protocol):
         self.keys.append((self.transport_name, peer[0], peer[1]))
         log.debug("connection %d %s %s:%d %s peer=%s", conn_id, "to" if self.outbound else "from", peer[0], peer[1],
                   identity.describe(), self.flow.peer)
+        observer = self.driver.observer
+        if self.transport_name == "tls":
+            observer.tls_handshake(self.listener, "outbound" if self.outbound else "inbound", "success", "none")
+        observer.connection(self.listener, self.flow.peer or "none", 1)
 
     def data_received(self, data: bytes) -> None:
-        assert self.flow is not None
         assert self.transport is not None
+        if self.session is not None:
+            data = self._decrypt(data)
+            if not data or self.flow is None:
+                return
+        assert self.flow is not None
         for frame in self.framer.feed(data):
             if isinstance(frame, bytes):
                 self.driver.deliver(self.flow, frame)
             elif isinstance(frame, Ping):
-                self.transport.write(b"\r\n")  # RFC 5626 §4.4.1 pong
+                self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
             elif isinstance(frame, FramingError):
                 self.driver.framing_error(self.flow, frame)
                 if frame.fatal:
                     self.transport.close()
 
+    def _decrypt(self, data: bytes) -> bytes:
+        session, transport = self.session, self.transport
+        assert session is not None
+        assert transport is not None
+        was_handshaken = session.handshaken
+        try:
+            plaintext, out = session.receive(data)
+        except ssl.SSLError as exc:
+            transport.write(session.pending())  # the alert, so the peer's log names the cause too
+            self._refused(exc)
+            return b""
+        if out:
+            transport.write(out)
+        if session.handshaken and not was_handshaken:
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+            self._established(CertIdentity.from_ssl_dict(session.obj.getpeercert()))
+        if session.closed:
+            transport.close()
+        return plaintext
+
+    def _refused(self, exc: BaseException) -> None:
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername") or ("?", 0)
+        log.warning("%s from %s:%s", describe_inbound(exc, self.listener), peer[0], peer[1])
+        self.driver.observer.tls_handshake(self.listener, "inbound", "failure", classify(exc))
+        self.transport.close()
+
+    def _handshake_late(self) -> None:
+        if self.session is not None and not self.session.handshaken and self.transport is not None:
+            self._refused(TimeoutError(f"no TLS handshake within {self.driver.handshake_timeout:g} s"))
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         self.driver.unregister(self)
+        if self.flow is not None:
+            self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
 
     def send(self, data: bytes) -> bool:
         if self.transport is None or self.transport.is_closing():
             return False
+        if self.session is not None:
+            data = self.session.send(data)
         self.transport.write(data)
         return True
 
@@ -101,9 +163,12 @@ class Driver:
     """Owns the sockets and feeds the proxy core."""
 
     def __init__(self, proxy: Proxy, loop: asyncio.AbstractEventLoop, *, client_ssl: ssl.SSLContext | None,
-                 connect_timeout: float, max_message_bytes: int, trust: Trust | None = None) -> None:
+                 connect_timeout: float, max_message_bytes: int, trust: Trust | None = None,
+                 observer: Observer | None = None) -> None:
         self.proxy = proxy
         self.trust = trust or Trust()
+        self.observer = observer or Observer()
+        self.handshake_timeout = 10.0
         self.loop = loop
         self.client_ssl = client_ssl
         self.connect_timeout = connect_timeout
@@ -134,8 +199,9 @@ class Driver:
                 if table.get(key) is conn:
                     del table[key]
 
-    def stream_factory(self, transport_name: str, listener: str) -> Callable[[], StreamConnection]:
-        return lambda: StreamConnection(self, transport_name, listener, outbound=False)
+    def stream_factory(self, transport_name: str, listener: str,
+                       tls: ssl.SSLContext | None = None) -> Callable[[], StreamConnection]:
+        return lambda: StreamConnection(self, transport_name, listener, outbound=False, tls=tls)
 
     # -- into the core ----------------------------------------------------------------------
 
@@ -239,8 +305,11 @@ class Driver:
             reason = describe_failure(exc, hop.tls_name)
             where = f" (route {hop.route})" if hop.route else ""
             log.warning("next hop %s%s unreachable: %s", hop, where, reason)
+            kind = _failure_kind(exc)
+            if kind == "tls_failure":
+                self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc))
             for _, token in self.pending.pop(key, []):
-                self.proxy.hop_failed(token, reason, self.loop.time())
+                self.proxy.hop_failed(token, reason, self.loop.time(), kind)
             self.pump()
             return
         self.by_hop[key] = conn
@@ -260,3 +329,14 @@ class Driver:
             task.cancel()
         if self._timer is not None:
             self._timer.cancel()
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """The next-hop failure label: connect_refused, tls_failure, timeout, other."""
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls_failure"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect_refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "other"

@@ -34,6 +34,7 @@ from proxy.relay.forwarding import (
     process_routes,
     validate,
 )
+from proxy.relay.observe import Observer, event_label, method_label
 from proxy.relay.record_route import rewrite_maddr
 from proxy.relay.trust import admit
 from proxy.relay.types import Flow, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
@@ -50,6 +51,7 @@ from proxy.sip.transaction import (
     TIMER_J,
     TIMER_L,
     ServerKey,
+    Timer,
     TimerQueue,
     TimerSet,
     server_key,
@@ -78,6 +80,7 @@ class ServerTx:
     request: Request
     flow: Flow
     invite: bool
+    started: float = 0.0
     last_response: bytes | None = None
     final_status: int = 0
     client: ClientTx | None = None
@@ -109,10 +112,14 @@ class ClientTx:
 class Proxy:
     """RFC 3261 §16 transaction-stateful proxy, one target per request (no forking)."""
 
-    def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None, trust: Trust | None = None) -> None:
+    def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None, trust: Trust | None = None,
+                 observer: Observer | None = None) -> None:
         self.policy = policy
         self.settings = settings or RelaySettings()
         self.trust = trust or Trust()
+        self.observer = observer or Observer()
+        #: Subscription dialogs seen through sipfed: (Call-ID, subscriber tag) -> (event, expiry timer).
+        self.subscriptions: dict[tuple[str, str], tuple[str, Timer]] = {}
         #: (Call-ID, From tag) -> how far sipfed moved that sender's CSeq by answering challenges for it.
         self._cseq_offsets: dict[tuple[str, str], int] = {}
         self.timers = TimerQueue()
@@ -140,6 +147,7 @@ class Proxy:
         try:
             message = parse_message(data, datagram=flow.transport == "udp")
         except SipError as exc:
+            self.observer.malformed("response" if data.startswith(b"SIP/") else "request")
             self._reject_unparsed(flow, data, exc)
             return
         try:
@@ -153,15 +161,17 @@ class Proxy:
     def receive_framing_error(self, flow: Flow, error: FramingError) -> None:
         """The stream framer gave up on a message; answer it if its headers were read."""
         log.warning("from %s:%d: %s", *flow.remote, error.error.reason)
+        self.observer.malformed("stream")
         if error.head:
             self._reject_unparsed(flow, error.head, error.error)
 
-    def hop_failed(self, token: int, reason: str, now: float) -> None:
-        """The edge could not deliver to a next hop (refused, TLS failure, connect timeout)."""
+    def hop_failed(self, token: int, reason: str, now: float, kind: str = "other") -> None:
+        """The edge could not deliver to a next hop; ``kind``: connect_refused, tls_failure, timeout, other."""
         ctx = self._by_id.get(token)
         if ctx is None or ctx.final_status:
             return
         self._end_client(ctx)
+        self.observer.hop_failure(ctx.hop.route or "dialog", kind)
         stx = ctx.server
         if stx is not None and not stx.final_status:
             # §16.9 treats this as a 503 from the hop; §16.7 step 6 allows passing a 503 upstream when
@@ -182,8 +192,9 @@ class Proxy:
             if existing.last_response is not None:
                 self._outputs.append(SendOnFlow(existing.flow, existing.last_response))
             return
-        stx = ServerTx(key, request, flow, request.method == "INVITE")
+        stx = ServerTx(key, request, flow, request.method == "INVITE", now)
         self.server_txs[key] = stx
+        self.observer.request_received(method_label(request.method), flow.peer or "none")
         if request.method == "CANCEL":
             self._on_cancel(stx, now)
             return
@@ -197,9 +208,9 @@ class Proxy:
             hop = choose_next_hop(request, self.policy, flow, popped)
             # §16.3 step 5, once the route is known so that route-scoped exemptions apply.
             admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
-                  hop.route if hop is not None else None)
+                  hop.route if hop is not None else None, self.observer)
         except SipError as exc:
-            self._respond(stx, exc.status, exc.reason, now, exc.headers)
+            self._refuse(stx, exc, now)
             return
         if hop is None:
             self._answer_locally(stx, now)
@@ -215,6 +226,7 @@ class Proxy:
         original_cseq = self._renumber(forwarded)
         data = forwarded.to_bytes()
         ctx = ClientTx(cid, branch, stx.request.method, hop, data, forwarded, stx, original_cseq=original_cseq)
+        self.observer.request_relayed(method_label(ctx.method), stx.flow.peer or "none", hop.route or "dialog")
         self._start_client(ctx, now)
 
     def _start_client(self, ctx: ClientTx, now: float) -> None:
@@ -378,7 +390,9 @@ class Proxy:
                         request.method, flow.remote[0], ctx.hop, response.status, flow.peer or flow.remote[0], why)
             self._respond(stx, 403, f"Forbidden (next hop demanded digest authentication the sender cannot "
                                     f"answer: {why})", now)
+            self.observer.shielded("blocked")
             return True
+        self.observer.shielded("answered")
         self._retry_with_credentials(ctx, stx, response.status, challenge, credential.username,
                                      credential.password, now)
         return True
@@ -423,6 +437,7 @@ class Proxy:
         stx = ctx.server
         waited = self.settings.transaction_timeout_seconds if ctx.method != "INVITE" else TIMER_B
         log.warning("%s to %s: no final response in %g s", ctx.method, ctx.hop, waited)
+        self.observer.hop_failure(ctx.hop.route or "dialog", "timeout")
         if stx is not None and not stx.final_status:
             self._respond(stx, 408, f"Request Timeout (no answer from {ctx.hop.host} in {waited:g} s)", now)
 
@@ -459,7 +474,46 @@ class Proxy:
         stx.last_response = data
         self._outputs.append(SendOnFlow(stx.flow, data))
         if response.status >= 200 and not stx.final_status:
+            self.observer.final_response(method_label(stx.request.method), response.status, now - stx.started)
+            if 200 <= response.status < 300 and stx.request.method in ("SUBSCRIBE", "NOTIFY"):
+                self._track_subscription(stx.request, response, now)
             self._server_final(stx, response.status, now)
+
+    def _refuse(self, stx: ServerTx, exc: SipError, now: float) -> None:
+        self.observer.request_refused(method_label(stx.request.method), exc.status)
+        if exc.status == 404 and "no route" in exc.reason:
+            self.observer.route_miss()
+        self._respond(stx, exc.status, exc.reason, now, exc.headers)
+
+    def _track_subscription(self, request: Request, response: Response, now: float) -> None:
+        """RFC 6665 §4.1.2: a 2xx to SUBSCRIBE starts or refreshes a subscription (Expires 0 ends it);
+        a NOTIFY whose Subscription-State is terminated ends it (§4.1.3)."""
+        if request.method == "SUBSCRIBE":
+            key = (request.call_id, request.from_.param("tag") or "")
+            expires_text = response.headers.get("expires") or request.headers.get("expires") or "600"
+            expires = int(expires_text) if expires_text.strip().isdigit() else 600
+        else:
+            key = (request.call_id, request.to.param("tag") or "")
+            state = (request.headers.get("subscription-state") or "").lower()
+            if not state.startswith("terminated") or key not in self.subscriptions:
+                return
+            expires = 0
+        event = event_label(request.headers.get("event"))
+        known = self.subscriptions.pop(key, None)
+        if known is not None:
+            known[1].cancel()
+        if expires == 0:
+            if known is not None:
+                self.observer.subscription(known[0], "terminated")
+            return
+        self.observer.subscription(event, "refreshed" if known else "created")
+        timer = self.timers.schedule(now + expires + 32, lambda t: self._expire_subscription(key))
+        self.subscriptions[key] = (event, timer)
+
+    def _expire_subscription(self, key: tuple[str, str]) -> None:
+        known = self.subscriptions.pop(key, None)
+        if known is not None:
+            self.observer.subscription(known[0], "terminated")
 
     def _server_final(self, stx: ServerTx, status: int, now: float) -> None:
         """How long a server transaction outlives its final response (§17.2, RFC 6026)."""

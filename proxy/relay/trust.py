@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from acl.digest import Verdict
 from acl.peers import Trust
+from proxy.relay.observe import Observer
 from proxy.relay.types import Flow
 from proxy.sip.errors import SipError
 from proxy.sip.message import Request
 
 
-def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float, route: str | None = None) -> None:
+def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float, route: str | None = None,
+          observer: Observer | None = None) -> None:
     """Raise SipError (403 or 407) unless the request may be relayed (toward ``route``, if known)."""
+    observer = observer or Observer()
     if request.method in ("ACK", "CANCEL"):
         return
     peer = trust.peer(flow.peer)
@@ -31,7 +34,7 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
             return
     if trust.exempt(flow.remote[0], flow.identity, flow.peer, request.method, route) is not None:
         return
-    if trust.digest is not None and _credentials_ok(request, trust, now):
+    if trust.digest is not None and _credentials_ok(request, trust, now, observer):
         return
     if untrusted == "admit":
         return
@@ -39,11 +42,12 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
         if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, route):
             raise SipError("Forbidden (source cannot answer a digest challenge and is not exempt)", 403)
         challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now))
+        observer.digest("challenged")
         raise SipError("Proxy Authentication Required", 407, challenges)
     raise SipError("Forbidden (not a trusted peer, not exempt, no credentials)", 403)
 
 
-def _credentials_ok(request: Request, trust: Trust, now: float) -> bool:
+def _credentials_ok(request: Request, trust: Trust, now: float, observer: Observer) -> bool:
     """§22.3: check our realm's Proxy-Authorization; consume it when good, raise on bad/stale/replay."""
     digest = trust.digest
     assert digest is not None
@@ -51,6 +55,8 @@ def _credentials_ok(request: Request, trust: Trust, now: float) -> bool:
         verdict, user = digest.verify(request.method, value, now, request.uri)
         if verdict is Verdict.OTHER_REALM:
             continue
+        observer.digest({Verdict.OK: "passed", Verdict.STALE: "stale", Verdict.REPLAY: "replayed"}.get(
+            verdict, "failed"))
         if verdict is Verdict.OK:
             request.headers.items = [item for item in request.headers.items
                                      if not (item[0] == "proxy-authorization" and item[2] == value)]

@@ -116,6 +116,9 @@ tolerated_option_tags = ["ms-benotify"]
 transaction_timeout_seconds = 2
 connect_timeout_seconds = 2
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [tls]
 cert_chain = "{certs}/sipfed.tomt.local.pem"
 key = "{certs}/sipfed.tomt.local.key"

@@ -32,6 +32,9 @@ def config(path: Path, certs: Path, *, transport: str, uas_port: int, uas_host: 
 fqdn = "sipfed.tomt.local"
 transaction_timeout_seconds = 4
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [tls]
 cert_chain = "{certs}/sipfed.tomt.local.pem"
 key = "{certs}/sipfed.tomt.local.key"

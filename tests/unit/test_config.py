@@ -155,12 +155,12 @@ def test_missing_fqdn_and_tls(tmp_path: Path) -> None:
 
 
 def test_unknown_sections_and_keys(tmp_path: Path) -> None:
-    text = GOOD + "\n[metrics]\nport = 9100\n"
+    text = GOOD + "\n[telemetry]\nport = 9100\n"
     text = text.replace('internal = "127.0.0.2"', 'internal = "127.0.0.2"\nvia = "x"')
     text = text.replace('fqdn = "sipfed.tomt.it"', 'fqdn = "sipfed.tomt.it"\nbacklog = 5')
     text = text.replace('ca_bundle = "certs/ca.crt"', 'ca_bundle = "certs/ca.crt"\nverify = false')
     keys = [p.split(":")[0] for p in problems_of(write(tmp_path, text))]
-    assert sorted(keys) == sorted(["metrics", "maddr_rewrite[0].via", "listeners[1].backlog", "tls.verify"])
+    assert sorted(keys) == sorted(["telemetry", "maddr_rewrite[0].via", "listeners[1].backlog", "tls.verify"])
 
 
 def test_listener_problems(tmp_path: Path) -> None:

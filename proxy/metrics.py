@@ -1,0 +1,102 @@
+"""Every Prometheus series sipfed exports, declared once, on a registry passed in.
+
+Names are prefixed ``sipfed_``; labels are bounded (method, configured peer/route/listener
+names, status class, fixed reason sets) — never a raw URI or certificate subject.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.process_collector import ProcessCollector
+
+from proxy import __version__
+from proxy.relay.observe import Observer
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Metrics(Observer):
+    """The Observer that counts into Prometheus series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        ProcessCollector(registry=registry)
+        c = self._counter
+        self.requests_received = c("requests_received_total", "Requests received", ["method", "peer"])
+        self.requests_relayed = c("requests_relayed_total", "Requests forwarded to a next hop",
+                                  ["method", "peer", "route"])
+        self.requests_refused = c("requests_refused_total", "Requests sipfed answered itself with an error",
+                                  ["method", "status"])
+        self.responses = c("responses_total", "Final responses sent upstream", ["method", "status_class"])
+        self.latency = Histogram("sipfed_relay_latency_seconds", "Request in to final response out",
+                                 ["method"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.route_misses = c("route_misses_total", "Out-of-dialog requests for a domain with no route", [])
+        self.hop_failures = c("next_hop_failures_total", "Next hops that could not be reached or did not answer",
+                              ["route", "reason"])
+        self.tls = c("tls_handshakes_total", "TLS handshakes", ["listener", "direction", "outcome", "reason"])
+        self.connections = Gauge("sipfed_open_connections", "Open TCP/TLS connections", ["listener", "peer"],
+                                 registry=registry)
+        self.subscriptions = Gauge("sipfed_subscriptions_active", "Subscription dialogs through sipfed", ["event"],
+                                   registry=registry)
+        self.subscription_changes = c("subscription_changes_total", "Subscriptions created, refreshed, terminated",
+                                      ["event", "change"])
+        self.digest_outcomes = c("digest_total", "sipfed's own digest: challenged, passed, failed, stale, replayed",
+                                 ["outcome"])
+        self.shield = c("challenges_shielded_total",
+                        "Next hops' 401/407 kept from sources that cannot answer: answered or blocked", ["action"])
+        self.malformed_total = c("malformed_messages_total", "Messages that did not parse", ["kind"])
+        self.config_reloads = c("config_reloads_total", "Config reloads", ["outcome"])
+        Info("sipfed_build", "Version information", registry=registry).info(
+            {"version": __version__, "python": platform.python_version()})
+        Gauge("sipfed_start_time_seconds", "When sipfed started (Unix time)", registry=registry).set(time.time())
+
+    def _counter(self, name: str, doc: str, labels: list[str]) -> Counter:
+        return Counter(f"sipfed_{name}", doc, labels, registry=self.registry)
+
+    def request_received(self, method: str, peer: str) -> None:
+        self.requests_received.labels(method, peer).inc()
+
+    def request_relayed(self, method: str, peer: str, route: str) -> None:
+        self.requests_relayed.labels(method, peer, route).inc()
+
+    def request_refused(self, method: str, status: int) -> None:
+        self.requests_refused.labels(method, str(status)).inc()
+
+    def final_response(self, method: str, status: int, seconds: float) -> None:
+        self.responses.labels(method, status_class(status)).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def route_miss(self) -> None:
+        self.route_misses.inc()
+
+    def hop_failure(self, route: str, reason: str) -> None:
+        self.hop_failures.labels(route, reason).inc()
+
+    def digest(self, outcome: str) -> None:
+        self.digest_outcomes.labels(outcome).inc()
+
+    def shielded(self, action: str) -> None:
+        self.shield.labels(action).inc()
+
+    def malformed(self, kind: str) -> None:
+        self.malformed_total.labels(kind).inc()
+
+    def subscription(self, event: str, change: str) -> None:
+        self.subscription_changes.labels(event, change).inc()
+        if change == "created":
+            self.subscriptions.labels(event).inc()
+        elif change == "terminated":
+            self.subscriptions.labels(event).dec()
+
+    def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
+        self.tls.labels(listener, direction, outcome, reason).inc()
+
+    def connection(self, listener: str, peer: str, delta: int) -> None:
+        self.connections.labels(listener, peer).inc(delta)

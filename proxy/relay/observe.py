@@ -1,0 +1,66 @@
+"""What the proxy reports about itself, as plain method calls: no Prometheus in the sans-IO core.
+
+``proxy/metrics.py`` implements this with prometheus-client; tests can record the calls. Every
+label value passed here is from a bounded set: a method from KNOWN_METHODS or 'other', a
+configured peer or route name, a status, or one of the fixed reasons named in each docstring.
+"""
+
+from __future__ import annotations
+
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
+    "INFO", "REFER", "UPDATE", "PRACK", "BENOTIFY", "SERVICE",
+})
+KNOWN_EVENTS = frozenset({
+    "presence", "presence.winfo", "dialog", "message-summary", "reg", "refer", "conference",
+    "vnd-microsoft-roaming-contacts", "vnd-microsoft-roaming-self", "vnd-microsoft-provisioning-v2",
+})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def event_label(event: str | None) -> str:
+    package = (event or "").split(";")[0].strip().lower()
+    return package if package in KNOWN_EVENTS else "other"
+
+
+class Observer:
+    """No-op observer; subclasses record. All methods are cheap calls on the hot path."""
+
+    def request_received(self, method: str, peer: str) -> None:
+        """A request arrived from ``peer`` (a configured peer name, or 'none')."""
+
+    def request_relayed(self, method: str, peer: str, route: str) -> None:
+        """A request was forwarded toward ``route`` (a route name, or 'dialog' for Route-set hops)."""
+
+    def request_refused(self, method: str, status: int) -> None:
+        """sipfed answered a request itself with a 4xx/5xx (validation, trust, no route)."""
+
+    def final_response(self, method: str, status: int, seconds: float) -> None:
+        """A final response went upstream, ``seconds`` after its request came in."""
+
+    def route_miss(self) -> None:
+        """No static route for an out-of-dialog request's domain (404)."""
+
+    def hop_failure(self, route: str, reason: str) -> None:
+        """A next hop failed: reason in connect_refused, tls_failure, timeout, other."""
+
+    def digest(self, outcome: str) -> None:
+        """sipfed's own digest: challenged, passed, failed, stale, replayed."""
+
+    def shielded(self, action: str) -> None:
+        """A next hop's challenge kept from a source that cannot answer it: answered or blocked."""
+
+    def malformed(self, kind: str) -> None:
+        """A message that did not parse: request (answered 4xx), response (dropped), stream (framing)."""
+
+    def subscription(self, event: str, change: str) -> None:
+        """A subscription dialog changed: created, refreshed, terminated."""
+
+    def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
+        """A TLS handshake (inbound/outbound) succeeded or failed; reason from the fixed set in net/tls.py."""
+
+    def connection(self, listener: str, peer: str, delta: int) -> None:
+        """A connection opened (+1) or closed (-1) on ``listener`` bound to ``peer``."""

@@ -1,0 +1,182 @@
+"""Metrics as a real Prometheus sees them, and TLS refusals explained in plain words."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from proxy.certs import issue_leaf
+from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.integration.test_sipp import SippUas, config, errors, run_uac
+from tests.peers.sippeer import Peer
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus text format (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Prometheus:
+    """Debian's prometheus server scraping one target every second, on loopback."""
+
+    def __init__(self, workdir: Path, target: str) -> None:
+        if shutil.which("prometheus") is None:
+            raise RuntimeError("prometheus is not installed: apt-get install prometheus")
+        self.port = free_port()
+        cfg = workdir / "prometheus.yml"
+        cfg.write_text(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: sipfed
+    static_configs:
+      - targets: ["{target}"]
+""")
+        self.log = workdir / "prometheus.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT)
+
+    def query(self, expr: str) -> float | None:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=3) as reply:
+                data = json.load(reply)
+        except OSError:
+            return None
+        result = data.get("data", {}).get("result", [])
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, expr: str, expected: float, timeout: float = 40) -> float | None:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            value = self.query(expr)
+            if value == expected:
+                return value
+            time.sleep(0.5)
+        return value
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def test_prometheus_scrapes_the_relay(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    calls = 120
+    uas_port = free_port()
+    uas = SippUas("uas_message.xml", uas_port, calls, "t1", tmp_path)
+    sipfed = start_sipfed(config(tmp_path / "sipfed.toml", certs, transport="tcp", uas_port=uas_port))
+    prometheus = Prometheus(tmp_path, f"127.0.0.1:{sipfed.ports['metrics']}")
+    try:
+        code, _ = run_uac("uac_message.xml", sipfed.ports["lync"], "t1", calls, 100, tmp_path, "domain", "tomt.local")
+        assert code == 0, errors(tmp_path)
+        assert uas.wait() == 0
+        relayed = 'sum(sipfed_requests_relayed_total{method="MESSAGE",route="tomt.local"})'
+        assert prometheus.wait_for(relayed, calls) == calls, prometheus.log.read_text()[-2000:]
+        assert prometheus.query('sum(sipfed_responses_total{method="MESSAGE",status_class="2xx"})') == calls
+        assert prometheus.query('sum(sipfed_relay_latency_seconds_count{method="MESSAGE"})') == calls
+        assert prometheus.query('sum(sipfed_open_connections{listener="lync"})') == 0  # SIPp has hung up
+        assert prometheus.query("sipfed_build_info") == 1
+    finally:
+        prometheus.stop()
+
+
+def test_tls_refusals_are_explained_and_counted(tmp_path: Path, certs: Path,
+                                                start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """Clients with a certificate lacking clientAuth, an expired one, none at all, or plain TCP on
+    a TLS port: each refused with a log line that names the cause and a labelled metric; an outbound
+    name mismatch is labelled name_mismatch."""
+    pki = tmp_path / "pki"
+    shutil.copytree(certs, pki)
+    issue_leaf(pki, ["noclientauth.tomt.it"], eku=("serverAuth",), key_type="ec", ip_addresses=["127.0.0.3"])
+    issue_leaf(pki, ["expired.tomt.it"], key_type="ec", ip_addresses=["127.0.0.3"],
+               not_before=datetime(2020, 1, 1, tzinfo=UTC), not_after=datetime(2021, 1, 1, tzinfo=UTC))
+
+    async def attempt(port: int, name: str | None) -> str:
+        """What the refused client's own TLS stack reports (the alert sipfed sent)."""
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        if name is not None:
+            ctx.load_cert_chain(str(pki / f"{name}.pem"), str(pki / f"{name}.key"))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                           server_hostname="sipfed.tomt.it")
+            writer.write(b"OPTIONS sip:sipfed.tomt.it SIP/2.0\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(100), 5)
+            writer.close()
+        except ssl.SSLError as exc:
+            return str(exc.reason)
+        return f"no alert, read {data!r}"
+
+    async def plain(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"OPTIONS sip:sipfed.tomt.it SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+
+    async def main() -> Sipfed:
+        impostor = Peer("wrong.example", "127.0.0.2", certs)
+        await impostor.start()
+        sipfed = start_sipfed(lab_config(tmp_path / "m.toml", certs, cups_port=impostor.port, lync_port=free_port()))
+        port = sipfed.ports["lync"]
+        # The client's own TLS stack now names the cause (before, it saw a bare EOF).
+        assert await attempt(port, "noclientauth.tomt.it") == "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE"
+        assert await attempt(port, "expired.tomt.it") == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
+        assert await attempt(port, None) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+        await plain(port)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await lync.start()
+        conn = await lync.connect("127.0.0.1", port, "sipfed.tomt.it")
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+        answer, _ = await lync.next()
+        assert answer.status == 503
+        return sipfed
+
+    sipfed = asyncio.run(asyncio.wait_for(main(), 40))
+    log = sipfed.log_text(0.5)
+    text = scrape(sipfed.ports["metrics"])
+    for reason, words in (("unsupported_certificate", "no Client Authentication EKU"),
+                          ("certificate_expired", "has expired"),
+                          ("no_client_certificate", "sent no certificate"),
+                          ("protocol", "plain SIP on a TLS port")):
+        assert re.search(rf"listener lync refused \({reason}\): .*{words}", log), (reason, log)
+        assert sample(text, "sipfed_tls_handshakes_total", listener="lync", direction="inbound",
+                      outcome="failure", reason=reason) >= 1, (reason, text)
+    assert sample(text, "sipfed_tls_handshakes_total", listener="cisco", direction="outbound", outcome="failure",
+                  reason="name_mismatch") == 1
+    assert sample(text, "sipfed_next_hop_failures_total", route="cisco", reason="tls_failure") == 1
+    assert sample(text, "sipfed_tls_handshakes_total", listener="lync", direction="inbound", outcome="success") == 1
