@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from proxy import __version__, certs
+from proxy import __version__, certs, logs
 from proxy.config import ConfigError, load_config
 
 
@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("--config", required=True, help="TOML config file")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override proxy.log_level")
+    run.add_argument("--log-format", choices=["text", "json"], default="text", help="one line per event, text or JSON")
+    run.add_argument("--trace", metavar="FILE", help="append every SIP message sent and received to FILE")
     check = commands.add_parser("check-config", help="validate a config file and print what it sets up")
     check.add_argument("--config", required=True, help="TOML config file")
     certs.add_arguments(commands.add_parser("certs", help="create a lab CA and leaf certificates"))
@@ -43,11 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(describe(config))
         return 0
-    level = (args.log_level or config.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.setup(args.log_level or config.log_level, args.log_format)
     from proxy.server import run as run_server
 
-    return run_server(config)
+    return run_server(config, trace=Path(args.trace) if args.trace else None)
 
 
 def describe(config: object) -> str:

@@ -9,6 +9,7 @@ import logging
 import signal
 import ssl
 import sys
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -16,6 +17,7 @@ from proxy.config import Config
 from proxy.metrics import Metrics
 from proxy.net.driver import DatagramEndpoint, Driver
 from proxy.net.tls import client_context, server_context
+from proxy.net.trace import Trace
 from proxy.relay.core import Proxy, RelaySettings
 from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.types import Identity
@@ -24,7 +26,7 @@ from routes import RouteTable
 log = logging.getLogger("sipfed")
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
+async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path | None = None) -> int:
     """Bind every listener, print the readiness line, relay until told to stop."""
     loop = asyncio.get_running_loop()
     metrics = Metrics(CollectorRegistry())
@@ -32,6 +34,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> int:
     proxy = Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset()))  # replaced once ports are known
     driver = Driver(proxy, loop, client_ssl=client_ssl, connect_timeout=config.connect_timeout_seconds,
                     max_message_bytes=config.max_message_bytes, trust=config.trust, observer=metrics)
+    driver.trace = Trace(trace) if trace is not None else None
     servers: list[asyncio.Server] = []
     identities: list[Identity] = []
     for listener in config.listeners:
@@ -83,13 +86,13 @@ def _same(endpoint: DatagramEndpoint) -> DatagramEndpoint:
     return endpoint
 
 
-def run(config: Config) -> int:
+def run(config: Config, trace: Path | None = None) -> int:
     """Run the proxy on uvloop when it is installed, else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, trace=trace))
     if sys.version_info >= (3, 12):
-        return uvloop.run(serve(config))
+        return uvloop.run(serve(config, trace=trace))
     uvloop.install()
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, trace=trace))

@@ -18,6 +18,7 @@ from acl.peers import Trust
 from acl.subjects import CertIdentity
 from proxy.net.tls import classify, describe_failure, describe_inbound, peer_identity
 from proxy.net.tls_session import TlsSession
+from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
 from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
@@ -169,6 +170,7 @@ class Driver:
         self.trust = trust or Trust()
         self.observer = observer or Observer()
         self.handshake_timeout = 10.0
+        self.trace: Trace | None = None
         self.loop = loop
         self.client_ssl = client_ssl
         self.connect_timeout = connect_timeout
@@ -206,6 +208,8 @@ class Driver:
     # -- into the core ----------------------------------------------------------------------
 
     def deliver(self, flow: Flow, data: bytes) -> None:
+        if self.trace is not None:
+            self.trace.message("RECV", flow.transport, flow.remote, flow.listener, data)
         try:
             self.proxy.receive(flow, data, self.loop.time())
         except Exception:  # the core must never take the process down with it
@@ -245,6 +249,8 @@ class Driver:
             self._timer_at = deadline
 
     def _send_on_flow(self, flow: Flow, data: bytes) -> None:
+        if self.trace is not None:
+            self.trace.message("SEND", flow.transport, flow.remote, flow.listener, data)
         if flow.transport == "udp":
             udp = self._udp_for(flow.listener)
             if udp is not None:
@@ -255,6 +261,8 @@ class Driver:
             log.warning("response to %s:%d lost: its connection closed first", *flow.remote)
 
     def _send_to_hop(self, hop: NextHop, data: bytes, token: int) -> None:
+        if self.trace is not None:
+            self.trace.message("SEND", hop.transport, (hop.host, hop.port), hop.listener, data)
         if hop.transport == "udp":
             udp = self._udp_for(hop.listener)
             if udp is None:

@@ -264,7 +264,7 @@ class Proxy:
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped)
         except SipError as exc:
-            log.info("ACK from %s:%d dropped: %s", *flow.remote, exc.reason)
+            log.info("ACK dropped: %s", exc.reason, extra=_extra(request.call_id, flow))
             return
         if hop is None:
             return
@@ -386,8 +386,9 @@ class Proxy:
         if credential is None or ctx.challenged or not challenge:
             why = "sipfed's own credentials were refused" if ctx.challenged else (
                 f"no [[acl.credentials]] for route {ctx.hop.route or ctx.hop.host} realm {realm or '?'}")
-            log.warning("%s from %s: next hop %s challenged (%d) on behalf of %s, which cannot answer digest; %s",
-                        request.method, flow.remote[0], ctx.hop, response.status, flow.peer or flow.remote[0], why)
+            log.warning("%s: next hop %s challenged (%d) on behalf of %s, which cannot answer digest; %s",
+                        request.method, ctx.hop, response.status, flow.peer or flow.remote[0], why,
+                        extra=_extra(request.call_id, flow, ctx.hop.route))
             self._respond(stx, 403, f"Forbidden (next hop demanded digest authentication the sender cannot "
                                     f"answer: {why})", now)
             self.observer.shielded("blocked")
@@ -414,7 +415,8 @@ class Proxy:
         original = ctx.original_cseq or stx.request.headers.get("cseq")
         retry_ctx = ClientTx(cid, branch, method, ctx.hop, retry.to_bytes(), retry, stx,
                              original_cseq=original, challenged=True)
-        log.info("%s: answered the %d of %s as %s", method, status, ctx.hop, username)
+        log.info("%s: answered the %d of %s as %s", method, status, ctx.hop, username,
+                 extra=_extra(retry.call_id, stx.flow, ctx.hop.route))
         self._start_client(retry_ctx, now)
 
     def _renumber(self, request: Request) -> str | None:
@@ -436,7 +438,8 @@ class Proxy:
         self._end_client(ctx)
         stx = ctx.server
         waited = self.settings.transaction_timeout_seconds if ctx.method != "INVITE" else TIMER_B
-        log.warning("%s to %s: no final response in %g s", ctx.method, ctx.hop, waited)
+        log.warning("%s to %s: no final response in %g s", ctx.method, ctx.hop, waited,
+                    extra=_extra(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route))
         self.observer.hop_failure(ctx.hop.route or "dialog", "timeout")
         if stx is not None and not stx.final_status:
             self._respond(stx, 408, f"Request Timeout (no answer from {ctx.hop.host} in {waited:g} s)", now)
@@ -481,6 +484,9 @@ class Proxy:
 
     def _refuse(self, stx: ServerTx, exc: SipError, now: float) -> None:
         self.observer.request_refused(method_label(stx.request.method), exc.status)
+        if exc.status >= 400 and exc.status != 407:
+            log.info("%s refused: %d %s", stx.request.method, exc.status, exc.reason,
+                     extra=_extra(stx.request.call_id, stx.flow))
         if exc.status == 404 and "no route" in exc.reason:
             self.observer.route_miss()
         self._respond(stx, exc.status, exc.reason, now, exc.headers)
@@ -581,6 +587,17 @@ class Proxy:
         reason = " ".join(exc.reason.split())
         log.info("answered %d %s to %s:%d", exc.status, reason, *flow.remote)
         self._outputs.append(SendOnFlow(flow, Response(copied, b"", "SIP/2.0", exc.status, reason).to_bytes()))
+
+
+def _extra(call_id: str, flow: Flow | None, route: str | None = None) -> dict[str, str]:
+    """Log fields: the Call-ID and where the request came from."""
+    out = {"call_id": call_id}
+    if flow is not None:
+        out["peer"] = flow.peer or "none"
+        out["remote"] = f"{flow.remote[0]}:{flow.remote[1]}"
+    if route:
+        out["route"] = route
+    return out
 
 
 def _realm(challenge: str) -> str:

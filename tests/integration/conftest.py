@@ -40,10 +40,10 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
 class Sipfed:
     """The real proxy as a child process; ``ports`` come from its readiness line."""
 
-    def __init__(self, config: Path, timeout: float = 15.0) -> None:
+    def __init__(self, config: Path, timeout: float = 15.0, args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config)], cwd=ROOT,
+            [sys.executable, "-m", "proxy", "run", "--config", str(config), *args], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.log: list[str] = []
@@ -95,8 +95,8 @@ class Sipfed:
 def start_sipfed() -> Iterator[object]:
     started: list[Sipfed] = []
 
-    def start(config: Path) -> Sipfed:
-        proc = Sipfed(config)
+    def start(config: Path, *args: str) -> Sipfed:
+        proc = Sipfed(config, args=args)
         started.append(proc)
         return proc
 

@@ -7,6 +7,7 @@ sipfed listens on 127.0.0.1 with a 'cisco' and a 'lync' listener, as in examples
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 from collections.abc import Awaitable, Callable
@@ -337,3 +338,30 @@ def test_tcp_listeners(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path
         assert answer.status == 200
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_trace_file_and_json_logs(tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]) -> None:
+    """--trace writes every message whole; --log-format json gives one object per event with the Call-ID."""
+    trace = tmp_path / "sip.trace"
+
+    async def main() -> Sipfed:
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await lync.start()
+        config = lab_config(tmp_path / "trace.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=lync.port)
+        sipfed = start_sipfed(config, "--trace", str(trace), "--log-format", "json")
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", "sip:x@nowhere.example", to="<sip:x@nowhere.example>",
+                                     call_id="trace-call-1"))
+        answer, _ = await lync.next()
+        assert answer.status == 404
+        return sipfed
+
+    sipfed = asyncio.run(asyncio.wait_for(main(), 30))
+    text = trace.read_text()
+    assert re.search(r"RECV tls 127\.0\.0\.3:\d+ -> lync\nMESSAGE sip:x@nowhere\.example SIP/2\.0\r?\n", text)
+    assert re.search(r"SEND tls 127\.0\.0\.3:\d+ <- lync\nSIP/2\.0 404 ", text)
+    events = [json.loads(line) for line in sipfed.log_text().splitlines() if line.startswith("{")]
+    refused = [e for e in events if e.get("call_id") == "trace-call-1"]
+    assert refused, sipfed.log_text()
+    assert refused[0]["peer"] == "none"
+    assert "404" in refused[0]["msg"]
