@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError, load_config
 from proxy.metrics import Metrics
 from proxy.net.driver import DatagramEndpoint, Driver
 from proxy.net.tls import client_context, server_context
@@ -26,59 +26,114 @@ from routes import RouteTable
 log = logging.getLogger("sipfed")
 
 
+class Server:
+    """The running proxy: listeners bound once; routes, trust, TLS material re-read on reload."""
+
+    def __init__(self, config: Config, trace: Path | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.metrics = Metrics(CollectorRegistry())
+        self.driver = Driver(Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset())), self.loop,
+                             client_ssl=None, connect_timeout=config.connect_timeout_seconds,
+                             max_message_bytes=config.max_message_bytes, trust=config.trust, observer=self.metrics)
+        self.driver.trace = Trace(trace) if trace is not None else None
+        self.servers: list[asyncio.Server] = []
+        self.ports: dict[str, int] = {}
+
+    async def bind(self) -> str:
+        """Bind every listener; return the readiness line."""
+        for listener in self.config.listeners:
+            if listener.transport == "udp":
+                endpoint = DatagramEndpoint(self.driver, listener.name)
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    functools.partial(_same, endpoint), local_addr=(listener.address, listener.port))
+                self.driver.udp[listener.name] = endpoint
+                self.ports[listener.name] = transport.get_extra_info("sockname")[1]
+            else:
+                # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
+                server = await self.loop.create_server(self.driver.stream_factory(listener.transport, listener.name),
+                                                       listener.address, listener.port, reuse_address=True)
+                self.servers.append(server)
+                self.ports[listener.name] = server.sockets[0].getsockname()[1]
+        self.apply(self.config)
+        line = " ".join(f"{lst.name}={lst.transport}:{lst.address}:{self.ports[lst.name]}"
+                        for lst in self.config.listeners)
+        if self.config.metrics_listen is not None:
+            host, port = self.config.metrics_listen
+            http, _ = start_http_server(port, host, registry=self.metrics.registry)
+            line += f" metrics=http:{host}:{http.server_port}"
+        return f"sipfed ready {line}"
+
+    def apply(self, config: Config) -> None:
+        """Put a (new) config's routes, trust, timers and certificates into effect."""
+        identities = [Identity(lst.name, lst.transport, lst.address, self.ports[lst.name], lst.fqdn,
+                               lst.federation_fqdn, lst.untrusted) for lst in config.listeners]
+        rewrites = {r.internal: r.external for r in config.maddr_rewrites}
+        policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags)
+        settings = RelaySettings(config.transaction_timeout_seconds, config.invite_timeout_seconds)
+        proxy = self.driver.proxy
+        if not proxy.policy.identities:  # first time: a fresh core
+            self.driver.proxy = Proxy(policy, settings, config.trust, self.metrics)
+        else:  # reload: in-flight transactions keep running on the same core
+            proxy.policy, proxy.settings, proxy.trust = policy, settings, config.trust
+        self.driver.trust = config.trust
+        self.driver.connect_timeout = config.connect_timeout_seconds
+        if config.tls is not None:
+            self.driver.client_ssl = client_context(config.tls)
+            self.driver.server_contexts = {lst.name: server_context(config.tls, lst)
+                                           for lst in config.listeners if lst.transport == "tls"}
+        for warning in config.warnings:
+            log.warning("config: %s", warning)
+        self.config = config
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the file; a bad one is refused and the running config stays."""
+        try:
+            config = load_config(self.config.path)
+            if _listener_layout(config) != _listener_layout(self.config):
+                raise ConfigError(config.path, ["listeners: adding, removing or moving a listener needs a restart"])
+            self.apply(config)
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            log.error("reload refused, the running config stays: %s", exc)
+            self.metrics.config_reloads.labels("refused").inc()
+            return
+        log.info("reloaded %s: %d route(s), %d peer(s)", config.path, len(config.routes), len(config.trust.peers))
+        self.metrics.config_reloads.labels("applied").inc()
+
+    async def drain(self, limit: float) -> None:
+        """SIGTERM: stop accepting, let transactions in flight finish (bounded), then close."""
+        for server in self.servers:
+            server.close()
+        for _ in range(int(limit / 0.05) + 1):  # bounded in count and time
+            if not self.driver.proxy.pending():
+                break
+            await asyncio.sleep(0.05)
+        left = self.driver.proxy.pending()
+        if left:
+            log.warning("stopping with %d transaction(s) still unanswered after %g s", left, limit)
+        await self.driver.close()
+
+
+def _listener_layout(config: Config) -> list[tuple[str, str, str, int]]:
+    return [(lst.name, lst.transport, lst.address, lst.port) for lst in config.listeners]
+
+
 async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path | None = None) -> int:
-    """Bind every listener, print the readiness line, relay until told to stop."""
-    loop = asyncio.get_running_loop()
-    metrics = Metrics(CollectorRegistry())
-    client_ssl = client_context(config.tls) if config.tls else None
-    proxy = Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset()))  # replaced once ports are known
-    driver = Driver(proxy, loop, client_ssl=client_ssl, connect_timeout=config.connect_timeout_seconds,
-                    max_message_bytes=config.max_message_bytes, trust=config.trust, observer=metrics)
-    driver.trace = Trace(trace) if trace is not None else None
-    servers: list[asyncio.Server] = []
-    identities: list[Identity] = []
-    for listener in config.listeners:
-        if listener.transport == "udp":
-            endpoint = DatagramEndpoint(driver, listener.name)
-            transport, _ = await loop.create_datagram_endpoint(
-                functools.partial(_same, endpoint), local_addr=(listener.address, listener.port))
-            driver.udp[listener.name] = endpoint
-            port = transport.get_extra_info("sockname")[1]
-        else:
-            context: ssl.SSLContext | None = None
-            if listener.transport == "tls":
-                assert config.tls is not None
-                context = server_context(config.tls, listener)
-            # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
-            server = await loop.create_server(driver.stream_factory(listener.transport, listener.name, context),
-                                              listener.address, listener.port, reuse_address=True)
-            servers.append(server)
-            port = server.sockets[0].getsockname()[1]
-        identities.append(Identity(listener.name, listener.transport, listener.address, port, listener.fqdn,
-                                   listener.federation_fqdn, listener.untrusted))
-    rewrites = {r.internal: r.external for r in config.maddr_rewrites}
-    policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags)
-    driver.proxy = Proxy(policy, RelaySettings(config.transaction_timeout_seconds, config.invite_timeout_seconds),
-                         config.trust, metrics)
-    for warning in config.warnings:
-        log.warning("config: %s", warning)
-    listening = " ".join(f"{i.listener}={i.transport}:{i.address}:{i.port}" for i in identities)
-    if config.metrics_listen is not None:
-        http, _ = start_http_server(config.metrics_listen[1], config.metrics_listen[0], registry=metrics.registry)
-        listening += f" metrics=http:{config.metrics_listen[0]}:{http.server_port}"
-    print(f"sipfed ready {listening}", flush=True)
-    log.info("%d listener(s), %d route(s) from %s", len(identities), len(config.routes), config.path)
+    """Bind every listener, print the readiness line, relay until SIGTERM/SIGINT; SIGHUP reloads."""
+    server = Server(config, trace)
+    print(await server.bind(), flush=True)
+    log.info("%d listener(s), %d route(s) from %s", len(config.listeners), len(config.routes), config.path)
     if ready is not None:
         ready.set()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stop.wait()
-    log.info("stopping")
-    for server in servers:
-        server.close()
-    await driver.close()
+    log.info("stopping: draining transactions in flight")
+    await server.drain(server.config.transaction_timeout_seconds + 1)
     return 0
 
 

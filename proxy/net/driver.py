@@ -170,6 +170,7 @@ class Driver:
         self.trust = trust or Trust()
         self.observer = observer or Observer()
         self.handshake_timeout = 10.0
+        self.server_contexts: dict[str, ssl.SSLContext] = {}
         self.trace: Trace | None = None
         self.loop = loop
         self.client_ssl = client_ssl
@@ -201,9 +202,10 @@ class Driver:
                 if table.get(key) is conn:
                     del table[key]
 
-    def stream_factory(self, transport_name: str, listener: str,
-                       tls: ssl.SSLContext | None = None) -> Callable[[], StreamConnection]:
-        return lambda: StreamConnection(self, transport_name, listener, outbound=False, tls=tls)
+    def stream_factory(self, transport_name: str, listener: str) -> Callable[[], StreamConnection]:
+        """Accepted connections; a TLS listener's context is looked up per connection (reload swaps it)."""
+        return lambda: StreamConnection(self, transport_name, listener, outbound=False,
+                                        tls=self.server_contexts.get(listener))
 
     # -- into the core ----------------------------------------------------------------------
 

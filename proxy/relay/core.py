@@ -136,6 +136,10 @@ class Proxy:
         outputs, self._outputs = self._outputs, []
         return outputs
 
+    def pending(self) -> int:
+        """Server transactions still waiting for their final response (for draining)."""
+        return sum(1 for stx in self.server_txs.values() if not stx.final_status)
+
     def get_timer(self) -> float | None:
         return self.timers.next_deadline()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -365,3 +366,54 @@ def test_trace_file_and_json_logs(tmp_path: Path, certs: Path, start_sipfed: Cal
     assert refused, sipfed.log_text()
     assert refused[0]["peer"] == "none"
     assert "404" in refused[0]["msg"]
+
+
+def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]) -> None:
+    """SIGHUP applies a new route; a broken file is refused and the running config stays;
+    SIGTERM lets the transaction in flight finish, then sipfed exits 0."""
+
+    async def main() -> Sipfed:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await cups.start()
+        await lync.start()
+        path = lab_config(tmp_path / "reload.toml", certs, cups_port=cups.port, lync_port=lync.port)
+        sipfed = start_sipfed(path)
+        conn = await lync_to_sipfed(sipfed, lync)
+
+        async def message(domain: str) -> int:
+            await conn.send(lync.request("MESSAGE", f"sip:x@{domain}", to=f"<sip:x@{domain}>"))
+            answer, _ = await lync.next()
+            return answer.status
+
+        assert await message("partner.example") == 404
+        good = path.read_text()
+        path.write_text(good + '\n[[routes]]\nname = "partner"\nmatch_uri = "partner.example"\n'
+                        f'destination = "127.0.0.2"\nport = {cups.port}\ntls_name = "cups.tomt.local"\n')
+        sipfed.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await message("partner.example") == 200
+        await cups.next()
+        path.write_text(good + "\n[[routes]]\nmatch_uri = 'broken'\nport = 70000\n")
+        sipfed.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await message("partner.example") == 200  # the running config stayed
+        await cups.next()
+
+        cups.auto_answer = False
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+        held, held_conn = await cups.next()
+        sipfed.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert sipfed.proc.poll() is None  # still draining
+        await held_conn.send(cups.answer(held, 200, "OK"))
+        answer, _ = await lync.next()
+        assert answer.status == 200
+        return sipfed
+
+    sipfed = asyncio.run(asyncio.wait_for(main(), 30))
+    assert sipfed.proc.wait(10) == 0
+    log = sipfed.log_text()
+    assert "reloaded" in log
+    assert "reload refused, the running config stays" in log
+    assert "routes[2].port: 70000" in log
