@@ -25,7 +25,19 @@ PROXY_KEYS = {
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
-TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics"}
+TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits"}
+#: [limits] keys: (default, lowest, highest); rates of 0 switch that limit off.
+LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
+    "max_headers": (256, 16, 4096),
+    "max_header_line_bytes": (8192, 256, 65536),
+    "incomplete_message_timeout_seconds": (10.0, 0.5, 600.0),
+    "tls_handshake_timeout_seconds": (10.0, 0.5, 600.0),
+    "max_in_flight_transactions": (10000, 1, 1_000_000),
+    "per_source_requests_per_second": (0.0, 0.0, 1_000_000.0),
+    "per_peer_requests_per_second": (0.0, 0.0, 1_000_000.0),
+    "burst_seconds": (2.0, 0.1, 60.0),
+    "retry_after_seconds": (5, 1, 3600),
+}
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
 
 
@@ -120,6 +132,8 @@ class Config:
     """Largest message accepted; larger gets 513 (RFC 3261 §21.5.14)."""
     log_level: str = "info"
     """Python logging level name."""
+    limits: dict[str, float] = field(default_factory=lambda: {k: v[0] for k, v in LIMIT_KEYS.items()})
+    """``[limits]``: sizes, slow-sender timeouts, rate limits, the in-flight cap (see LIMIT_KEYS)."""
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9561)
     """Where Prometheus scrapes ``/metrics`` (``[metrics] listen``); None: off."""
     trust: Trust = field(default_factory=Trust)
@@ -165,12 +179,28 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     rewrites = _rewrites(raw.get("maddr_rewrite"), problems)
     warnings: list[str] = []
     metrics_listen = _metrics(raw.get("metrics"), problems)
+    limits = _limits(raw.get("limits"), problems)
     trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
     listeners = _untrusted_policies(raw.get("listeners"), listeners, trust, problems, warnings)
     if problems:
         return None
     return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings,
-                  metrics_listen=metrics_listen, trust=trust, warnings=tuple(warnings))
+                  limits=limits, metrics_listen=metrics_listen, trust=trust, warnings=tuple(warnings))
+
+
+def _limits(raw: object, problems: list[str]) -> dict[str, float]:
+    table = raw if isinstance(raw, Mapping) else {}
+    if raw is not None and not isinstance(raw, Mapping):
+        problems.append("limits: must be a table ([limits])")
+    _unknown(table, set(LIMIT_KEYS), "limits", problems)
+    out: dict[str, float] = {}
+    for key, (default, low, high) in LIMIT_KEYS.items():
+        value = table.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+            problems.append(f"limits.{key}: {value!r} must be a number from {low:g} to {high:g}")
+            value = default
+        out[key] = value
+    return out
 
 
 def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:

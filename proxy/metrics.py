@@ -52,6 +52,9 @@ class Metrics(Observer):
         self.shield = c("challenges_shielded_total",
                         "Next hops' 401/407 kept from sources that cannot answer: answered or blocked", ["action"])
         self.malformed_total = c("malformed_messages_total", "Messages that did not parse", ["kind"])
+        self.overloads = c("overload_total", "Requests refused with 503 by a limit", ["reason"])
+        self.slow_senders = c("slow_senders_total", "Connections closed for an incomplete message or handshake",
+                              ["listener", "stage"])
         self.config_reloads = c("config_reloads_total", "Config reloads", ["outcome"])
         Info("sipfed_build", "Version information", registry=registry).info(
             {"version": __version__, "python": platform.python_version()})
@@ -84,6 +87,12 @@ class Metrics(Observer):
 
     def shielded(self, action: str) -> None:
         self.shield.labels(action).inc()
+
+    def overload(self, reason: str) -> None:
+        self.overloads.labels(reason).inc()
+
+    def slow_sender(self, listener: str, stage: str) -> None:
+        self.slow_senders.labels(listener, stage).inc()
 
     def malformed(self, kind: str) -> None:
         self.malformed_total.labels(kind).inc()

@@ -20,6 +20,7 @@ from proxy.net.tls import client_context, server_context
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy, RelaySettings
 from proxy.relay.forwarding import RelayPolicy
+from proxy.relay.limits import Limits
 from proxy.relay.types import Identity
 from routes import RouteTable
 
@@ -70,14 +71,22 @@ class Server:
                                lst.federation_fqdn, lst.untrusted) for lst in config.listeners]
         rewrites = {r.internal: r.external for r in config.maddr_rewrites}
         policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags)
-        settings = RelaySettings(config.transaction_timeout_seconds, config.invite_timeout_seconds)
+        lim = config.limits
+        settings = RelaySettings(
+            config.transaction_timeout_seconds, config.invite_timeout_seconds,
+            Limits(int(lim["max_in_flight_transactions"]), lim["per_source_requests_per_second"],
+                   lim["per_peer_requests_per_second"], lim["burst_seconds"], int(lim["retry_after_seconds"])),
+            int(lim["max_headers"]), int(lim["max_header_line_bytes"]))
         proxy = self.driver.proxy
         if not proxy.policy.identities:  # first time: a fresh core
             self.driver.proxy = Proxy(policy, settings, config.trust, self.metrics)
         else:  # reload: in-flight transactions keep running on the same core
-            proxy.policy, proxy.settings, proxy.trust = policy, settings, config.trust
+            proxy.policy, proxy.trust = policy, config.trust
+            proxy.configure(settings)
         self.driver.trust = config.trust
         self.driver.connect_timeout = config.connect_timeout_seconds
+        self.driver.handshake_timeout = config.limits["tls_handshake_timeout_seconds"]
+        self.driver.incomplete_timeout = config.limits["incomplete_message_timeout_seconds"]
         if config.tls is not None:
             self.driver.client_ssl = client_context(config.tls)
             self.driver.server_contexts = {lst.name: server_context(config.tls, lst)

@@ -49,6 +49,7 @@ class StreamConnection(asyncio.Protocol):
         self.keys: list[Any] = []
         self.session = TlsSession(tls) if tls is not None else None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -89,6 +90,25 @@ class StreamConnection(asyncio.Protocol):
                 self.driver.framing_error(self.flow, frame)
                 if frame.fatal:
                     self.transport.close()
+        self._watch_stall()
+
+    def _watch_stall(self) -> None:
+        """An incomplete message may wait so long (slow sender, Content-Length past the body), no longer."""
+        if self.framer.pending and self._stall_timer is None:
+            self._stall_timer = self.driver.loop.call_later(self.driver.incomplete_timeout, self._stalled)
+        elif not self.framer.pending and self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if self.transport is None or self.flow is None or not self.framer.pending:
+            return
+        log.warning("closing the connection from %s:%d: %d bytes of an incomplete message for %g s (a slow sender, "
+                    "or a Content-Length larger than the body)", *self.flow.remote, self.framer.pending,
+                    self.driver.incomplete_timeout)
+        self.driver.observer.slow_sender(self.listener, "message")
+        self.transport.close()
 
     def _decrypt(self, data: bytes) -> bytes:
         session, transport = self.session, self.transport
@@ -120,11 +140,13 @@ class StreamConnection(asyncio.Protocol):
 
     def _handshake_late(self) -> None:
         if self.session is not None and not self.session.handshaken and self.transport is not None:
+            self.driver.observer.slow_sender(self.listener, "handshake")
             self._refused(TimeoutError(f"no TLS handshake within {self.driver.handshake_timeout:g} s"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        for timer in (self._handshake_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         self.driver.unregister(self)
         if self.flow is not None:
             self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
@@ -170,6 +192,7 @@ class Driver:
         self.trust = trust or Trust()
         self.observer = observer or Observer()
         self.handshake_timeout = 10.0
+        self.incomplete_timeout = 10.0
         self.server_contexts: dict[str, ssl.SSLContext] = {}
         self.trace: Trace | None = None
         self.loop = loop

@@ -34,6 +34,7 @@ from proxy.relay.forwarding import (
     process_routes,
     validate,
 )
+from proxy.relay.limits import Limits, TokenBuckets
 from proxy.relay.observe import Observer, event_label, method_label
 from proxy.relay.record_route import rewrite_maddr
 from proxy.relay.trust import admit
@@ -70,6 +71,12 @@ class RelaySettings:
     """Non-INVITE: answer 408 when the next hop has not answered by then."""
     invite_timeout_seconds: float = 180.0
     """Timer C (§16.6 step 11)."""
+    limits: Limits = field(default_factory=Limits)
+    """Overload protection."""
+    max_headers: int = 256
+    """Header fields per message, at most (400 beyond)."""
+    max_header_line_bytes: int = 8192
+    """Length of one header field line, at most (400 beyond)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -129,6 +136,19 @@ class Proxy:
         self._ids = itertools.count(1)
         self._outputs: list[Output] = []
         self._to_tag = secrets.token_hex(6)
+        self._in_flight = 0
+        self.configure(self.settings)
+
+    def configure(self, settings: RelaySettings) -> None:
+        """Apply (new) settings; rate-limit state is kept when the rates did not change."""
+        old = getattr(self, "_buckets", None)
+        limits = settings.limits
+        if old is None or self.settings.limits != limits:
+            self._buckets = {
+                "source": TokenBuckets(limits.per_source_rate, limits.per_source_rate * limits.burst_seconds),
+                "peer": TokenBuckets(limits.per_peer_rate, limits.per_peer_rate * limits.burst_seconds),
+            }
+        self.settings = settings
 
     # -- the driver's interface ------------------------------------------------------------
 
@@ -137,8 +157,8 @@ class Proxy:
         return outputs
 
     def pending(self) -> int:
-        """Server transactions still waiting for their final response (for draining)."""
-        return sum(1 for stx in self.server_txs.values() if not stx.final_status)
+        """Server transactions still waiting for their final response (draining, the in-flight cap)."""
+        return self._in_flight
 
     def get_timer(self) -> float | None:
         return self.timers.next_deadline()
@@ -149,7 +169,8 @@ class Proxy:
     def receive(self, flow: Flow, data: bytes, now: float) -> None:
         """One whole message from a flow (a framed stream message or a datagram)."""
         try:
-            message = parse_message(data, datagram=flow.transport == "udp")
+            message = parse_message(data, datagram=flow.transport == "udp", max_headers=self.settings.max_headers,
+                                    max_line_bytes=self.settings.max_header_line_bytes)
         except SipError as exc:
             self.observer.malformed("response" if data.startswith(b"SIP/") else "request")
             self._reject_unparsed(flow, data, exc)
@@ -198,9 +219,15 @@ class Proxy:
             return
         stx = ServerTx(key, request, flow, request.method == "INVITE", now)
         self.server_txs[key] = stx
+        self._in_flight += 1
         self.observer.request_received(method_label(request.method), flow.peer or "none")
         if request.method == "CANCEL":
             self._on_cancel(stx, now)
+            return
+        overload = self._overloaded(flow, now)
+        if overload:
+            self._refuse(stx, SipError(f"Service Unavailable ({overload})", 503,
+                                       (("Retry-After", str(self.settings.limits.retry_after_seconds)),)), now)
             return
         if stx.invite:
             self._respond(stx, 100, "Trying", now)  # §16.2: a stateful proxy answers INVITE at once
@@ -220,6 +247,21 @@ class Proxy:
             self._answer_locally(stx, now)
         else:
             self._forward(stx, hop, hashed, now)
+
+    def _overloaded(self, flow: Flow, now: float) -> str | None:
+        """Which limit a new request hits, if any (checked before any work is done for it)."""
+        limits = self.settings.limits
+        if self._in_flight > limits.max_in_flight:
+            self.observer.overload("in_flight")
+            return f"overloaded: {limits.max_in_flight} transactions in flight"
+        if flow.peer is not None:
+            if limits.per_peer_rate and not self._buckets["peer"].allow(flow.peer, now):
+                self.observer.overload("peer_rate")
+                return f"rate limit for peer {flow.peer}"
+        elif limits.per_source_rate and not self._buckets["source"].allow(flow.remote[0], now):
+            self.observer.overload("source_rate")
+            return f"rate limit for source {flow.remote[0]}"
+        return None
 
     def _forward(self, stx: ServerTx, hop: NextHop, hashed: str, now: float) -> None:
         """§16.6: forward a copy over a new client transaction and arm its timers."""
@@ -528,6 +570,7 @@ class Proxy:
     def _server_final(self, stx: ServerTx, status: int, now: float) -> None:
         """How long a server transaction outlives its final response (§17.2, RFC 6026)."""
         stx.final_status = status
+        self._in_flight -= 1
         udp = stx.flow.transport == "udp"
         if stx.invite and status >= 300:
             linger = TIMER_H  # wait for the ACK

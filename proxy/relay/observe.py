@@ -53,6 +53,9 @@ class Observer:
     def shielded(self, action: str) -> None:
         """A next hop's challenge kept from a source that cannot answer it: answered or blocked."""
 
+    def overload(self, reason: str) -> None:
+        """A request refused with 503 by a limit: in_flight, source_rate, peer_rate."""
+
     def malformed(self, kind: str) -> None:
         """A message that did not parse: request (answered 4xx), response (dropped), stream (framing)."""
 
@@ -61,6 +64,9 @@ class Observer:
 
     def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
         """A TLS handshake (inbound/outbound) succeeded or failed; reason from the fixed set in net/tls.py."""
+
+    def slow_sender(self, listener: str, stage: str) -> None:
+        """A connection closed because a message (stage 'message') or handshake ('handshake') stalled."""
 
     def connection(self, listener: str, peer: str, delta: int) -> None:
         """A connection opened (+1) or closed (-1) on ``listener`` bound to ``peer``."""

@@ -222,7 +222,8 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return int(number), method
 
 
-def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256) -> Request | Response:
+def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256,
+                  max_line_bytes: int = 8192) -> Request | Response:
     """Parse one complete message.
 
     On a stream the framer has already cut the body by Content-Length. In a datagram
@@ -235,6 +236,8 @@ def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256
     head = data[:end].decode("utf-8", "surrogateescape")
     body = data[end + 4 :]
     lines = _unfold(head.split("\r\n"))
+    if len(head) > max_line_bytes and any(len(line) > max_line_bytes for line in lines):
+        raise SipSyntaxError(f"a header line is longer than {max_line_bytes} bytes")
     headers = Headers(_parse_header_lines(lines[1:], max_headers))
     message = _parse_start_line(lines[0], headers)
     message.body = _cut_body(headers, body, datagram)
