@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="find why a federation would fail: certificates, names, routes")
     doctor.add_argument("--config", required=True, help="TOML config file")
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, for scripts")
+    doctor.add_argument("--live", action="store_true",
+                        help="also probe each static route: TCP, TLS with our certificate, the peer's chain, OPTIONS")
     return parser
 
 
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from proxy import doctor
 
-        return doctor.run(args.config, args.json)
+        return doctor.run(args.config, args.json, live=args.live)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

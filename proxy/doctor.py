@@ -13,7 +13,7 @@ too when it passes, so the report shows what was checked. They are the field not
   listener off 5062 (the Lync static route should point at the peer-auth listener);
 - ``ca.bundle``: the CA bundle parses and holds a CA.
 
-``Finding`` is the unit of every report, the live checks (``--live``) included.
+``Finding`` is the unit of every report, the live checks (``--live``, in ``proxy.doctor_live``) included.
 """
 
 from __future__ import annotations
@@ -78,14 +78,23 @@ class _Material:
     """``tls.key``."""
 
 
-def run(config_path: str | Path, as_json: bool, *, now: datetime | None = None, width: int | None = None) -> int:
-    """`sipfed doctor`: print the findings; 0 without error findings, 1 with, 2 when the config fails to load."""
+def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: datetime | None = None,
+        width: int | None = None) -> int:
+    """`sipfed doctor`: print the findings; 0 without error findings, 1 with, 2 when the config fails to load.
+
+    With ``live``, each static route is also probed over the network (``proxy.doctor_live``).
+    """
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    findings = diagnose(config, now or datetime.now(UTC))
+    moment = now or datetime.now(UTC)
+    findings = diagnose(config, moment)
+    if live:
+        from proxy.doctor_live import diagnose_live  # it imports this module's checks
+
+        findings = sorted(findings + diagnose_live(config, moment), key=lambda f: SEVERITY_ORDER[f.severity])
     print(render_json(findings) if as_json else render_table(findings, width=width))
     return 1 if any(f.severity == "error" for f in findings) else 0
 
@@ -164,7 +173,7 @@ def _load_key(path: Path, label: Callable[[Path], str], out: list[Finding]) -> P
 
 def check_eku(cert: x509.Certificate, subject: str) -> list[Finding]:
     """RFC 5280 §4.2.1.12: a federation peer is TLS server and client, so it needs both purposes."""
-    eku = _extension(cert, x509.ExtendedKeyUsage)
+    eku = extension(cert, x509.ExtendedKeyUsage)
     if eku is None or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
         return [Finding("ok", "cert.eku", subject,
                         "no Extended Key Usage restriction: any purpose, serverAuth and clientAuth included")]
@@ -189,26 +198,26 @@ def check_chain(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certifi
     """RFC 5246 §7.4.2: we send our certificate and the intermediates up to a CA the peer trusts."""
     path, anchor = build_path(chain, bundle)
     last = path[-1]
-    if anchor is None and _self_issued(last):
+    if anchor is None and self_issued(last):
         return [Finding("error", "cert.chain", subject,
-                        f"the chain ends at the root {_name(last.subject)!r}, which is not in tls.ca_bundle",
+                        f"the chain ends at the root {short_name(last.subject)!r}, which is not in tls.ca_bundle",
                         "put the CA that issued our certificate into tls.ca_bundle (or fix tls.cert_chain)")]
     if anchor is None:
         return [Finding("error", "cert.chain", subject,
-                        f"the chain stops at {_name(last.subject)!r}: its issuer {_name(last.issuer)!r} is in "
-                        f"neither the chain file nor tls.ca_bundle; peers that trust only the root fail with "
+                        f"the chain stops at {short_name(last.subject)!r}: its issuer {short_name(last.issuer)!r} "
+                        f"is in neither the chain file nor tls.ca_bundle; peers that trust only the root fail with "
                         f"'{NO_ISSUER}'", _append_fix(last))]
-    if not _self_issued(anchor):
+    if not self_issued(anchor):
         return [Finding("warning", "cert.chain", subject,
-                        f"the chain reaches the CA {_name(anchor.subject)!r} only through tls.ca_bundle, which "
+                        f"the chain reaches the CA {short_name(anchor.subject)!r} only through tls.ca_bundle, which "
                         f"is not a root; peers that trust only the root fail with '{NO_ISSUER}'",
                         _append_fix(last))]
-    steps = " -> ".join(_name(cert.subject) for cert in [*path, anchor])
+    steps = " -> ".join(short_name(cert.subject) for cert in [*path, anchor])
     return [Finding("ok", "cert.chain", subject, f"chain verifies to a CA in tls.ca_bundle: {steps}")]
 
 
 def _append_fix(last: x509.Certificate) -> str:
-    return (f"append the certificate of {_name(last.issuer)!r} (the intermediate) after ours in the chain file, "
+    return (f"append the certificate of {short_name(last.issuer)!r} (the intermediate) after ours in the chain file, "
             "e.g. 'cat ours.crt intermediate.crt > chain.pem'")
 
 
@@ -224,10 +233,10 @@ def build_path(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certific
     path, spare = [chain[0]], list(chain[1:])
     while True:
         current = path[-1]
-        anchor = next((ca for ca in bundle if _issued_by(current, ca)), None)
-        if anchor is not None and _self_issued(anchor):
+        anchor = next((ca for ca in bundle if issued_by(current, ca)), None)
+        if anchor is not None and self_issued(anchor):
             return path, anchor
-        following = next((cert for cert in spare if _issued_by(current, cert)), None)
+        following = next((cert for cert in spare if issued_by(current, cert)), None)
         if following is None:
             return path, anchor
         spare.remove(following)
@@ -236,7 +245,7 @@ def build_path(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certific
 
 def check_validity(chain: Sequence[x509.Certificate], subject: str, now: datetime) -> list[Finding]:
     """Each certificate of the chain file: valid now, and not expiring within 30 days."""
-    return [_validity(cert, f"{subject} #{i} ({_name(cert.subject)})", now) for i, cert in enumerate(chain, 1)]
+    return [_validity(cert, f"{subject} #{i} ({short_name(cert.subject)})", now) for i, cert in enumerate(chain, 1)]
 
 
 def _validity(cert: x509.Certificate, subject: str, now: datetime) -> Finding:
@@ -269,7 +278,7 @@ def check_key(chain: Sequence[x509.Certificate], key: PrivateKeyTypes, subject: 
                         f"the key belongs to certificate #{where} of {subject}, not to the first one",
                         "put our certificate first in the chain file, then its intermediates")]
     return [Finding("error", "cert.key", key_subject,
-                    f"the key is not the private key of {_name(chain[0].subject)!r} in {subject}: "
+                    f"the key is not the private key of {short_name(chain[0].subject)!r} in {subject}: "
                     "TLS cannot start with this pair",
                     "point tls.key at the key the certificate was issued for (the CSR's key), or reissue")]
 
@@ -281,7 +290,7 @@ def check_names(cert: x509.Certificate, listeners: Iterable[ListenerConfig], sub
     findings = []
     for listener in (lst for lst in listeners if lst.transport == "tls"):
         for name, role in _listener_names(listener):
-            if _name_matches(name, names):
+            if name_matches(name, names):
                 findings.append(Finding("ok", "cert.names", f"listener {listener.name}",
                                         f"{role} {name!r} is a name of our certificate"))
                 continue
@@ -303,14 +312,14 @@ def _listener_names(listener: ListenerConfig) -> list[tuple[str, str]]:
 
 def certificate_names(cert: x509.Certificate) -> set[str]:
     """RFC 6125 §6.4.4: the dNSName and iPAddress subjectAltNames; the CN only when there is no SAN."""
-    san = _extension(cert, x509.SubjectAlternativeName)
+    san = extension(cert, x509.SubjectAlternativeName)
     if san is None:
         return {str(attr.value).lower() for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
     addresses = (str(address) for address in san.get_values_for_type(x509.IPAddress))
     return {*(name.lower() for name in san.get_values_for_type(x509.DNSName)), *addresses}
 
 
-def _name_matches(name: str, names: set[str]) -> bool:
+def name_matches(name: str, names: set[str]) -> bool:
     """Exact, or RFC 6125 §6.4.3 wildcard in the leftmost label only (``*.tomt.it`` names ``a.tomt.it``)."""
     ip = _ip(name)
     if ip is not None:
@@ -399,7 +408,7 @@ def check_bundle(bundle: Sequence[x509.Certificate], subject: str) -> list[Findi
                         "no peer's chain can verify, every mutual-TLS handshake fails with unknown_ca",
                         "point tls.ca_bundle at the CA certificates (roots) that issued the peers' and our "
                         "certificates, not at a leaf")]
-    names = ", ".join(_name(cert.subject) for cert in cas)
+    names = ", ".join(short_name(cert.subject) for cert in cas)
     return [Finding("ok", "ca.bundle", subject, f"{len(cas)} CA certificate(s): {names}")]
 
 
@@ -435,7 +444,7 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
 
 
-def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+def extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
     try:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
@@ -443,11 +452,11 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
-    constraints = _extension(cert, x509.BasicConstraints)
+    constraints = extension(cert, x509.BasicConstraints)
     return constraints is not None and constraints.ca
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """RFC 5280 §6.1.3 (a)(1) and (a)(4), one step: issuer name and signature."""
     try:
         cert.verify_directly_issued_by(issuer)
@@ -456,11 +465,11 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _self_issued(cert: x509.Certificate) -> bool:
-    return _issued_by(cert, cert)
+def self_issued(cert: x509.Certificate) -> bool:
+    return issued_by(cert, cert)
 
 
-def _name(name: x509.Name) -> str:
+def short_name(name: x509.Name) -> str:
     common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(common[0].value) if common else name.rfc4514_string()
 

@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import socket
+import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +17,19 @@ from cryptography.x509.oid import NameOID
 from proxy.certs import LEAF_EKU, LabPki, issue_leaf, make_lab_pki
 from proxy.config import ListenerConfig, load_config
 from proxy.doctor import Finding, check_names, diagnose, run
+from proxy.doctor_live import (
+    NotSip,
+    answer_to,
+    check_peer_chain,
+    check_peer_eku,
+    check_peer_name,
+    check_peer_validity,
+    options_request,
+    read_final,
+    refusal,
+)
+from proxy.sip.message import Request, parse_message
+from routes import StaticRoute
 
 OURS = ["sipfed.tomt.local", "sipfed.tomt.it"]
 CHECKS = {
@@ -320,3 +336,90 @@ def test_config_that_fails_to_load_exits_2(tmp_path: Path, capsys: pytest.Captur
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "config error in" in captured.err
+
+
+# --- `doctor --live`: the parts that need no network (the network is in tests/integration/test_doctor_live.py)
+
+ROUTE = StaticRoute("cisco", "tomt.local", "127.0.0.2", 5062, "tls", "other.tomt.local")
+
+
+def pem_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_options_request_is_a_valid_sip_request() -> None:
+    raw = options_request(ROUTE, "sipfed.tomt.local", ("127.0.0.1", 40000), "abc@sipfed.tomt.local")
+    assert raw.endswith(b"\r\n\r\n")
+    request = parse_message(raw)
+    assert isinstance(request, Request)
+    assert request.start_line() == "OPTIONS sip:other.tomt.local:5062;transport=tls SIP/2.0"
+    assert request.top_via.branch.startswith("z9hG4bK")
+    assert request.cseq == (1, "OPTIONS")
+    assert request.call_id == "abc@sipfed.tomt.local"
+    assert request.headers.get("max-forwards") == "70"
+    assert request.headers.get("content-length") == "0"
+    assert request.from_.param("tag")
+
+
+def test_the_final_answer_is_read_past_keepalives_provisionals_and_other_transactions() -> None:
+    provisional = b"SIP/2.0 100 Trying\r\ni: ours\r\nCSeq: 1 OPTIONS\r\nl: 0\r\n\r\n"
+    stranger = b"SIP/2.0 200 OK\r\nCall-ID: theirs\r\nCSeq: 1 OPTIONS\r\nContent-Length: 4\r\n\r\nbody"
+    final = b"SIP/2.0 404 Not Found\r\nCALL-ID: ours\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"\r\n" + provisional + stranger + final)
+        assert read_final(ours, "ours", b"", time.monotonic() + 5) == (404, "Not Found")
+        theirs.close()
+        assert read_final(ours, "ours", b"", time.monotonic() + 5) is None  # closed without an answer
+    assert answer_to(provisional, "ours") == (100, "Trying")
+    assert answer_to(stranger, "ours") is None
+    with pytest.raises(NotSip, match=r"HTTP/1\.1 400"):
+        answer_to(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "ours")
+
+
+@pytest.mark.parametrize(
+    ("reason", "alert"),
+    [("TLSV1_ALERT_UNKNOWN_CA", "48 unknown_ca"), ("SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "43 unsupported_certificate"),
+     ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "116 certificate_required"),
+     ("SSLV3_ALERT_CERTIFICATE_UNKNOWN", "46 certificate_unknown"), ("WRONG_VERSION_NUMBER", None)],
+)
+def test_refusal_alerts_are_named(reason: str, alert: str | None) -> None:
+    exc = ssl.SSLError(1, f"[SSL: {reason}] whatever (_ssl.c:1006)")
+    found = refusal(exc)
+    assert (f"{found.code} {found.name}" if found else None) == alert
+
+
+def test_peer_chain_checks(pki: LabPki) -> None:
+    leaf = pem_cert(pki.leaves["other.tomt.local"].cert)
+    intermediate, root = pem_cert(pki.intermediate_cert), pem_cert(pki.ca_cert)
+    assert check_peer_chain([leaf, intermediate], [root], "r").severity == "ok"
+    missing = check_peer_chain([leaf], [root], "r")
+    assert (missing.severity, "does not send its intermediate" in missing.cause) == ("error", True)
+    copes = check_peer_chain([leaf], [root, intermediate], "r")  # the bundle has it: sipfed copes, others fail
+    assert (copes.severity, "does not send its intermediate" in copes.cause) == ("warning", True)
+    stranger = self_signed(["other.tomt.local"])
+    assert "ends at the root" in check_peer_chain([stranger], [root], "r").cause
+
+
+def test_peer_name_explains_a_cn_ignored_because_of_sans() -> None:
+    finding = check_peer_name(self_signed(["else.tomt.local"], common_name="other.tomt.local"), ROUTE)
+    assert finding.severity == "error"
+    assert "its CN is 'other.tomt.local'" in finding.cause
+    assert check_peer_name(self_signed(["other.tomt.local"]), ROUTE).severity == "ok"
+
+
+def test_peer_validity_and_eku(pki: LabPki) -> None:
+    leaf = pem_cert(pki.leaves["other.tomt.local"].cert)
+    [soon] = check_peer_validity([leaf], "r", leaf.not_valid_after_utc - timedelta(days=3))
+    assert (soon.severity, soon.check) == ("warning", "live.peer_validity")
+    [gone] = check_peer_validity([leaf], "r", leaf.not_valid_after_utc + timedelta(seconds=1))
+    assert "expired on" in gone.cause
+    assert [f.severity for f in check_peer_eku(leaf, "r")] == ["ok"]
+
+
+def test_live_without_routes_says_so(tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().split("[[routes]]")[0])
+    assert run(path, True, live=True) == 0
+    [finding] = [f for f in json.loads(capsys.readouterr().out) if f["check"].startswith("live.")]
+    assert finding["cause"] == "no static routes: nothing to probe"
