@@ -48,6 +48,11 @@ class StreamConnection(asyncio.Protocol):
         self.flow: Flow | None = None
         self.keys: list[Any] = []
         self.session = TlsSession(tls) if tls is not None else None
+        self.hop: NextHop | None = None
+        """Outbound: the hop this connection was opened for."""
+        self.unanswered: list[int] = []
+        """Outbound, until the peer first sends anything: tokens of requests sent on this connection."""
+        self.heard_from = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
 
@@ -70,12 +75,19 @@ class StreamConnection(asyncio.Protocol):
         log.debug("connection %d %s %s:%d %s peer=%s", conn_id, "to" if self.outbound else "from", peer[0], peer[1],
                   identity.describe(), self.flow.peer)
         observer = self.driver.observer
-        if self.transport_name == "tls":
-            observer.tls_handshake(self.listener, "outbound" if self.outbound else "inbound", "success", "none")
+        if self.transport_name == "tls" and not self.outbound:
+            observer.tls_handshake(self.listener, "inbound", "success", "none")
         observer.connection(self.listener, self.flow.peer or "none", 1)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        if not self.heard_from:
+            self.heard_from = True
+            self.unanswered.clear()
+            if self.outbound and self.transport_name == "tls":
+                # Only now do we know the peer accepted us: over TLS 1.3 it judges our
+                # certificate after our side of the handshake has already finished.
+                self.driver.observer.tls_handshake(self.listener, "outbound", "success", "none")
         if self.session is not None:
             data = self._decrypt(data)
             if not data or self.flow is None:
@@ -148,6 +160,8 @@ class StreamConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.driver.unregister(self)
+        if self.outbound and not self.heard_from and self.unanswered and self.hop is not None:
+            self.driver.refused_after_handshake(self, exc)
         if self.flow is not None:
             self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
 
@@ -298,6 +312,8 @@ class Driver:
         key: HopKey = (hop.transport, hop.host, hop.port, hop.tls_name)
         conn = self.by_hop.get(key) or self._reusable(hop)
         if conn is not None and conn.send(data):
+            if token and conn.outbound and not conn.heard_from:
+                conn.unanswered.append(token)
             return
         waiting = self.pending.get(key)
         if waiting is not None:
@@ -347,8 +363,30 @@ class Driver:
             return
         self.by_hop[key] = conn
         conn.keys.append(key)
-        for data, _ in self.pending.pop(key, []):
+        conn.hop = hop
+        for data, token in self.pending.pop(key, []):
             conn.send(data)
+            if token:
+                conn.unanswered.append(token)
+
+    def refused_after_handshake(self, conn: StreamConnection, exc: Exception | None) -> None:
+        """The next hop closed before answering anything: fail what was sent at once (503), with the cause."""
+        hop = conn.hop
+        assert hop is not None
+        if exc is not None:
+            reason = describe_failure(exc, hop.tls_name)
+        else:
+            reason = "the peer closed the connection before answering" + (
+                " (after the TLS handshake: did it refuse our certificate?)" if hop.transport == "tls" else "")
+        where = f" (route {hop.route})" if hop.route else ""
+        log.warning("next hop %s%s dropped the connection: %s", hop, where, reason)
+        if hop.transport == "tls":
+            self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc) if exc else "other")
+        now = self.loop.time()
+        for token in conn.unanswered:
+            self.proxy.hop_failed(token, reason, now, "tls_failure" if hop.transport == "tls" else "other")
+        conn.unanswered.clear()
+        self.pump()
 
     def _udp_for(self, listener: str) -> asyncio.DatagramTransport | None:
         endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)

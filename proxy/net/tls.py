@@ -111,13 +111,20 @@ def describe_failure(exc: BaseException, expected_name: str | None) -> str:
                     "add its CA to tls.ca_bundle, or make the peer send its intermediate certificate")
         return f"the peer's certificate was rejected: {message}"
     if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
-        if "UNSUPPORTED_CERTIFICATE" in reason.upper():
-            return ("the peer rejected our certificate (TLS alert 43 unsupported_certificate): "
-                    "check that it has the Client Authentication EKU")
-        if "CERTIFICATE_REQUIRED" in reason.upper():
+        reason = (exc.reason or str(exc)).upper()
+        if "UNSUPPORTED_CERTIFICATE" in reason:
+            return ("the peer refused our certificate (TLS alert 43 unsupported_certificate): our certificate "
+                    "has no Client Authentication EKU — reissue it with clientAuth")
+        if "UNKNOWN_CA" in reason:
+            return ("the peer refused our certificate (TLS alert 48 unknown_ca): it does not trust our CA — add "
+                    "our CA to its trusted roots (Lync: Trusted Root store; CUP: cup-trust)")
+        if "CERTIFICATE_EXPIRED" in reason:
+            return "the peer refused our certificate (TLS alert 45 certificate_expired): renew it"
+        if "CERTIFICATE_REQUIRED" in reason:
             return "the peer requires a client certificate and did not accept ours"
-        return f"TLS handshake failed: {reason}"
+        if "ALERT" in reason:
+            return f"the peer refused our TLS handshake: {exc.reason}"
+        return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (nothing listens there)"
     if isinstance(exc, TimeoutError):

@@ -180,3 +180,43 @@ def test_tls_refusals_are_explained_and_counted(tmp_path: Path, certs: Path,
                   reason="name_mismatch") == 1
     assert sample(text, "sipfed_next_hop_failures_total", route="cisco", reason="tls_failure") == 1
     assert sample(text, "sipfed_tls_handshakes_total", listener="lync", direction="inbound", outcome="success") == 1
+
+
+def test_next_hop_refusing_our_certificate_after_tls13_handshake(
+        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """The tomt.local server (stunnel, OpenSSL) shows a certificate we trust but trusts another CA,
+    so over TLS 1.3 it refuses ours only after our side of the handshake finished. The sender gets
+    503 at once with the cause, not a 408 after the transaction timeout."""
+    from proxy.certs import make_lab_pki
+    from tests.integration.sipp import stunnel
+
+    other = tmp_path / "other-pki"
+    make_lab_pki(other, [["unrelated.example"]], key_type="ec")
+    tls_port = free_port()
+    server = stunnel.start_server_tunnel(tmp_path, accept_port=tls_port, connect_port=free_port(),
+                                         cert_chain=certs / "cups.tomt.local.pem", key=certs / "cups.tomt.local.key",
+                                         ca_file=other / "ca.crt")
+
+    async def main() -> tuple[Sipfed, float, str]:
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await lync.start()
+        config = lab_config(tmp_path / "refuse.toml", certs, cups_port=tls_port, lync_port=lync.port)
+        config.write_text(config.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
+        sipfed = start_sipfed(config)
+        conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+        started = time.monotonic()
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+        answer, _ = await lync.next(timeout=10)
+        assert answer.status == 503
+        return sipfed, time.monotonic() - started, answer.reason
+
+    try:
+        sipfed, took, reason = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        server.stop()
+    assert took < 1.5  # not the 2 s transaction timeout of the lab config
+    assert "the peer refused our certificate (TLS alert 48 unknown_ca)" in reason
+    text = scrape(sipfed.ports["metrics"])
+    assert sample(text, "sipfed_tls_handshakes_total", listener="cisco", direction="outbound",
+                  outcome="failure", reason="unknown_ca") == 1
+    assert sample(text, "sipfed_tls_handshakes_total", direction="outbound", outcome="success") == 0
