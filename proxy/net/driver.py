@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, cast
@@ -22,6 +23,7 @@ from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
 from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
+from proxy.sip.grammar import is_ip_literal
 from proxy.sip.parser import FramingError, Ping, StreamFramer
 
 log = logging.getLogger("sipfed.net")
@@ -274,12 +276,17 @@ class Driver:
         """Send what the core produced and re-arm the one timer (aioquic's ``transmit``)."""
         while outputs := self.proxy.take_outputs():
             for output in outputs:
-                if isinstance(output, SendOnFlow):
-                    self._send_on_flow(output.flow, output.data)
-                elif isinstance(output, SendToHop):
-                    self._send_to_hop(output.hop, output.data, output.token)
-                elif isinstance(output, RegisterAlias):
-                    self._register_alias(output)
+                try:
+                    if isinstance(output, SendOnFlow):
+                        self._send_on_flow(output.flow, output.data)
+                    elif isinstance(output, SendToHop):
+                        self._send_to_hop(output.hop, output.data, output.token)
+                    elif isinstance(output, RegisterAlias):
+                        self._register_alias(output)
+                except Exception:  # one bad send must not take the others, or the connection, with it
+                    log.exception("could not send %s", type(output).__name__)
+                    if isinstance(output, SendToHop) and output.token:
+                        self.proxy.hop_failed(output.token, "internal error sending", self.loop.time())
         deadline = self.proxy.get_timer()
         if deadline != self._timer_at:
             if self._timer is not None:
@@ -306,8 +313,12 @@ class Driver:
             udp = self._udp_for(hop.listener)
             if udp is None:
                 self.proxy.hop_failed(token, "no UDP listener is configured to send from", self.loop.time())
-            else:
-                udp.sendto(data, (hop.host, hop.port))
+            elif is_ip_literal(hop.host):
+                udp.sendto(data, (hop.host.strip("[]"), hop.port))
+            else:  # a name: resolve off the loop's critical path, then send (or fail the transaction)
+                task = self.loop.create_task(self._resolve_and_send(udp, hop, data, token))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             return
         key: HopKey = (hop.transport, hop.host, hop.port, hop.tls_name)
         conn = self.by_hop.get(key) or self._reusable(hop)
@@ -323,6 +334,19 @@ class Driver:
         task = self.loop.create_task(self._connect(key, hop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _resolve_and_send(self, udp: asyncio.DatagramTransport, hop: NextHop, data: bytes, token: int) -> None:
+        try:
+            infos = await asyncio.wait_for(self.loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM),
+                                           self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            reason = f"cannot resolve {hop.host}: {getattr(exc, 'strerror', None) or exc}"
+            log.warning("next hop %s unreachable: %s", hop, reason)
+            if token:
+                self.proxy.hop_failed(token, reason, self.loop.time(), "other")
+                self.pump()
+            return
+        udp.sendto(data, infos[0][4][:2])
 
     def _reusable(self, hop: NextHop) -> StreamConnection | None:
         """An open connection to the hop's address: one the peer offered by ``alias`` (RFC 5923),

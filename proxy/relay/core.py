@@ -181,6 +181,8 @@ class Proxy:
             else:
                 self._on_request(message, flow, now)
         except SipError as exc:  # a header the decisions needed did not parse
+            if isinstance(message, Response):
+                self.observer.malformed("response")
             self._reject_unparsed(flow, data, exc)
 
     def receive_framing_error(self, flow: Flow, error: FramingError) -> None:
@@ -243,10 +245,14 @@ class Proxy:
         except SipError as exc:
             self._refuse(stx, exc, now)
             return
-        if hop is None:
-            self._answer_locally(stx, now)
-        else:
-            self._forward(stx, hop, hashed, now)
+        try:
+            if hop is None:
+                self._answer_locally(stx, now)
+            else:
+                self._forward(stx, hop, hashed, now)
+        except SipError as exc:  # rule 1: even a late surprise ends in a final response
+            if not stx.final_status:
+                self._refuse(stx, exc, now)
 
     def _overloaded(self, flow: Flow, now: float) -> str | None:
         """Which limit a new request hits, if any (checked before any work is done for it)."""

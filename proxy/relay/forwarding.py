@@ -71,7 +71,9 @@ class RelayPolicy:
 
 def validate(request: Request, policy: RelayPolicy) -> None:
     """§16.3 steps 1-3 and 6: reasonable syntax, URI scheme, Max-Forwards, Proxy-Require."""
-    request.request_uri  # noqa: B018 - 416 for a non-SIP scheme (RFC 4475 §3.3.2), 400 if malformed
+    if request.request_uri.headers is not None:  # 416 for a non-SIP scheme (RFC 4475 §3.3.2), 400 if malformed
+        # RFC 3261 §19.1.1 Table 1: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11).
+        raise SipError("Bad Request (headers are not allowed in the Request-URI)", 400)
     request.from_  # noqa: B018 - From and To must parse (RFC 4475 §3.1.2.6, §3.1.2.13)
     request.to  # noqa: B018
     max_forwards = request.headers.get("max-forwards")

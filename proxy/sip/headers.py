@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from proxy.sip.errors import SipSyntaxError
-from proxy.sip.grammar import VIA_RE
+from proxy.sip.grammar import TOKEN, VIA_RE
 from proxy.sip.uri import Param, SipUri, parse_uri
 
 #: RFC 3261 §7.3.3 and later RFCs' compact forms -> canonical lower-case name.
@@ -30,6 +31,9 @@ COMPACT_FORMS = {
     "x": "session-expires",  # RFC 4028
     "y": "identity",  # RFC 8224
 }
+
+# display-name = *(token LWS) / quoted-string   (RFC 3261 §25.1)
+DISPLAY_TOKENS_RE = re.compile(rf"{TOKEN}(?:\s+{TOKEN})*")
 
 #: Headers the proxy edits value by value; a line holding several is split on parse (§7.3.1).
 LIST_HEADERS = frozenset({"via", "route", "record-route"})
@@ -138,20 +142,25 @@ class NameAddr:
         return head + tail
 
 
-def parse_name_addr(value: str) -> NameAddr:
+def parse_name_addr(value: str, *, any_scheme: bool = False) -> NameAddr:
     """Parse ``"Name" <sip:...>;p=v`` or ``sip:...;p=v`` (§20.10: then the params are the header's).
 
-    The display name may be a quoted-string with quoted-pairs and '<' inside (§25.1).
+    The display name is tokens or a quoted-string (with quoted-pairs and '<' inside, §25.1);
+    anything else (``Bell, Alexander <…>``, RFC 4475 §3.1.2.15) is refused.
     """
     value = value.strip()
     lt = _unquoted_index(value, "<")
     if lt < 0:
         uri_text, _, rest = value.partition(";")
-        return NameAddr("", parse_uri(uri_text.strip()), parse_params(";" + rest if rest else ""), False)
+        return NameAddr("", parse_uri(uri_text.strip(), any_scheme=any_scheme),
+                        parse_params(";" + rest if rest else ""), False)
     gt = value.find(">", lt)
     if gt < 0:
         raise SipSyntaxError(f"unclosed '<' in {value!r}")
-    return NameAddr(value[:lt].strip(), parse_uri(value[lt + 1 : gt]), parse_params(value[gt + 1 :]))
+    display = value[:lt].strip()
+    if display and not display.startswith('"') and DISPLAY_TOKENS_RE.fullmatch(display) is None:
+        raise SipSyntaxError(f"display name {display!r} must be tokens or a quoted string")
+    return NameAddr(display, parse_uri(value[lt + 1 : gt], any_scheme=any_scheme), parse_params(value[gt + 1 :]))
 
 
 def _unquoted_index(value: str, char: str) -> int:

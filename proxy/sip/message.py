@@ -17,6 +17,10 @@ from proxy.sip.uri import SipUri, parse_uri
 #: RFC 3261 §8.1.1: the headers a request cannot be processed without (RFC 4475 §3.3.1).
 MANDATORY_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
+    "INFO", "REFER", "UPDATE", "PRACK",
+})
 
 
 class Headers:
@@ -151,11 +155,11 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("from") or "")
+        return parse_name_addr(self.headers.get("from") or "", any_scheme=True)
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("to") or "")
+        return parse_name_addr(self.headers.get("to") or "", any_scheme=True)
 
     def start_line(self) -> str:
         raise NotImplementedError
@@ -318,11 +322,20 @@ def _check_request(request: Request) -> None:
             raise SipSyntaxError(f"multiple {key.title()} header fields")  # RFC 4475 §3.3.8
     _, cseq_method = request.cseq
     if cseq_method != request.method:
-        raise SipSyntaxError(f"CSeq method {cseq_method} does not match {request.method}")
+        # RFC 4475 §3.1.2.18: for a method the element does not know, 501 (particularly at proxies).
+        status = 400 if request.method in KNOWN_METHODS else 501
+        raise SipSyntaxError(f"CSeq method {cseq_method} does not match {request.method}", status)
     max_forwards = request.headers.get("max-forwards")
     if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
         raise SipSyntaxError(f"invalid Max-Forwards {max_forwards!r}")
     request.top_via  # noqa: B018 - raises on a malformed top Via
+
+
+def _has_tag(value: str) -> bool:
+    try:
+        return parse_name_addr(value, any_scheme=True).param("tag") is not None
+    except SipSyntaxError:
+        return ";tag=" in value.replace(" ", "")
 
 
 def make_response(
@@ -332,7 +345,7 @@ def make_response(
     """RFC 3261 §8.2.6.2: a response copies Via, From, To, Call-ID and CSeq from the request."""
     items: list[tuple[str, str, str]] = []
     for key, name, value in request.headers.items:
-        if key == "to" and to_tag and status > 100 and parse_name_addr(value).param("tag") is None:
+        if key == "to" and to_tag and status > 100 and not _has_tag(value):
             value = f"{value};tag={to_tag}"
         if key in ("via", "from", "to", "call-id", "cseq"):
             items.append((key, name, value))

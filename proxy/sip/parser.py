@@ -19,6 +19,10 @@ _CONTENT_LENGTH_RE = re.compile(
 )
 
 
+# Request-Line or Status-Line at the start of a header block (RFC 3261 §7.1, §7.2).
+_START_LINE_RE = re.compile(rb"[A-Za-z0-9!%*_+`'~.-]+ \S+ SIP/\d|SIP/\d+\.\d+ \d{3}")
+
+
 @dataclass(frozen=True, slots=True)
 class Ping:
     """A CRLFCRLF keep-alive ping; the answer is one CRLF (RFC 5626 §4.4.1)."""
@@ -86,6 +90,10 @@ class StreamFramer:
         head = bytes(buf[: end + 4])
         length = self._content_length(head)
         if isinstance(length, SipError):
+            if _START_LINE_RE.match(head) is None:
+                # Not even a start line (e.g. stray octets after a body): drop up to the blank line, keep the stream.
+                del buf[: end + 4]
+                return FramingError(SipSyntaxError("octets that are not a SIP message were dropped"), head, False)
             return self._fail(length, head)
         total = end + 4 + length
         if total > self.max_message_bytes:
@@ -115,7 +123,9 @@ class StreamFramer:
     def _content_length(self, head: bytes) -> int | SipError:
         values = {m.group(1).replace(b"\r\n", b"").strip(b" \t") for m in _CONTENT_LENGTH_RE.finditer(head)}
         if not values:
-            return 0  # lenient: a stream message without Content-Length is taken to have no body
+            # RFC 3261 §18.3: on a stream Content-Length MUST be present; without it the body's end is
+            # unknowable (RFC 4475 §3.4.1 over TCP), so the message is answered 400 and the stream closed.
+            return SipSyntaxError("Content-Length is required on TCP/TLS (RFC 3261 §18.3)")
         if len(values) > 1:
             return SipSyntaxError("conflicting Content-Length values")
         text = values.pop()

@@ -38,7 +38,7 @@ def server_key(request: Request) -> ServerKey:
     via = request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
-    if branch.startswith(MAGIC_COOKIE):
+    if branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):  # a bare cookie is no identifier
         return (branch, via.sent_by.lower(), method)
     # RFC 2543 peers (§17.2.3 last paragraph): match on the request's identity instead.
     number, _ = request.cseq

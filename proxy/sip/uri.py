@@ -39,6 +39,8 @@ class SipUri:
     """uri-parameters in order, names and values as written."""
     headers: str | None = None
     """The ``?headers`` part, unparsed."""
+    opaque: str | None = None
+    """For a URI of another scheme (``isbn:…``, allowed in From/To, RFC 3261 §20.20): everything after ':'."""
 
     def param(self, name: str) -> str | None:
         """The value of the first parameter called ``name`` (case-insensitive), '' if valueless."""
@@ -91,6 +93,8 @@ class SipUri:
         return is_ip_literal(self.host)
 
     def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
         out = [self.scheme, ":"]
         if self.user is not None:
             out += [self.user, "@"]
@@ -104,13 +108,16 @@ class SipUri:
         return "".join(out)
 
 
-def parse_uri(text: str) -> SipUri:
-    """Parse a sip:/sips: URI; raise UnsupportedScheme for any other scheme, SipSyntaxError if malformed."""
+def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
+    """Parse a sip:/sips: URI; another scheme raises UnsupportedScheme, or with ``any_scheme`` is kept
+    opaque (From and To may hold any absoluteURI, RFC 4475 §3.3.4). SipSyntaxError if malformed."""
     scheme, colon, rest = text.partition(":")
     if not colon or SCHEME_RE.fullmatch(scheme) is None:
         raise SipSyntaxError(f"URI {text!r} has no valid scheme")  # RFC 4475 §3.1.2.7: <sip:...> is 400
     scheme = scheme.lower()
     if scheme not in ("sip", "sips"):
+        if any_scheme and rest and not any(c in rest for c in " \t\r\n<>"):
+            return SipUri(scheme, None, "", None, (), None, rest)
         raise UnsupportedScheme(f"Unsupported URI scheme {scheme!r}")
     if any(c in text for c in " \t\r\n<>"):
         raise SipSyntaxError(f"URI {text!r} contains whitespace or angle brackets")
