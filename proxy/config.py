@@ -213,7 +213,8 @@ def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:
     if listen == "off":
         return None
     host, _, port = str(listen).rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536 or not is_host(host.strip("[]")):
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) < 65536 \
+            or not is_host(host.strip("[]")):
         problems.append(f"metrics.listen: {listen!r} must be ADDRESS:PORT (port 0: any free port) or 'off'")
         return None
     return host.strip("[]"), int(port)

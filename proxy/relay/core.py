@@ -549,7 +549,8 @@ class Proxy:
         if request.method == "SUBSCRIBE":
             key = (request.call_id, request.from_.param("tag") or "")
             expires_text = response.headers.get("expires") or request.headers.get("expires") or "600"
-            expires = int(expires_text) if expires_text.strip().isdigit() else 600
+            expires_text = expires_text.strip()
+            expires = int(expires_text) if expires_text.isascii() and expires_text.isdigit() else 600
         else:
             key = (request.call_id, request.to.param("tag") or "")
             state = (request.headers.get("subscription-state") or "").lower()

@@ -33,7 +33,7 @@ COMPACT_FORMS = {
 }
 
 # display-name = *(token LWS) / quoted-string   (RFC 3261 §25.1)
-DISPLAY_TOKENS_RE = re.compile(rf"{TOKEN}(?:\s+{TOKEN})*")
+DISPLAY_TOKENS_RE = re.compile(rf"{TOKEN}(?:\s+{TOKEN})*", re.ASCII)
 
 #: Headers the proxy edits value by value; a line holding several is split on parse (§7.3.1).
 LIST_HEADERS = frozenset({"via", "route", "record-route"})

@@ -219,10 +219,10 @@ def parse_cseq(value: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method (§20.16); the number is below 2**31 (§8.1.1.5)."""
     number, _, method = value.strip().partition(" ")
     method = method.strip()
-    if not number.isdigit() or not TOKEN_RE.fullmatch(method or "-"):
-        raise SipSyntaxError(f"malformed CSeq {value!r}")
-    if int(number) > MAX_CSEQ:
-        raise SipSyntaxError(f"CSeq number {number} exceeds 2**31-1")
+    if not (number.isascii() and number.isdigit()) or not TOKEN_RE.fullmatch(method or "-"):
+        raise SipSyntaxError(f"malformed CSeq {value[:40]!r}")
+    if len(number.lstrip("0")) > 10 or int(number) > MAX_CSEQ:
+        raise SipSyntaxError(f"CSeq number {number[:20]} exceeds 2**31-1")
     return int(number), method
 
 
@@ -304,8 +304,8 @@ def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
     if len(lengths) > 1:
         raise SipSyntaxError("conflicting Content-Length values")  # RFC 4475 §3.3.9
     text = lengths.pop()
-    if not text.isdigit():
-        raise SipSyntaxError(f"invalid Content-Length {text!r}")  # RFC 4475 §3.1.2.3
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 10:
+        raise SipSyntaxError(f"invalid Content-Length {text[:20]!r}")  # RFC 4475 §3.1.2.3
     length = int(text)
     if length > len(body):
         raise SipSyntaxError(f"Content-Length {length} larger than the body ({len(body)})")
@@ -326,7 +326,8 @@ def _check_request(request: Request) -> None:
         status = 400 if request.method in KNOWN_METHODS else 501
         raise SipSyntaxError(f"CSeq method {cseq_method} does not match {request.method}", status)
     max_forwards = request.headers.get("max-forwards")
-    if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+    if max_forwards is not None and not (max_forwards.isascii() and max_forwards.isdigit()
+                                         and len(max_forwards.lstrip("0")) <= 3 and int(max_forwards) <= 255):
         raise SipSyntaxError(f"invalid Max-Forwards {max_forwards!r}")
     request.top_via  # noqa: B018 - raises on a malformed top Via
 

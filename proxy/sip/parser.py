@@ -57,8 +57,9 @@ class StreamFramer:
 
     @property
     def pending(self) -> int:
-        """Bytes of an incomplete message held (for idle/slow-sender timeouts)."""
-        return len(self._buffer)
+        """Bytes of an incomplete message held (for slow-sender timeouts); keep-alive CR/LF do not count."""
+        buf = self._buffer
+        return 0 if not buf or not buf.strip(b"\r\n") else len(buf)
 
     def feed(self, data: bytes) -> list[Frame]:
         if self.broken:
@@ -109,15 +110,16 @@ class StreamFramer:
         return message
 
     def _keepalive(self) -> Frame | None:
+        """Leading CR/LF: CRLFCRLF is a ping; a prefix of one waits; any other CR or LF is skipped one
+        byte at a time, so the outcome never depends on how the stream was cut into reads."""
         buf = self._buffer
-        if buf[:4] == b"\r\n\r\n":
-            del buf[:4]
-            return Ping()
-        if b"\r\n\r\n".startswith(bytes(buf[:4])):
-            return None  # the start of a ping, wait for the rest
-        # A lone CRLF (a pong, or leading white space before a message, §7.5): skip it.
         while buf and buf[0] in (0x0D, 0x0A):
-            del buf[:1]
+            if buf[:4] == b"\r\n\r\n":
+                del buf[:4]
+                return Ping()
+            if b"\r\n\r\n".startswith(bytes(buf[:4])):
+                return None  # the start of a ping, wait for the rest
+            del buf[:1]  # a lone CRLF (a pong) or stray white space before a message (§7.5)
         return None if not buf else self._next()
 
     def _content_length(self, head: bytes) -> int | SipError:
@@ -129,7 +131,7 @@ class StreamFramer:
         if len(values) > 1:
             return SipSyntaxError("conflicting Content-Length values")
         text = values.pop()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()) or len(text.lstrip(b"0")) > 10:
             return SipSyntaxError(f"invalid Content-Length {text.decode('latin-1')!r}")
         return int(text)
 

@@ -155,6 +155,7 @@ def _split_hostport(hostport: str, text: str) -> tuple[str, int | None]:
         raise SipSyntaxError(f"URI {text!r} has an invalid host {host!r}")
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text.lstrip("0")) <= 5
+    if not digits or not 0 < int(port_text) < 65536:
         raise SipSyntaxError(f"URI {text!r} has an invalid port {port_text!r}")
     return host, int(port_text)
