@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LAB_CERTS := examples/certs
 
-.PHONY: run test unit integration lint system-deps certs clean
+.PHONY: run test unit integration lint system-deps certs clean fuzz
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,16 @@ integration: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+FUZZ_SECONDS ?= 60
+# atheris (libFuzzer for Python) over the SIP parser and framer, seeded with the RFC 4475 messages; bounded time.
+fuzz: $(STAMP)
+	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install -q atheris || { \
+	    echo "make fuzz: atheris did not install (it ships prebuilt wheels for x86_64 Linux)" >&2; exit 1; }
+	$(PY) fuzz/seed_corpus.py fuzz/corpus
+	@mkdir -p fuzz/artifacts
+	$(PY) fuzz/fuzz_parser.py fuzz/corpus -dict=fuzz/sip.dict -max_len=16384 -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=fuzz/artifacts/ -print_final_stats=1
 
 clean:
 	rm -rf $(VENV) $(LAB_CERTS) .pytest_cache .mypy_cache .ruff_cache

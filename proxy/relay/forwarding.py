@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from proxy.relay.record_route import RECORD_ROUTE_METHODS, our_record_routes, rewrite_maddr
 from proxy.relay.types import Flow, Identity, NextHop
 from proxy.sip.errors import SipError
-from proxy.sip.grammar import MAGIC_COOKIE, is_ip_literal
+from proxy.sip.grammar import MAGIC_COOKIE, digits, is_ip_literal
 from proxy.sip.headers import parse_name_addr, parse_via
 from proxy.sip.message import Request
 from proxy.sip.uri import DEFAULT_PORTS, SipUri
@@ -77,7 +77,7 @@ def validate(request: Request, policy: RelayPolicy) -> None:
     request.from_  # noqa: B018 - From and To must parse (RFC 4475 §3.1.2.6, §3.1.2.13)
     request.to  # noqa: B018
     max_forwards = request.headers.get("max-forwards")
-    if max_forwards is not None and int(max_forwards) == 0:
+    if max_forwards is not None and digits(max_forwards, 3) == 0:
         raise SipError("Too Many Hops", 483)  # §16.3 step 3
     unsupported = [
         tag for value in request.headers.get_all("proxy-require") for tag in
@@ -166,7 +166,8 @@ def prepare_forward(request: Request, hop: NextHop, policy: RelayPolicy, inbound
     out = request.copy()
     headers = out.headers
     max_forwards = headers.get("max-forwards")
-    headers.set("Max-Forwards", str(int(max_forwards) - 1) if max_forwards is not None else "70")
+    hops = digits(max_forwards, 3) if max_forwards is not None else None
+    headers.set("Max-Forwards", str(hops - 1) if hops else "70")
     outbound = policy.identities[hop.listener]
     if policy.maddr_out and "record-route" in headers:
         headers.map_values("record-route", lambda value: rewrite_maddr(value, policy.maddr_out))

@@ -42,3 +42,18 @@ MAGIC_COOKIE = "z9hG4bK"
 def is_ip_literal(host: str) -> bool:
     """True for an IPv4address or IPv6reference host."""
     return host.startswith("[") or IPV4_RE.fullmatch(host) is not None
+
+
+def digits(text: str | bytes, max_digits: int) -> int | None:
+    """1*DIGIT (ASCII only, RFC 5234 B.1) with at most ``max_digits`` significant digits, else None.
+
+    Leading zeros are allowed and stripped before conversion, so no input reaches int()'s
+    4,300-digit limit.
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    as_str = text.decode("ascii") if isinstance(text, bytes) else text
+    significant = as_str.lstrip("0")
+    if len(significant) > max_digits:
+        return None
+    return int(significant or "0")

@@ -217,6 +217,6 @@ def parse_via(value: str) -> Via:
     name, version, transport, host, port, rest = match.groups()
     if name.upper() != "SIP" or version != "2.0":
         raise SipSyntaxError(f"Via with unknown protocol {name}/{version}")
-    if port is not None and not 0 < int(port) < 65536:
-        raise SipSyntaxError(f"Via port out of range in {value!r}")
+    if port is not None and not 0 < int(port) < 65536:  # VIA_RE allows at most 5 significant digits
+        raise SipSyntaxError(f"Via port out of range in {value[:80]!r}")
     return Via(transport.upper(), host, int(port) if port else None, parse_params(rest))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from proxy.sip.errors import SipSyntaxError, UnsupportedVersion
-from proxy.sip.grammar import HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE, TOKEN_RE
+from proxy.sip.grammar import HEADER_NAME_RE, REQUEST_LINE_RE, STATUS_LINE_RE, TOKEN_RE, digits
 from proxy.sip.headers import LIST_HEADERS, NameAddr, Via, canonical, parse_name_addr, parse_via, split_commas
 from proxy.sip.uri import SipUri, parse_uri
 
@@ -221,9 +221,10 @@ def parse_cseq(value: str) -> tuple[int, str]:
     method = method.strip()
     if not (number.isascii() and number.isdigit()) or not TOKEN_RE.fullmatch(method or "-"):
         raise SipSyntaxError(f"malformed CSeq {value[:40]!r}")
-    if len(number.lstrip("0")) > 10 or int(number) > MAX_CSEQ:
+    sequence = digits(number, 10)
+    if sequence is None or sequence > MAX_CSEQ:
         raise SipSyntaxError(f"CSeq number {number[:20]} exceeds 2**31-1")
-    return int(number), method
+    return sequence, method
 
 
 def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256,
@@ -304,9 +305,9 @@ def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
     if len(lengths) > 1:
         raise SipSyntaxError("conflicting Content-Length values")  # RFC 4475 §3.3.9
     text = lengths.pop()
-    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 10:
+    length = digits(text, 10)
+    if length is None:
         raise SipSyntaxError(f"invalid Content-Length {text[:20]!r}")  # RFC 4475 §3.1.2.3
-    length = int(text)
     if length > len(body):
         raise SipSyntaxError(f"Content-Length {length} larger than the body ({len(body)})")
     return body[:length] if datagram else body
@@ -326,9 +327,10 @@ def _check_request(request: Request) -> None:
         status = 400 if request.method in KNOWN_METHODS else 501
         raise SipSyntaxError(f"CSeq method {cseq_method} does not match {request.method}", status)
     max_forwards = request.headers.get("max-forwards")
-    if max_forwards is not None and not (max_forwards.isascii() and max_forwards.isdigit()
-                                         and len(max_forwards.lstrip("0")) <= 3 and int(max_forwards) <= 255):
-        raise SipSyntaxError(f"invalid Max-Forwards {max_forwards!r}")
+    if max_forwards is not None:
+        hops = digits(max_forwards, 3)
+        if hops is None or hops > 255:
+            raise SipSyntaxError(f"invalid Max-Forwards {max_forwards[:20]!r}")
     request.top_via  # noqa: B018 - raises on a malformed top Via
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from proxy.sip.errors import MessageTooLarge, SipError, SipSyntaxError
+from proxy.sip.grammar import digits
 
 # Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT   (RFC 3261 §20.14);
 # the value runs to the end of the line and over folded continuation lines (§7.3.1).
@@ -131,9 +132,10 @@ class StreamFramer:
         if len(values) > 1:
             return SipSyntaxError("conflicting Content-Length values")
         text = values.pop()
-        if not (text.isascii() and text.isdigit()) or len(text.lstrip(b"0")) > 10:
-            return SipSyntaxError(f"invalid Content-Length {text.decode('latin-1')!r}")
-        return int(text)
+        length = digits(text, 10)
+        if length is None:
+            return SipSyntaxError(f"invalid Content-Length {text[:20].decode('latin-1')!r}")
+        return length
 
     def _fail(self, error: SipError, head: bytes) -> FramingError:
         self.broken = True

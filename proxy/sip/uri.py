@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from proxy.sip.errors import SipError, SipSyntaxError
-from proxy.sip.grammar import HOST_RE, SCHEME_RE, is_ip_literal
+from proxy.sip.grammar import HOST_RE, SCHEME_RE, digits, is_ip_literal
 
 Param = tuple[str, str | None]
 
@@ -155,7 +155,7 @@ def _split_hostport(hostport: str, text: str) -> tuple[str, int | None]:
         raise SipSyntaxError(f"URI {text!r} has an invalid host {host!r}")
     if port_text is None:
         return host, None
-    digits = port_text.isascii() and port_text.isdigit() and len(port_text.lstrip("0")) <= 5
-    if not digits or not 0 < int(port_text) < 65536:
-        raise SipSyntaxError(f"URI {text!r} has an invalid port {port_text!r}")
-    return host, int(port_text)
+    port = digits(port_text, 5)
+    if port is None or not 0 < port < 65536:
+        raise SipSyntaxError(f"URI {text[:80]!r} has an invalid port {port_text[:20]!r}")
+    return host, port
