@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LAB_CERTS := examples/certs
 
-.PHONY: run test unit integration lint system-deps certs clean fuzz
+.PHONY: run test unit integration lint system-deps certs clean fuzz soak
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ integration: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+SOAK_SECONDS ?= 600
+# The soak test for as long as you like (CI runs it for 60 s): mixed load, next hop restarts, no loss.
+soak: $(STAMP) system-deps
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s tests/integration/test_soak.py --timeout=$$(( $(SOAK_SECONDS) + 120 ))
 
 FUZZ_SECONDS ?= 60
 # atheris (libFuzzer for Python) over the SIP parser and framer, seeded with the RFC 4475 messages; bounded time.

@@ -114,6 +114,7 @@ class Peer:
     auto_answer: bool = True
     extra_answer_headers: list[tuple[str, str]] = field(default_factory=list)
     _server: asyncio.Server | None = None
+    _conns: list[Conn] = field(default_factory=list)
 
     def _context(self, purpose: ssl.Purpose) -> ssl.SSLContext:
         ctx = ssl.create_default_context(purpose, cafile=str(self.certs / "ca.crt"))
@@ -128,8 +129,12 @@ class Peer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop listening and drop every open connection (the peer goes away)."""
         if self._server is not None:
             self._server.close()
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
 
     async def connect(self, host: str, port: int, server_hostname: str) -> Conn:
         ctx = self._context(ssl.Purpose.SERVER_AUTH) if self.transport == "tls" else None
@@ -143,6 +148,7 @@ class Peer:
         await self._serve(Conn(reader, writer))
 
     async def _serve(self, conn: Conn) -> None:
+        self._conns.append(conn)
         try:
             while True:
                 msg = parse(await conn._read_raw())
