@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.process_collector import ProcessCollector
@@ -27,6 +28,7 @@ class Metrics(Observer):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         ProcessCollector(registry=registry)
         c = self._counter
         self.requests_received = c("requests_received_total", "Requests received", ["method", "peer"])
@@ -63,49 +65,57 @@ class Metrics(Observer):
     def _counter(self, name: str, doc: str, labels: list[str]) -> Counter:
         return Counter(f"sipfed_{name}", doc, labels, registry=self.registry)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(...)``, remembered: label sets are bounded, and labels() is the slow part."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request_received(self, method: str, peer: str) -> None:
-        self.requests_received.labels(method, peer).inc()
+        self._child(self.requests_received, method, peer).inc()
 
     def request_relayed(self, method: str, peer: str, route: str) -> None:
-        self.requests_relayed.labels(method, peer, route).inc()
+        self._child(self.requests_relayed, method, peer, route).inc()
 
     def request_refused(self, method: str, status: int) -> None:
-        self.requests_refused.labels(method, str(status)).inc()
+        self._child(self.requests_refused, method, str(status)).inc()
 
     def final_response(self, method: str, status: int, seconds: float) -> None:
-        self.responses.labels(method, status_class(status)).inc()
-        self.latency.labels(method).observe(seconds)
+        self._child(self.responses, method, status_class(status)).inc()
+        self._child(self.latency, method).observe(seconds)
 
     def route_miss(self) -> None:
         self.route_misses.inc()
 
     def hop_failure(self, route: str, reason: str) -> None:
-        self.hop_failures.labels(route, reason).inc()
+        self._child(self.hop_failures, route, reason).inc()
 
     def digest(self, outcome: str) -> None:
-        self.digest_outcomes.labels(outcome).inc()
+        self._child(self.digest_outcomes, outcome).inc()
 
     def shielded(self, action: str) -> None:
-        self.shield.labels(action).inc()
+        self._child(self.shield, action).inc()
 
     def overload(self, reason: str) -> None:
-        self.overloads.labels(reason).inc()
+        self._child(self.overloads, reason).inc()
 
     def slow_sender(self, listener: str, stage: str) -> None:
-        self.slow_senders.labels(listener, stage).inc()
+        self._child(self.slow_senders, listener, stage).inc()
 
     def malformed(self, kind: str) -> None:
-        self.malformed_total.labels(kind).inc()
+        self._child(self.malformed_total, kind).inc()
 
     def subscription(self, event: str, change: str) -> None:
-        self.subscription_changes.labels(event, change).inc()
+        self._child(self.subscription_changes, event, change).inc()
         if change == "created":
-            self.subscriptions.labels(event).inc()
+            self._child(self.subscriptions, event).inc()
         elif change == "terminated":
-            self.subscriptions.labels(event).dec()
+            self._child(self.subscriptions, event).dec()
 
     def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
-        self.tls.labels(listener, direction, outcome, reason).inc()
+        self._child(self.tls, listener, direction, outcome, reason).inc()
 
     def connection(self, listener: str, peer: str, delta: int) -> None:
-        self.connections.labels(listener, peer).inc(delta)
+        self._child(self.connections, listener, peer).inc(delta)

@@ -406,6 +406,8 @@ class Proxy:
             return
         ctx.final_status = status
         ctx.timers.cancel_all()
+        if not invite:
+            ctx.data = b""  # nothing will be retransmitted any more
         linger = TIMER_L if invite and status < 300 else (T4 if ctx.hop.transport == "udp" else 0.0)
         ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
         if stx is None or (stx.final_status and not (invite and status < 300)):
@@ -578,6 +580,9 @@ class Proxy:
         """How long a server transaction outlives its final response (§17.2, RFC 6026)."""
         stx.final_status = status
         self._in_flight -= 1
+        if not stx.invite:
+            # Lingering only answers retransmissions with last_response: the request itself can go.
+            stx.request = _released(stx.request)
         udp = stx.flow.transport == "udp"
         if stx.invite and status >= 300:
             linger = TIMER_H  # wait for the ACK
@@ -641,6 +646,12 @@ class Proxy:
         reason = " ".join(exc.reason.split())
         log.info("answered %d %s to %s:%d", exc.status, reason, *flow.remote)
         self._outputs.append(SendOnFlow(flow, Response(copied, b"", "SIP/2.0", exc.status, reason).to_bytes()))
+
+
+def _released(request: Request) -> Request:
+    """A request stripped to what a finished transaction still needs (method, Call-ID, CSeq)."""
+    keep = Headers([item for item in request.headers.items if item[0] in ("call-id", "cseq")])
+    return Request(keep, b"", request.version, request.method, request.uri)
 
 
 def _extra(call_id: str, flow: Flow | None, route: str | None = None) -> dict[str, str]:

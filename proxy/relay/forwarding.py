@@ -13,7 +13,7 @@ from proxy.relay.record_route import RECORD_ROUTE_METHODS, our_record_routes, re
 from proxy.relay.types import Flow, Identity, NextHop
 from proxy.sip.errors import SipError
 from proxy.sip.grammar import MAGIC_COOKIE, digits, is_ip_literal
-from proxy.sip.headers import parse_name_addr, parse_via
+from proxy.sip.headers import parse_name_addr, parse_via, split_commas
 from proxy.sip.message import Request
 from proxy.sip.uri import DEFAULT_PORTS, SipUri
 from routes import RouteTable
@@ -80,37 +80,37 @@ def validate(request: Request, policy: RelayPolicy) -> None:
     if max_forwards is not None and digits(max_forwards, 3) == 0:
         raise SipError("Too Many Hops", 483)  # §16.3 step 3
     unsupported = [
-        tag for value in request.headers.get_all("proxy-require") for tag in
-        (t.strip() for t in value.split(",")) if tag and tag.lower() not in policy.tolerated_option_tags
+        tag for item in request.headers.items if item[0] == "proxy-require" for tag in
+        (t.strip() for t in item[2].split(",")) if tag and tag.lower() not in policy.tolerated_option_tags
     ]
     if unsupported:  # §16.3 step 6
         raise SipError("Bad Extension", 420, (("Unsupported", ", ".join(unsupported)),))
 
 
+_LOOP_FIELDS = frozenset({"proxy-require", "proxy-authorization", "route"})
+
+
 def loop_hash(request: Request) -> str:
     """§16.6 step 8: a hash of the fields loop detection compares (§16.3 step 4)."""
     h = hashlib.blake2s(digest_size=6)
-    for part in (
-        request.uri, request.to.param("tag") or "", request.from_.param("tag") or "", request.call_id,
-        str(request.cseq[0]), *request.headers.get_all("proxy-require"),
-        *request.headers.get_all("proxy-authorization"), *request.headers.get_all("route"),
-    ):
-        h.update(part.encode("utf-8", "surrogateescape"))
-        h.update(b"\0")
+    parts = [request.uri, request.to.param("tag") or "", request.from_.param("tag") or "", request.call_id,
+             str(request.cseq[0])]
+    parts.extend(item[2] for item in request.headers.items if item[0] in _LOOP_FIELDS)
+    h.update("\0".join(parts).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
 def detect_loop(request: Request, policy: RelayPolicy, hashed: str) -> None:
     """§16.3 step 4: our Via with the same loop hash means the request came back unchanged: 482."""
-    for value in request.headers.get_all("via"):
-        if BRANCH_PREFIX not in value:
+    for item in request.headers.items:
+        if item[0] != "via" or BRANCH_PREFIX not in item[2]:
             continue
-        via = parse_via(value)
-        branch = via.branch or ""
-        if branch.startswith(BRANCH_PREFIX) and via.host.lower() in policy.own_names | {
-            a for a, _ in policy.own_addresses
-        } and branch[len(BRANCH_PREFIX):].split(".")[0] == hashed:
-            raise SipError("Loop Detected", 482)
+        for value in split_commas(item[2]):
+            via = parse_via(value)
+            branch = via.branch or ""
+            ours = via.host.lower() in policy.own_names or any(via.host == a for a, _ in policy.own_addresses)
+            if ours and branch.startswith(BRANCH_PREFIX) and branch[len(BRANCH_PREFIX):].split(".")[0] == hashed:
+                raise SipError("Loop Detected", 482)
 
 
 def process_routes(request: Request, policy: RelayPolicy) -> bool:

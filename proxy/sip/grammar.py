@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
@@ -44,6 +45,7 @@ def is_ip_literal(host: str) -> bool:
     return host.startswith("[") or IPV4_RE.fullmatch(host) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def digits(text: str | bytes, max_digits: int) -> int | None:
     """1*DIGIT (ASCII only, RFC 5234 B.1) with at most ``max_digits`` significant digits, else None.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -39,10 +40,17 @@ DISPLAY_TOKENS_RE = re.compile(rf"{TOKEN}(?:\s+{TOKEN})*", re.ASCII)
 LIST_HEADERS = frozenset({"via", "route", "record-route"})
 
 
+_CANONICAL: dict[str, str] = {}
+
+
 def canonical(name: str) -> str:
-    """The lookup key of a header name: lower case, compact form expanded."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
+    """The lookup key of a header name: lower case, compact form expanded (memoised: names are few)."""
+    key = _CANONICAL.get(name)
+    if key is None:
+        key = COMPACT_FORMS.get(name.lower(), name.lower())
+        if len(_CANONICAL) < 4096:
+            _CANONICAL[name] = key
+    return key
 
 
 def split_commas(value: str) -> list[str]:
@@ -142,6 +150,7 @@ class NameAddr:
         return head + tail
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_name_addr(value: str, *, any_scheme: bool = False) -> NameAddr:
     """Parse ``"Name" <sip:...>;p=v`` or ``sip:...;p=v`` (§20.10: then the params are the header's).
 
@@ -209,6 +218,7 @@ class Via:
         return find_param(self.params, name)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_via(value: str) -> Via:
     """Parse one Via value: ``SIP/2.0/TLS host:port;branch=...``."""
     match = VIA_RE.fullmatch(value)

@@ -6,6 +6,7 @@ Route, Record-Route, Max-Forwards) and everything else passes byte for byte.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,9 +39,10 @@ class Headers:
 
     def get(self, key: str) -> str | None:
         """The first value (for list headers: the first value of the first line)."""
-        for k, _, value in self.items:
-            if k == key:
-                if key in LIST_HEADERS and "," in value:
+        for item in self.items:
+            if item[0] == key:
+                value = item[2]
+                if "," in value and key in LIST_HEADERS:
                     return split_commas(value)[0]
                 return value
         return None
@@ -52,10 +54,17 @@ class Headers:
         return [value for k, _, value in self.items if k == key]
 
     def count(self, key: str) -> int:
-        return sum(1 for k, _, _ in self.items if k == key)
+        n = 0
+        for item in self.items:
+            if item[0] == key:
+                n += 1
+        return n
 
     def __contains__(self, key: object) -> bool:
-        return any(k == key for k, _, _ in self.items)
+        for item in self.items:  # noqa: SIM110 - a plain loop: any() with a generator costs twice as much here
+            if item[0] == key:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str, str]]:
         return iter(self.items)
@@ -166,8 +175,8 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length is added if absent (mandatory on streams, RFC 3261 §20.14)."""
-        parts = [self.start_line()]
-        parts.extend(f"{name}: {value}" for _, name, value in self.headers.items)
+        items = self.headers.items
+        parts = [self.start_line(), *[f"{name}: {value}" for _, name, value in items]]
         if "content-length" not in self.headers:
             parts.append(f"Content-Length: {len(self.body)}")
         parts.append("\r\n")
@@ -186,13 +195,10 @@ class Request(Message):
 
     @property
     def request_uri(self) -> SipUri:
-        """The Request-URI parsed (raises UnsupportedScheme for non-SIP schemes)."""
-        if self._parsed_uri is None or str(self._parsed_uri) != self.uri:
-            self._parsed_uri = parse_uri(self.uri)
-        return self._parsed_uri
+        """The Request-URI parsed (raises UnsupportedScheme for non-SIP schemes; parses are cached)."""
+        return parse_uri(self.uri)
 
     def set_uri(self, uri: SipUri) -> None:
-        self._parsed_uri = uri
         self.uri = str(uri)
 
     def start_line(self) -> str:
@@ -215,6 +221,7 @@ class Response(Message):
         return f"{self.version} {self.status} {self.reason}"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_cseq(value: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method (§20.16); the number is below 2**31 (§8.1.1.5)."""
     number, _, method = value.strip().partition(" ")
@@ -268,13 +275,23 @@ def _parse_header_lines(lines: list[str], max_headers: int) -> list[tuple[str, s
     if len(lines) > max_headers:
         raise SipSyntaxError(f"too many header fields ({len(lines)} > {max_headers})")
     items: list[tuple[str, str, str]] = []
+    known = _VALID_NAMES
     for line in lines:
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or HEADER_NAME_RE.fullmatch(name) is None:
-            raise SipSyntaxError(f"malformed header line {line[:60]!r}")
-        items.append((canonical(name), name, value.strip(" \t")))
+        key = known.get(name)
+        if key is None:  # a name not seen before: check it against the grammar once
+            name = name.rstrip(" \t")
+            if not colon or HEADER_NAME_RE.fullmatch(name) is None:
+                raise SipSyntaxError(f"malformed header line {line[:60]!r}")
+            key = canonical(name)
+            if len(known) < 4096:
+                known[name] = key
+        items.append((key, name, value.strip(" \t")))
     return items
+
+
+#: Header names (as written) already checked against the token grammar, with their lookup keys.
+_VALID_NAMES: dict[str, str] = {}
 
 
 def _parse_start_line(line: str, headers: Headers) -> Request | Response:
@@ -299,7 +316,7 @@ def _check_version(version: str) -> None:
 
 
 def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
-    lengths = {v.strip() for v in headers.get_all("content-length")}
+    lengths = {item[2] for item in headers.items if item[0] == "content-length"}
     if not lengths:
         return body
     if len(lengths) > 1:
@@ -314,12 +331,15 @@ def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
 
 
 def _check_request(request: Request) -> None:
-    """RFC 3261 §8.2 / §16.3 step 1: what a request must carry to be processed."""
+    """RFC 3261 §8.2 / §16.3 step 1: what a request must carry to be processed (one pass over the headers)."""
+    seen: dict[str, int] = {}
+    for item in request.headers.items:
+        seen[item[0]] = seen.get(item[0], 0) + 1
     for key in MANDATORY_REQUEST_HEADERS:
-        if key not in request.headers:
+        if key not in seen:
             raise SipSyntaxError(f"Missing {key.title()} header")
     for key in ("call-id", "cseq", "from", "to", "max-forwards"):
-        if request.headers.count(key) > 1:
+        if seen.get(key, 0) > 1:
             raise SipSyntaxError(f"multiple {key.title()} header fields")  # RFC 4475 §3.3.8
     _, cseq_method = request.cseq
     if cseq_method != request.method:

@@ -6,6 +6,7 @@ Parameters keep their order, spelling and escaping, so an unknown parameter
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from proxy.sip.errors import SipError, SipSyntaxError
@@ -108,6 +109,7 @@ class SipUri:
         return "".join(out)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
     """Parse a sip:/sips: URI; another scheme raises UnsupportedScheme, or with ``any_scheme`` is kept
     opaque (From and To may hold any absoluteURI, RFC 4475 §3.3.4). SipSyntaxError if malformed."""
