@@ -1,41 +1,80 @@
-"""The static route table: MatchUri -> destination host:port:transport.
+"""The route table: MatchUri -> where to send (one destination, several, or a domain to resolve).
 
 Lync's ``New-CsStaticRoute -MatchUri tomt.local -Destination cups.tomt.local -Port 5062 -TLSRoute``
 becomes ``{match_uri = "tomt.local", destination = "cups.tomt.local", port = 5062, transport = "tls"}``.
+A route may instead list ``destinations`` with RFC 2782 priority and weight, or name a domain to
+``resolve`` per RFC 3263; ``routes.config`` parses the ``[[routes]]`` section.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+
+from routes.candidates import Candidate
 
 TRANSPORTS = ("tls", "tcp", "udp")
+DEFAULT_PORTS = {"tls": 5061, "tcp": 5060, "udp": 5060}
+"""RFC 3263 §4.2: the port when DNS gives none (5061 for TLS, RFC 3261 §19.1.2)."""
+DEFAULT_SRV_SERVICES = ("_sips._tcp", "_sip._tls", "_sipfederationtls._tcp")
+"""RFC 3263 §4.1 SIPS over TCP, the older ``_sip._tls``, then Lync/Skype federation's own name."""
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-ROUTE_KEYS = {"name", "match_uri", "destination", "port", "transport", "tls_name", "listener"}
+SRV_SERVICE_RE = re.compile(r"_[A-Za-z0-9-]{1,62}\._(tcp|udp|tls)")
+"""``_service._proto`` as RFC 2782 writes it; the domain is appended."""
+TLS_NAME_FROM = ("domain", "target")
 
 
 @dataclass(frozen=True, slots=True)
 class StaticRoute:
-    """One static route."""
+    """One route. ``destination``, ``port``, ``transport`` and ``tls_name`` always describe one next hop:
+    the only one, the first of ``destinations`` with the lowest priority, or the ``resolve`` domain on
+    its transport's default port; ``static_candidates`` and ``routes.resolver.Resolver`` give them all."""
 
     name: str
     """A short name for logs and metrics (default: the match_uri)."""
     match_uri: str
     """The Request-URI domain this route serves: ``tomt.local``, ``*.tomt.local``, or ``*`` (any)."""
     destination: str
-    """The next hop's FQDN or IP address."""
+    """The next hop's FQDN or IP address (with ``resolve``: the domain)."""
     port: int
     """The next hop's port."""
     transport: str
-    """``tls``, ``tcp`` or ``udp``."""
+    """``tls``, ``tcp`` or ``udp`` (with ``resolve``: the most preferred of ``transports``)."""
     tls_name: str
-    """The name the next hop's certificate must carry (default: destination)."""
+    """The name the next hop's certificate must carry (default: destination; with ``resolve``: the domain)."""
     listener: str | None = None
     """The listener whose identity (FQDN, Record-Route maddr) faces this next hop; None: the default."""
+    destinations: tuple[Candidate, ...] = ()
+    """Several next hops with RFC 2782 priority and weight, as written; () for a single destination."""
+    resolve: str | None = None
+    """A domain to resolve per RFC 3263 §4 (NAPTR, SRV, A/AAAA) instead of fixed destinations."""
+    transports: tuple[str, ...] = ()
+    """With ``resolve``: the transports accepted, most preferred first; () means ``(transport,)``."""
+    srv_services: tuple[str, ...] = DEFAULT_SRV_SERVICES
+    """With ``resolve``: the SRV services queried, in order, when NAPTR gives nothing usable."""
+    naptr: bool = True
+    """With ``resolve``: query NAPTR first (RFC 3263 §4.1)."""
+    tls_name_from: str = "domain"
+    """With ``resolve``: the certificate must carry the ``domain`` resolved (RFC 5922 §4.1; or the fixed
+    ``tls_name`` if one is set) or each SRV ``target``'s name."""
+    down_seconds: float = 30.0
+    """How long a candidate that failed stays marked down (RFC 3263 §4.3 failover)."""
+
+    @property
+    def accepted_transports(self) -> tuple[str, ...]:
+        return self.transports or (self.transport,)
+
+    @property
+    def static_candidates(self) -> tuple[Candidate, ...]:
+        """The configured next hops (none for a ``resolve`` route: DNS gives those)."""
+        if self.resolve is not None:
+            return ()
+        if self.destinations:
+            return self.destinations
+        return (Candidate(self.destination, self.port, self.transport, self.tls_name),)
 
     def matches(self, domain: str) -> bool:
         pattern = self.match_uri
@@ -84,69 +123,16 @@ class RouteTable:
                 return route
         return None
 
-
-def parse_routes(raw: object, where: str = "routes") -> tuple[list[StaticRoute], list[str]]:
-    """Validate the ``[[routes]]`` config section; return the routes and every problem found."""
-    if raw is None:
-        return [], []
-    if not isinstance(raw, list):
-        return [], [f"{where}: must be a list of tables ([[routes]])"]
-    routes: list[StaticRoute] = []
-    problems: list[str] = []
-    names: set[str] = set()
-    for i, entry in enumerate(raw):
-        path = f"{where}[{i}]"
-        if not isinstance(entry, Mapping):
-            problems.append(f"{path}: must be a table")
-            continue
-        route = _parse_route(entry, path, problems)
-        if route is None:
-            continue
-        if route.name in names:
-            problems.append(f"{path}.name: {route.name!r} is used by another route; names must be unique")
-        names.add(route.name)
-        routes.append(route)
-    problems.extend(_duplicate_matches(routes, where))
-    return routes, problems
-
-
-def _parse_route(entry: Mapping[str, Any], path: str, problems: list[str]) -> StaticRoute | None:
-    before = len(problems)
-    for key in sorted(set(entry) - ROUTE_KEYS):
-        problems.append(f"{path}.{key}: unknown key (known: {', '.join(sorted(ROUTE_KEYS))})")
-    match_uri = _text(entry, "match_uri", path, problems, required=True).lower()
-    if match_uri and match_uri != "*" and not DOMAIN_RE.fullmatch(match_uri.removeprefix("*.")):
-        problems.append(f"{path}.match_uri: {match_uri!r} is not a domain, '*.domain' or '*'")
-    destination = _text(entry, "destination", path, problems, required=True).lower().rstrip(".")
-    if destination and not is_host(destination):
-        problems.append(f"{path}.destination: {destination!r} is not an FQDN or IP address")
-    transport = _text(entry, "transport", path, problems, default="tls").lower()
-    if transport not in TRANSPORTS:
-        problems.append(f"{path}.transport: {transport!r} must be one of {', '.join(TRANSPORTS)}")
-    port = entry.get("port", 5061 if transport == "tls" else 5060)
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        problems.append(f"{path}.port: {port!r} must be a whole number 1-65535")
-    tls_name = _text(entry, "tls_name", path, problems, default=destination).lower()
-    listener = entry.get("listener")
-    if listener is not None and not isinstance(listener, str):
-        problems.append(f"{path}.listener: must be a listener name (a string)")
-    if len(problems) > before:
+    def candidate_for_host(self, host: str, port: int | None = None) -> tuple[StaticRoute, Candidate] | None:
+        """The configured next hop named ``host`` (and on ``port``, if given) among every route's
+        destinations: a request to one pool member keeps that member's port, transport and
+        certificate name, where ``by_destination`` knows only each route's first destination."""
+        host = host.lower().rstrip(".")
+        for route in self.routes:
+            for candidate in route.static_candidates:
+                if candidate.host == host and port in (None, candidate.port):
+                    return route, candidate
         return None
-    name = _text(entry, "name", path, problems, default=match_uri)
-    return StaticRoute(name, match_uri, destination, int(port), transport, tls_name, listener)
-
-
-def _text(entry: Mapping[str, Any], key: str, path: str, problems: list[str], *, required: bool = False,
-          default: str = "") -> str:
-    value = entry.get(key)
-    if value is None:
-        if required:
-            problems.append(f"{path}.{key}: missing (required)")
-        return default
-    if not isinstance(value, str) or not value.strip():
-        problems.append(f"{path}.{key}: must be a non-empty string, got {value!r}")
-        return default
-    return value.strip()
 
 
 def is_host(host: str) -> bool:
@@ -157,14 +143,10 @@ def is_host(host: str) -> bool:
     return True
 
 
-def _duplicate_matches(routes: list[StaticRoute], where: str) -> list[str]:
-    seen: dict[str, str] = {}
-    problems = []
-    for route in routes:
-        if route.match_uri in seen:
-            problems.append(
-                f"{where}: match_uri {route.match_uri!r} appears in routes {seen[route.match_uri]!r} and "
-                f"{route.name!r}; only one can win — remove one"
-            )
-        seen.setdefault(route.match_uri, route.name)
-    return problems
+def service_transport(service: str) -> str:
+    """The transport an SRV service name stands for: ``_sips._tcp``, ``_x._tls`` and names with
+    "tls" in the service label (``_sipfederationtls._tcp``) mean TLS; otherwise the protocol label."""
+    label, proto = service.lower().split(".", 1)
+    if label == "_sips" or proto == "_tls" or "tls" in label:
+        return "tls"
+    return proto.removeprefix("_")
