@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LAB_CERTS := examples/certs
 
-.PHONY: run test unit integration lint system-deps certs clean fuzz soak
+.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,10 @@ integration: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# sipfed against Kamailio on the same SIPp load, A B A B, printing ratios (bench/README.md); ~10 minutes.
+bench: $(STAMP) system-deps
+	$(PY) bench/run.py
 
 SOAK_SECONDS ?= 600
 # The soak test for as long as you like (CI runs it for 60 s): mixed load, next hop restarts, no loss.

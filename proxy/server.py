@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import ssl
@@ -23,6 +24,7 @@ from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.limits import Limits
 from proxy.relay.types import Identity
 from routes import RouteTable
+from routes.resolver import DnspythonSource, Resolver
 
 log = logging.getLogger("sipfed")
 
@@ -84,6 +86,9 @@ class Server:
             proxy.policy, proxy.trust = policy, config.trust
             proxy.configure(settings)
         self.driver.trust = config.trust
+        self.driver.routes = {route.name: route for route in config.routes}
+        if self.driver.resolver is None and any(route.resolve for route in config.routes):
+            self.driver.resolver = Resolver(DnspythonSource(timeout_seconds=config.connect_timeout_seconds))
         self.driver.connect_timeout = config.connect_timeout_seconds
         self.driver.handshake_timeout = config.limits["tls_handshake_timeout_seconds"]
         self.driver.incomplete_timeout = config.limits["incomplete_message_timeout_seconds"]
@@ -131,6 +136,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path 
     """Bind every listener, print the readiness line, relay until SIGTERM/SIGINT; SIGHUP reloads."""
     server = Server(config, trace)
     print(await server.bind(), flush=True)
+    # Everything loaded so far lives for the whole run: keep it out of the collector's way, and collect
+    # young objects less often (transactions are short-lived, and full passes over them stall the loop).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     log.info("%d listener(s), %d route(s) from %s", len(config.listeners), len(config.routes), config.path)
     if ready is not None:
         ready.set()

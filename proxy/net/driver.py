@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 from acl.peers import Trust
@@ -25,6 +27,9 @@ from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.grammar import is_ip_literal
 from proxy.sip.parser import FramingError, Ping, StreamFramer
+from routes import Health, StaticRoute, order
+from routes.dns import ResolutionError
+from routes.resolver import Resolver
 
 log = logging.getLogger("sipfed.net")
 
@@ -207,6 +212,11 @@ class Driver:
         self.proxy = proxy
         self.trust = trust or Trust()
         self.observer = observer or Observer()
+        self.routes: dict[str, StaticRoute] = {}
+        """Static routes by name: pools and DNS routes fail over between their candidates."""
+        self.health = Health()
+        self.resolver: Resolver | None = None
+        self.rng = random.Random()
         self.handshake_timeout = 10.0
         self.incomplete_timeout = 10.0
         self.server_contexts: dict[str, ssl.SSLContext] = {}
@@ -331,7 +341,10 @@ class Driver:
             waiting.append((data, token))
             return
         self.pending[key] = [(data, token)]
-        task = self.loop.create_task(self._connect(key, hop))
+        route = self.routes.get(hop.route or "")
+        failover = route is not None and (route.resolve is not None or len(route.static_candidates) > 1)
+        task = self.loop.create_task(self._connect_route(key, hop, route) if failover and route else
+                                     self._connect(key, hop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -366,14 +379,51 @@ class Driver:
             self.aliases[key] = conn
             conn.keys.append(key)
 
-    async def _connect(self, key: HopKey, hop: NextHop) -> None:
+    async def _open(self, hop: NextHop) -> StreamConnection:
         tls = hop.transport == "tls"
+        _, conn = await asyncio.wait_for(self.loop.create_connection(
+            lambda: StreamConnection(self, hop.transport, hop.listener, outbound=True),
+            hop.host.strip("[]"), hop.port, ssl=self.client_ssl if tls else None,
+            server_hostname=hop.tls_name if tls else None,
+        ), self.connect_timeout)
+        return conn
+
+    async def _connect_route(self, key: HopKey, hop: NextHop, route: StaticRoute) -> None:
+        """RFC 3263 §4.3: try the route's candidates in order (up ones first, RFC 2782 within a priority);
+        one that refuses, fails TLS or times out is marked down and the next is tried, in the same
+        transaction. The requests fail only when every candidate has."""
+        now = self.loop.time()
         try:
-            _, conn = await asyncio.wait_for(self.loop.create_connection(
-                lambda: StreamConnection(self, hop.transport, hop.listener, outbound=True),
-                hop.host, hop.port, ssl=self.client_ssl if tls else None,
-                server_hostname=hop.tls_name if tls else None,
-            ), self.connect_timeout)
+            found = (await self.resolver.candidates_for(route, now) if route.resolve and self.resolver
+                     else list(route.static_candidates))
+        except ResolutionError as exc:
+            found, failures = [], [f"DNS: {exc}"]
+        else:
+            failures = []
+        for candidate in order(found, self.health, now, self.rng):
+            attempt = replace(hop, transport=candidate.transport, host=candidate.host, port=candidate.port,
+                              tls_name=candidate.tls_name if candidate.transport == "tls" else None)
+            try:
+                conn = await self._open(attempt)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                reason = describe_failure(exc, attempt.tls_name)
+                self.health.mark_down(candidate, self.loop.time(), route.down_seconds, reason)
+                log.warning("route %s: candidate %s failed (%s); marked down for %g s", route.name, candidate,
+                            reason, route.down_seconds)
+                self.observer.hop_failure(route.name, _failure_kind(exc))
+                failures.append(f"{candidate}: {reason}")
+                continue
+            self.health.mark_up(candidate)
+            self._connected(key, conn, attempt)
+            return
+        reason = "no candidate of route " + route.name + " answered: " + ("; ".join(failures) or "none resolved")
+        for _, token in self.pending.pop(key, []):
+            self.proxy.hop_failed(token, reason, self.loop.time(), "other")
+        self.pump()
+
+    async def _connect(self, key: HopKey, hop: NextHop) -> None:
+        try:
+            conn = await self._open(hop)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             reason = describe_failure(exc, hop.tls_name)
             where = f" (route {hop.route})" if hop.route else ""
@@ -385,6 +435,9 @@ class Driver:
                 self.proxy.hop_failed(token, reason, self.loop.time(), kind)
             self.pump()
             return
+        self._connected(key, conn, hop)
+
+    def _connected(self, key: HopKey, conn: StreamConnection, hop: NextHop) -> None:
         self.by_hop[key] = conn
         conn.keys.append(key)
         conn.hop = hop

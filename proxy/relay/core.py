@@ -137,6 +137,7 @@ class Proxy:
         self._outputs: list[Output] = []
         self._to_tag = secrets.token_hex(6)
         self._in_flight = 0
+        self._timeout_log: dict[str, tuple[float, int]] = {}
         self.configure(self.settings)
 
     def configure(self, settings: RelaySettings) -> None:
@@ -492,11 +493,22 @@ class Proxy:
         self._end_client(ctx)
         stx = ctx.server
         waited = self.settings.transaction_timeout_seconds if ctx.method != "INVITE" else TIMER_B
-        log.warning("%s to %s: no final response in %g s", ctx.method, ctx.hop, waited,
-                    extra=_extra(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route))
+        self._warn_timeout(ctx, stx, waited, now)
         self.observer.hop_failure(ctx.hop.route or "dialog", "timeout")
         if stx is not None and not stx.final_status:
             self._respond(stx, 408, f"Request Timeout (no answer from {ctx.hop.host} in {waited:g} s)", now)
+
+    def _warn_timeout(self, ctx: ClientTx, stx: ServerTx | None, waited: float, now: float) -> None:
+        """One warning per route per 10 s at most: an overloaded proxy must not also drown in its log."""
+        route = ctx.hop.route or str(ctx.hop)
+        last, quiet = self._timeout_log.get(route, (-1e9, 0))
+        if now - last < 10.0:
+            self._timeout_log[route] = (last, quiet + 1)
+            return
+        more = f" ({quiet} more since the last warning)" if quiet else ""
+        log.warning("%s to %s: no final response in %g s%s", ctx.method, ctx.hop, waited, more,
+                    extra=_extra(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route))
+        self._timeout_log[route] = (now, 0)
 
     def _timer_c(self, ctx: ClientTx, now: float) -> None:
         """§16.6 step 11 / §16.8: Timer C fired on a ringing INVITE: CANCEL it, wait for its 487."""

@@ -57,6 +57,8 @@ def split_commas(value: str) -> list[str]:
     """Split a header value at the commas that separate values, not those in quotes or <>."""
     if "," not in value:
         return [value]
+    if '"' not in value and "<" not in value:  # the common case (Via): no quotes, no <>, a plain split
+        return [part.strip() for part in value.split(",")]
     parts: list[str] = []
     depth_angle = 0
     in_quotes = False

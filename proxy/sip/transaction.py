@@ -88,11 +88,17 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.callback = _nothing  # the heap keeps the Timer until its deadline; not what it points at
 
     def fire(self, now: float) -> None:
         if not self.cancelled:
             self.cancelled = True
-            self.callback(now)
+            callback, self.callback = self.callback, _nothing
+            callback(now)
+
+
+def _nothing(now: float) -> None:
+    """What a cancelled or fired timer points at."""
 
 
 @dataclass(slots=True)

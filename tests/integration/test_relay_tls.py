@@ -417,3 +417,43 @@ def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipf
     assert "reloaded" in log
     assert "reload refused, the running config stays" in log
     assert "routes[2].port: 70000" in log
+
+
+def test_pool_failover_within_the_transaction(tmp_path: Path, certs: Path,
+                                              start_sipfed: Callable[..., Sipfed]) -> None:
+    """A route to a pool (RFC 2782 priorities): the preferred member refuses, the request is retried on
+    the next one in the same transaction (RFC 3263 §4.3), and the failed member stays marked down."""
+
+    async def main() -> Sipfed:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await cups.start()
+        await lync.start()
+        dead = free_port("127.0.0.4")
+        config = lab_config(tmp_path / "pool.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=f"""
+[[routes]]
+name = "pool"
+match_uri = "pool.tomt.local"
+tls_name = "cups.tomt.local"
+listener = "cisco"
+down_seconds = 60
+destinations = [
+    {{ host = "127.0.0.4", port = {dead}, priority = 10 }},
+    {{ host = "127.0.0.2", port = {cups.port}, priority = 20 }},
+]
+""")
+        sipfed = start_sipfed(config)
+        conn = await lync_to_sipfed(sipfed, lync)
+        for i in range(2):
+            await conn.send(lync.request("MESSAGE", "sip:alice@pool.tomt.local", to="<sip:alice@pool.tomt.local>",
+                                         body=f"pool {i}"))
+            got, _ = await cups.next()
+            assert got.body == f"pool {i}"
+            answer, _ = await lync.next()
+            assert answer.status == 200
+        return sipfed
+
+    sipfed = asyncio.run(asyncio.wait_for(main(), 30))
+    log = sipfed.log_text()
+    assert len(re.findall(r"route pool: candidate tls:127\.0\.0\.4:\d+ failed \(connection refused", log)) == 1, log
+    assert "marked down for 60 s" in log

@@ -1,0 +1,274 @@
+"""``make bench``: sipfed and Kamailio under the same SIPp load on loopback, in one run.
+
+Per scenario: one SIPp UAS (behind a server stunnel for TLS), both proxies, a client stunnel per proxy
+for TLS; then warm-up, closed loop, fixed rates and step-up, each alternating sipfed / Kamailio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import lab, procstat
+from bench.phases import Arm, Bench, Counts, Scenario, round_rate
+from bench.report import Figure, closed_loop_rate, figures, noise_note, table, write_json
+
+MESSAGE_KEYS = (("domain", "tomt.local"), ("from_domain", "tomt.it"))
+SCENARIOS = {
+    "message-tls": Scenario("message-tls", "tls", "tls", "uac_message.xml", "uas_message.xml", 1, MESSAGE_KEYS),
+    "message-udp": Scenario("message-udp", "udp", "udp", "uac_message.xml", "uas_message.xml", 1, MESSAGE_KEYS),
+    # Plain TCP on both legs: SIPp fails a call whose NOTIFY (or un-SUBSCRIBE) overtakes the 200 sent just before
+    # it, and with stunnel in front of a SIPp the in-dialog request goes straight to the SIPp's Contact port while
+    # the 200 takes the longer way through stunnel, in both proxies. Over TCP the proxy reuses the connection
+    # that comes from (or goes to) the Contact's address, so the order holds. See bench/README.md.
+    "subscribe-tcp": Scenario("subscribe-tcp", "tcp", "tcp", "uac_subscribe.xml", "uas_subscribe.xml", 4,
+                              (*MESSAGE_KEYS, ("maddr", "*"))),
+}
+FULL = Counts(warmup_calls=2000, closed_loop_calls=15_000, in_flight=50, repetitions=2, fixed_seconds=3.0,
+              step_seconds=2.5, step_start_rate=500, max_steps=9, run_timeout_seconds=40)
+QUICK = Counts(warmup_calls=100, closed_loop_calls=500, in_flight=50, repetitions=1, fixed_seconds=0.5,
+               step_seconds=0.5, step_start_rate=500, max_steps=3, run_timeout_seconds=15)
+SUBSCRIBE_SCALE = 4  # a SUBSCRIBE call is 4 transactions: a quarter of the calls keeps the runs as long
+FIXED_RATE = 1000
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def scaled(counts: Counts, scenario: Scenario) -> Counts:
+    """Fewer calls for scenarios with several transactions per call."""
+    if scenario.transactions_per_call == 1:
+        return counts
+    k = SUBSCRIBE_SCALE
+    return dataclasses.replace(counts, warmup_calls=max(50, counts.warmup_calls // k),
+                               closed_loop_calls=max(100, counts.closed_loop_calls // k),
+                               step_start_rate=max(100, counts.step_start_rate // k))
+
+
+def _memory(arm: Arm, key: str, value_kb: int, into: dict[str, dict[str, float]]) -> None:
+    into.setdefault(arm.name, {})[key] = round(value_kb / 1024, 2)
+
+
+@dataclass
+class Lab:
+    """The running lab of one scenario."""
+
+    arms: list[Arm]
+    """sipfed and Kamailio, in that order."""
+    uas_udp_port: int | None
+    """The UAS's UDP port (UDP scenario), for its kernel drop counter."""
+    helpers: list[tuple[str, Callable[[], bool], int]]
+    """Name, liveness probe and PID of each helper (UAS, stunnels); one dying invalidates every later run."""
+
+    def health(self) -> str | None:
+        dead = [name for name, alive, _ in self.helpers if not alive()]
+        return f"lab component(s) died: {', '.join(dead)}" if dead else None
+
+    def lab_pids(self) -> list[int]:
+        """Every process of the lab: helpers and both proxies' trees (the SIPp UAC is counted apart)."""
+        return [pid for _, _, pid in self.helpers] + [pid for arm in self.arms for pid in arm.proxy.pids()]
+
+
+def start_lab(stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path,
+              sipfed_source: Path | None) -> Lab:
+    """UAS (+ server stunnel), sipfed, Kamailio and, for a TLS UAC, a client stunnel in front of each proxy."""
+    udp = scenario.uas_transport == "udp"
+    uas_port = lab.free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    uas = lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900)
+    stack.callback(uas.stop)
+    helpers: list[tuple[str, Callable[[], bool], int]] = [("SIPp UAS", lambda: uas.proc.poll() is None, uas.root_pid)]
+    route_port = uas_port
+    if scenario.uas_transport == "tls":
+        route_port = lab.free_port()
+        server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port)
+        stack.callback(server.stop)
+        helpers.append(("UAS stunnel", server.running, server.pid))
+    config = lab.sipfed_config(work / "sipfed.toml", certs, listener_transport=scenario.uac_transport,
+                               route_transport=scenario.uas_transport, uas_port=route_port)
+    sipfed, sipfed_port = lab.start_sipfed(work, config, sipfed_source)
+    stack.callback(sipfed.stop)
+    kamailio, ports = lab.start_kamailio(work, certs, uas_uri=f"sip:{lab.LOOPBACK}:{route_port};transport="
+                                         f"{scenario.uas_transport}", wait_transport=scenario.uac_transport)
+    stack.callback(kamailio.stop)
+    if scenario.uac_transport == "udp":
+        arms = [Arm("sipfed", sipfed, sipfed_port, sipfed_port), Arm("kamailio", kamailio, ports.udp, ports.udp)]
+        return Lab(arms, uas_port if udp else None, helpers)
+    if scenario.uac_transport == "tcp":
+        return Lab([Arm("sipfed", sipfed, sipfed_port), Arm("kamailio", kamailio, ports.tcp)], None, helpers)
+    arms = []
+    for name, proxy, port in (("sipfed", sipfed, sipfed_port), ("kamailio", kamailio, ports.tls)):
+        accept = lab.free_port()
+        client = lab.start_client_tunnel(work, certs, accept_port=accept, proxy_port=port, name=name)
+        stack.callback(client.stop)
+        helpers.append((f"{name} client stunnel", client.running, client.pid))
+        arms.append(Arm(name, proxy, accept))
+    return Lab(arms, None, helpers)
+
+
+def run_phases(bench: Bench, scenario: Scenario, counts: Counts) -> tuple[list[int], dict[str, int]]:
+    """Warm-up, closed loop, fixed rates, step-up; returns the fixed rates and the step-up results."""
+    log(f"{scenario.name}: warm-up, closed loop ({counts.closed_loop_calls} calls, {counts.in_flight} in flight)")
+    bench.warmup()
+    bench.closed_loop()
+    kamailio_max = closed_loop_rate(bench.arms[1]) or 0.0
+    fixed_rates = sorted({FIXED_RATE // scenario.transactions_per_call, round_rate(kamailio_max / 2)})
+    for rate in fixed_rates:
+        log(f"{scenario.name}: fixed rate {rate} calls/s for {counts.fixed_seconds:g}s")
+        bench.fixed_rate(rate)
+    log(f"{scenario.name}: step-up from {counts.step_start_rate} calls/s")
+    return fixed_rates, bench.step_up()
+
+
+def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
+                 sipfed_source: Path | None = None) -> dict[str, Any]:
+    """Start the lab for ``scenario``, run every phase on both arms, return figures and raw runs.
+
+    A lab helper that dies (UAS, stunnel) ends the scenario early; what was measured is kept, with the error.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    started, load_start = time.monotonic(), os.getloadavg()
+    memory: dict[str, dict[str, float]] = {}
+    fixed_rates: list[int] = []
+    step_best: dict[str, int] = {}
+    error: str | None = None
+    with contextlib.ExitStack() as stack:
+        running = start_lab(stack, scenario, certs, work, sipfed_source)
+        arms = running.arms
+        for arm in arms:
+            _memory(arm, "rss_start_mb", procstat.rss_kb(arm.proxy.pids()), memory)
+        bench = Bench(scenario, counts, work, arms, log, uas_udp_port=running.uas_udp_port, health=running.health,
+                      lab_pids=running.lab_pids)
+        try:
+            fixed_rates, step_best = run_phases(bench, scenario, counts)
+        except lab.LabError as exc:
+            error = str(exc)
+            log(f"{scenario.name}: stopped early: {error}")
+        for arm in arms:
+            pids = arm.proxy.pids()
+            _memory(arm, "peak_rss_mb", procstat.peak_rss_kb(pids), memory)
+            _memory(arm, "pss_end_mb", procstat.pss_kb(pids), memory)
+            memory[arm.name]["processes"] = len(pids)
+            memory[arm.name]["alive_at_end"] = float(arm.proxy.proc.poll() is None)
+    figs = figures(arms, fixed_rates=fixed_rates, step_best=step_best, memory=memory,
+                   transactions_per_call=scenario.transactions_per_call)
+    return {"figures": figs, "error": error, "noise": noise_note(arms), "seconds": round(time.monotonic() - started, 1),
+            "loadavg_start_end": [load_start, os.getloadavg()], "memory": memory,
+            "fixed_rates": fixed_rates, "runs": {arm.name: [run.to_json() for run in arm.runs] for arm in arms}}
+
+
+def _version(args: list[str], containing: str = "") -> str:
+    """The first output line of ``args`` (that contains ``containing``), or ``?``."""
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if containing in line and line.strip()]
+    return lines[0] if lines else "?"
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on: machine, tool versions, sipfed commit, uvloop."""
+    commit = _version(["git", "-C", str(lab.ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _version(["git", "-C", str(lab.ROOT), "status", "--porcelain", "--", "proxy", "routes", "acl"])
+    try:
+        import uvloop  # noqa: F401  # sipfed uses it when the venv has it
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg(), "sipfed_commit": commit,
+            "sipfed_tree_dirty": dirty not in ("?", ""), "sipfed_event_loop": loop,
+            "kamailio": _version(["kamailio", "-v"]), "sipp": _version(["sipp", "-v"]),
+            "stunnel": _version([shutil.which("stunnel4") or "stunnel", "-version"], "stunnel ")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test of the whole bench (~1 min)")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), dest="scenarios",
+                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--results", type=Path, default=lab.BENCH / "results", help="where the JSON goes")
+    parser.add_argument("--sipfed-source", type=Path, metavar="DIR",
+                        help="run sipfed's packages from another checkout (e.g. a `git archive` of a commit)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, configs)")
+    return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every child is stopped by PID on the way out."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_all(args: argparse.Namespace, counts: Counts, work: Path, document: dict[str, Any]) -> int:
+    """Every selected scenario in turn; fills ``document["scenarios"]``; 1 if one failed or stopped early."""
+    status = 0
+    certs = lab.make_certs(work / "certs")
+    for name in args.scenarios or list(SCENARIOS):
+        scenario = SCENARIOS[name]
+        try:
+            result = run_scenario(scenario, scaled(counts, scenario), certs, work / name, args.sipfed_source)
+        except (lab.LabError, OSError, subprocess.SubprocessError) as exc:
+            log(f"{name}: failed: {exc}")
+            document["scenarios"][name] = {"error": str(exc)}
+            status = 1
+            continue
+        status = status or int(result["error"] is not None)
+        document["scenarios"][name] = {**result, "figures": {f.key: f.to_json() for f in result["figures"]}}
+        document["tables"][name] = result["figures"]
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        lab.require_tools()
+        lab.kamailio_module_dir()
+    except lab.LabError as exc:
+        log(f"bench: {exc}")
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    counts = QUICK if args.quick else FULL
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = Path(tempfile.mkdtemp(prefix="sipfed-bench-"))
+    log(f"bench: work directory {work}{' (quick)' if args.quick else ''}")
+    started = time.monotonic()
+    document: dict[str, Any] = {"started_utc": stamp, "quick": args.quick,
+                                "environment": {**environment(), "sipfed_source": str(args.sipfed_source or lab.ROOT)},
+                                "counts": dataclasses.asdict(counts), "scenarios": {}, "tables": {}}
+    status = 1
+    try:
+        status = run_all(args, counts, work, document)
+    finally:
+        shown: dict[str, list[Figure]] = document.pop("tables")
+        document["seconds"] = round(time.monotonic() - started, 1)
+        path = write_json(args.results, stamp, document)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    notes: dict[str, list[str]] = {}
+    for name, result in document["scenarios"].items():
+        if result.get("noise"):
+            notes.setdefault(name, []).append(result["noise"])
+        if result.get("error"):
+            notes.setdefault(name, []).append(f"!! {'stopped early' if name in shown else 'failed'}: "
+                                              f"{result['error'].splitlines()[0]}")
+    print(table(shown, notes))
+    print(f"\n{'quick smoke test, not a measurement; ' if args.quick else ''}{document['seconds']:.0f} s; "
+          f"results: {path} (and latest.json)")
+    return status

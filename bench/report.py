@@ -1,0 +1,171 @@
+"""Figures per arm from the runs, the sipfed/Kamailio ratio of each, the printed table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.phases import Arm, Measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One compared figure of one scenario."""
+
+    key: str
+    """JSON key (``closed_loop_calls_per_s``)."""
+    label: str
+    """Table label."""
+    unit: str
+    """Unit shown in the table."""
+    better: str
+    """``higher`` or ``lower``: which way is good (for the reader; nothing asserts it)."""
+    values: dict[str, float | None]
+    """Arm name -> value (None: not measured)."""
+
+    def ratio(self, numerator: str = "sipfed", denominator: str = "kamailio") -> float | None:
+        a, b = self.values.get(numerator), self.values.get(denominator)
+        if a is None or b is None or b == 0:
+            return None
+        return a / b
+
+    def to_json(self) -> dict[str, Any]:
+        ratio = self.ratio()
+        return {"label": self.label, "unit": self.unit, "better": self.better,
+                **{arm: _round(v) for arm, v in self.values.items()},
+                "ratio_sipfed_kamailio": round(ratio, 3) if ratio is not None else None}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def pooled_percentile_ms(runs: list[Measurement], p: float) -> float | None:
+    """Nearest-rank percentile over the latencies of several runs together."""
+    latencies = sorted(lat for run in runs for lat in run.result.latencies_us)
+    if not latencies:
+        return None
+    return latencies[max(1, math.ceil(p / 100 * len(latencies))) - 1] / 1000
+
+
+def _phase(arm: Arm, phase: str) -> list[Measurement]:
+    return [run for run in arm.runs if run.phase == phase]
+
+
+def _failed(run: Measurement) -> int:
+    """Calls that did not succeed (failed, or never completed before the run's bound)."""
+    return max(0, run.result.calls - max(0, run.result.successful))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def closed_loop_rate(arm: Arm) -> float | None:
+    """Mean completed calls/s of the closed-loop runs."""
+    return _mean([run.result.calls_per_second for run in _phase(arm, "closed_loop")])
+
+
+def cpu_per_1k(runs: list[Measurement]) -> float | None:
+    """CPU seconds per 1,000 relayed transactions over ``runs``."""
+    transactions = sum(run.transactions for run in runs)
+    return 1000 * sum(run.cpu_seconds for run in runs) / transactions if transactions else None
+
+
+def figures(arms: list[Arm], *, fixed_rates: list[int], step_best: dict[str, int],
+            memory: dict[str, dict[str, float]], transactions_per_call: int = 1) -> list[Figure]:
+    """Every compared figure of one scenario, in table order (rates are SIPp calls/s)."""
+
+    def each(value: Any) -> dict[str, float | None]:
+        return {arm.name: value(arm) for arm in arms}
+
+    out = [
+        Figure("closed_loop_calls_per_s", "closed loop, 50 in flight", "calls/s", "higher", each(closed_loop_rate)),
+        Figure("closed_loop_p99_ms", "  p99 latency in the closed loop", "ms", "lower",
+               each(lambda a: pooled_percentile_ms(_phase(a, "closed_loop"), 99))),
+        Figure("closed_loop_failed", "  failed calls in the closed loop", "calls", "lower",
+               each(lambda a: float(sum(_failed(run) for run in _phase(a, "closed_loop"))))),
+    ]
+    for rate in fixed_rates:
+        runs = {arm.name: _phase(arm, f"fixed:{rate}") for arm in arms}
+        at = f"{rate}/s" if transactions_per_call == 1 else f"{rate}/s ({rate * transactions_per_call} tx/s)"
+        out += [
+            Figure(f"p50_ms_at_{rate}", f"p50 latency at {at}", "ms", "lower",
+                   {name: pooled_percentile_ms(r, 50) for name, r in runs.items()}),
+            Figure(f"p99_ms_at_{rate}", f"p99 latency at {at}", "ms", "lower",
+                   {name: pooled_percentile_ms(r, 99) for name, r in runs.items()}),
+            Figure(f"failed_at_{rate}", f"  failed calls at {at}", "calls", "lower",
+                   {name: float(sum(_failed(x) for x in r)) for name, r in runs.items()}),
+        ]
+    out += [
+        Figure("max_rate_p99_under_10ms", "step-up: max rate, 0 failed, p99<10ms", "calls/s", "higher",
+               {arm.name: float(step_best[arm.name]) if arm.name in step_best else None for arm in arms}),
+        Figure("cpu_s_per_1k_tx", "CPU per 1,000 transactions (closed loop)", "CPU s", "lower",
+               each(lambda a: cpu_per_1k(_phase(a, "closed_loop")))),
+    ]
+    if fixed_rates:
+        out.append(Figure(f"cpu_s_per_1k_tx_at_{fixed_rates[0]}",
+                          f"CPU per 1,000 transactions at {fixed_rates[0]}/s", "CPU s", "lower",
+                          each(lambda a: cpu_per_1k(_phase(a, f"fixed:{fixed_rates[0]}")))))
+    out += [
+        Figure("rss_start_mb", "RSS at start (sum over processes)", "MB", "lower",
+               {arm.name: memory[arm.name].get("rss_start_mb") for arm in arms}),
+        Figure("peak_rss_mb", "peak RSS, VmHWM (sum over processes)", "MB", "lower",
+               {arm.name: memory[arm.name].get("peak_rss_mb") for arm in arms}),
+        Figure("pss_end_mb", "PSS at end (shared pages split)", "MB", "lower",
+               {arm.name: memory[arm.name].get("pss_end_mb") for arm in arms}),
+    ]
+    return out
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100 or value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def table(results: dict[str, list[Figure]], notes: dict[str, list[str]] | None = None) -> str:
+    """A fixed-width table: scenario, figure, unit, sipfed, Kamailio, ratio sipfed/Kamailio; notes under the name."""
+    header = f"{'figure':<44} {'unit':<8} {'sipfed':>10} {'kamailio':>10} {'sipfed/kam':>11}"
+    lines: list[str] = []
+    notes = notes or {}
+    for scenario in [*results, *(name for name in notes if name not in results)]:
+        figs = results.get(scenario, [])
+        lines += ["", f"== {scenario}", *notes.get(scenario, [])]
+        if not figs:
+            continue
+        lines += [header, "-" * len(header)]
+        for fig in figs:
+            ratio = fig.ratio()
+            lines.append(f"{fig.label:<44} {fig.unit:<8} {_cell(fig.values.get('sipfed')):>10} "
+                         f"{_cell(fig.values.get('kamailio')):>10} "
+                         f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>11}")
+    return "\n".join(lines)
+
+
+def write_json(results_dir: Path, stamp: str, document: dict[str, Any]) -> Path:
+    """``results_dir/<stamp>.json`` and a copy as ``latest.json`` (written whole, then renamed)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    path = results_dir / f"{stamp}.json"
+    for target in (path, results_dir / "latest.json"):
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+    return path
+
+
+def noise_note(arms: list[Arm]) -> str:
+    """How many measured runs other jobs on the machine disturbed (> 1/4 core on average)."""
+    runs = [run for arm in arms for run in arm.runs if run.phase != "warmup"]
+    noisy = [run for run in runs if run.noisy()]
+    if not noisy:
+        return f"   ({len(runs)} runs, none disturbed by other jobs on the machine)"
+    worst = max(run.foreign_cpu_seconds / max(run.result.wall_seconds, 1.0) for run in noisy)
+    return (f"   ({len(noisy)} of {len(runs)} runs disturbed by other jobs on the machine, up to {worst:.0%} of a core;"
+            " see foreign_cpu_seconds in the JSON)")
