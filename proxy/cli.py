@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and print what it sets up")
     check.add_argument("--config", required=True, help="TOML config file")
     certs.add_arguments(commands.add_parser("certs", help="create a lab CA and leaf certificates"))
+    routes_cmd = commands.add_parser("routes", help="print each route's next hops in the order they would be tried")
+    routes_cmd.add_argument("--config", required=True, help="TOML config file")
+    routes_cmd.add_argument("--resolve", action="store_true", help="resolve DNS routes now (RFC 3263)")
     doctor = commands.add_parser("doctor", help="find why a federation would fail: certificates, names, routes")
     doctor.add_argument("--config", required=True, help="TOML config file")
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, for scripts")
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(describe(config))
         return 0
+    if args.command == "routes":
+        return print_routes(config, args.resolve)
     logs.setup(args.log_level or config.log_level, args.log_format)
     from proxy.server import run as run_server
 
@@ -101,3 +106,35 @@ def describe_trust(config: object) -> list[str]:
     verbs = {"admit": "admitted", "challenge": "challenged (407)", "refuse": "refused (403)"}
     lines.extend(f"listener {lst.name}: untrusted sources are {verbs[lst.untrusted]}" for lst in config.listeners)
     return lines
+
+
+def print_routes(config: object, resolve: bool) -> int:
+    """``sipfed routes``: for each route, the candidates in try order (up ones in RFC 2782 order)."""
+    import asyncio
+    import random
+    import time
+
+    from proxy.config import Config
+    from routes import Health, order
+    from routes.dns import ResolutionError
+    from routes.resolver import DnspythonSource, Resolver
+
+    assert isinstance(config, Config)
+    resolver = Resolver(DnspythonSource(timeout_seconds=config.connect_timeout_seconds))
+    status = 0
+    for route in config.routes:
+        print(f"route {route.name} ({route.match_uri}):")
+        if route.resolve and not resolve:
+            print(f"  resolves {route.resolve} by DNS (RFC 3263); add --resolve to look it up now")
+            continue
+        try:
+            found = (asyncio.run(resolver.candidates_for(route, time.monotonic())) if route.resolve
+                     else list(route.static_candidates))
+        except ResolutionError as exc:
+            print(f"  DNS: {exc}")
+            status = 1
+            continue
+        for i, candidate in enumerate(order(found, Health(), 0.0, random.Random()), 1):
+            print(f"  {i}. {candidate} (priority {candidate.priority}, weight {candidate.weight}, "
+                  f"certificate name {candidate.tls_name or '-'}, from {candidate.source})")
+    return status
