@@ -24,9 +24,10 @@ run: $(STAMP) $(LAB_CERTS)/ca.crt
 	$(PY) -m proxy run --config examples/lab.toml
 
 # SIPp (sip-tester), stunnel4 and Kamailio are the independent SIP peers of the integration tests.
-DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules
+DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules prometheus
 system-deps:
 	@command -v sipp >/dev/null && command -v stunnel4 >/dev/null && command -v kamailio >/dev/null \
+	    && command -v prometheus >/dev/null \
 	    && ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); }
 

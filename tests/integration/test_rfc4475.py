@@ -36,11 +36,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Sipfed, free_port
+from tests.integration.conftest import Sipfed, free_port
 
 pytestmark = pytest.mark.integration
 
-CORPUS = ROOT.parent / "shared" / "corpus" / "rfc4475"
+from tests.corpus import CORPUS, corpus_files
+
 TRANSPORTS = ("udp", "tcp", "tls")
 FQDN = "sipfed.tomt.local"
 #: mpart01's Route header names this next hop; the sink listens there too when the port is free.
@@ -605,8 +606,7 @@ def port_is_free(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def lab(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if not CORPUS.is_dir():
-        pytest.skip(f"RFC 4475 corpus not found at {CORPUS}")
+    corpus_files()  # fails, never skips, when the corpus is missing
     workdir = tmp_path_factory.mktemp("rfc4475")
     mpart_route = port_is_free(MPART_ROUTE_PORT)
     sink = Sink([free_port()] + ([MPART_ROUTE_PORT] if mpart_route else []))
@@ -819,9 +819,7 @@ def test_rfc4475(lab: Lab, name: str, transport: str) -> None:
 
 
 def test_every_corpus_file_has_an_expectation() -> None:
-    if not CORPUS.is_dir():
-        pytest.skip(f"RFC 4475 corpus not found at {CORPUS}")
-    assert sorted(p.stem for p in CORPUS.glob("*.dat")) == sorted(CASES_BY_FILE)
+    assert sorted(p.stem for p in corpus_files()) == sorted(CASES_BY_FILE)
 
 
 def test_no_internal_error_logged(lab: Lab) -> None:

@@ -35,8 +35,8 @@ from proxy.sip.message import Headers, Request, Response, parse_message
 from proxy.sip.parser import FramingError, Ping, StreamFramer
 from proxy.sip.uri import SipUri, parse_uri
 from routes import RouteTable, StaticRoute
+from tests.corpus import CORPUS
 
-CORPUS = Path("/work/shared/corpus/rfc4475")
 SEEDS = [path.read_bytes() for path in sorted(CORPUS.glob("*.dat"))]
 HARNESS = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_parser.py"
 

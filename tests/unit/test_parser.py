@@ -1,7 +1,6 @@
 """The sans-IO SIP grammar: whole-message parsing (RFC 3261 §7, RFC 4475 torture messages),
 stream framing (§18.3, RFC 5626 §4.4.1), URIs (§19.1) and header values (§20, §7.3.3)."""
 
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,7 @@ from proxy.sip.headers import canonical, parse_name_addr, parse_via, split_comma
 from proxy.sip.message import Request, Response, parse_message
 from proxy.sip.parser import FramingError, Ping, StreamFramer
 from proxy.sip.uri import UnsupportedScheme, parse_uri
-
-CORPUS = Path("/work/shared/corpus/rfc4475")
+from tests.corpus import CORPUS
 
 #: RFC 4475 §3.1.1: valid messages an element must parse.
 VALID = [

@@ -1,6 +1,5 @@
 """The transaction-stateful proxy core (RFC 3261 §16, §17) driven with bytes and hand-made time."""
 
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,7 @@ CISCO_IN = Flow("tls", "cisco", ("127.0.0.2", 40002), 3, CertIdentity(dns_names=
 UDP_IN = Flow("udp", "udp", ("127.0.0.5", 5060), 0)
 UDP_OUT = Flow("udp", "udp", ("127.0.0.9", 5060), 0)
 TO_CUPS = NextHop("tls", "127.0.0.2", 5062, "cups.tomt.local", "cisco", "cisco")
-CORPUS = Path("/work/shared/corpus/rfc4475")
+from tests.corpus import CORPUS  # noqa: E402
 
 
 def make_proxy(*extra_routes: StaticRoute) -> Proxy:
