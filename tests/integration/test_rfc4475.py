@@ -36,11 +36,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.corpus import CORPUS, corpus_files
 from tests.integration.conftest import Sipfed, free_port
 
 pytestmark = pytest.mark.integration
-
-from tests.corpus import CORPUS, corpus_files
 
 TRANSPORTS = ("udp", "tcp", "tls")
 FQDN = "sipfed.tomt.local"
