@@ -16,12 +16,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import re
 import secrets
-from dataclasses import dataclass, field
 
-from acl.digest import authorization
 from acl.peers import Trust
+from proxy.relay.challenges import CSeqShifts, challenge_realm, retried_request
 from proxy.relay.forwarding import (
     BRANCH_PREFIX,
     RelayPolicy,
@@ -34,9 +32,11 @@ from proxy.relay.forwarding import (
     process_routes,
     validate,
 )
-from proxy.relay.limits import Limits, TokenBuckets
-from proxy.relay.observe import Observer, event_label, method_label
+from proxy.relay.limits import TokenBuckets
+from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
+from proxy.relay.state import ClientTx, RelaySettings, ServerTx
+from proxy.relay.subscriptions import SubscriptionBook
 from proxy.relay.trust import admit
 from proxy.relay.types import Flow, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.errors import SipError
@@ -52,68 +52,13 @@ from proxy.sip.transaction import (
     TIMER_J,
     TIMER_L,
     ServerKey,
-    Timer,
     TimerQueue,
-    TimerSet,
     server_key,
 )
 
 log = logging.getLogger("sipfed.relay")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, UPDATE"
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    """The timing and size knobs of the core (from the config)."""
-
-    transaction_timeout_seconds: float = 16.0
-    """Non-INVITE: answer 408 when the next hop has not answered by then."""
-    invite_timeout_seconds: float = 180.0
-    """Timer C (§16.6 step 11)."""
-    limits: Limits = field(default_factory=Limits)
-    """Overload protection."""
-    max_headers: int = 256
-    """Header fields per message, at most (400 beyond)."""
-    max_header_line_bytes: int = 8192
-    """Length of one header field line, at most (400 beyond)."""
-
-
-@dataclass(slots=True, eq=False)
-class ServerTx:
-    """A server transaction: the request as it came in and what we answered."""
-
-    key: ServerKey
-    request: Request
-    flow: Flow
-    invite: bool
-    started: float = 0.0
-    last_response: bytes | None = None
-    final_status: int = 0
-    client: ClientTx | None = None
-    timers: TimerSet = field(default_factory=TimerSet)
-
-
-@dataclass(slots=True, eq=False)
-class ClientTx:
-    """A client transaction: the request as forwarded to one next hop."""
-
-    id: int
-    branch: str
-    method: str
-    hop: NextHop
-    data: bytes
-    request: Request
-    server: ServerTx | None
-    provisional: bool = False
-    final_status: int = 0
-    cancel_pending: bool = False
-    interval: float = T1
-    original_cseq: str | None = None
-    """The sender's CSeq when sipfed renumbered the request (after answering a challenge)."""
-    challenged: bool = False
-    """This is already sipfed's retry with credentials: a second challenge goes no further."""
-    timers: TimerSet = field(default_factory=TimerSet)
 
 
 class Proxy:
@@ -125,11 +70,9 @@ class Proxy:
         self.settings = settings or RelaySettings()
         self.trust = trust or Trust()
         self.observer = observer or Observer()
-        #: Subscription dialogs seen through sipfed: (Call-ID, subscriber tag) -> (event, expiry timer).
-        self.subscriptions: dict[tuple[str, str], tuple[str, Timer]] = {}
-        #: (Call-ID, From tag) -> how far sipfed moved that sender's CSeq by answering challenges for it.
-        self._cseq_offsets: dict[tuple[str, str], int] = {}
+        self.cseq_shifts = CSeqShifts()
         self.timers = TimerQueue()
+        self.subscriptions = SubscriptionBook(self.timers, self.observer)
         self.server_txs: dict[ServerKey, ServerTx] = {}
         self.client_txs: dict[tuple[str, str], ClientTx] = {}
         self._by_id: dict[int, ClientTx] = {}
@@ -276,7 +219,7 @@ class Proxy:
         branch = f"{BRANCH_PREFIX}{hashed}.{cid:x}"
         inbound = self.policy.identities[stx.flow.listener]
         forwarded = prepare_forward(stx.request, hop, self.policy, inbound, branch)
-        original_cseq = self._renumber(forwarded)
+        original_cseq = self.cseq_shifts.renumber(forwarded)
         data = forwarded.to_bytes()
         ctx = ClientTx(cid, branch, stx.request.method, hop, data, forwarded, stx, original_cseq=original_cseq)
         self.observer.request_relayed(method_label(ctx.method), stx.flow.peer or "none", hop.route or "dialog")
@@ -324,7 +267,7 @@ class Proxy:
         incoming = (request.top_via.branch or "").encode()
         branch = f"{BRANCH_PREFIX}{hashlib.blake2s(incoming, digest_size=6).hexdigest()}.a"
         forwarded = prepare_forward(request, hop, self.policy, self.policy.identities[flow.listener], branch)
-        self._renumber(forwarded)
+        self.cseq_shifts.renumber(forwarded)
         self._outputs.append(SendToHop(hop, forwarded.to_bytes(), 0))
 
     def _on_cancel(self, cancel: ServerTx, now: float) -> None:
@@ -436,7 +379,7 @@ class Proxy:
             return False
         header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
         challenge = response.headers.get(header) or ""
-        realm = _realm(challenge)
+        realm = challenge_realm(challenge)
         credential = self.trust.credential_for(ctx.hop.route, realm)
         if credential is None or ctx.challenged or not challenge:
             why = "sipfed's own credentials were refused" if ctx.challenged else (
@@ -455,36 +398,16 @@ class Proxy:
 
     def _retry_with_credentials(self, ctx: ClientTx, stx: ServerTx, status: int, challenge: str, username: str,
                                 password: str, now: float) -> None:
-        retry = ctx.request.copy()
-        number, method = retry.cseq
-        key = (retry.call_id, retry.from_.param("tag") or "")
-        self._cseq_offsets[key] = self._cseq_offsets.get(key, 0) + 1
-        retry.headers.set("CSeq", f"{number + 1} {method}")
-        name = "Authorization" if status == 401 else "Proxy-Authorization"
-        retry.headers.append(name, authorization(challenge, method, retry.uri, username, password,
-                                                 secrets.token_hex(8)))
         cid = next(self._ids)
         branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
-        top = retry.headers.get("via") or ""
-        retry.headers.set("Via", top.replace(f"branch={ctx.branch}", f"branch={branch}"))
+        retry = retried_request(ctx.request, ctx.branch, branch, status, challenge, username, password)
+        self.cseq_shifts.shift(retry.call_id, retry.from_.param("tag") or "")
         original = ctx.original_cseq or stx.request.headers.get("cseq")
-        retry_ctx = ClientTx(cid, branch, method, ctx.hop, retry.to_bytes(), retry, stx,
+        retry_ctx = ClientTx(cid, branch, retry.method, ctx.hop, retry.to_bytes(), retry, stx,
                              original_cseq=original, challenged=True)
-        log.info("%s: answered the %d of %s as %s", method, status, ctx.hop, username,
+        log.info("%s: answered the %d of %s as %s", retry.method, status, ctx.hop, username,
                  extra=_extra(retry.call_id, stx.flow, ctx.hop.route))
         self._start_client(retry_ctx, now)
-
-    def _renumber(self, request: Request) -> str | None:
-        """Shift the CSeq of a dialog sipfed renumbered; return the sender's value if changed."""
-        if not self._cseq_offsets:
-            return None
-        offset = self._cseq_offsets.get((request.call_id, request.from_.param("tag") or ""))
-        if not offset:
-            return None
-        original = request.headers.get("cseq")
-        number, method = request.cseq
-        request.headers.set("CSeq", f"{number + offset} {method}")
-        return original
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -545,7 +468,7 @@ class Proxy:
         if response.status >= 200 and not stx.final_status:
             self.observer.final_response(method_label(stx.request.method), response.status, now - stx.started)
             if 200 <= response.status < 300 and stx.request.method in ("SUBSCRIBE", "NOTIFY"):
-                self._track_subscription(stx.request, response, now)
+                self.subscriptions.track(stx.request, response, now)
             self._server_final(stx, response.status, now)
 
     def _refuse(self, stx: ServerTx, exc: SipError, now: float) -> None:
@@ -556,37 +479,6 @@ class Proxy:
         if exc.status == 404 and "no route" in exc.reason:
             self.observer.route_miss()
         self._respond(stx, exc.status, exc.reason, now, exc.headers)
-
-    def _track_subscription(self, request: Request, response: Response, now: float) -> None:
-        """RFC 6665 §4.1.2: a 2xx to SUBSCRIBE starts or refreshes a subscription (Expires 0 ends it);
-        a NOTIFY whose Subscription-State is terminated ends it (§4.1.3)."""
-        if request.method == "SUBSCRIBE":
-            key = (request.call_id, request.from_.param("tag") or "")
-            expires_text = response.headers.get("expires") or request.headers.get("expires") or "600"
-            expires_text = expires_text.strip()
-            expires = int(expires_text) if expires_text.isascii() and expires_text.isdigit() else 600
-        else:
-            key = (request.call_id, request.to.param("tag") or "")
-            state = (request.headers.get("subscription-state") or "").lower()
-            if not state.startswith("terminated") or key not in self.subscriptions:
-                return
-            expires = 0
-        event = event_label(request.headers.get("event"))
-        known = self.subscriptions.pop(key, None)
-        if known is not None:
-            known[1].cancel()
-        if expires == 0:
-            if known is not None:
-                self.observer.subscription(known[0], "terminated")
-            return
-        self.observer.subscription(event, "refreshed" if known else "created")
-        timer = self.timers.schedule(now + expires + 32, lambda t: self._expire_subscription(key))
-        self.subscriptions[key] = (event, timer)
-
-    def _expire_subscription(self, key: tuple[str, str]) -> None:
-        known = self.subscriptions.pop(key, None)
-        if known is not None:
-            self.observer.subscription(known[0], "terminated")
 
     def _server_final(self, stx: ServerTx, status: int, now: float) -> None:
         """How long a server transaction outlives its final response (§17.2, RFC 6026)."""
@@ -675,11 +567,6 @@ def _extra(call_id: str, flow: Flow | None, route: str | None = None) -> dict[st
     if route:
         out["route"] = route
     return out
-
-
-def _realm(challenge: str) -> str:
-    match = re.search(r'realm\s*=\s*"([^"]*)"', challenge)
-    return match.group(1) if match else ""
 
 
 def _hop_request(ctx: ClientTx, method: str, to: str) -> Request:
