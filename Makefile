@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LAB_CERTS := examples/certs
 
-.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench
+.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench lab
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,12 +23,12 @@ certs: $(LAB_CERTS)/ca.crt
 run: $(STAMP) $(LAB_CERTS)/ca.crt
 	$(PY) -m proxy run --config examples/lab.toml
 
-# SIPp (sip-tester), stunnel4 and Kamailio are the independent SIP peers of the integration tests.
-DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules prometheus
+# SIPp (sip-tester), stunnel4, Kamailio, baresip and Prometheus are the independent peers of the tests and the lab.
+DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules baresip-core prometheus
 system-deps:
 	@command -v sipp >/dev/null && command -v stunnel4 >/dev/null && command -v kamailio >/dev/null \
-	    && command -v prometheus >/dev/null \
-	    && ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || { \
+	    && command -v prometheus >/dev/null && command -v baresip >/dev/null \
+	    && ls /usr/lib/*/kamailio/modules/tls.so /usr/lib/*/kamailio/modules/presence.so >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); }
 
 test: $(STAMP) system-deps
@@ -43,6 +43,10 @@ integration: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The two-domain lab (Kamailio on both sides, baresip users); Ctrl-C stops it. LAB_ARGS=--once exits after the scenarios.
+lab: $(STAMP) system-deps
+	$(PY) examples/lab/run.py --python $(PY) $(LAB_ARGS)
 
 # sipfed against Kamailio on the same SIPp load, A B A B, printing ratios (bench/README.md); ~10 minutes.
 bench: $(STAMP) system-deps

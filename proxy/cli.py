@@ -53,9 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "routes":
         return print_routes(config, args.resolve)
     logs.setup(args.log_level or config.log_level, args.log_format)
+    from proxy.server import StartupError
     from proxy.server import run as run_server
 
-    return run_server(config, trace=Path(args.trace) if args.trace else None)
+    try:
+        return run_server(config, trace=Path(args.trace) if args.trace else None)
+    except StartupError as exc:
+        print(f"sipfed: {exc}", file=sys.stderr)
+        return 2
 
 
 def describe(config: object) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.metrics import Metrics
 from proxy.net.driver import DatagramEndpoint, Driver
 from proxy.net.tls import client_context, server_context
@@ -27,6 +27,10 @@ from routes import RouteTable
 from routes.resolver import DnspythonSource, Resolver
 
 log = logging.getLogger("sipfed")
+
+
+class StartupError(Exception):
+    """sipfed cannot start (a port in use, ...): one line for the admin, exit status 2."""
 
 
 class Server:
@@ -46,26 +50,37 @@ class Server:
     async def bind(self) -> str:
         """Bind every listener; return the readiness line."""
         for listener in self.config.listeners:
-            if listener.transport == "udp":
-                endpoint = DatagramEndpoint(self.driver, listener.name)
-                transport, _ = await self.loop.create_datagram_endpoint(
-                    functools.partial(_same, endpoint), local_addr=(listener.address, listener.port))
-                self.driver.udp[listener.name] = endpoint
-                self.ports[listener.name] = transport.get_extra_info("sockname")[1]
-            else:
-                # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
-                server = await self.loop.create_server(self.driver.stream_factory(listener.transport, listener.name),
-                                                       listener.address, listener.port, reuse_address=True)
-                self.servers.append(server)
-                self.ports[listener.name] = server.sockets[0].getsockname()[1]
+            try:
+                await self._bind_listener(listener)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {listener.address}:{listener.port} ({listener.transport}) "
+                                   f"for listener {listener.name!r}: {exc.strerror or exc}") from None
         self.apply(self.config)
         line = " ".join(f"{lst.name}={lst.transport}:{lst.address}:{self.ports[lst.name]}"
                         for lst in self.config.listeners)
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
-            http, _ = start_http_server(port, host, registry=self.metrics.registry)
+            try:
+                http, _ = start_http_server(port, host, registry=self.metrics.registry)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {host}:{port} ([metrics] listen): "
+                                   f"{exc.strerror or exc}") from None
             line += f" metrics=http:{host}:{http.server_port}"
         return f"sipfed ready {line}"
+
+    async def _bind_listener(self, listener: ListenerConfig) -> None:
+        if listener.transport == "udp":
+            endpoint = DatagramEndpoint(self.driver, listener.name)
+            transport, _ = await self.loop.create_datagram_endpoint(
+                functools.partial(_same, endpoint), local_addr=(listener.address, listener.port))
+            self.driver.udp[listener.name] = endpoint
+            self.ports[listener.name] = transport.get_extra_info("sockname")[1]
+        else:
+            # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
+            server = await self.loop.create_server(self.driver.stream_factory(listener.transport, listener.name),
+                                                   listener.address, listener.port, reuse_address=True)
+            self.servers.append(server)
+            self.ports[listener.name] = server.sockets[0].getsockname()[1]
 
     def apply(self, config: Config) -> None:
         """Put a (new) config's routes, trust, timers and certificates into effect."""

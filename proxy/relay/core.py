@@ -58,6 +58,10 @@ from proxy.sip.transaction import (
 
 log = logging.getLogger("sipfed.relay")
 
+#: Requests relayed without a transaction because nobody answers them: ACK for a 2xx (RFC 3261 §13.2.2.4)
+#: and Lync's BENOTIFY, "a NOTIFY that does not expect a response" ([MS-SIP] §3.5).
+STATELESS_METHODS = frozenset({"ACK", "BENOTIFY"})
+
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, UPDATE"
 
 
@@ -154,7 +158,7 @@ class Proxy:
     def _on_request(self, request: Request, flow: Flow, now: float) -> None:
         self._maybe_alias(request, flow)
         mark_received(request, flow)
-        if request.method == "ACK":
+        if request.method in STATELESS_METHODS:
             self._on_ack(request, flow, now)
             return
         key = server_key(request)
@@ -247,7 +251,8 @@ class Proxy:
             self._respond(stx, 404, "Not Found (request addressed to the proxy itself)", now)
 
     def _on_ack(self, request: Request, flow: Flow, now: float) -> None:
-        stx = self.server_txs.get(server_key(request))
+        """ACK (and BENOTIFY): absorbed by our INVITE server transaction, or relayed statelessly (§16.11)."""
+        stx = self.server_txs.get(server_key(request)) if request.method == "ACK" else None
         if stx is not None and stx.final_status >= 300:
             # §17.2.1: the ACK for our non-2xx final ends the INVITE server transaction.
             stx.timers.cancel_all()
@@ -260,7 +265,7 @@ class Proxy:
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped)
         except SipError as exc:
-            log.info("ACK dropped: %s", exc.reason, extra=_extra(request.call_id, flow))
+            log.info("%s dropped: %s", request.method, exc.reason, extra=_extra(request.call_id, flow))
             return
         if hop is None:
             return

@@ -475,3 +475,16 @@ def test_alias_registered_only_for_a_sent_by_the_certificate_names() -> None:
     assert [o for o in outputs if isinstance(o, RegisterAlias)] == [RegisterAlias(LYNC_IN, "lync01.tomt.it", 5061)]
     outputs = send(px, request(via="SIP/2.0/TLS evil.example:5061", branch="z9hG4bKa2;alias"))
     assert [o for o in outputs if isinstance(o, RegisterAlias)] == []
+
+
+def test_benotify_is_relayed_statelessly_and_never_answered() -> None:
+    """[MS-SIP] §3.5: BENOTIFY gets no response, so sipfed keeps no transaction that could time out."""
+    proxy = make_proxy()
+    proxy.receive(LYNC_IN, request("BENOTIFY", headers=("Event: vnd-microsoft-roaming-contacts",)), 0.0)
+    out = proxy.take_outputs()
+    assert [type(o) for o in out] == [SendToHop]
+    assert out[0].token == 0  # type: ignore[union-attr]
+    assert b"BENOTIFY sip:alice@tomt.local SIP/2.0" in out[0].data  # type: ignore[union-attr]
+    assert proxy.pending() == 0
+    proxy.handle_timer(100.0)
+    assert proxy.take_outputs() == []
