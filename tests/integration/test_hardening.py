@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -162,3 +163,61 @@ transport = "tcp"
     assert received == refused + relayed + 20
     assert sipfed.proc.poll() is None
     assert after - before < 50_000, (before, after)  # KiB: bounded under the flood
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")  # the attacker's
+def test_old_tls_refused_and_certificates_reread_on_reload(tmp_path: Path, certs: Path,
+                                                           start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """A TLS 1.1 client never gets in (tls.min_version 1.2); after the certificate files are replaced
+    and SIGHUP is sent, new connections see the new certificate while the old connection keeps working."""
+    import shutil
+    import signal
+
+    from proxy.certs import issue_leaf
+
+    pki = tmp_path / "pki"
+    shutil.copytree(certs, pki)
+
+    async def main() -> Sipfed:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await cups.start()
+        await lync.start()
+        config = lab_config(tmp_path / "r.toml", pki, cups_port=cups.port, lync_port=lync.port)
+        sipfed = start_sipfed(config)
+        port = sipfed.ports["lync"]
+
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(str(pki / "ca.crt"))
+        old.load_cert_chain(str(pki / "lync01.tomt.it.pem"), str(pki / "lync01.tomt.it.key"))
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=old,
+                                                           server_hostname="sipfed.tomt.it"), 5)
+
+        def serial_seen() -> int:
+            context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            context.load_cert_chain(str(pki / "lync01.tomt.it.pem"), str(pki / "lync01.tomt.it.key"))
+            with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+                    context.wrap_socket(raw, server_hostname="sipfed.tomt.it") as tls:
+                der = tls.getpeercert(binary_form=True)
+            from cryptography import x509
+            return x509.load_der_x509_certificate(der).serial_number
+
+        before = await asyncio.to_thread(serial_seen)
+        conn = await lync.connect("127.0.0.1", port, "sipfed.tomt.it")
+        issue_leaf(pki, ["sipfed.tomt.local", "sipfed.tomt.it"], key_type="ec", ip_addresses=["127.0.0.1"])
+        sipfed.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        after = await asyncio.to_thread(serial_seen)
+        assert after != before
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+        answer, _ = await lync.next()
+        assert answer.status == 200  # the connection made before the reload still works
+        return sipfed
+
+    sipfed = asyncio.run(asyncio.wait_for(main(), 30))
+    text = scrape(sipfed.ports["metrics"])
+    assert sample(text, "sipfed_tls_handshakes_total", listener="lync", outcome="failure", reason="protocol") == 1
+    assert sample(text, "sipfed_config_reloads_total", outcome="applied") == 1
