@@ -8,9 +8,10 @@ from acl.peers import Credential, Trust, TrustedPeer
 from acl.subjects import CertIdentity, parse_subject
 from proxy.relay.core import Proxy, RelaySettings
 from proxy.relay.forwarding import RelayPolicy
-from proxy.relay.types import Flow, Identity, Output, SendOnFlow, SendToHop
+from proxy.relay.types import Flow, Identity, Output
 from proxy.sip.message import Request, Response, parse_message
 from routes import RouteTable, StaticRoute
+from tests.unit.test_relay import forwarded, hops, replies
 
 REALM = "sipfed.tomt.it"
 HOP_REALM = "cups.tomt.local"
@@ -91,28 +92,6 @@ def answer(sent: bytes, status: int, reason: str, *, headers: tuple[str, ...] = 
 def send(px: Proxy, data: bytes, flow: Flow = LYNC_IN, now: float = 0.0) -> list[Output]:
     px.receive(flow, data, now)
     return px.take_outputs()
-
-
-def hops(outputs: list[Output]) -> list[SendToHop]:
-    return [o for o in outputs if isinstance(o, SendToHop)]
-
-
-def replies(outputs: list[Output], flow: Flow) -> list[Response]:
-    out = []
-    for o in outputs:
-        if isinstance(o, SendOnFlow) and o.flow == flow:
-            message = parse_message(o.data)
-            assert isinstance(message, Response)
-            out.append(message)
-    return out
-
-
-def forwarded(outputs: list[Output]) -> tuple[SendToHop, Request]:
-    sends = hops(outputs)
-    assert len(sends) == 1, outputs
-    message = parse_message(sends[0].data)
-    assert isinstance(message, Request)
-    return sends[0], message
 
 
 def only_reply(outputs: list[Output], flow: Flow = LYNC_IN) -> Response:
