@@ -298,10 +298,12 @@ class Driver:
                     if isinstance(output, SendToHop) and output.token:
                         self.proxy.hop_failed(output.token, "internal error sending", self.loop.time())
         deadline = self.proxy.get_timer()
-        if deadline != self._timer_at:
+        # Re-arm only for an earlier deadline: a later one is found when the armed timer fires
+        # (handle_timer runs only what is due), so steady traffic does not churn loop timers.
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._on_timer) if deadline is not None else None
+            self._timer = self.loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
 
     def _send_on_flow(self, flow: Flow, data: bytes) -> None:
