@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["sipfed.tomt.local,sipfed.tomt.it", "cups.tomt.local", "lync01.tomt.it", "wrong.example"]
@@ -81,14 +82,7 @@ class Sipfed:
         return "\n".join(self.log)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 @pytest.fixture

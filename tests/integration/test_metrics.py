@@ -7,7 +7,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from proxy.certs import issue_leaf
 from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.integration.processes import stop_process
 from tests.integration.test_sipp import SippUas, config, errors, run_uac
 from tests.peers.sippeer import Peer
 
@@ -86,13 +86,7 @@ scrape_configs:
         return value
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def test_prometheus_scrapes_the_relay(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
