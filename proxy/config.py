@@ -6,6 +6,7 @@ A bad file never half-starts the proxy: ``load_config`` either returns a whole
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,11 +22,14 @@ TRANSPORTS = ("tls", "tcp", "udp")
 PROXY_KEYS = {
     "fqdn", "federation_fqdn", "tolerated_option_tags", "transaction_timeout_seconds",
     "invite_timeout_seconds", "connect_timeout_seconds", "max_message_bytes", "log_level",
+    "keepalive_seconds", "keepalive_timeout_seconds",
 }
+DNS_KEYS = {"nameservers", "port", "timeout_seconds"}
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
-TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits"}
+TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits",
+            "dns"}
 #: [limits] keys: (default, lowest, highest); rates of 0 switch that limit off.
 LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
     "max_headers": (256, 16, 4096),
@@ -132,6 +136,16 @@ class Config:
     """Largest message accepted; larger gets 513 (RFC 3261 §21.5.14)."""
     log_level: str = "info"
     """Python logging level name."""
+    keepalive_seconds: float = 90.0
+    """RFC 5626 §4.4.1: a CRLFCRLF ping on a connection sipfed opened that was idle this long; 0: off."""
+    keepalive_timeout_seconds: float = 10.0
+    """A peer that answered pings before and leaves one unanswered this long has a dead connection."""
+    dns_nameservers: tuple[str, ...] | None = None
+    """``[dns] nameservers``: the servers RFC 3263 lookups ask; None: the system's (/etc/resolv.conf)."""
+    dns_port: int = 53
+    """``[dns] port``."""
+    dns_timeout_seconds: float = 2.0
+    """``[dns] timeout_seconds``: one lookup (all its retries) may take this long."""
     limits: dict[str, float] = field(default_factory=lambda: {k: v[0] for k, v in LIMIT_KEYS.items()})
     """``[limits]``: sizes, slow-sender timeouts, rate limits, the in-flight cap (see LIMIT_KEYS)."""
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9561)
@@ -180,6 +194,7 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     warnings: list[str] = []
     metrics_listen = _metrics(raw.get("metrics"), problems)
     limits = _limits(raw.get("limits"), problems)
+    settings.update(_dns(raw.get("dns"), problems))
     trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
     listeners = _untrusted_policies(raw.get("listeners"), listeners, trust, problems, warnings)
     if problems:
@@ -331,11 +346,59 @@ def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
         problems.append("proxy.tolerated_option_tags: must be a list of option tags, e.g. ['ms-benotify']")
         tags = []
     out["tolerated_option_tags"] = frozenset(t.lower() for t in tags)
+    for key, default, low, high in (("keepalive_seconds", 90.0, 1.0, 3600.0),
+                                    ("keepalive_timeout_seconds", 10.0, 0.5, 60.0)):
+        value = proxy.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not (
+                low <= value <= high or (key == "keepalive_seconds" and value == 0)):
+            off = " (0: off)" if key == "keepalive_seconds" else ""
+            problems.append(f"proxy.{key}: {value!r} must be a number of seconds from {low:g} to {high:g}{off}")
+            value = default
+        out[key] = float(value)
     level = str(proxy.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         problems.append(f"proxy.log_level: {level!r} must be debug, info, warning or error")
     out["log_level"] = level
     return out
+
+
+def _dns(raw: object, problems: list[str]) -> dict[str, Any]:
+    """``[dns]``: which name servers RFC 3263 lookups ask (default: the system's), on which port."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append("dns: must be a table ([dns])")
+        return {}
+    _unknown(raw, DNS_KEYS, "dns", problems)
+    out: dict[str, Any] = {}
+    servers = raw.get("nameservers")
+    if servers is not None:
+        if not isinstance(servers, list) or not servers or not all(isinstance(s, str) for s in servers):
+            problems.append("dns.nameservers: must be a non-empty list of IP addresses, e.g. ['127.0.0.53']")
+        else:
+            bad = [s for s in servers if not _is_ip(s)]
+            if bad:
+                problems.append(f"dns.nameservers: {', '.join(map(repr, bad))} is not an IP address")
+            out["dns_nameservers"] = tuple(servers)
+    port = raw.get("port", 53)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        problems.append(f"dns.port: {port!r} must be a whole number 1-65535")
+    else:
+        out["dns_port"] = port
+    timeout = raw.get("timeout_seconds", 2.0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0.1 <= timeout <= 30:
+        problems.append(f"dns.timeout_seconds: {timeout!r} must be a number of seconds from 0.1 to 30")
+    else:
+        out["dns_timeout_seconds"] = float(timeout)
+    return out
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _rewrites(raw: object, problems: list[str]) -> list[MaddrRewrite]:

@@ -82,7 +82,8 @@ def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: date
         width: int | None = None) -> int:
     """`sipfed doctor`: print the findings; 0 without error findings, 1 with, 2 when the config fails to load.
 
-    With ``live``, each static route is also probed over the network (``proxy.doctor_live``).
+    With ``live``, each static route is also probed over the network (``proxy.doctor_live``), and the
+    running sipfed's view of every destination is read from its metrics (``proxy.doctor_state``).
     """
     try:
         config = load_config(config_path)
@@ -92,9 +93,11 @@ def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: date
     moment = now or datetime.now(UTC)
     findings = diagnose(config, moment)
     if live:
-        from proxy.doctor_live import diagnose_live  # it imports this module's checks
+        from proxy.doctor_live import diagnose_live  # they import this module's checks
+        from proxy.doctor_state import running_state
 
-        findings = sorted(findings + diagnose_live(config, moment), key=lambda f: SEVERITY_ORDER[f.severity])
+        findings = sorted(findings + diagnose_live(config, moment) + running_state(config),
+                          key=lambda f: SEVERITY_ORDER[f.severity])
     print(render_json(findings) if as_json else render_table(findings, width=width))
     return 1 if any(f.severity == "error" for f in findings) else 0
 

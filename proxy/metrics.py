@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.net.health import DestinationState
 from proxy.relay.observe import Observer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -58,6 +62,10 @@ class Metrics(Observer):
         self.slow_senders = c("slow_senders_total", "Connections closed for an incomplete message or handshake",
                               ["listener", "stage"])
         self.config_reloads = c("config_reloads_total", "Config reloads", ["outcome"])
+        self.health_checks = c("health_checks_total", "OPTIONS health checks of route destinations",
+                               ["route", "result"])
+        self.keepalives = c("keepalives_total", "RFC 5626 CRLF keep-alives on connections sipfed opened",
+                            ["result"])
         Info("sipfed_build", "Version information", registry=registry).info(
             {"version": __version__, "python": platform.python_version()})
         Gauge("sipfed_start_time_seconds", "When sipfed started (Unix time)", registry=registry).set(time.time())
@@ -117,5 +125,33 @@ class Metrics(Observer):
     def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
         self._child(self.tls, listener, direction, outcome, reason).inc()
 
+    def health_check(self, route: str, result: str) -> None:
+        self._child(self.health_checks, route, result).inc()
+
+    def keepalive(self, result: str) -> None:
+        self._child(self.keepalives, result).inc()
+
+    def watch_destinations(self, states: Callable[[], Iterable[DestinationState]]) -> None:
+        """``sipfed_destination_up{route, destination}``, read from the running state at each scrape."""
+        self.registry.register(_DestinationCollector(states))
+
     def connection(self, listener: str, peer: str, delta: int) -> None:
         self._child(self.connections, listener, peer).inc(delta)
+
+
+class _DestinationCollector(Collector):
+    """1 for a destination requests may go to first, 0 for one marked down (by failed requests or checks)."""
+
+    def __init__(self, states: Callable[[], Iterable[DestinationState]]) -> None:
+        self.states = states
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("sipfed_destination_up", "Route destinations: 1 up, 0 marked down",
+                                labels=["route", "destination"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("sipfed_destination_up", "Route destinations: 1 up, 0 marked down",
+                                   labels=["route", "destination"])
+        for state in self.states():
+            family.add_metric([state.route, state.destination], 1.0 if state.up else 0.0)
+        yield family

@@ -45,6 +45,8 @@ class Server:
                              max_message_bytes=config.max_message_bytes, trust=config.trust, observer=self.metrics)
         self.driver.trace = Trace(trace) if trace is not None else None
         self.servers: list[asyncio.Server] = []
+        self._dns_settings: tuple[object, ...] = ()
+        self.metrics.watch_destinations(self.driver.liveness.states_threadsafe)
         self.ports: dict[str, int] = {}
 
     async def bind(self) -> str:
@@ -102,8 +104,15 @@ class Server:
             proxy.configure(settings)
         self.driver.trust = config.trust
         self.driver.routes = {route.name: route for route in config.routes}
-        if self.driver.resolver is None and any(route.resolve for route in config.routes):
-            self.driver.resolver = Resolver(DnspythonSource(timeout_seconds=config.connect_timeout_seconds))
+        dns_settings = (config.dns_nameservers, config.dns_port, config.dns_timeout_seconds)
+        if any(route.resolve for route in config.routes) and (
+                self.driver.resolver is None or dns_settings != self._dns_settings):
+            self.driver.resolver = Resolver(DnspythonSource(
+                config.dns_nameservers, config.dns_port, timeout_seconds=min(2.0, config.dns_timeout_seconds),
+                lifetime_seconds=config.dns_timeout_seconds))
+            self._dns_settings = dns_settings
+        self.driver.liveness.configure(list(config.routes), config.keepalive_seconds,
+                                       config.keepalive_timeout_seconds)
         self.driver.connect_timeout = config.connect_timeout_seconds
         self.driver.handshake_timeout = config.limits["tls_handshake_timeout_seconds"]
         self.driver.incomplete_timeout = config.limits["incomplete_message_timeout_seconds"]

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from routes.candidates import Candidate
+from routes.probe import HealthCheck
 from routes.table import (
     DEFAULT_PORTS,
     DEFAULT_SRV_SERVICES,
@@ -30,8 +31,10 @@ from routes.table import (
 
 WHERE_KEYS = ("destination", "destinations", "resolve")
 DNS_KEYS = ("transports", "srv_services", "naptr", "tls_name_from")
-ROUTE_KEYS = {"name", "match_uri", "port", "transport", "tls_name", "listener", "down_seconds",
+ROUTE_KEYS = {"name", "match_uri", "port", "transport", "tls_name", "listener", "down_seconds", "health",
               *WHERE_KEYS, *DNS_KEYS}
+HEALTH_KEYS = {"interval_seconds": (0.5, 3600.0), "timeout_seconds": (0.1, 60.0)}
+HEALTH_COUNTS = ("failures_to_down", "successes_to_up")
 DESTINATION_KEYS = {"host", "port", "transport", "priority", "weight", "tls_name"}
 MAX_DOWN_SECONDS = 86400
 EXTRA_SRV_SERVICES = {"tcp": "_sip._tcp", "udp": "_sip._udp"}
@@ -83,10 +86,43 @@ def _parse_route(entry: Mapping[str, Any], path: str, problems: list[str]) -> St
     listener = entry.get("listener")
     if listener is not None and not isinstance(listener, str):
         problems.append(f"{path}.listener: must be a listener name (a string)")
+    health = _parse_health(entry.get("health"), f"{path}.health", problems)
     if len(problems) > before:
         return None
     name = _text(entry, "name", path, problems, default=match_uri)
-    return StaticRoute(name, match_uri, listener=listener, down_seconds=float(down_seconds), **target)
+    return StaticRoute(name, match_uri, listener=listener, down_seconds=float(down_seconds), health=health, **target)
+
+
+def _parse_health(raw: object, path: str, problems: list[str]) -> HealthCheck | None:
+    """``health = true`` (the defaults), ``false``/absent (no checks), or a table of the four settings."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return HealthCheck()
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: must be true, false or a table {{interval_seconds = …, timeout_seconds = …, "
+                        "failures_to_down = …, successes_to_up = …}")
+        return None
+    known = [*HEALTH_KEYS, *HEALTH_COUNTS]
+    for key in sorted(set(raw) - set(known)):
+        problems.append(f"{path}.{key}: unknown key (known: {', '.join(known)})")
+    default = HealthCheck()
+    values: dict[str, Any] = {}
+    for key, (low, high) in HEALTH_KEYS.items():
+        value = raw.get(key, getattr(default, key))
+        if not _is_number(value) or not low <= value <= high:
+            problems.append(f"{path}.{key}: {value!r} must be a number of seconds from {low:g} to {high:g}")
+        values[key] = float(value) if _is_number(value) else getattr(default, key)
+    for key in HEALTH_COUNTS:
+        value = raw.get(key, getattr(default, key))
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+            problems.append(f"{path}.{key}: {value!r} must be a whole number from 1 to 100")
+            value = getattr(default, key)
+        values[key] = value
+    if values["timeout_seconds"] > values["interval_seconds"]:
+        problems.append(f"{path}.timeout_seconds: {values['timeout_seconds']:g} is longer than interval_seconds "
+                        f"({values['interval_seconds']:g}); a check must end before the next one is due")
+    return HealthCheck(**values)
 
 
 def _where_kind(entry: Mapping[str, Any], path: str, problems: list[str]) -> str | None:

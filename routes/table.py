@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from routes.candidates import Candidate
+from routes.probe import HealthCheck
 
 TRANSPORTS = ("tls", "tcp", "udp")
 DEFAULT_PORTS = {"tls": 5061, "tcp": 5060, "udp": 5060}
@@ -62,10 +63,17 @@ class StaticRoute:
     ``tls_name`` if one is set) or each SRV ``target``'s name."""
     down_seconds: float = 30.0
     """How long a candidate that failed stays marked down (RFC 3263 §4.3 failover)."""
+    health: HealthCheck | None = None
+    """OPTIONS health checks of every destination (``routes.probe``); None: none."""
 
     @property
     def accepted_transports(self) -> tuple[str, ...]:
         return self.transports or (self.transport,)
+
+    @property
+    def fails_over(self) -> bool:
+        """More than one place to try: a pool, or a domain DNS may resolve to several."""
+        return self.resolve is not None or len(self.destinations) > 1
 
     @property
     def static_candidates(self) -> tuple[Candidate, ...]:
@@ -97,12 +105,13 @@ class StaticRoute:
 class RouteTable:
     """Routes ordered most specific first; lookup is the first that matches."""
 
-    __slots__ = ("_exact", "_wildcards", "routes")
+    __slots__ = ("_exact", "_wildcards", "by_name", "routes")
 
     def __init__(self, routes: Iterable[StaticRoute]) -> None:
         self.routes = sorted(routes, key=lambda r: r.specificity, reverse=True)
         self._exact = {r.match_uri: r for r in reversed(self.routes) if r.specificity[0] == 2}
         self._wildcards = [r for r in self.routes if r.specificity[0] < 2]
+        self.by_name = {r.name: r for r in self.routes}
 
     def lookup(self, domain: str) -> StaticRoute | None:
         """The most specific route for a Request-URI host (compared case-insensitively)."""

@@ -19,15 +19,16 @@ from typing import Any, cast
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
+from proxy.net.health import Liveness
 from proxy.net.tls import classify, describe_failure, describe_inbound, peer_identity
 from proxy.net.tls_session import TlsSession
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
 from proxy.relay.observe import Observer
-from proxy.relay.types import Flow, NextHop, RegisterAlias, SendOnFlow, SendToHop
+from proxy.relay.types import Flow, HopUnavailable, NextHop, ProbeAnswer, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.grammar import is_ip_literal
 from proxy.sip.parser import FramingError, Ping, StreamFramer
-from routes import Health, StaticRoute, order
+from routes import Candidate, Health, StaticRoute, order
 from routes.dns import ResolutionError
 from routes.resolver import Resolver
 
@@ -59,7 +60,17 @@ class StreamConnection(asyncio.Protocol):
         """Outbound: the hop this connection was opened for."""
         self.unanswered: list[int] = []
         """Outbound, until the peer first sends anything: tokens of requests sent on this connection."""
+        self.sent: list[int] = []
+        """Tokens of requests sent on this connection (the liveness tick drops the answered ones)."""
         self.heard_from = False
+        self.rx = 0
+        """Reads so far, and sends: what keep-alives look at to tell an idle connection (proxy.net.health)."""
+        self.tx = 0
+        self.seen_activity = 0
+        self.idle_since = driver.loop.time()
+        self.ping_sent_at: float | None = None
+        self.ping_rx = 0
+        self.pongs = 0
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
 
@@ -88,6 +99,7 @@ class StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        self.rx += 1
         if not self.heard_from:
             self.heard_from = True
             self.unanswered.clear()
@@ -169,6 +181,8 @@ class StreamConnection(asyncio.Protocol):
         self.driver.unregister(self)
         if self.outbound and not self.heard_from and self.unanswered and self.hop is not None:
             self.driver.refused_after_handshake(self, exc)
+        elif self.sent:
+            self.driver.lost_with_requests(self, exc)
         if self.flow is not None:
             self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
 
@@ -178,6 +192,7 @@ class StreamConnection(asyncio.Protocol):
         if self.session is not None:
             data = self.session.send(data)
         self.transport.write(data)
+        self.tx += 1
         return True
 
 
@@ -235,6 +250,7 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.liveness = Liveness(self)
 
     # -- connection table -------------------------------------------------------------------
 
@@ -293,6 +309,10 @@ class Driver:
                         self._send_to_hop(output.hop, output.data, output.token)
                     elif isinstance(output, RegisterAlias):
                         self._register_alias(output)
+                    elif isinstance(output, HopUnavailable):
+                        self._hop_unavailable(output)
+                    elif isinstance(output, ProbeAnswer):
+                        self.liveness.answered(output)
                 except Exception:  # one bad send must not take the others, or the connection, with it
                     log.exception("could not send %s", type(output).__name__)
                     if isinstance(output, SendToHop) and output.token:
@@ -332,21 +352,23 @@ class Driver:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             return
-        key: HopKey = (hop.transport, hop.host, hop.port, hop.tls_name)
-        conn = self.by_hop.get(key) or self._reusable(hop)
+        route = self.routes.get(hop.route or "") if hop.failover else None
+        # A pool or DNS route's requests go on the connection its candidate order chose (kept under the
+        # route's own key, apart from each candidate's), never on whatever happens to be open.
+        key: HopKey = ("route", route.name, 0, None) if route else (hop.transport, hop.host, hop.port, hop.tls_name)
+        conn = self.by_hop.get(key) or (None if route else self._reusable(hop))
         if conn is not None and conn.send(data):
-            if token and conn.outbound and not conn.heard_from:
-                conn.unanswered.append(token)
+            if token:
+                conn.sent.append(token)
+                if conn.outbound and not conn.heard_from:
+                    conn.unanswered.append(token)
             return
         waiting = self.pending.get(key)
         if waiting is not None:
             waiting.append((data, token))
             return
         self.pending[key] = [(data, token)]
-        route = self.routes.get(hop.route or "")
-        failover = route is not None and (route.resolve is not None or len(route.static_candidates) > 1)
-        task = self.loop.create_task(self._connect_route(key, hop, route) if failover and route else
-                                     self._connect(key, hop))
+        task = self.loop.create_task(self._connect_route(key, hop, route) if route else self._connect(key, hop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -402,9 +424,14 @@ class Driver:
             found, failures = [], [f"DNS: {exc}"]
         else:
             failures = []
+            self.liveness.known[route.name] = found
         for candidate in order(found, self.health, now, self.rng):
             attempt = replace(hop, transport=candidate.transport, host=candidate.host, port=candidate.port,
                               tls_name=candidate.tls_name if candidate.transport == "tls" else None)
+            open_conn = self.by_hop.get(_candidate_key(candidate))  # e.g. the health checks' connection
+            if open_conn is not None and open_conn.transport is not None and not open_conn.transport.is_closing():
+                self._connected(key, open_conn, attempt)
+                return
             try:
                 conn = await self._open(attempt)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -415,8 +442,13 @@ class Driver:
                 self.observer.hop_failure(route.name, _failure_kind(exc))
                 failures.append(f"{candidate}: {reason}")
                 continue
-            self.health.mark_up(candidate)
+            if not self.liveness.is_down(route.name, candidate):
+                self.health.mark_up(candidate)
             self._connected(key, conn, attempt)
+            candidate_key = _candidate_key(candidate)
+            if candidate_key != key and candidate_key not in self.by_hop:
+                self.by_hop[candidate_key] = conn
+                conn.keys.append(candidate_key)
             return
         reason = "no candidate of route " + route.name + " answered: " + ("; ".join(failures) or "none resolved")
         for _, token in self.pending.pop(key, []):
@@ -429,7 +461,7 @@ class Driver:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             reason = describe_failure(exc, hop.tls_name)
             where = f" (route {hop.route})" if hop.route else ""
-            log.warning("next hop %s%s unreachable: %s", hop, where, reason)
+            (log.debug if hop.probe else log.warning)("next hop %s%s unreachable: %s", hop, where, reason)
             kind = _failure_kind(exc)
             if kind == "tls_failure":
                 self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc))
@@ -446,7 +478,33 @@ class Driver:
         for data, token in self.pending.pop(key, []):
             conn.send(data)
             if token:
-                conn.unanswered.append(token)
+                conn.sent.append(token)
+                if not conn.heard_from:
+                    conn.unanswered.append(token)
+
+    def _hop_unavailable(self, out: HopUnavailable) -> None:
+        """RFC 3263 §4.3: the candidate behind the flow answered 503: mark it down (for its Retry-After, or
+        the route's down_seconds) and stop sending the route's new requests on its connection."""
+        route = self.routes.get(out.route)
+        conn = self.connections.get(out.flow.conn_id) if out.flow.conn_id else None
+        if route is None or conn is None or conn.hop is None:
+            return
+        candidate = self._candidate_of(route, conn.hop)
+        seconds = float(out.retry_after) if out.retry_after else route.down_seconds
+        self.health.mark_down(candidate, self.loop.time(), seconds, f"503 {out.reason}")
+        log.warning("route %s: candidate %s answered 503 %s; marked down for %g s", route.name, candidate,
+                    out.reason, seconds)
+        self.avoid(candidate)
+
+    def avoid(self, candidate: Candidate) -> None:
+        """New requests of pool and DNS routes stop going to ``candidate``'s connection (it stays open for
+        what is in flight, and for its own health checks)."""
+        own = _candidate_key(candidate)
+        for key, conn in list(self.by_hop.items()):
+            hop = conn.hop
+            if key != own and hop is not None and (hop.transport, hop.host, hop.port) == own[:3]:
+                del self.by_hop[key]
+                conn.keys.remove(key)
 
     def refused_after_handshake(self, conn: StreamConnection, exc: Exception | None) -> None:
         """The next hop closed before answering anything: fail what was sent at once (503), with the cause."""
@@ -467,11 +525,37 @@ class Driver:
         conn.unanswered.clear()
         self.pump()
 
+    def lost_with_requests(self, conn: StreamConnection, exc: Exception | None) -> None:
+        """A connection closed with requests sent on it still unanswered: a transport failure for each
+        (RFC 3261 §8.1.3.1). Pool and DNS routes retry them on their next candidate (RFC 3263 §4.3) and
+        mark this one down; the rest get 503 at once instead of waiting for their timeout."""
+        tokens = self.proxy.unanswered(conn.sent)
+        conn.sent = []
+        if not tokens:
+            return
+        remote = conn.flow.remote if conn.flow is not None else ("?", 0)
+        reason = f"the connection to {remote[0]}:{remote[1]} closed before it answered" + (f" ({exc})" if exc else "")
+        log.warning("%s: %d request(s) in flight on it", reason, len(tokens))
+        now = self.loop.time()
+        hop = conn.hop
+        route = self.routes.get(hop.route or "") if hop is not None and hop.failover else None
+        if hop is not None and route is not None:
+            self.health.mark_down(self._candidate_of(route, hop), now, route.down_seconds, reason)
+        self.proxy.connection_lost(tokens, reason, now)
+        self.pump()
+
+    def _candidate_of(self, route: StaticRoute, hop: NextHop) -> Candidate:
+        """The route's candidate a connection was opened to (as health marks know it)."""
+        known = self.liveness.known.get(route.name) or route.static_candidates
+        return next((c for c in known if (c.transport, c.host, c.port) == (hop.transport, hop.host, hop.port)),
+                    Candidate(hop.host, hop.port, hop.transport, hop.tls_name or ""))
+
     def _udp_for(self, listener: str) -> asyncio.DatagramTransport | None:
         endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
         return endpoint.transport if endpoint is not None else None
 
     async def close(self) -> None:
+        await self.liveness.close()
         for conn in list(self.connections.values()):
             if conn.transport is not None:
                 conn.transport.close()
@@ -479,6 +563,12 @@ class Driver:
             task.cancel()
         if self._timer is not None:
             self._timer.cancel()
+
+
+def _candidate_key(candidate: Candidate) -> HopKey:
+    """The connection table's key for one candidate (the same a NextHop to it gets)."""
+    tls_name = candidate.tls_name if candidate.transport == "tls" else None
+    return (candidate.transport, candidate.host, candidate.port, tls_name)
 
 
 def _failure_kind(exc: BaseException) -> str:

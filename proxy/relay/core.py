@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 import secrets
 
 from acl.peers import Trust
@@ -31,6 +32,7 @@ from proxy.relay.forwarding import (
     prepare_forward,
     process_routes,
     validate,
+    via_value,
 )
 from proxy.relay.limits import TokenBuckets
 from proxy.relay.observe import Observer, method_label
@@ -38,7 +40,16 @@ from proxy.relay.record_route import rewrite_maddr
 from proxy.relay.state import ClientTx, RelaySettings, ServerTx
 from proxy.relay.subscriptions import SubscriptionBook
 from proxy.relay.trust import admit
-from proxy.relay.types import Flow, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
+from proxy.relay.types import (
+    Flow,
+    HopUnavailable,
+    NextHop,
+    Output,
+    ProbeAnswer,
+    RegisterAlias,
+    SendOnFlow,
+    SendToHop,
+)
 from proxy.sip.errors import SipError
 from proxy.sip.headers import canonical, parse_name_addr
 from proxy.sip.message import Headers, Request, Response, make_response, parse_message
@@ -61,6 +72,10 @@ log = logging.getLogger("sipfed.relay")
 #: Requests relayed without a transaction because nobody answers them: ACK for a 2xx (RFC 3261 §13.2.2.4)
 #: and Lync's BENOTIFY, "a NOTIFY that does not expect a response" ([MS-SIP] §3.5).
 STATELESS_METHODS = frozenset({"ACK", "BENOTIFY"})
+
+#: RFC 3263 §4.3: how many candidates of a pool or DNS route one request tries after 503s, at most.
+MAX_ATTEMPTS = 4
+_RETRY_AFTER_RE = re.compile(r"\s*(\d{1,6})")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, UPDATE"
 
@@ -125,7 +140,7 @@ class Proxy:
             return
         try:
             if isinstance(message, Response):
-                self._on_response(message, now)
+                self._on_response(message, flow, now)
             else:
                 self._on_request(message, flow, now)
         except SipError as exc:  # a header the decisions needed did not parse
@@ -140,12 +155,38 @@ class Proxy:
         if error.head:
             self._reject_unparsed(flow, error.head, error.error)
 
+    def probe(self, hop: NextHop, now: float, timeout: float) -> int:
+        """Send an OPTIONS health check to ``hop`` (RFC 3261 §11); its outcome comes out as a ``ProbeAnswer``
+        with the returned token. Max-Forwards 0: the destination answers it itself and never relays
+        it (§16.3 step 3), so a proxy that does not know its own name cannot bounce it around."""
+        cid = next(self._ids)
+        branch = f"{BRANCH_PREFIX}hc.{cid:x}"
+        identity = self.policy.identities[hop.listener]
+        host = hop.tls_name or hop.host
+        uri = f"sip:{host}:{hop.port};transport={hop.transport}"
+        headers = Headers()
+        headers.append("Via", via_value(identity, hop.transport, branch))
+        headers.append("Max-Forwards", "0")
+        headers.append("From", f"<sip:sipfed@{identity.fqdn}>;tag={self._to_tag}")
+        headers.append("To", f"<{uri}>")
+        headers.append("Call-ID", f"hc{secrets.token_hex(8)}@{identity.fqdn}")
+        headers.append("CSeq", f"{cid % 2**31} OPTIONS")
+        headers.append("Content-Length", "0")
+        request = Request(headers, b"", "SIP/2.0", "OPTIONS", uri)
+        ctx = ClientTx(cid, branch, "OPTIONS", hop, request.to_bytes(), request, None, deadline=now + timeout,
+                       probe=True)
+        self._start_client(ctx, now)
+        return cid
+
     def hop_failed(self, token: int, reason: str, now: float, kind: str = "other") -> None:
         """The edge could not deliver to a next hop; ``kind``: connect_refused, tls_failure, timeout, other."""
         ctx = self._by_id.get(token)
         if ctx is None or ctx.final_status:
             return
         self._end_client(ctx)
+        if ctx.probe:
+            self._outputs.append(ProbeAnswer(ctx.id, 503, reason))
+            return
         self.observer.hop_failure(ctx.hop.route or "dialog", kind)
         stx = ctx.server
         if stx is not None and not stx.final_status:
@@ -236,7 +277,13 @@ class Proxy:
             ctx.server.client = ctx
         hop = ctx.hop
         self._outputs.append(SendToHop(hop, ctx.data, ctx.id))
-        timeout = TIMER_B if ctx.method == "INVITE" else self.settings.transaction_timeout_seconds
+        if ctx.method == "INVITE":
+            timeout = TIMER_B
+        elif ctx.deadline:  # a retry on the next candidate, or a health check: the first deadline holds
+            timeout = max(ctx.deadline - now, 0.0)
+        else:
+            timeout = self.settings.transaction_timeout_seconds
+            ctx.deadline = now + timeout
         ctx.timers.set("timeout", self.timers.schedule(now + timeout, lambda t: self._client_timeout(ctx, t)))
         if hop.transport == "udp":  # §17.1.1.2 Timer A / §17.1.2.2 Timer E
             ctx.timers.set("retransmit", self.timers.schedule(now + T1, lambda t: self._retransmit(ctx, t)))
@@ -307,7 +354,7 @@ class Proxy:
 
     # -- responses --------------------------------------------------------------------------
 
-    def _on_response(self, response: Response, now: float) -> None:
+    def _on_response(self, response: Response, flow: Flow, now: float) -> None:
         via = response.top_via
         _, method = response.cseq
         ctx = self.client_txs.get((via.branch or "", method))
@@ -317,13 +364,18 @@ class Proxy:
         if ctx.method == "CANCEL":
             self._end_client(ctx)  # the 200 to our CANCEL is for us alone
             return
+        if ctx.probe:
+            if response.status >= 200:
+                self._end_client(ctx)
+                self._outputs.append(ProbeAnswer(ctx.id, response.status, response.reason))
+            return
         response.headers.remove_first("via")
         if self.policy.maddr_out and "record-route" in response.headers:
             response.headers.map_values("record-route", lambda value: rewrite_maddr(value, self.policy.maddr_out))
         if response.status < 200:
             self._on_provisional(ctx, response, now)
         else:
-            self._on_final(ctx, response, now)
+            self._on_final(ctx, response, flow, now)
 
     def _on_provisional(self, ctx: ClientTx, response: Response, now: float) -> None:
         if ctx.final_status:
@@ -342,7 +394,7 @@ class Proxy:
                 response.headers.set("CSeq", ctx.original_cseq)
             self._send_response(stx, response, now)  # §16.7 step 5: forward provisionals but 100
 
-    def _on_final(self, ctx: ClientTx, response: Response, now: float) -> None:
+    def _on_final(self, ctx: ClientTx, response: Response, flow: Flow, now: float) -> None:
         status = response.status
         invite = ctx.method == "INVITE"
         if invite and status >= 300:
@@ -363,12 +415,66 @@ class Proxy:
             return
         if status in (401, 407) and not stx.final_status and self._absorb_challenge(ctx, stx, response, now):
             return
+        if status == 503 and self._fail_over(ctx, stx, response, flow, now):
+            return
         if ctx.original_cseq:
             response.headers.set("CSeq", ctx.original_cseq)
         if status == 503:
             # §16.7 step 6: a 503 would make the sender think sipfed itself is unavailable.
             response.status, response.reason = 500, "Next Hop Unavailable (503)"
         self._send_response(stx, response, now)
+
+    def _fail_over(self, ctx: ClientTx, stx: ServerTx, response: Response, flow: Flow, now: float) -> bool:
+        """RFC 3263 §4.3: a 503 from one candidate of a pool or DNS route sends the request to the next
+        candidate, in the same server transaction, with the first try's deadline (so the sender still
+        gets its final response before its own Timer F); the edge marks the candidate down."""
+        if not self._may_retry(ctx):
+            return False
+        match = _RETRY_AFTER_RE.match(response.headers.get("retry-after") or "")
+        retry_after = int(match.group(1)) if match else None
+        self._outputs.append(HopUnavailable(flow, ctx.hop.route or "", retry_after, response.reason))
+        self.observer.hop_failure(ctx.hop.route or "", "unavailable")
+        self._retry_next(ctx, stx, f"{flow.remote[0]}:{flow.remote[1]} answered 503 {response.reason}", now)
+        return True
+
+    def unanswered(self, tokens: list[int]) -> list[int]:
+        """Those of ``tokens`` whose client transaction still waits for its final response."""
+        by_id = self._by_id
+        return [t for t in tokens if t in by_id and not by_id[t].final_status]
+
+    def connection_lost(self, tokens: list[int], reason: str, now: float) -> None:
+        """A connection closed with these requests sent on it and unanswered (a transport error, RFC 3261
+        §8.1.3.1): pool and DNS routes retry them on the next candidate (RFC 3263 §4.3), others get 503."""
+        for token in tokens:
+            ctx = self._by_id.get(token)
+            if ctx is None or ctx.final_status:
+                continue
+            stx = ctx.server
+            if ctx.probe or stx is None or stx.final_status or not self._may_retry(ctx) or ctx.provisional:
+                self.hop_failed(token, reason, now)
+                continue
+            self._end_client(ctx)
+            self.observer.hop_failure(ctx.hop.route or "", "other")
+            self._retry_next(ctx, stx, reason, now)
+
+    def _may_retry(self, ctx: ClientTx) -> bool:
+        route = self.policy.routes.by_name.get(ctx.hop.route or "")
+        if route is None or not ctx.hop.failover or ctx.attempt >= MAX_ATTEMPTS:
+            return False
+        return not route.destinations or ctx.attempt < len(route.destinations)  # each destination once
+
+    def _retry_next(self, ctx: ClientTx, stx: ServerTx, why: str, now: float) -> None:
+        route = ctx.hop.route
+        cid = next(self._ids)
+        branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
+        retry = ctx.request.copy()
+        top = retry.headers.get("via") or ""
+        retry.headers.set("Via", top.replace(f"branch={ctx.branch}", f"branch={branch}"))
+        log.info("%s: %s; trying the next candidate of route %s (attempt %d)", ctx.method, why, route,
+                 ctx.attempt + 1, extra=_extra(retry.call_id, stx.flow, route))
+        self._start_client(ClientTx(cid, branch, ctx.method, ctx.hop, retry.to_bytes(), retry, stx,
+                                    original_cseq=ctx.original_cseq, challenged=ctx.challenged,
+                                    attempt=ctx.attempt + 1, deadline=ctx.deadline), now)
 
     # -- challenges from next hops ------------------------------------------------------------
 
@@ -419,6 +525,9 @@ class Proxy:
     def _client_timeout(self, ctx: ClientTx, now: float) -> None:
         """Timer F (our shorter non-INVITE limit, RFC 4320) or Timer B: answer 408 upstream."""
         self._end_client(ctx)
+        if ctx.probe:
+            self._outputs.append(ProbeAnswer(ctx.id, 408, "no answer in time"))
+            return
         stx = ctx.server
         waited = self.settings.transaction_timeout_seconds if ctx.method != "INVITE" else TIMER_B
         self._warn_timeout(ctx, stx, waited, now)

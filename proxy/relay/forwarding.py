@@ -142,7 +142,8 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
     route = policy.routes.lookup(uri.host)
     if route is not None and not (popped_own and (uri.port is not None or uri.host_is_ip)):
         listener = route.listener or flow.listener
-        return NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name)
+        return NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name,
+                       failover=route.fails_over)
     if popped_own or request.to.param("tag") is not None or request.method == "ACK":
         return hop_for_uri(uri, policy, flow.listener)  # in a dialog we are on: go where it points
     raise SipError(f"Not Found (no route for domain {uri.host})", 404)

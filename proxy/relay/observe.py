@@ -45,7 +45,7 @@ class Observer:
         """No static route for an out-of-dialog request's domain (404)."""
 
     def hop_failure(self, route: str, reason: str) -> None:
-        """A next hop failed: reason in connect_refused, tls_failure, timeout, other."""
+        """A next hop failed: reason in connect_refused, tls_failure, timeout, unavailable (503), other."""
 
     def digest(self, outcome: str) -> None:
         """sipfed's own digest: challenged, passed, failed, stale, replayed."""
@@ -70,3 +70,9 @@ class Observer:
 
     def connection(self, listener: str, peer: str, delta: int) -> None:
         """A connection opened (+1) or closed (-1) on ``listener`` bound to ``peer``."""
+
+    def health_check(self, route: str, result: str) -> None:
+        """An OPTIONS health check of one of ``route``'s destinations: pass or fail."""
+
+    def keepalive(self, result: str) -> None:
+        """An RFC 5626 CRLF keep-alive: sent, answered, unanswered (connection closed), unsupported."""

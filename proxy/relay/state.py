@@ -60,4 +60,10 @@ class ClientTx:
     """The sender's CSeq when sipfed renumbered the request (after answering a challenge)."""
     challenged: bool = False
     """This is already sipfed's retry with credentials: a second challenge goes no further."""
+    attempt: int = 1
+    """Which try of the request this is (RFC 3263 §4.3: the next candidate after a 503)."""
+    deadline: float = 0.0
+    """When the request as a whole times out (a retry keeps the first try's deadline); 0: from the start."""
+    probe: bool = False
+    """sipfed's own health-check OPTIONS: its outcome goes to the edge as a ``ProbeAnswer``."""
     timers: TimerSet = field(default_factory=TimerSet)

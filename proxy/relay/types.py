@@ -66,6 +66,11 @@ class NextHop:
     """The listener whose identity faces this hop."""
     route: str | None = None
     """The static route that chose this hop, for logs; None when a Route header or dialog did."""
+    failover: bool = False
+    """Chosen by a pool or DNS route for an out-of-dialog request: any of the route's candidates may take
+    it (RFC 3263 §4.3). False for a hop a Route header or dialog names: that exact host, no other."""
+    probe: bool = False
+    """sipfed's own health check: failures are the check's result, not warnings of their own."""
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port};transport={self.transport}"
@@ -105,4 +110,32 @@ class RegisterAlias:
     """The Via sent-by port."""
 
 
-Output = SendOnFlow | SendToHop | RegisterAlias
+@dataclass(frozen=True, slots=True)
+class HopUnavailable:
+    """A candidate of a pool or DNS route answered 503 (RFC 3263 §4.3): the edge marks the candidate
+    behind ``flow`` down, and the request is being retried on the next one."""
+
+    flow: Flow
+    """The flow the 503 came in on (it tells the edge which candidate answered)."""
+    route: str
+    """The route's name."""
+    retry_after: int | None
+    """The 503's Retry-After in seconds, if it gave one (else the route's ``down_seconds`` apply)."""
+    reason: str
+    """The 503's reason phrase, for the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAnswer:
+    """The outcome of a request sipfed sent on its own (a health-check OPTIONS): the final status,
+    408 when nothing came in time, 503 when the hop could not be reached."""
+
+    token: int
+    """What ``Proxy.probe`` returned."""
+    status: int
+    """The final status."""
+    reason: str
+    """Its reason phrase, or why the check failed."""
+
+
+Output = SendOnFlow | SendToHop | RegisterAlias | HopUnavailable | ProbeAnswer
