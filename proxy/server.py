@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.metrics import Metrics
-from proxy.net.driver import DatagramEndpoint, Driver
+from proxy.net.connection import DatagramEndpoint
+from proxy.net.driver import Driver
 from proxy.net.tls import client_context, server_context
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy, RelaySettings

@@ -15,19 +15,17 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, cast
 
 from acl.peers import Trust
-from acl.subjects import CertIdentity
+from proxy.net.connection import DatagramEndpoint, StreamConnection
 from proxy.net.health import Liveness
-from proxy.net.tls import classify, describe_failure, describe_inbound, peer_identity
-from proxy.net.tls_session import TlsSession
+from proxy.net.tls import classify, describe_failure
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
 from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, HopUnavailable, NextHop, ProbeAnswer, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.grammar import is_ip_literal
-from proxy.sip.parser import FramingError, Ping, StreamFramer
+from proxy.sip.parser import FramingError
 from routes import Candidate, Health, StaticRoute, order
 from routes.dns import ResolutionError
 from routes.resolver import Resolver
@@ -35,187 +33,6 @@ from routes.resolver import Resolver
 log = logging.getLogger("sipfed.net")
 
 HopKey = tuple[str, str, int, str | None]
-
-
-class StreamConnection(asyncio.Protocol):
-    """One TCP or TLS connection, accepted or opened; frames messages with a StreamFramer.
-
-    Accepted TLS connections run their handshake through a TlsSession (MemoryBIO) so that a
-    refused client gets its alert and the refusal is logged in plain words; outbound ones use
-    asyncio's TLS, whose failures arrive as exceptions in ``Driver._connect``.
-    """
-
-    def __init__(self, driver: Driver, transport_name: str, listener: str, outbound: bool,
-                 tls: ssl.SSLContext | None = None) -> None:
-        self.driver = driver
-        self.transport_name = transport_name
-        self.listener = listener
-        self.outbound = outbound
-        self.framer = StreamFramer(driver.max_message_bytes)
-        self.transport: asyncio.Transport | None = None
-        self.flow: Flow | None = None
-        self.keys: list[Any] = []
-        self.session = TlsSession(tls) if tls is not None else None
-        self.hop: NextHop | None = None
-        """Outbound: the hop this connection was opened for."""
-        self.unanswered: list[int] = []
-        """Outbound, until the peer first sends anything: tokens of requests sent on this connection."""
-        self.sent: list[int] = []
-        """Tokens of requests sent on this connection (the liveness tick drops the answered ones)."""
-        self.heard_from = False
-        self.rx = 0
-        """Reads so far, and sends: what keep-alives look at to tell an idle connection (proxy.net.health)."""
-        self.tx = 0
-        self.seen_activity = 0
-        self.idle_since = driver.loop.time()
-        self.ping_sent_at: float | None = None
-        self.ping_rx = 0
-        self.pongs = 0
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._stall_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        if self.session is not None:
-            self._handshake_timer = self.driver.loop.call_later(self.driver.handshake_timeout, self._handshake_late)
-            return
-        self._established(peer_identity(self.transport.get_extra_info("ssl_object")))
-
-    def _established(self, identity: CertIdentity) -> None:
-        assert self.transport is not None
-        peer = self.transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        bound = self.driver.trust.bind(identity, peer[0])
-        conn_id = self.driver.register(self)
-        self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, identity,
-                         bound.name if bound else None)
-        self.driver.by_remote[(self.transport_name, peer[0], peer[1])] = self
-        self.keys.append((self.transport_name, peer[0], peer[1]))
-        log.debug("connection %d %s %s:%d %s peer=%s", conn_id, "to" if self.outbound else "from", peer[0], peer[1],
-                  identity.describe(), self.flow.peer)
-        observer = self.driver.observer
-        if self.transport_name == "tls" and not self.outbound:
-            observer.tls_handshake(self.listener, "inbound", "success", "none")
-        observer.connection(self.listener, self.flow.peer or "none", 1)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.rx += 1
-        if not self.heard_from:
-            self.heard_from = True
-            self.unanswered.clear()
-            if self.outbound and self.transport_name == "tls":
-                # Only now do we know the peer accepted us: over TLS 1.3 it judges our
-                # certificate after our side of the handshake has already finished.
-                self.driver.observer.tls_handshake(self.listener, "outbound", "success", "none")
-        if self.session is not None:
-            data = self._decrypt(data)
-            if not data or self.flow is None:
-                return
-        assert self.flow is not None
-        for frame in self.framer.feed(data):
-            if isinstance(frame, bytes):
-                self.driver.deliver(self.flow, frame)
-            elif isinstance(frame, Ping):
-                self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
-            elif isinstance(frame, FramingError):
-                self.driver.framing_error(self.flow, frame)
-                if frame.fatal:
-                    self.transport.close()
-        self._watch_stall()
-
-    def _watch_stall(self) -> None:
-        """An incomplete message may wait so long (slow sender, Content-Length past the body), no longer."""
-        if self.framer.pending and self._stall_timer is None:
-            self._stall_timer = self.driver.loop.call_later(self.driver.incomplete_timeout, self._stalled)
-        elif not self.framer.pending and self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-
-    def _stalled(self) -> None:
-        self._stall_timer = None
-        if self.transport is None or self.flow is None or not self.framer.pending:
-            return
-        log.warning("closing the connection from %s:%d: %d bytes of an incomplete message for %g s (a slow sender, "
-                    "or a Content-Length larger than the body)", *self.flow.remote, self.framer.pending,
-                    self.driver.incomplete_timeout)
-        self.driver.observer.slow_sender(self.listener, "message")
-        self.transport.close()
-
-    def _decrypt(self, data: bytes) -> bytes:
-        session, transport = self.session, self.transport
-        assert session is not None
-        assert transport is not None
-        was_handshaken = session.handshaken
-        try:
-            plaintext, out = session.receive(data)
-        except ssl.SSLError as exc:
-            transport.write(session.pending())  # the alert, so the peer's log names the cause too
-            self._refused(exc)
-            return b""
-        if out:
-            transport.write(out)
-        if session.handshaken and not was_handshaken:
-            if self._handshake_timer is not None:
-                self._handshake_timer.cancel()
-            self._established(CertIdentity.from_ssl_dict(session.obj.getpeercert()))
-        if session.closed:
-            transport.close()
-        return plaintext
-
-    def _refused(self, exc: BaseException) -> None:
-        assert self.transport is not None
-        peer = self.transport.get_extra_info("peername") or ("?", 0)
-        log.warning("%s from %s:%s", describe_inbound(exc, self.listener), peer[0], peer[1])
-        self.driver.observer.tls_handshake(self.listener, "inbound", "failure", classify(exc))
-        self.transport.close()
-
-    def _handshake_late(self) -> None:
-        if self.session is not None and not self.session.handshaken and self.transport is not None:
-            self.driver.observer.slow_sender(self.listener, "handshake")
-            self._refused(TimeoutError(f"no TLS handshake within {self.driver.handshake_timeout:g} s"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._handshake_timer, self._stall_timer):
-            if timer is not None:
-                timer.cancel()
-        self.driver.unregister(self)
-        if self.outbound and not self.heard_from and self.unanswered and self.hop is not None:
-            self.driver.refused_after_handshake(self, exc)
-        elif self.sent:
-            self.driver.lost_with_requests(self, exc)
-        if self.flow is not None:
-            self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
-
-    def send(self, data: bytes) -> bool:
-        if self.transport is None or self.transport.is_closing():
-            return False
-        if self.session is not None:
-            data = self.session.send(data)
-        self.transport.write(data)
-        self.tx += 1
-        return True
-
-
-class DatagramEndpoint(asyncio.DatagramProtocol):
-    """A UDP socket: each datagram is one message."""
-
-    def __init__(self, driver: Driver, listener: str) -> None:
-        self.driver = driver
-        self.listener = listener
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        if data.strip(b"\r\n") == b"":
-            return  # keep-alive CRLFs on UDP carry nothing
-        source = str(addr[0])
-        bound = self.driver.trust.bind(CertIdentity(), source) if self.driver.trust.peers else None
-        self.driver.deliver(Flow("udp", self.listener, (source, addr[1]), 0, peer=bound.name if bound else None), data)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp %s: %s", self.listener, exc)
 
 
 class Driver:

@@ -30,7 +30,8 @@ from routes.dns import ResolutionError
 from routes.probe import Prober, passed
 
 if TYPE_CHECKING:
-    from proxy.net.driver import Driver, StreamConnection
+    from proxy.net.connection import StreamConnection
+    from proxy.net.driver import Driver
 
 log = logging.getLogger("sipfed.health")
 

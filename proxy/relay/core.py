@@ -32,9 +32,9 @@ from proxy.relay.forwarding import (
     prepare_forward,
     process_routes,
     validate,
-    via_value,
 )
 from proxy.relay.limits import TokenBuckets
+from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, released, reply_to_unparsed, with_branch
 from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
 from proxy.relay.state import ClientTx, RelaySettings, ServerTx
@@ -51,8 +51,8 @@ from proxy.relay.types import (
     SendToHop,
 )
 from proxy.sip.errors import SipError
-from proxy.sip.headers import canonical, parse_name_addr
-from proxy.sip.message import Headers, Request, Response, make_response, parse_message
+from proxy.sip.headers import parse_name_addr
+from proxy.sip.message import Request, Response, make_response, parse_message
 from proxy.sip.parser import FramingError
 from proxy.sip.transaction import (
     T1,
@@ -77,7 +77,6 @@ STATELESS_METHODS = frozenset({"ACK", "BENOTIFY"})
 MAX_ATTEMPTS = 4
 _RETRY_AFTER_RE = re.compile(r"\s*(\d{1,6})")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, UPDATE"
 
 
 class Proxy:
@@ -161,18 +160,7 @@ class Proxy:
         it (§16.3 step 3), so a proxy that does not know its own name cannot bounce it around."""
         cid = next(self._ids)
         branch = f"{BRANCH_PREFIX}hc.{cid:x}"
-        identity = self.policy.identities[hop.listener]
-        host = hop.tls_name or hop.host
-        uri = f"sip:{host}:{hop.port};transport={hop.transport}"
-        headers = Headers()
-        headers.append("Via", via_value(identity, hop.transport, branch))
-        headers.append("Max-Forwards", "0")
-        headers.append("From", f"<sip:sipfed@{identity.fqdn}>;tag={self._to_tag}")
-        headers.append("To", f"<{uri}>")
-        headers.append("Call-ID", f"hc{secrets.token_hex(8)}@{identity.fqdn}")
-        headers.append("CSeq", f"{cid % 2**31} OPTIONS")
-        headers.append("Content-Length", "0")
-        request = Request(headers, b"", "SIP/2.0", "OPTIONS", uri)
+        request = health_check(self.policy.identities[hop.listener], hop, branch, self._to_tag, cid)
         ctx = ClientTx(cid, branch, "OPTIONS", hop, request.to_bytes(), request, None, deadline=now + timeout,
                        probe=True)
         self._start_client(ctx, now)
@@ -291,9 +279,7 @@ class Proxy:
     def _answer_locally(self, stx: ServerTx, now: float) -> None:
         """A request addressed to sipfed itself: answer OPTIONS (peers' keep-alive pings)."""
         if stx.request.method == "OPTIONS":
-            extra = (("Allow", ALLOW), ("Accept", "application/sdp, application/pidf+xml, text/plain"),
-                     ("Supported", ""))
-            self._respond(stx, 200, "OK", now, extra)
+            self._respond(stx, 200, "OK", now, OPTIONS_EXTRA)
         else:
             self._respond(stx, 404, "Not Found (request addressed to the proxy itself)", now)
 
@@ -467,9 +453,7 @@ class Proxy:
         route = ctx.hop.route
         cid = next(self._ids)
         branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
-        retry = ctx.request.copy()
-        top = retry.headers.get("via") or ""
-        retry.headers.set("Via", top.replace(f"branch={ctx.branch}", f"branch={branch}"))
+        retry = with_branch(ctx.request, ctx.branch, branch)
         log.info("%s: %s; trying the next candidate of route %s (attempt %d)", ctx.method, why, route,
                  ctx.attempt + 1, extra=_extra(retry.call_id, stx.flow, route))
         self._start_client(ClientTx(cid, branch, ctx.method, ctx.hop, retry.to_bytes(), retry, stx,
@@ -600,7 +584,7 @@ class Proxy:
         self._in_flight -= 1
         if not stx.invite:
             # Lingering only answers retransmissions with last_response: the request itself can go.
-            stx.request = _released(stx.request)
+            stx.request = released(stx.request)
         udp = stx.flow.transport == "udp"
         if stx.invite and status >= 300:
             linger = TIMER_H  # wait for the ACK
@@ -618,7 +602,7 @@ class Proxy:
     def _send_cancel(self, ctx: ClientTx, now: float) -> None:
         """§9.1: CANCEL with the INVITE's Request-URI, Call-ID, From, To, CSeq number, top Via and Route."""
         ctx.cancel_pending = False
-        request = _hop_request(ctx, "CANCEL", to=ctx.request.headers.get("to") or "")
+        request = hop_request(ctx, "CANCEL", to=ctx.request.headers.get("to") or "")
         cid = next(self._ids)
         cancel = ClientTx(cid, ctx.branch, "CANCEL", ctx.hop, request.to_bytes(), request, None)
         self.client_txs[(ctx.branch, "CANCEL")] = cancel
@@ -628,7 +612,7 @@ class Proxy:
 
     def _send_ack(self, ctx: ClientTx, response: Response) -> None:
         """§17.1.1.3: ACK a non-2xx final with the To of the response."""
-        ack = _hop_request(ctx, "ACK", to=response.headers.get("to") or "")
+        ack = hop_request(ctx, "ACK", to=response.headers.get("to") or "")
         self._outputs.append(SendToHop(ctx.hop, ack.to_bytes(), 0))
 
     def _end_client(self, ctx: ClientTx) -> None:
@@ -637,39 +621,19 @@ class Proxy:
             del self.client_txs[(ctx.branch, ctx.method)]
         self._by_id.pop(ctx.id, None)
 
+    def _reject_unparsed(self, flow: Flow, data: bytes, exc: SipError) -> None:
+        """Answer a request we could not parse with its 4xx/5xx if it can be addressed; drop the rest."""
+        reply, dropped = reply_to_unparsed(data, exc)
+        if reply is None:
+            log.warning("dropped %s from %s:%d: %s", dropped, *flow.remote, exc.reason)
+            return
+        log.info("answered %d %s to %s:%d", exc.status, " ".join(exc.reason.split()), *flow.remote)
+        self._outputs.append(SendOnFlow(flow, reply))
+
     def _end_server(self, stx: ServerTx) -> None:
         stx.timers.cancel_all()
         if self.server_txs.get(stx.key) is stx:
             del self.server_txs[stx.key]
-
-    def _reject_unparsed(self, flow: Flow, data: bytes, exc: SipError) -> None:
-        """Answer a request we could not parse with its 4xx/5xx if it can be addressed; drop the rest."""
-        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
-        lines = head.split("\r\n")
-        start = lines[0]
-        if start.startswith("SIP/") or start.startswith("ACK ") or not start.strip():
-            log.warning("dropped malformed message from %s:%d: %s", *flow.remote, exc.reason)
-            return
-        copied = Headers()
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if colon and canonical(name.strip()) in ("via", "from", "to", "call-id", "cseq"):
-                copied.append(name.strip(), value.strip())
-        if "via" not in copied:
-            log.warning("dropped malformed request from %s:%d (no Via to answer): %s", *flow.remote, exc.reason)
-            return
-        for name, value in exc.headers:
-            copied.append(name, value)
-        copied.append("Content-Length", "0")
-        reason = " ".join(exc.reason.split())
-        log.info("answered %d %s to %s:%d", exc.status, reason, *flow.remote)
-        self._outputs.append(SendOnFlow(flow, Response(copied, b"", "SIP/2.0", exc.status, reason).to_bytes()))
-
-
-def _released(request: Request) -> Request:
-    """A request stripped to what a finished transaction still needs (method, Call-ID, CSeq)."""
-    keep = Headers([item for item in request.headers.items if item[0] in ("call-id", "cseq")])
-    return Request(keep, b"", request.version, request.method, request.uri)
 
 
 def _extra(call_id: str, flow: Flow | None, route: str | None = None) -> dict[str, str]:
@@ -681,22 +645,6 @@ def _extra(call_id: str, flow: Flow | None, route: str | None = None) -> dict[st
     if route:
         out["route"] = route
     return out
-
-
-def _hop_request(ctx: ClientTx, method: str, to: str) -> Request:
-    """A CANCEL or ACK built from the forwarded request of a client transaction (§9.1, §17.1.1.3)."""
-    fwd = ctx.request
-    headers = Headers()
-    headers.append("Via", fwd.headers.get("via") or "")
-    for value in fwd.headers.get_all("route"):
-        headers.append("Route", value)
-    headers.append("Max-Forwards", "70")
-    headers.append("From", fwd.headers.get("from") or "")
-    headers.append("To", to)
-    headers.append("Call-ID", fwd.call_id)
-    headers.append("CSeq", f"{fwd.cseq[0]} {method}")
-    headers.append("Content-Length", "0")
-    return Request(headers, b"", "SIP/2.0", method, fwd.uri)
 
 
 __all__ = ["Proxy", "RelaySettings", "hop_for_uri", "parse_name_addr"]
