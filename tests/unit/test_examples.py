@@ -14,6 +14,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.config import DEFAULT_METRICS_LISTEN
 from proxy.metrics import Metrics
+from proxy.net.health import DestinationState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # The series a sample name can take per family type (client_python's exposition).
@@ -37,6 +38,7 @@ def exported_series() -> dict[str, set[str]]:
     """Every sample name ``Metrics`` registers, with the label names it can carry."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    metrics.watch_destinations(lambda: [DestinationState("route", "tls:10.0.0.1:5061", True, True, "200 OK")])
     labels_of_family = {}
     for wrapper in vars(metrics).values():
         if isinstance(wrapper, MetricWrapperBase):
