@@ -34,9 +34,10 @@ class TlsSession:
                 return b"", self.outgoing.read()
             self.handshaken = True
         chunks = []
+        incoming, obj = self.incoming, self.obj
         while True:
             try:
-                chunk = self.obj.read(65536)
+                chunk = obj.read(65536)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify from the peer
@@ -45,7 +46,10 @@ class TlsSession:
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks), self.outgoing.read()
+            if not incoming.pending and not obj.pending():
+                break  # all read: asking again would only raise SSLWantReadError, which is not free
+        outgoing = self.outgoing
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), (outgoing.read() if outgoing.pending else b"")
 
     def send(self, plaintext: bytes) -> bytes:
         """Encrypt; return the bytes to write."""
