@@ -632,6 +632,9 @@ class Proxy:
 
     def _end_server(self, stx: ServerTx) -> None:
         stx.timers.cancel_all()
+        # Break the server <-> client link so both are freed by reference counting when the client
+        # transaction ends, not by the cyclic collector (whose passes over many transactions stall the loop).
+        stx.client = None
         if self.server_txs.get(stx.key) is stx:
             del self.server_txs[stx.key]
 

@@ -16,7 +16,7 @@ from proxy.sip.grammar import MAGIC_COOKIE, digits, is_ip_literal
 from proxy.sip.headers import parse_name_addr, parse_via, split_commas
 from proxy.sip.message import Request
 from proxy.sip.uri import DEFAULT_PORTS, SipUri
-from routes import RouteTable
+from routes import Candidate, RouteTable, StaticRoute
 
 #: Our branches: the magic cookie, our mark, the loop-detection hash, a dot, the transaction id.
 BRANCH_PREFIX = MAGIC_COOKIE + "sf"
@@ -150,16 +150,31 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
 
 
 def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str) -> NextHop:
-    """RFC 3263 §4 for a URI with an explicit host (maddr first); a static route to the same
-    destination lends its port, transport and certificate name."""
+    """RFC 3263 §4 for a URI with an explicit host (maddr first). A configured destination with that host
+    (and the URI's port, if it gives one) lends its port, transport and certificate name; another port
+    on the same host is another server (a NAT, a shared SBC), which gets no route's certificate name."""
     host = uri.target_host.lower()
-    route = policy.routes.by_destination(host) or policy.routes.by_destination(uri.host.lower())
-    transport = uri.explicit_transport or (route.transport if route else "udp")
-    port = uri.port or (route.port if route else DEFAULT_PORTS.get(transport, 5060))
-    tls_name = route.tls_name if route else uri.host.lower()
+    found = _configured(policy.routes, host, uri.port)
+    if found is None and uri.host.lower() != host:
+        found = _configured(policy.routes, uri.host.lower(), uri.port)
+    route, candidate = found if found is not None else (None, None)
+    transport = uri.explicit_transport or (candidate.transport if candidate else "udp")
+    port = uri.port or (candidate.port if candidate else DEFAULT_PORTS.get(transport, 5060))
+    tls_name = candidate.tls_name if candidate else uri.host.lower()
     listener = route.listener if route and route.listener else default_listener
     return NextHop(transport, host, port, tls_name if transport == "tls" else None, listener,
                    route.name if route else None)
+
+
+def _configured(routes: RouteTable, host: str, port: int | None) -> tuple[StaticRoute, Candidate] | None:
+    """The route destination (a pool member, or a route's own destination) at ``host`` and ``port``."""
+    hit = routes.candidate_for_host(host, port)
+    if hit is not None:
+        return hit
+    route = routes.by_destination(host)
+    if route is not None and port in (None, route.port):
+        return route, Candidate(route.destination, route.port, route.transport, route.tls_name)
+    return None
 
 
 def prepare_forward(request: Request, hop: NextHop, policy: RelayPolicy, inbound: Identity, branch: str) -> Request:

@@ -51,15 +51,23 @@ def server_key(request: Request) -> ServerKey:
 class TimerQueue:
     """One heap of deadlines; a cancelled timer stays in the heap and is skipped when due."""
 
-    __slots__ = ("_heap", "_ids")
+    __slots__ = ("_compact_at", "_heap", "_ids")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
         self._ids = itertools.count()
+        self._compact_at = 1024
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
         timer = Timer(deadline, callback)
-        heapq.heappush(self._heap, (deadline, next(self._ids), timer))
+        heap = self._heap
+        heapq.heappush(heap, (deadline, next(self._ids), timer))
+        if len(heap) >= self._compact_at:
+            # Cancelled timers would otherwise stay until their deadline (a refreshed subscription's
+            # old expiry: hours). Dropping them when the heap doubles costs O(1) per schedule, amortised.
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
+            self._compact_at = max(1024, 2 * len(heap))
         return timer
 
     def next_deadline(self) -> float | None:

@@ -1,13 +1,17 @@
 """The transaction-stateful proxy core (RFC 3261 §16, §17) driven with bytes and hand-made time."""
 
 
+import gc
+
 import pytest
 
 from acl.subjects import CertIdentity
-from proxy.relay.core import Proxy, RelaySettings
+from proxy.relay.core import Proxy, RelaySettings, hop_for_uri
 from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.types import Flow, Identity, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.message import Request, Response, parse_message
+from proxy.sip.transaction import TimerQueue
+from proxy.sip.uri import parse_uri
 from routes import RouteTable, StaticRoute
 
 CISCO = Identity("cisco", "tls", "127.0.0.1", 5071, "sipfed.tomt.local", "sipfed.tomt.local")
@@ -488,3 +492,44 @@ def test_benotify_is_relayed_statelessly_and_never_answered() -> None:
     assert proxy.pending() == 0
     proxy.handle_timer(100.0)
     assert proxy.take_outputs() == []
+
+
+def test_finished_transactions_leave_no_reference_cycles() -> None:
+    """Everything a relayed MESSAGE + 200 created is freed by reference counting: the cyclic collector,
+    whose passes over thousands of transactions stall the event loop, finds nothing."""
+    px = make_proxy()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            hop, _ = forwarded(send(px, request(branch=f"z9hG4bKcyc{i}"), now=i))
+            send(px, answer(hop.data, 200, "OK"), CISCO_OUT, now=i)
+            px.handle_timer(i + 0.5)
+        px.handle_timer(1e6)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_a_route_lends_its_certificate_name_only_to_its_own_port() -> None:
+    """Two servers behind one address (a NAT, a shared SBC): the one on the route's port is checked
+    against the route's tls_name; one on another port is checked against the name in its URI."""
+    px = make_proxy()
+    same = hop_for_uri(parse_uri("sip:127.0.0.2:5062;transport=tls"), px.policy, "lync")
+    other = hop_for_uri(parse_uri("sip:127.0.0.2:7000;transport=tls"), px.policy, "lync")
+    assert (same.tls_name, same.listener, same.route) == ("cups.tomt.local", "cisco", "cisco")
+    assert (other.tls_name, other.listener, other.route) == ("127.0.0.2", "lync", None)
+
+
+def test_cancelled_timers_do_not_pile_up_until_their_deadline() -> None:
+    """A refreshed subscription cancels an expiry hours away; the heap drops such timers as it grows."""
+    queue = TimerQueue()
+    live = [queue.schedule(10.0 + i, lambda now: None) for i in range(10)]
+    for i in range(20_000):
+        queue.schedule(3600.0 + i, lambda now: None).cancel()
+    assert len(queue) < 2048
+    fired: list[float] = []
+    live.append(queue.schedule(5.0, fired.append))
+    queue.run_due(100.0)
+    assert fired == [100.0]
+    assert queue.next_deadline() is None
