@@ -1,7 +1,8 @@
 """``make bench``: sipfed and Kamailio under the same SIPp load on loopback, in one run.
 
 Per scenario: one SIPp UAS (behind a server stunnel for TLS), both proxies, a client stunnel per proxy
-for TLS; then warm-up, closed loop, fixed rates and step-up, each alternating sipfed / Kamailio.
+for TLS; then warm-up, closed loop, fixed rates and step-up, each alternating sipfed / Kamailio
+(signin-tls instead: live dialog memory, sign-in storm, idle TLS connection memory; bench/signin.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import lab, procstat
+from bench import idle_tls, lab, procstat, signin
 from bench.phases import Arm, Bench, Counts, Scenario, round_rate
-from bench.report import Figure, closed_loop_rate, figures, noise_note, table, write_json
+from bench.report import Figure, closed_loop_rate, figures, noise_note, signin_figures, table, write_json
+from bench.sipp import tls_dialog_variant
 
 MESSAGE_KEYS = (("domain", "tomt.local"), ("from_domain", "tomt.it"))
 SCENARIOS = {
@@ -38,11 +40,22 @@ SCENARIOS = {
     # that comes from (or goes to) the Contact's address, so the order holds. See bench/README.md.
     "subscribe-tcp": Scenario("subscribe-tcp", "tcp", "tcp", "uac_subscribe.xml", "uas_subscribe.xml", 4,
                               (*MESSAGE_KEYS, ("maddr", "*"))),
+    # TLS on every leg, the tests' scenarios rewritten so in-dialog requests stay on the TLS connections (the UAC
+    # offers its connection with Via alias, Contacts name TLS addresses; see bench/README.md).
+    "subscribe-tls": Scenario("subscribe-tls", "tls", "tls", "uac_subscribe.xml", "uas_subscribe.xml", 4,
+                              (*MESSAGE_KEYS, ("maddr", "*")), tls_dialogs=True),
+    # Idle TLS connections, sign-in storm, live dialog memory (bench/signin.py): SUBSCRIBE + NOTIFY, no un-SUBSCRIBE.
+    "signin-tls": Scenario("signin-tls", "tls", "tls", str(lab.BENCH / "sipp" / "uac_subscribe_hold.xml"),
+                           str(lab.BENCH / "sipp" / "uas_subscribe_hold.xml"), 2, MESSAGE_KEYS, tls_dialogs=True,
+                           kind="signin"),
 }
-FULL = Counts(warmup_calls=2000, closed_loop_calls=15_000, in_flight=50, repetitions=2, fixed_seconds=3.0,
-              step_seconds=2.5, step_start_rate=500, max_steps=9, run_timeout_seconds=40)
+# Trimmed when subscribe-tls and signin-tls came (was 15,000 calls, 3 s fixed, 2.5 s x 9 steps) to stay < 10 min.
+FULL = Counts(warmup_calls=2000, closed_loop_calls=12_000, in_flight=50, repetitions=2, fixed_seconds=2.5,
+              step_seconds=2.0, step_start_rate=500, max_steps=8, run_timeout_seconds=40, storm_calls=5000,
+              dialogs=10_000, dialog_rate=1000, idle_tls_connections=1000, linger_seconds=6.0)
 QUICK = Counts(warmup_calls=100, closed_loop_calls=500, in_flight=50, repetitions=1, fixed_seconds=0.5,
-               step_seconds=0.5, step_start_rate=500, max_steps=3, run_timeout_seconds=15)
+               step_seconds=0.5, step_start_rate=500, max_steps=3, run_timeout_seconds=15, storm_calls=200,
+               dialogs=300, dialog_rate=1000, idle_tls_connections=50, linger_seconds=1.0)
 SUBSCRIBE_SCALE = 4  # a SUBSCRIBE call is 4 transactions: a quarter of the calls keeps the runs as long
 FIXED_RATE = 1000
 
@@ -52,8 +65,8 @@ def log(message: str) -> None:
 
 
 def scaled(counts: Counts, scenario: Scenario) -> Counts:
-    """Fewer calls for scenarios with several transactions per call."""
-    if scenario.transactions_per_call == 1:
+    """Fewer calls for load scenarios with several transactions per call."""
+    if scenario.transactions_per_call == 1 or scenario.kind != "load":
         return counts
     k = SUBSCRIBE_SCALE
     return dataclasses.replace(counts, warmup_calls=max(50, counts.warmup_calls // k),
@@ -63,6 +76,10 @@ def scaled(counts: Counts, scenario: Scenario) -> Counts:
 
 def _memory(arm: Arm, key: str, value_kb: int, into: dict[str, dict[str, float]]) -> None:
     into.setdefault(arm.name, {})[key] = round(value_kb / 1024, 2)
+
+
+def dead_proxies(arms: list[Arm]) -> list[str]:
+    return [f"{arm.name} (exit {arm.proxy.proc.returncode})" for arm in arms if arm.proxy.proc.poll() is not None]
 
 
 @dataclass
@@ -78,6 +95,7 @@ class Lab:
 
     def health(self) -> str | None:
         dead = [name for name, alive, _ in self.helpers if not alive()]
+        dead += dead_proxies(self.arms)
         return f"lab component(s) died: {', '.join(dead)}" if dead else None
 
     def lab_pids(self) -> list[int]:
@@ -85,25 +103,36 @@ class Lab:
         return [pid for _, _, pid in self.helpers] + [pid for arm in self.arms for pid in arm.proxy.pids()]
 
 
+def prepared(scenario: Scenario, work: Path) -> Scenario:
+    """The scenario with its SIPp files rewritten for TLS dialogs when it asks for that (tests' files only)."""
+    if not scenario.tls_dialogs or Path(scenario.uac_xml).is_absolute():
+        return scenario
+    return dataclasses.replace(
+        scenario, uac_xml=str(tls_dialog_variant(scenario.uac_xml, work, contact="[local_ip]:[local_port]",
+                                                 alias=True)),
+        uas_xml=str(tls_dialog_variant(scenario.uas_xml, work, contact="[uas_contact]", alias=False)))
+
+
 def start_lab(stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path,
               sipfed_source: Path | None) -> Lab:
     """UAS (+ server stunnel), sipfed, Kamailio and, for a TLS UAC, a client stunnel in front of each proxy."""
     udp = scenario.uas_transport == "udp"
+    uas_host = lab.UAS_TLS_HOST if scenario.tls_dialogs else lab.LOOPBACK
     uas_port = lab.free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
-    uas = lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900)
+    route_port = lab.free_port(host=uas_host) if scenario.uas_transport == "tls" else uas_port
+    keys = {"uas_contact": f"{uas_host}:{route_port}"} if scenario.tls_dialogs else None
+    uas = lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900, keys=keys)
     stack.callback(uas.stop)
     helpers: list[tuple[str, Callable[[], bool], int]] = [("SIPp UAS", lambda: uas.proc.poll() is None, uas.root_pid)]
-    route_port = uas_port
     if scenario.uas_transport == "tls":
-        route_port = lab.free_port()
-        server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port)
+        server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port, host=uas_host)
         stack.callback(server.stop)
         helpers.append(("UAS stunnel", server.running, server.pid))
     config = lab.sipfed_config(work / "sipfed.toml", certs, listener_transport=scenario.uac_transport,
-                               route_transport=scenario.uas_transport, uas_port=route_port)
+                               route_transport=scenario.uas_transport, uas_port=route_port, uas_host=uas_host)
     sipfed, sipfed_port = lab.start_sipfed(work, config, sipfed_source)
     stack.callback(sipfed.stop)
-    kamailio, ports = lab.start_kamailio(work, certs, uas_uri=f"sip:{lab.LOOPBACK}:{route_port};transport="
+    kamailio, ports = lab.start_kamailio(work, certs, uas_uri=f"sip:{uas_host}:{route_port};transport="
                                          f"{scenario.uas_transport}", wait_transport=scenario.uac_transport)
     stack.callback(kamailio.stop)
     if scenario.uac_transport == "udp":
@@ -117,8 +146,29 @@ def start_lab(stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work
         client = lab.start_client_tunnel(work, certs, accept_port=accept, proxy_port=port, name=name)
         stack.callback(client.stop)
         helpers.append((f"{name} client stunnel", client.running, client.pid))
-        arms.append(Arm(name, proxy, accept))
+        arms.append(Arm(name, proxy, accept, tls_port=port))
     return Lab(arms, None, helpers)
+
+
+def run_idle_tls(scenario: Scenario, counts: Counts, certs: Path, work: Path, sipfed_source: Path | None,
+                 steps: list[signin.MemoryStep]) -> str | None:
+    """Idle TLS connection memory against a fresh sipfed and a fresh one-TCP-worker Kamailio (no SIPp, no
+    stunnel: this process is the client); appends to ``steps``; returns an error, or None."""
+    work.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        config = lab.sipfed_config(work / "sipfed.toml", certs, listener_transport="tls", route_transport="tls",
+                                   uas_port=lab.free_port())  # a route nothing is sent on
+        sipfed, sipfed_port = lab.start_sipfed(work, config, sipfed_source)
+        stack.callback(sipfed.stop)
+        kamailio, ports = lab.start_kamailio(work, certs, uas_uri=f"sip:{lab.LOOPBACK}:9;transport=tls",
+                                             wait_transport="tls", tcp_children=1)
+        stack.callback(kamailio.stop)
+        arms = [Arm("sipfed", sipfed, 0, tls_port=sipfed_port), Arm("kamailio", kamailio, 0, tls_port=ports.tls)]
+        bench = Bench(scenario, counts, work, arms, log,
+                      lab_pids=lambda: [pid for arm in arms for pid in arm.proxy.pids()])
+        signin.idle_tls_memory(bench, certs, steps, log)
+        dead = dead_proxies(arms)
+    return f"died during the idle TLS connections: {', '.join(dead)}" if dead else None
 
 
 def run_phases(bench: Bench, scenario: Scenario, counts: Counts) -> tuple[list[int], dict[str, int]]:
@@ -146,7 +196,9 @@ def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
     memory: dict[str, dict[str, float]] = {}
     fixed_rates: list[int] = []
     step_best: dict[str, int] = {}
+    steps: list[signin.MemoryStep] = []
     error: str | None = None
+    scenario = prepared(scenario, work)
     with contextlib.ExitStack() as stack:
         running = start_lab(stack, scenario, certs, work, sipfed_source)
         arms = running.arms
@@ -155,7 +207,10 @@ def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
         bench = Bench(scenario, counts, work, arms, log, uas_udp_port=running.uas_udp_port, health=running.health,
                       lab_pids=running.lab_pids)
         try:
-            fixed_rates, step_best = run_phases(bench, scenario, counts)
+            if scenario.kind == "signin":
+                signin.run(bench, steps, log)
+            else:
+                fixed_rates, step_best = run_phases(bench, scenario, counts)
         except lab.LabError as exc:
             error = str(exc)
             log(f"{scenario.name}: stopped early: {error}")
@@ -165,10 +220,19 @@ def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
             _memory(arm, "pss_end_mb", procstat.pss_kb(pids), memory)
             memory[arm.name]["processes"] = len(pids)
             memory[arm.name]["alive_at_end"] = float(arm.proxy.proc.poll() is None)
-    figs = figures(arms, fixed_rates=fixed_rates, step_best=step_best, memory=memory,
-                   transactions_per_call=scenario.transactions_per_call)
+    if scenario.kind == "signin":  # independent of the lab above: runs even if that one stopped early
+        try:
+            idle_error = run_idle_tls(scenario, counts, certs, work / "idle-tls", sipfed_source, steps)
+        except lab.LabError as exc:
+            idle_error = f"idle TLS connections: {exc}"
+        error = error or idle_error
+        figs = signin_figures(arms, steps, memory=memory, counts=counts)
+    else:
+        figs = figures(arms, fixed_rates=fixed_rates, step_best=step_best, memory=memory,
+                       transactions_per_call=scenario.transactions_per_call)
     return {"figures": figs, "error": error, "noise": noise_note(arms), "seconds": round(time.monotonic() - started, 1),
             "loadavg_start_end": [load_start, os.getloadavg()], "memory": memory,
+            **({"memory_steps": [step.to_json() for step in steps]} if scenario.kind == "signin" else {}),
             "fixed_rates": fixed_rates, "runs": {arm.name: [run.to_json() for run in arm.runs] for arm in arms}}
 
 
@@ -245,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     counts = QUICK if args.quick else FULL
+    # The idle TLS connections are this process's descriptors; the proxies inherit the raised limit too.
+    idle_tls.raise_open_files(counts.idle_tls_connections + 1024)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     work = Path(tempfile.mkdtemp(prefix="sipfed-bench-"))
     log(f"bench: work directory {work}{' (quick)' if args.quick else ''}")

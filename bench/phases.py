@@ -22,7 +22,7 @@ from bench.sipp import UacResult, run_uac
 P99_LIMIT_MS = 10.0
 ACHIEVED_FRACTION = 0.9
 NOISY_CORE_FRACTION = 0.25
-QUIET_BUDGET_SECONDS = 25.0
+QUIET_BUDGET_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +36,19 @@ class Scenario:
     uas_transport: str
     """Proxy -> UAS: ``tls`` (proxy -> server stunnel -> SIPp), ``tcp`` or ``udp`` (proxy -> SIPp)."""
     uac_xml: str
-    """UAC scenario in tests/integration/sipp/."""
+    """UAC scenario: a file in tests/integration/sipp/, or an absolute path (bench/sipp/)."""
     uas_xml: str
-    """UAS scenario in tests/integration/sipp/."""
+    """UAS scenario, the same way."""
     transactions_per_call: int
     """Relayed transactions per SIPp call (MESSAGE: 1; SUBSCRIBE, NOTIFY, un-SUBSCRIBE, NOTIFY: 4)."""
     keys: tuple[tuple[str, str], ...]
     """SIPp -key pairs the UAC scenario requires."""
+    tls_dialogs: bool = False
+    """In-dialog requests stay on the TLS connections: the server stunnel listens on 127.0.0.2, both SIPps'
+    Contacts name TLS addresses and the UAC's Via offers ``alias`` (tests' scenarios are rewritten for it by
+    ``sipp.tls_dialog_variant``; bench/sipp/ ones are written so)."""
+    kind: str = "load"
+    """``load``: warm-up, closed loop, fixed rates, step-up; ``signin``: bench/signin.py's measurements."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,16 @@ class Counts:
     """Step-up runs per arm at most (including the bisection and one retry of a failed step)."""
     run_timeout_seconds: float
     """Bound on one SIPp run (SIPp's -timeout; the subprocess gets 15 s more)."""
+    storm_calls: int
+    """Sign-in storm: SUBSCRIBEs sent at once on one TLS connection, per run (``repetitions`` runs per arm)."""
+    dialogs: int
+    """Live subscription dialogs created to measure their memory."""
+    dialog_rate: int
+    """Calls/s at which they are created (the same for both arms, so transactions linger alike)."""
+    idle_tls_connections: int
+    """Idle mutual-TLS connections opened to measure their memory."""
+    linger_seconds: float
+    """Wait after creating them before memory is read (Kamailio's tm keeps a transaction ~5 s)."""
 
 
 @dataclass
@@ -81,6 +97,8 @@ class Arm:
     """The UAC's destination: the client stunnel in front of the proxy (TLS) or the proxy itself (UDP, TCP)."""
     udp_port: int | None = None
     """The proxy's UDP socket, whose kernel drop counter is read around each run (UDP scenario)."""
+    tls_port: int | None = None
+    """The proxy's own TLS listener, behind the client stunnel (TLS scenarios): idle connections go there."""
     runs: list[Measurement] = field(default_factory=list)
     """Every run on this arm, in order."""
 
@@ -90,9 +108,9 @@ class Measurement:
     """One SIPp UAC run against one arm, with the proxy's CPU time around it."""
 
     phase: str
-    """``warmup``, ``closed_loop``, ``fixed:<rate>`` or ``step``."""
+    """``warmup``, ``closed_loop``, ``fixed:<rate>``, ``step``; sign-in: ``storm``, ``dialogs``."""
     offered_rate: int | None
-    """Calls/s asked of SIPp (None for the closed loop)."""
+    """Calls/s asked of SIPp (None for the closed loop and the storm: as fast as the proxy goes)."""
     result: UacResult
     """What SIPp measured."""
     cpu_seconds: float
@@ -151,7 +169,7 @@ class Bench:
     _quiet_waited: float = 0.0
 
     def measure(self, arm: Arm, phase: str, *, calls: int, rate: int, limit: int,
-                timeout: float | None = None) -> Measurement:
+                timeout: float | None = None, recv_timeout_ms: int = 5000) -> Measurement:
         """One UAC run on ``arm`` with the proxy's CPU time read before and after."""
         self._serial += 1
         tag = f"{self.scenario.name}-{self._serial:03d}-{arm.name}-{phase.replace(':', '-')}"
@@ -165,13 +183,14 @@ class Bench:
         uac_before, machine_before = _children_cpu(), procstat.machine_busy_seconds()
         result = run_uac(self.workdir, tag, scenario_xml=self.scenario.uac_xml, target_port=arm.target_port,
                          transport=self.scenario.uac_transport, calls=calls, rate=rate, limit=limit,
-                         keys=dict(self.scenario.keys), timeout_seconds=timeout or self.counts.run_timeout_seconds)
+                         keys=dict(self.scenario.keys), timeout_seconds=timeout or self.counts.run_timeout_seconds,
+                         recv_timeout_ms=recv_timeout_ms)
         machine = procstat.machine_busy_seconds() - machine_before
         lab_cpu = procstat.cpu_seconds(self.lab_pids()) - lab_before + _children_cpu() - uac_before
         self.settle([arm])  # work the run left behind (retransmissions, 408s) is charged to it
         cpu = procstat.cpu_seconds(pids) - cpu_before
         proxy_drops, uas_drops = (after - before for after, before in zip(self._drops(arm), drops_before, strict=True))
-        offered = None if phase in ("warmup", "closed_loop") else rate
+        offered = rate if phase == "step" or phase.startswith("fixed:") else None
         run = Measurement(phase, offered, result, cpu, max(0, result.successful) * self.scenario.transactions_per_call,
                           proxy_drops, uas_drops, machine, max(0.0, machine - lab_cpu))
         arm.runs.append(run)

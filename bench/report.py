@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.phases import Arm, Measurement
+from bench.phases import Arm, Counts, Measurement
+from bench.signin import MemoryStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,11 @@ def figures(arms: list[Arm], *, fixed_rates: list[int], step_best: dict[str, int
         out.append(Figure(f"cpu_s_per_1k_tx_at_{fixed_rates[0]}",
                           f"CPU per 1,000 transactions at {fixed_rates[0]}/s", "CPU s", "lower",
                           each(lambda a: cpu_per_1k(_phase(a, f"fixed:{fixed_rates[0]}")))))
-    out += [
+    return out + _memory_figures(arms, memory)
+
+
+def _memory_figures(arms: list[Arm], memory: dict[str, dict[str, float]]) -> list[Figure]:
+    return [
         Figure("rss_start_mb", "RSS at start (sum over processes)", "MB", "lower",
                {arm.name: memory[arm.name].get("rss_start_mb") for arm in arms}),
         Figure("peak_rss_mb", "peak RSS, VmHWM (sum over processes)", "MB", "lower",
@@ -118,7 +123,53 @@ def figures(arms: list[Arm], *, fixed_rates: list[int], step_best: dict[str, int
         Figure("pss_end_mb", "PSS at end (shared pages split)", "MB", "lower",
                {arm.name: memory[arm.name].get("pss_end_mb") for arm in arms}),
     ]
-    return out
+
+
+def signin_figures(arms: list[Arm], steps: list[MemoryStep], *, memory: dict[str, dict[str, float]],
+                   counts: Counts) -> list[Figure]:
+    """The figures of the ``signin-tls`` scenario (bench/signin.py), in table order."""
+
+    def storm(value: Any) -> dict[str, float | None]:
+        return {arm.name: value(_phase(arm, "storm")) if _phase(arm, "storm") else None for arm in arms}
+
+    def step(what: str, value: Any) -> dict[str, float | None]:
+        found = {s.arm: s for s in steps if s.what == what}
+        return {arm.name: value(found[arm.name]) if arm.name in found else None for arm in arms}
+
+    def rss(s: MemoryStep) -> float | None:
+        return s.bytes_each("rss")
+
+    def pss(s: MemoryStep) -> float | None:
+        return s.bytes_each("pss")
+
+    def count(s: MemoryStep) -> float:
+        return float(s.count)
+
+    return [
+        Figure("storm_seconds", f"sign-in storm: {counts.storm_calls:,} SUBSCRIBE+NOTIFY", "s", "lower",
+               storm(lambda runs: _mean([r.result.wall_seconds for r in runs]))),
+        Figure("storm_calls_per_s", "  completion rate in the storm", "calls/s", "higher",
+               storm(lambda runs: _mean([r.result.calls_per_second for r in runs]))),
+        Figure("storm_failed", "  failed calls in the storm", "calls", "lower",
+               storm(lambda runs: float(sum(_failed(r) for r in runs)))),
+        Figure("storm_p99_ms", "  p99 SUBSCRIBE -> 200 in the storm", "ms", "lower",
+               storm(lambda runs: pooled_percentile_ms(runs, 99))),
+        Figure("storm_cpu_s_per_1k_tx", "  CPU per 1,000 transactions in the storm", "CPU s", "lower",
+               storm(cpu_per_1k)),
+        Figure("dialog_rss_bytes", "memory per live dialog, RSS (target <2 KB)", "bytes", "lower",
+               step("dialogs", rss)),
+        Figure("dialog_pss_bytes", "memory per live dialog, PSS", "bytes", "lower", step("dialogs", pss)),
+        Figure("dialogs_live", f"  dialogs created (of {counts.dialogs:,})", "dialogs", "higher",
+               step("dialogs", count)),
+        Figure("idle_tls_rss_bytes", "memory per idle TLS connection, RSS (<64KB)", "bytes", "lower",
+               step("idle_tls", rss)),
+        Figure("idle_tls_pss_bytes", "memory per idle TLS connection, PSS", "bytes", "lower", step("idle_tls", pss)),
+        Figure("idle_tls_answered", f"  idle TLS connections (of {counts.idle_tls_connections:,})", "conns",
+               "higher", step("idle_tls", count)),
+        Figure("tls_handshake_cpu_ms", "  proxy CPU per accepted TLS handshake", "CPU ms", "lower",
+               step("idle_tls", MemoryStep.cpu_ms_each)),
+        *_memory_figures(arms, memory),
+    ]
 
 
 def _cell(value: float | None) -> str:

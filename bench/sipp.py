@@ -16,9 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.lab import LOOPBACK, SIPP_DIR, free_port
+from bench.lab import LOOPBACK, SIPP_DIR, LabError, free_port
 
 LATENCY_RE = re.compile(rb"^lat_us;\d+;(\d+)", re.MULTILINE)
+# The lines of tests/integration/sipp/ scenarios that name the transport; see tls_dialog_variant.
+SIPP_VIA = "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]"
+SIPP_CONTACT = "Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +85,38 @@ def _int(row: dict[str, str], key: str) -> int:
         return -1
 
 
+def tls_dialog_variant(scenario_xml: str, out_dir: Path, *, contact: str, alias: bool) -> Path:
+    """A copy of tests/integration/sipp/``scenario_xml`` for a SIPp behind stunnel whose dialogs stay on TLS.
+
+    SIPp speaks TCP to its stunnel, so its Contact says ``transport=TCP`` and a proxy sends in-dialog requests
+    (NOTIFY, the un-SUBSCRIBE) on a new plain TCP connection straight to SIPp, where they overtake the 200 sent
+    just before through stunnel. In the copy the Contact names a TLS address (``contact``: host:port, SIPp
+    keywords allowed) and, if ``alias``, the Via offers its connection for reuse (RFC 5923), so the proxy sends
+    the request on the connection the 200 took, in order. A line the copy needs that is missing is an error.
+    """
+    text = (SIPP_DIR / scenario_xml).read_text()
+    via = SIPP_VIA.replace("[transport]", "TLS") + (";alias" if alias else "")
+    for old, new in ((SIPP_VIA, via), (SIPP_CONTACT, f"Contact: <sip:sipp@{contact};transport=tls>")):
+        if old not in text:
+            raise LabError(f"{SIPP_DIR / scenario_xml}: no line {old!r} to rewrite for TLS dialogs")
+        text = text.replace(old, new)
+    out = out_dir / f"{Path(scenario_xml).stem}-tls-dialogs.xml"
+    out.write_text(text)
+    return out
+
+
 def run_uac(workdir: Path, tag: str, *, scenario_xml: str, target_port: int, transport: str, calls: int,
-            rate: int, limit: int, keys: dict[str, str], timeout_seconds: float) -> UacResult:
-    """Run the SIPp UAC to completion against 127.0.0.1:target_port, bounded by ``timeout_seconds``."""
+            rate: int, limit: int, keys: dict[str, str], timeout_seconds: float,
+            recv_timeout_ms: int = 5000) -> UacResult:
+    """Run the SIPp UAC to completion against 127.0.0.1:target_port, bounded by ``timeout_seconds``.
+
+    ``scenario_xml`` is a file in tests/integration/sipp/ or an absolute path."""
     log, stat = workdir / f"{tag}.lat.log", workdir / f"{tag}.stat.csv"
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     args = ["sipp", f"{LOOPBACK}:{target_port}", "-sf", str(SIPP_DIR / scenario_xml),
             "-t", "u1" if transport == "udp" else "t1", "-i", LOOPBACK, "-p", str(free_port(kind)),
             "-s", "alice", "-m", str(calls), "-r", str(rate), "-l", str(limit), "-nostdin",
-            "-recv_timeout", "5000", "-timeout", f"{max(1, round(timeout_seconds))}s", "-timeout_error",
+            "-recv_timeout", str(recv_timeout_ms), "-timeout", f"{max(1, round(timeout_seconds))}s", "-timeout_error",
             "-trace_logs", "-log_file", str(log), "-trace_stat", "-stf", str(stat), "-fd", "1",
             "-trace_err", "-error_file", str(workdir / f"{tag}.errors")]
     for name, value in keys.items():
