@@ -57,6 +57,8 @@ class StreamConnection(asyncio.Protocol):
         self.ping_sent_at: float | None = None
         self.ping_rx = 0
         self.pongs = 0
+        self.outbox: list[bytes] = []
+        """What ``send`` queued this turn of the event loop; written by ``flush``."""
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
 
@@ -106,6 +108,7 @@ class StreamConnection(asyncio.Protocol):
             elif isinstance(frame, FramingError):
                 self.driver.framing_error(self.flow, frame)
                 if frame.fatal:
+                    self.flush()  # the 400 goes out before the connection closes
                     self.transport.close()
         self._watch_stall()
 
@@ -173,13 +176,25 @@ class StreamConnection(asyncio.Protocol):
             self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
 
     def send(self, data: bytes) -> bool:
+        """Queue ``data``; everything queued in one turn of the event loop goes out in one write (one TLS
+        record, one system call) when the Driver flushes, in order. False if the connection is closing."""
         if self.transport is None or self.transport.is_closing():
             return False
-        if self.session is not None:
-            data = self.session.send(data)
-        self.transport.write(data)
+        if not self.outbox:
+            self.driver.flush_soon(self)
+        self.outbox.append(data)
         self.tx += 1
         return True
+
+    def flush(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        transport = self.transport
+        if not outbox or transport is None or transport.is_closing():
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        if self.session is not None:
+            data = self.session.send(data)
+        transport.write(data)
 
 
 class DatagramEndpoint(asyncio.DatagramProtocol):

@@ -68,6 +68,7 @@ class Driver:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.liveness = Liveness(self)
+        self._unflushed: list[StreamConnection] = []
 
     # -- connection table -------------------------------------------------------------------
 
@@ -142,6 +143,21 @@ class Driver:
                 self._timer.cancel()
             self._timer = self.loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
+
+    def flush_soon(self, conn: StreamConnection) -> None:
+        """Write ``conn``'s queued messages at the end of this turn of the event loop: the replies and
+        requests one burst of reads produced leave as one write per connection, not one per message."""
+        if not self._unflushed:
+            self.loop.call_soon(self._flush)
+        self._unflushed.append(conn)
+
+    def _flush(self) -> None:
+        conns, self._unflushed = self._unflushed, []
+        for conn in conns:
+            try:
+                conn.flush()
+            except Exception:  # one broken connection must not keep the others' messages
+                log.exception("could not write to a connection")
 
     def _send_on_flow(self, flow: Flow, data: bytes) -> None:
         if self.trace is not None:
@@ -372,6 +388,7 @@ class Driver:
         return endpoint.transport if endpoint is not None else None
 
     async def close(self) -> None:
+        self._flush()  # what the last turn queued goes out before the connections close
         await self.liveness.close()
         for conn in list(self.connections.values()):
             if conn.transport is not None:

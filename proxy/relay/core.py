@@ -289,8 +289,10 @@ class Proxy:
         if stx is not None and stx.final_status >= 300:
             # §17.2.1: the ACK for our non-2xx final ends the INVITE server transaction.
             stx.timers.cancel_all()
-            linger = T4 if flow.transport == "udp" else 0.0
-            stx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_server(stx)))
+            if flow.transport == "udp":  # Timer I: absorb retransmitted ACKs
+                stx.timers.set("end", self.timers.schedule(now + T4, lambda t: self._end_server(stx)))
+            else:
+                self._end_server(stx)
             return
         # An ACK for a 2xx is end-to-end (§13.2.2.4): route it statelessly (§16.11).
         try:
@@ -396,7 +398,10 @@ class Proxy:
         if not invite:
             ctx.data = b""  # nothing will be retransmitted any more
         linger = TIMER_L if invite and status < 300 else (T4 if ctx.hop.transport == "udp" else 0.0)
-        ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
+        if linger:  # Timer K / RFC 6026's Timer M: absorb retransmitted finals
+            ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
+        else:  # a reliable transport retransmits nothing: end now, without a timer (and a loop wake-up)
+            self._end_client(ctx)
         if stx is None or (stx.final_status and not (invite and status < 300)):
             return
         if status in (401, 407) and not stx.final_status and self._absorb_challenge(ctx, stx, response, now):
