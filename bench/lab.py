@@ -240,6 +240,9 @@ fqdn = "sipfed.tomt.local"
 transaction_timeout_seconds = 4
 log_level = "warning"
 
+[metrics]
+listen = "127.0.0.1:0"   # served as in production, on a free port (9561 may be taken by a running sipfed)
+
 [tls]
 cert_chain = "{certs}/sipfed.tomt.local.pem"
 key = "{certs}/sipfed.tomt.local.key"

@@ -6,6 +6,8 @@ names, status class, fixed reason sets) — never a raw URI or certificate subje
 
 from __future__ import annotations
 
+import gc
+import logging
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -64,6 +66,9 @@ class Metrics(Observer):
         self.config_reloads = c("config_reloads_total", "Config reloads", ["outcome"])
         self.health_checks = c("health_checks_total", "OPTIONS health checks of route destinations",
                                ["route", "result"])
+        self.gc_pauses = Histogram("sipfed_gc_pause_seconds", "Passes of Python's cyclic garbage collector",
+                                   ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+                                   registry=registry)
         self.keepalives = c("keepalives_total", "RFC 5626 CRLF keep-alives on connections sipfed opened",
                             ["result"])
         Info("sipfed_build", "Version information", registry=registry).info(
@@ -130,6 +135,24 @@ class Metrics(Observer):
 
     def keepalive(self, result: str) -> None:
         self._child(self.keepalives, result).inc()
+
+    def watch_gc(self, warn_seconds: float = 0.05) -> Callable[[str, dict[str, int]], None]:
+        """Time every collector pass into ``sipfed_gc_pause_seconds``; log the ones that stall the loop."""
+        started: list[float] = [0.0]
+        log = logging.getLogger("sipfed")
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+                return
+            seconds = time.perf_counter() - started[0]
+            self._child(self.gc_pauses, str(info.get("generation", -1))).observe(seconds)
+            if seconds >= warn_seconds:
+                log.warning("garbage collector pass (generation %d) stalled the event loop for %.0f ms, "
+                            "freeing %d objects", info.get("generation", -1), seconds * 1000, info.get("collected", 0))
+
+        gc.callbacks.append(callback)
+        return callback
 
     def watch_destinations(self, states: Callable[[], Iterable[DestinationState]]) -> None:
         """``sipfed_destination_up{route, destination}``, read from the running state at each scrape."""

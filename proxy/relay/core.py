@@ -13,6 +13,7 @@ Rules:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -99,6 +100,9 @@ class Proxy:
         self._to_tag = secrets.token_hex(6)
         self._in_flight = 0
         self._timeout_log: dict[str, tuple[float, int]] = {}
+        self._completed: dict[ServerKey, tuple[str, tuple[str, int], str | None, bytes]] = {}
+        """Non-INVITE server transactions over UDP in §17.2.2's Completed state: what to answer again."""
+        self._completed_expiry: collections.deque[tuple[float, ServerKey]] = collections.deque()
         self.configure(self.settings)
 
     def configure(self, settings: RelaySettings) -> None:
@@ -127,6 +131,14 @@ class Proxy:
 
     def handle_timer(self, now: float) -> None:
         self.timers.run_due(now)
+        if self._completed:
+            self._forget_completed(now)
+
+    def _forget_completed(self, now: float) -> None:
+        """Timer J ran out for the oldest completed non-INVITE server transactions over UDP."""
+        expiry, completed = self._completed_expiry, self._completed
+        while expiry and expiry[0][0] <= now:
+            completed.pop(expiry.popleft()[1], None)
 
     def receive(self, flow: Flow, data: bytes, now: float) -> None:
         """One whole message from a flow (a framed stream message or a datagram)."""
@@ -196,6 +208,13 @@ class Proxy:
             if existing.last_response is not None:
                 self._outputs.append(SendOnFlow(existing.flow, existing.last_response))
             return
+        if self._completed:
+            self._forget_completed(now)
+            done = self._completed.get(key)
+            if done is not None:  # §17.2.2 "Completed" state (Timer J)
+                listener, remote, peer, last = done
+                self._outputs.append(SendOnFlow(Flow("udp", listener, remote, 0, peer=peer), last))
+                return
         stx = ServerTx(key, request, flow, request.method == "INVITE", now)
         self.server_txs[key] = stx
         self._in_flight += 1
@@ -397,8 +416,11 @@ class Proxy:
         ctx.timers.cancel_all()
         if not invite:
             ctx.data = b""  # nothing will be retransmitted any more
-        linger = TIMER_L if invite and status < 300 else (T4 if ctx.hop.transport == "udp" else 0.0)
-        if linger:  # Timer K / RFC 6026's Timer M: absorb retransmitted finals
+        # Only INVITE's client transaction lingers: Timer D (UDP, to ACK a retransmitted non-2xx again) and
+        # RFC 6026's Timer M (2xx retransmissions travel on). A non-INVITE's Timer K would only absorb
+        # retransmitted finals, which a finished transaction drops all the same.
+        linger = (TIMER_L if status < 300 else (T4 if ctx.hop.transport == "udp" else 0.0)) if invite else 0.0
+        if linger:
             ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
         else:  # a reliable transport retransmits nothing: end now, without a timer (and a loop wake-up)
             self._end_client(ctx)
@@ -598,7 +620,14 @@ class Proxy:
         elif stx.invite:
             linger = TIMER_L
         else:
-            linger = TIMER_J if udp else 0.0
+            linger = 0.0
+            if udp and stx.last_response is not None:
+                # §17.2.2: for Timer J (32 s) only the answer to retransmissions is kept, as tuples of
+                # strings and bytes rather than a whole transaction: at 1,000/s that is 32,000 of them, and
+                # the cyclic collector stops scanning such tuples after one pass (they cannot form cycles).
+                flow = stx.flow
+                self._completed[stx.key] = (flow.listener, flow.remote, flow.peer, stx.last_response)
+                self._completed_expiry.append((now + TIMER_J, stx.key))
         if linger:
             stx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_server(stx)))
         else:

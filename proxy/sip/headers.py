@@ -152,7 +152,7 @@ class NameAddr:
         return head + tail
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)
 def parse_name_addr(value: str, *, any_scheme: bool = False) -> NameAddr:
     """Parse ``"Name" <sip:...>;p=v`` or ``sip:...;p=v`` (§20.10: then the params are the header's).
 
@@ -220,7 +220,7 @@ class Via:
         return find_param(self.params, name)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=512)
 def parse_via(value: str) -> Via:
     """Parse one Via value: ``SIP/2.0/TLS host:port;branch=...``."""
     match = VIA_RE.fullmatch(value)

@@ -49,38 +49,43 @@ def server_key(request: Request) -> ServerKey:
 
 
 class TimerQueue:
-    """One heap of deadlines; a cancelled timer stays in the heap and is skipped when due."""
+    """One heap of deadlines. A cancelled timer stays in the heap and is skipped when due; when more than
+    half the heap is cancelled timers (a refreshed subscription's old expiry, the timeouts of answered
+    requests), they are dropped in one pass, so the heap stays within twice the live timers."""
 
-    __slots__ = ("_compact_at", "_heap", "_ids")
+    __slots__ = ("_heap", "_ids", "cancelled")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
         self._ids = itertools.count()
-        self._compact_at = 1024
+        self.cancelled = 0
+        """Cancelled timers still in the heap."""
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
-        timer = Timer(deadline, callback)
+        timer = Timer(deadline, callback, self)
         heap = self._heap
         heapq.heappush(heap, (deadline, next(self._ids), timer))
-        if len(heap) >= self._compact_at:
-            # Cancelled timers would otherwise stay until their deadline (a refreshed subscription's
-            # old expiry: hours). Dropping them when the heap doubles costs O(1) per schedule, amortised.
+        if self.cancelled > 512 and 2 * self.cancelled > len(heap):  # O(1) per schedule, amortised
             heap[:] = [entry for entry in heap if not entry[2].cancelled]
             heapq.heapify(heap)
-            self._compact_at = max(1024, 2 * len(heap))
+            self.cancelled = 0
         return timer
 
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
+            self.cancelled -= 1
         return heap[0][0] if heap else None
 
     def run_due(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, timer = heapq.heappop(heap)
-            timer.fire(now)
+            if timer.cancelled:
+                self.cancelled -= 1
+            else:
+                timer.fire(now)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -92,15 +97,22 @@ class Timer:
 
     deadline: float
     callback: Callable[[float], None]
+    queue: TimerQueue | None = None
+    """While in the queue's heap and not cancelled: the queue (which counts cancelled timers)."""
     cancelled: bool = False
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            if self.queue is not None:
+                self.queue.cancelled += 1
+                self.queue = None
         self.callback = _nothing  # the heap keeps the Timer until its deadline; not what it points at
 
     def fire(self, now: float) -> None:
         if not self.cancelled:
             self.cancelled = True
+            self.queue = None  # popped already: not counted as a cancelled timer in the heap
             callback, self.callback = self.callback, _nothing
             callback(now)
 

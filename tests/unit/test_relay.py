@@ -409,6 +409,10 @@ def test_retransmitted_udp_request_absorbed_then_answered_with_last_response() -
     assert [r.status for r in replies(ok, UDP_IN)] == [200]
     again = send(px, sent, UDP_IN, 2.0)
     assert again == ok
+    assert send(px, sent, UDP_IN, 32.9) == ok  # §17.2.2: Timer J is 64*T1 = 32 s after the final
+    px.handle_timer(33.1)
+    late, _ = forwarded(send(px, sent, UDP_IN, 33.2))  # after Timer J the same branch is a new request
+    assert late.hop.transport == "tls"
 
 
 def test_udp_hop_retransmits_on_timer_e() -> None:
