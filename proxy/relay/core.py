@@ -17,11 +17,10 @@ import collections
 import hashlib
 import itertools
 import logging
-import re
 import secrets
 
 from acl.peers import Trust
-from proxy.relay.challenges import CSeqShifts, challenge_realm, retried_request
+from proxy.relay.challenges import CSeqShifts
 from proxy.relay.forwarding import (
     BRANCH_PREFIX,
     RelayPolicy,
@@ -35,15 +34,15 @@ from proxy.relay.forwarding import (
     validate,
 )
 from proxy.relay.limits import TokenBuckets
-from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, released, reply_to_unparsed, with_branch
+from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, log_fields, released, reply_to_unparsed
 from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
+from proxy.relay.retries import Retries
 from proxy.relay.state import ClientTx, RelaySettings, ServerTx
 from proxy.relay.subscriptions import SubscriptionBook
 from proxy.relay.trust import admit
 from proxy.relay.types import (
     Flow,
-    HopUnavailable,
     NextHop,
     Output,
     ProbeAnswer,
@@ -74,13 +73,10 @@ log = logging.getLogger("sipfed.relay")
 #: and Lync's BENOTIFY, "a NOTIFY that does not expect a response" ([MS-SIP] §3.5).
 STATELESS_METHODS = frozenset({"ACK", "BENOTIFY"})
 
-#: RFC 3263 §4.3: how many candidates of a pool or DNS route one request tries after 503s, at most.
-MAX_ATTEMPTS = 4
-_RETRY_AFTER_RE = re.compile(r"\s*(\d{1,6})")
 
 
 
-class Proxy:
+class Proxy(Retries):
     """RFC 3261 §16 transaction-stateful proxy, one target per request (no forking)."""
 
     def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None, trust: Trust | None = None,
@@ -319,7 +315,7 @@ class Proxy:
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped)
         except SipError as exc:
-            log.info("%s dropped: %s", request.method, exc.reason, extra=_extra(request.call_id, flow))
+            log.info("%s dropped: %s", request.method, exc.reason, extra=log_fields(request.call_id, flow))
             return
         if hop is None:
             return
@@ -437,100 +433,6 @@ class Proxy:
             response.status, response.reason = 500, "Next Hop Unavailable (503)"
         self._send_response(stx, response, now)
 
-    def _fail_over(self, ctx: ClientTx, stx: ServerTx, response: Response, flow: Flow, now: float) -> bool:
-        """RFC 3263 §4.3: a 503 from one candidate of a pool or DNS route sends the request to the next
-        candidate, in the same server transaction, with the first try's deadline (so the sender still
-        gets its final response before its own Timer F); the edge marks the candidate down."""
-        if not self._may_retry(ctx):
-            return False
-        match = _RETRY_AFTER_RE.match(response.headers.get("retry-after") or "")
-        retry_after = int(match.group(1)) if match else None
-        self._outputs.append(HopUnavailable(flow, ctx.hop.route or "", retry_after, response.reason))
-        self.observer.hop_failure(ctx.hop.route or "", "unavailable")
-        self._retry_next(ctx, stx, f"{flow.remote[0]}:{flow.remote[1]} answered 503 {response.reason}", now)
-        return True
-
-    def unanswered(self, tokens: list[int]) -> list[int]:
-        """Those of ``tokens`` whose client transaction still waits for its final response."""
-        by_id = self._by_id
-        return [t for t in tokens if t in by_id and not by_id[t].final_status]
-
-    def connection_lost(self, tokens: list[int], reason: str, now: float) -> None:
-        """A connection closed with these requests sent on it and unanswered (a transport error, RFC 3261
-        §8.1.3.1): pool and DNS routes retry them on the next candidate (RFC 3263 §4.3), others get 503."""
-        for token in tokens:
-            ctx = self._by_id.get(token)
-            if ctx is None or ctx.final_status:
-                continue
-            stx = ctx.server
-            if ctx.probe or stx is None or stx.final_status or not self._may_retry(ctx) or ctx.provisional:
-                self.hop_failed(token, reason, now)
-                continue
-            self._end_client(ctx)
-            self.observer.hop_failure(ctx.hop.route or "", "other")
-            self._retry_next(ctx, stx, reason, now)
-
-    def _may_retry(self, ctx: ClientTx) -> bool:
-        route = self.policy.routes.by_name.get(ctx.hop.route or "")
-        if route is None or not ctx.hop.failover or ctx.attempt >= MAX_ATTEMPTS:
-            return False
-        return not route.destinations or ctx.attempt < len(route.destinations)  # each destination once
-
-    def _retry_next(self, ctx: ClientTx, stx: ServerTx, why: str, now: float) -> None:
-        route = ctx.hop.route
-        cid = next(self._ids)
-        branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
-        retry = with_branch(ctx.request, ctx.branch, branch)
-        log.info("%s: %s; trying the next candidate of route %s (attempt %d)", ctx.method, why, route,
-                 ctx.attempt + 1, extra=_extra(retry.call_id, stx.flow, route))
-        self._start_client(ClientTx(cid, branch, ctx.method, ctx.hop, retry.to_bytes(), retry, stx,
-                                    original_cseq=ctx.original_cseq, challenged=ctx.challenged,
-                                    attempt=ctx.attempt + 1, deadline=ctx.deadline), now)
-
-    # -- challenges from next hops ------------------------------------------------------------
-
-    def _absorb_challenge(self, ctx: ClientTx, stx: ServerTx, response: Response, now: float) -> bool:
-        """A 401/407 for a source that cannot answer digest never reaches it (trust rule 4).
-
-        With credentials for the route, sipfed answers and re-sends the request with the next CSeq
-        (RFC 3261 §22.2, §8.1.3.5), remembering the shift for the rest of the dialog; without, 403.
-        """
-        request = stx.request
-        flow = stx.flow
-        if not self.trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, ctx.hop.route):
-            return False
-        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
-        challenge = response.headers.get(header) or ""
-        realm = challenge_realm(challenge)
-        credential = self.trust.credential_for(ctx.hop.route, realm)
-        if credential is None or ctx.challenged or not challenge:
-            why = "sipfed's own credentials were refused" if ctx.challenged else (
-                f"no [[acl.credentials]] for route {ctx.hop.route or ctx.hop.host} realm {realm or '?'}")
-            log.warning("%s: next hop %s challenged (%d) on behalf of %s, which cannot answer digest; %s",
-                        request.method, ctx.hop, response.status, flow.peer or flow.remote[0], why,
-                        extra=_extra(request.call_id, flow, ctx.hop.route))
-            self._respond(stx, 403, f"Forbidden (next hop demanded digest authentication the sender cannot "
-                                    f"answer: {why})", now)
-            self.observer.shielded("blocked")
-            return True
-        self.observer.shielded("answered")
-        self._retry_with_credentials(ctx, stx, response.status, challenge, credential.username,
-                                     credential.password, now)
-        return True
-
-    def _retry_with_credentials(self, ctx: ClientTx, stx: ServerTx, status: int, challenge: str, username: str,
-                                password: str, now: float) -> None:
-        cid = next(self._ids)
-        branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
-        retry = retried_request(ctx.request, ctx.branch, branch, status, challenge, username, password)
-        self.cseq_shifts.shift(retry.call_id, retry.from_.param("tag") or "")
-        original = ctx.original_cseq or stx.request.headers.get("cseq")
-        retry_ctx = ClientTx(cid, branch, retry.method, ctx.hop, retry.to_bytes(), retry, stx,
-                             original_cseq=original, challenged=True)
-        log.info("%s: answered the %d of %s as %s", retry.method, status, ctx.hop, username,
-                 extra=_extra(retry.call_id, stx.flow, ctx.hop.route))
-        self._start_client(retry_ctx, now)
-
     # -- timers -----------------------------------------------------------------------------
 
     def _client_timeout(self, ctx: ClientTx, now: float) -> None:
@@ -555,7 +457,7 @@ class Proxy:
             return
         more = f" ({quiet} more since the last warning)" if quiet else ""
         log.warning("%s to %s: no final response in %g s%s", ctx.method, ctx.hop, waited, more,
-                    extra=_extra(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route))
+                    extra=log_fields(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route))
         self._timeout_log[route] = (now, 0)
 
     def _timer_c(self, ctx: ClientTx, now: float) -> None:
@@ -600,7 +502,7 @@ class Proxy:
         self.observer.request_refused(method_label(stx.request.method), exc.status)
         if exc.status >= 400 and exc.status != 407:
             log.info("%s refused: %d %s", stx.request.method, exc.status, exc.reason,
-                     extra=_extra(stx.request.call_id, stx.flow))
+                     extra=log_fields(stx.request.call_id, stx.flow))
         if exc.status == 404 and "no route" in exc.reason:
             self.observer.route_miss()
         self._respond(stx, exc.status, exc.reason, now, exc.headers)
@@ -671,17 +573,6 @@ class Proxy:
         stx.client = None
         if self.server_txs.get(stx.key) is stx:
             del self.server_txs[stx.key]
-
-
-def _extra(call_id: str, flow: Flow | None, route: str | None = None) -> dict[str, str]:
-    """Log fields: the Call-ID and where the request came from."""
-    out = {"call_id": call_id}
-    if flow is not None:
-        out["peer"] = flow.peer or "none"
-        out["remote"] = f"{flow.remote[0]}:{flow.remote[1]}"
-    if route:
-        out["route"] = route
-    return out
 
 
 __all__ = ["Proxy", "RelaySettings", "hop_for_uri", "parse_name_addr"]

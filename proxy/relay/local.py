@@ -8,7 +8,7 @@ import secrets
 
 from proxy.relay.forwarding import via_value
 from proxy.relay.state import ClientTx
-from proxy.relay.types import Identity, NextHop
+from proxy.relay.types import Flow, Identity, NextHop
 from proxy.sip.errors import SipError
 from proxy.sip.headers import canonical
 from proxy.sip.message import Headers, Request, Response
@@ -84,3 +84,14 @@ def hop_request(ctx: ClientTx, method: str, to: str) -> Request:
     headers.append("CSeq", f"{fwd.cseq[0]} {method}")
     headers.append("Content-Length", "0")
     return Request(headers, b"", "SIP/2.0", method, fwd.uri)
+
+
+def log_fields(call_id: str, flow: Flow | None, route: str | None = None) -> dict[str, str]:
+    """Log fields: the Call-ID and where the request came from."""
+    out = {"call_id": call_id}
+    if flow is not None:
+        out["peer"] = flow.peer or "none"
+        out["remote"] = f"{flow.remote[0]}:{flow.remote[1]}"
+    if route:
+        out["route"] = route
+    return out
