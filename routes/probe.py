@@ -35,7 +35,8 @@ class HealthCheck:
 
 
 def passed(status: int) -> bool:
-    """A final response below 500 proves the destination alive; 5xx (503 above all) does not."""
+    """A final response below 500 proves the destination alive; 5xx (503 above all) does not, nor does
+    no answer at all (status 0: a timeout or no connection)."""
     return 200 <= status < 500
 
 

@@ -148,8 +148,12 @@ class Liveness:
         if prober is None:
             return
         ok = passed(answer.status)
-        result = f"{answer.status} {answer.reason}" if answer.status not in (408, 503) or ok else (
-            f"no answer in {prober.check.timeout_seconds:g} s" if answer.status == 408 else answer.reason)
+        if answer.status:
+            result = f"{answer.status} {answer.reason}"
+        elif answer.reason == "no answer in time":
+            result = f"no answer in {prober.check.timeout_seconds:g} s"
+        else:
+            result = answer.reason  # why the destination could not be reached
         self.driver.observer.health_check(name, "pass" if ok else "fail")
         now = self.driver.loop.time()
         change = prober.record(candidate, ok, now, result)

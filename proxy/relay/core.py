@@ -181,7 +181,7 @@ class Proxy(Retries):
             return
         self._end_client(ctx)
         if ctx.probe:
-            self._outputs.append(ProbeAnswer(ctx.id, 503, reason))
+            self._outputs.append(ProbeAnswer(ctx.id, 0, reason))
             return
         self.observer.hop_failure(ctx.hop.route or "dialog", kind)
         stx = ctx.server
@@ -439,7 +439,7 @@ class Proxy(Retries):
         """Timer F (our shorter non-INVITE limit, RFC 4320) or Timer B: answer 408 upstream."""
         self._end_client(ctx)
         if ctx.probe:
-            self._outputs.append(ProbeAnswer(ctx.id, 408, "no answer in time"))
+            self._outputs.append(ProbeAnswer(ctx.id, 0, "no answer in time"))
             return
         stx = ctx.server
         waited = self.settings.transaction_timeout_seconds if ctx.method != "INVITE" else TIMER_B

@@ -127,13 +127,13 @@ class HopUnavailable:
 
 @dataclass(frozen=True, slots=True)
 class ProbeAnswer:
-    """The outcome of a request sipfed sent on its own (a health-check OPTIONS): the final status,
-    408 when nothing came in time, 503 when the hop could not be reached."""
+    """The outcome of a request sipfed sent on its own (a health-check OPTIONS): the final status the
+    destination answered, or 0 when no answer came (nothing in time, or the hop could not be reached)."""
 
     token: int
     """What ``Proxy.probe`` returned."""
     status: int
-    """The final status."""
+    """The final status, or 0 for no answer at all."""
     reason: str
     """Its reason phrase, or why the check failed."""
 

@@ -276,3 +276,41 @@ def test_keepalive_pings_an_idle_connection_and_closes_a_dead_one(tmp_path: Path
             os.kill(pid, signal.SIGCONT)
         kam.stop()
     assert "no keep-alive pong within 1 s (RFC 5626 §4.4.1); closing it" in sipfed.log_text()
+
+
+def test_a_silent_destination_fails_its_health_checks(tmp_path: Path, certs: Path,
+                                                      start_sipfed: Callable[..., Sipfed]) -> None:
+    """A destination that keeps its connection but answers nothing (Kamailio frozen by SIGSTOP): the
+    checks time out, it goes down after two, and comes back once it answers again."""
+    port = free_port("127.0.0.2")
+    kam = destination(tmp_path, certs, "k", port)
+    config = lab_config(tmp_path / "silent.toml", certs, cups_port=port, lync_port=free_port("127.0.0.3"),
+                        extra=f"""
+[[routes]]
+name = "pool"
+match_uri = "pool.tomt.local"
+destination = "127.0.0.2"
+port = {port}
+tls_name = "cups.tomt.local"
+listener = "cisco"
+health = {{ interval_seconds = 0.5, timeout_seconds = 0.4, failures_to_down = 2, successes_to_up = 1 }}
+""")
+    sipfed = start_sipfed(config)
+    frozen: list[int] = []
+    try:
+        wait_for(lambda: counter(metrics(sipfed), "sipfed_health_checks_total", route="pool", result="pass") >= 1,
+                 10, "a first check passed")
+        frozen = processes_of(kam.proc.pid)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: destination_up(sipfed, port) == 0.0, 10, "the silent destination reported down")
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        frozen = []
+        wait_for(lambda: destination_up(sipfed, port) == 1.0, 10, "the destination reported up again")
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        kam.stop()
+    assert re.search(rf"route pool: destination tls:127\.0\.0\.2:{port} is down after 2 failed health checks "
+                     r"\(last: no answer in 0\.4 s\)", sipfed.log_text())

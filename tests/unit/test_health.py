@@ -64,7 +64,7 @@ def test_candidates_gone_from_dns_are_forgotten_and_late_results_ignored() -> No
 
 
 @pytest.mark.parametrize(("status", "ok"), [(200, True), (404, True), (483, True), (100, False), (500, False),
-                                            (503, False), (408, True)])
+                                            (503, False), (408, True), (0, False)])
 def test_what_counts_as_alive(status: int, ok: bool) -> None:
     assert passed(status) is ok
 
@@ -128,11 +128,11 @@ def test_probe_timeout_and_unreachable() -> None:
     refused = px.probe(hop, 0.0, 2.0)
     px.take_outputs()
     px.hop_failed(refused, "connection refused", 0.1)
-    assert px.take_outputs() == [ProbeAnswer(refused, 503, "connection refused")]
+    assert px.take_outputs() == [ProbeAnswer(refused, 0, "connection refused")]
     px.handle_timer(1.99)
     assert px.take_outputs() == []
     px.handle_timer(2.0)
-    assert px.take_outputs() == [ProbeAnswer(silent, 408, "no answer in time")]
+    assert px.take_outputs() == [ProbeAnswer(silent, 0, "no answer in time")]
 
 
 # -- RFC 3263 §4.3: 503 from one candidate, the next one is tried ----------------------------------
