@@ -418,7 +418,7 @@ class Proxy(Retries):
         linger = (TIMER_L if status < 300 else (T4 if ctx.hop.transport == "udp" else 0.0)) if invite else 0.0
         if linger:
             ctx.timers.set("end", self.timers.schedule(now + linger, lambda t: self._end_client(ctx)))
-        else:  # a reliable transport retransmits nothing: end now, without a timer (and a loop wake-up)
+        else:  # end now, without a timer (and the loop wake-up it costs)
             self._end_client(ctx)
         if stx is None or (stx.final_status and not (invite and status < 300)):
             return
