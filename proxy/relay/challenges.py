@@ -10,6 +10,7 @@ import re
 import secrets
 
 from acl.digest import authorization
+from proxy.relay.local import with_branch
 from proxy.sip.message import Request
 
 _REALM_RE = re.compile(r'realm\s*=\s*"([^"]*)"')
@@ -23,13 +24,11 @@ def challenge_realm(challenge: str) -> str:
 def retried_request(forwarded: Request, old_branch: str, branch: str, status: int, challenge: str, username: str,
                     password: str) -> Request:
     """The forwarded request again: a new branch on our Via, CSeq + 1, and (Proxy-)Authorization."""
-    retry = forwarded.copy()
+    retry = with_branch(forwarded, old_branch, branch)
     number, method = retry.cseq
     retry.headers.set("CSeq", f"{number + 1} {method}")
     name = "Authorization" if status == 401 else "Proxy-Authorization"
     retry.headers.append(name, authorization(challenge, method, retry.uri, username, password, secrets.token_hex(8)))
-    top = retry.headers.get("via") or ""
-    retry.headers.set("Via", top.replace(f"branch={old_branch}", f"branch={branch}"))
     return retry
 
 
