@@ -150,15 +150,7 @@ class Child:
         """SIGTERM the root PID, SIGKILL it after ``timeout``; then SIGKILL any remembered worker left."""
         timeout = self.stop_timeout if timeout is None else timeout
         self.pids()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
+        load_stunnel().terminate(self.proc, timeout)
         for pid in self.known_pids - {self.proc.pid}:
             if procstat.tree_pids(pid) and _parent_is(pid, self.proc.pid):
                 with contextlib.suppress(ProcessLookupError):

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
+
+from tests.integration.sipp.stunnel import terminate
 
 
 def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace_seconds: float = 10.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
+    code = terminate(proc, grace_seconds)
+    assert code is not None
+    return code

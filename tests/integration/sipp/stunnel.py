@@ -169,16 +169,7 @@ class Tunnel:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the stunnel PID, SIGKILL it after *timeout*; return its exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
     def __enter__(self) -> Tunnel:
         return self
@@ -288,3 +279,18 @@ def start_server_tunnel(
         ca_file=ca_file,
         **kwargs,
     )
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> int | None:
+    """Stop a child this code started, by its PID: SIGTERM, a bounded wait, then SIGKILL; its exit code.
+    (Shared by the tests' process helpers and the bench, which loads this file by path.)"""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    return proc.returncode
