@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.config import DEFAULT_METRICS_LISTEN
-from proxy.metrics import Metrics
+from proxy.metrics import HotCounters, Metrics
 from proxy.net.health import DestinationState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -39,10 +39,10 @@ def exported_series() -> dict[str, set[str]]:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.watch_destinations(lambda: [DestinationState("route", "tls:10.0.0.1:5061", True, True, "200 OK")])
-    labels_of_family = {}
+    labels_of_family = {name: set(labels) for name, (_, labels) in HotCounters.FAMILIES.items()}
     for wrapper in vars(metrics).values():
         if isinstance(wrapper, MetricWrapperBase):
-            labels_of_family[wrapper.describe()[0].name] = set(wrapper._labelnames)
+            labels_of_family[next(iter(wrapper.describe())).name] = set(wrapper._labelnames)
     series: dict[str, set[str]] = {}
     for family in registry.collect():
         labels = labels_of_family.get(family.name, set()).union(*(s.labels for s in family.samples))
