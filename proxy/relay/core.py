@@ -34,7 +34,7 @@ from proxy.relay.forwarding import (
     validate,
 )
 from proxy.relay.limits import TokenBuckets
-from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, log_fields, released, reply_to_unparsed
+from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, log_fields, reply_to_unparsed
 from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
 from proxy.relay.retries import Retries
@@ -50,8 +50,8 @@ from proxy.relay.types import (
     SendOnFlow,
     SendToHop,
 )
-from proxy.sip.errors import SipError
-from proxy.sip.headers import parse_name_addr
+from proxy.sip.errors import SipError, SipSyntaxError
+from proxy.sip.headers import parse_name_addr, via_branch
 from proxy.sip.message import Request, Response, make_response, parse_message
 from proxy.sip.parser import FramingError
 from proxy.sip.transaction import (
@@ -358,11 +358,14 @@ class Proxy(Retries):
     # -- responses --------------------------------------------------------------------------
 
     def _on_response(self, response: Response, flow: Flow, now: float) -> None:
-        via = response.top_via
+        top = response.headers.get("via")
+        if top is None:
+            raise SipSyntaxError("Missing Via header")
+        branch = via_branch(top) or ""
         _, method = response.cseq
-        ctx = self.client_txs.get((via.branch or "", method))
+        ctx = self.client_txs.get((branch, method))
         if ctx is None:
-            log.debug("response %d with no transaction (branch %s) dropped", response.status, via.branch)
+            log.debug("response %d with no transaction (branch %s) dropped", response.status, branch)
             return
         if ctx.method == "CANCEL":
             self._end_client(ctx)  # the 200 to our CANCEL is for us alone
@@ -511,9 +514,6 @@ class Proxy(Retries):
         """How long a server transaction outlives its final response (§17.2, RFC 6026)."""
         stx.final_status = status
         self._in_flight -= 1
-        if not stx.invite:
-            # Lingering only answers retransmissions with last_response: the request itself can go.
-            stx.request = released(stx.request)
         udp = stx.flow.transport == "udp"
         if stx.invite and status >= 300:
             linger = TIMER_H  # wait for the ACK

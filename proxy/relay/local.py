@@ -63,13 +63,6 @@ def reply_to_unparsed(data: bytes, exc: SipError) -> tuple[bytes | None, str]:
     return Response(copied, b"", "SIP/2.0", exc.status, reason).to_bytes(), ""
 
 
-def released(request: Request) -> Request:
-    """A request stripped to what a finished transaction still needs (method, Call-ID, CSeq)."""
-    keep = Headers([item for item in request.headers.items if item[0] in ("call-id", "cseq")])
-    return Request(keep, b"", request.version, request.method, request.uri)
-
-
-
 def hop_request(ctx: ClientTx, method: str, to: str) -> Request:
     """A CANCEL or ACK built from the forwarded request of a client transaction (§9.1, §17.1.1.3)."""
     fwd = ctx.request

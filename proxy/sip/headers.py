@@ -232,3 +232,22 @@ def parse_via(value: str) -> Via:
     if port is not None and not 0 < int(port) < 65536:  # VIA_RE allows at most 5 significant digits
         raise SipSyntaxError(f"Via port out of range in {value[:80]!r}")
     return Via(transport.upper(), host, int(port) if port else None, parse_params(rest))
+
+
+def via_branch(value: str) -> str | None:
+    """The branch of one Via value, found without parsing the value when it is written plainly.
+
+    A response's top Via is the one its transaction's element wrote (RFC 3261 §17.1.3 matches on its
+    branch alone), so a proxy reads only the branch there; any unusual spelling (spaces around '=',
+    another case, quoted parameters) takes the full parse.
+    """
+    start = value.find(";branch=")
+    if start < 0 or '"' in value:
+        return parse_via(value).branch
+    start += 8
+    end = len(value)
+    for stop in (";", " ", "\t"):
+        at = value.find(stop, start)
+        if 0 <= at < end:
+            end = at
+    return value[start:end]

@@ -5,7 +5,7 @@ stream framing (§18.3, RFC 5626 §4.4.1), URIs (§19.1) and header values (§20
 import pytest
 
 from proxy.sip.errors import MessageTooLarge, SipError, UnsupportedVersion
-from proxy.sip.headers import canonical, parse_name_addr, parse_via, split_commas
+from proxy.sip.headers import canonical, parse_name_addr, parse_via, split_commas, via_branch
 from proxy.sip.message import Request, Response, parse_message
 from proxy.sip.parser import FramingError, Ping, StreamFramer
 from proxy.sip.uri import UnsupportedScheme, parse_uri
@@ -84,6 +84,29 @@ def test_valid_torture_message_parses_and_round_trips(name: str) -> None:
         expected.append(("content-length", "Content-Length", str(len(first.body))))
     assert triples(second) == expected
     assert second.body == first.body
+
+
+UNUSUAL_VIAS = [
+    "SIP/2.0/TLS sipfed.tomt.local:5061;branch=z9hG4bKsf1.2",
+    "SIP/2.0/UDP 10.0.0.1;received=10.0.0.9;branch=z9hG4bKx;rport=5060",
+    "SIP/2.0/TCP h;branch=z9hG4bKy ;rport",
+    "SIP/2.0/TCP h ; branch = z9hG4bKspaced ; rport",
+    "SIP/2.0/TCP h;BRANCH=z9hG4bKupper",
+    'SIP/2.0/TCP h;x=";branch=z9hG4bKdecoy";branch=z9hG4bKreal',
+    "SIP/2.0/TCP h;xbranch=z9hG4bKnot;branch=z9hG4bKthis",
+    "SIP/2.0/TCP h;rport",
+]
+
+
+@pytest.mark.parametrize("value", UNUSUAL_VIAS)
+def test_via_branch_shortcut_agrees_with_the_full_parse(value: str) -> None:
+    assert via_branch(value) == parse_via(value).branch
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_via_branch_shortcut_agrees_on_every_torture_via(name: str) -> None:
+    for value in parse_message(corpus(name), datagram=True).headers.get_all("via"):
+        assert via_branch(value) == parse_via(value).branch, value
 
 
 def test_wsinv_folded_and_compact_headers_are_unfolded() -> None:
