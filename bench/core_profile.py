@@ -50,9 +50,9 @@ def run(proxy: Proxy, n: int) -> float:
     now = 0.0
     for i in range(n):
         now += 0.0001
-        proxy.receive(IN, message(i), now)
+        proxy.receive(IN, message(i), now, framed=True)
         sent = [o for o in proxy.take_outputs() if isinstance(o, SendToHop)]
-        proxy.receive(OUT, answer(sent[0].data), now)
+        proxy.receive(OUT, answer(sent[0].data), now, framed=True)
         proxy.take_outputs()
         proxy.handle_timer(now)
     return (time.perf_counter() - start) / n

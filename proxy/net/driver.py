@@ -96,7 +96,7 @@ class Driver:
         if self.trace is not None:
             self.trace.message("RECV", flow.transport, flow.remote, flow.listener, data)
         try:
-            self.proxy.receive(flow, data, self.loop.time())
+            self.proxy.receive(flow, data, self.loop.time(), framed=flow.transport != "udp")
         except Exception:  # the core must never take the process down with it
             log.exception("internal error on a message from %s:%d", *flow.remote)
         self.pump()

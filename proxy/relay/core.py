@@ -136,11 +136,11 @@ class Proxy(Retries):
         while expiry and expiry[0][0] <= now:
             completed.pop(expiry.popleft()[1], None)
 
-    def receive(self, flow: Flow, data: bytes, now: float) -> None:
-        """One whole message from a flow (a framed stream message or a datagram)."""
+    def receive(self, flow: Flow, data: bytes, now: float, framed: bool = False) -> None:
+        """One whole message from a flow (a stream message, ``framed`` when StreamFramer cut it, or a datagram)."""
         try:
             message = parse_message(data, datagram=flow.transport == "udp", max_headers=self.settings.max_headers,
-                                    max_line_bytes=self.settings.max_header_line_bytes)
+                                    max_line_bytes=self.settings.max_header_line_bytes, framed=framed)
         except SipError as exc:
             self.observer.malformed("response" if data.startswith(b"SIP/") else "request")
             self._reject_unparsed(flow, data, exc)

@@ -17,6 +17,8 @@ from proxy.sip.uri import SipUri, parse_uri
 
 #: RFC 3261 §8.1.1: the headers a request cannot be processed without (RFC 4475 §3.3.1).
 MANDATORY_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
+#: Headers a request carries at most once (RFC 4475 §3.3.8).
+SINGLE_VALUE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
 KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
@@ -235,24 +237,26 @@ def parse_cseq(value: str) -> tuple[int, str]:
 
 
 def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256,
-                  max_line_bytes: int = 8192) -> Request | Response:
+                  max_line_bytes: int = 8192, framed: bool = False) -> Request | Response:
     """Parse one complete message.
 
-    On a stream the framer has already cut the body by Content-Length. In a datagram
-    Content-Length, when present, says where the body ends; octets after it are dropped
-    (RFC 3261 §18.3, RFC 4475 §3.1.1.8), and a Content-Length past the end is an error.
+    On a stream the framer has already cut the body by Content-Length (``framed``: and checked
+    the value). In a datagram Content-Length, when present, says where the body ends; octets after
+    it are dropped (RFC 3261 §18.3, RFC 4475 §3.1.1.8), and a Content-Length past the end is an error.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0:
         raise SipSyntaxError("message has no empty line after the headers")
     head = data[:end].decode("utf-8", "surrogateescape")
     body = data[end + 4 :]
-    lines = _unfold(head.split("\r\n"))
+    lines = head.split("\r\n")
+    if "\n " in head or "\n\t" in head:
+        lines = _unfold(lines)
     if len(head) > max_line_bytes and any(len(line) > max_line_bytes for line in lines):
         raise SipSyntaxError(f"a header line is longer than {max_line_bytes} bytes")
     headers = Headers(_parse_header_lines(lines[1:], max_headers))
     message = _parse_start_line(lines[0], headers)
-    message.body = _cut_body(headers, body, datagram)
+    message.body = body if framed and not datagram else _cut_body(headers, body, datagram)
     if isinstance(message, Request):
         _check_request(message)
     return message
@@ -260,8 +264,6 @@ def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256
 
 def _unfold(lines: list[str]) -> list[str]:
     """RFC 3261 §7.3.1: a line starting with whitespace continues the previous header."""
-    if not any(line[:1] in (" ", "\t") for line in lines[1:]):
-        return lines
     out: list[str] = []
     for line in lines:
         if line[:1] in (" ", "\t") and len(out) > 1:
@@ -332,14 +334,12 @@ def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
 
 def _check_request(request: Request) -> None:
     """RFC 3261 §8.2 / §16.3 step 1: what a request must carry to be processed (one pass over the headers)."""
-    seen: dict[str, int] = {}
-    for item in request.headers.items:
-        seen[item[0]] = seen.get(item[0], 0) + 1
+    keys = [item[0] for item in request.headers.items]
     for key in MANDATORY_REQUEST_HEADERS:
-        if key not in seen:
+        if key not in keys:
             raise SipSyntaxError(f"Missing {key.title()} header")
-    for key in ("call-id", "cseq", "from", "to", "max-forwards"):
-        if seen.get(key, 0) > 1:
+    for key in SINGLE_VALUE_HEADERS:
+        if keys.count(key) > 1:
             raise SipSyntaxError(f"multiple {key.title()} header fields")  # RFC 4475 §3.3.8
     _, cseq_method = request.cseq
     if cseq_method != request.method:

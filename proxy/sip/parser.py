@@ -124,14 +124,9 @@ class StreamFramer:
         return None if not buf else self._next()
 
     def _content_length(self, head: bytes) -> int | SipError:
-        values = {m.group(1).replace(b"\r\n", b"").strip(b" \t") for m in _CONTENT_LENGTH_RE.finditer(head)}
-        if not values:
-            # RFC 3261 §18.3: on a stream Content-Length MUST be present; without it the body's end is
-            # unknowable (RFC 4475 §3.4.1 over TCP), so the message is answered 400 and the stream closed.
-            return SipSyntaxError("Content-Length is required on TCP/TLS (RFC 3261 §18.3)")
-        if len(values) > 1:
-            return SipSyntaxError("conflicting Content-Length values")
-        text = values.pop()
+        text = _plain_content_length(head)
+        if text is None:
+            return content_length_by_grammar(head)
         length = digits(text, 10)
         if length is None:
             return SipSyntaxError(f"invalid Content-Length {text[:20].decode('latin-1')!r}")
@@ -141,3 +136,44 @@ class StreamFramer:
         self.broken = True
         self._buffer.clear()
         return FramingError(error, head, True)
+
+
+def _plain_content_length(head: bytes) -> bytes | None:
+    """The Content-Length value when the header block holds it once, spelt out, on one line; else None.
+
+    The common case, found with two searches instead of the grammar's regex (a fifth of the framer's
+    time per message). Anything else - the compact form ``l``, a header name starting with 'l', two
+    Content-Length lines, a folded value, no colon after the name - goes to ``content_length_by_grammar``.
+    """
+    lowered = head.lower()
+    at = lowered.find(b"\ncontent-length")
+    if (at < 0 or b"\nl" in lowered or lowered.startswith((b"l", b"content-length"))
+            or lowered.find(b"\ncontent-length", at + 15) >= 0):
+        return None
+    start = at + 15
+    end = head.find(b"\n", start)
+    if end < 0 or head[end + 1 : end + 2] in (b" ", b"\t"):
+        return None
+    line = head[start:end]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    line = line.lstrip(b" \t")
+    if not line.startswith(b":"):
+        return None
+    return line[1:].strip(b" \t")
+
+
+def content_length_by_grammar(head: bytes) -> int | SipError:
+    """Content-Length read with the full grammar: compact form, folding, repeated values (RFC 3261 §7.3)."""
+    values = {m.group(1).replace(b"\r\n", b"").strip(b" \t") for m in _CONTENT_LENGTH_RE.finditer(head)}
+    if not values:
+        # RFC 3261 §18.3: on a stream Content-Length MUST be present; without it the body's end is
+        # unknowable (RFC 4475 §3.4.1 over TCP), so the message is answered 400 and the stream closed.
+        return SipSyntaxError("Content-Length is required on TCP/TLS (RFC 3261 §18.3)")
+    if len(values) > 1:
+        return SipSyntaxError("conflicting Content-Length values")
+    text = values.pop()
+    length = digits(text, 10)
+    if length is None:
+        return SipSyntaxError(f"invalid Content-Length {text[:20].decode('latin-1')!r}")
+    return length

@@ -7,7 +7,7 @@ import pytest
 from proxy.sip.errors import MessageTooLarge, SipError, UnsupportedVersion
 from proxy.sip.headers import canonical, parse_name_addr, parse_via, split_commas, via_branch
 from proxy.sip.message import Request, Response, parse_message
-from proxy.sip.parser import FramingError, Ping, StreamFramer
+from proxy.sip.parser import FramingError, Ping, StreamFramer, content_length_by_grammar
 from proxy.sip.uri import UnsupportedScheme, parse_uri
 from tests.corpus import CORPUS
 
@@ -400,6 +400,33 @@ def test_framer_arbitrary_chunk_boundaries(cut: int) -> None:
     framer = StreamFramer()
     frames = framer.feed(stream[:cut]) + framer.feed(stream[cut:])
     assert frames == [message(body=b"x" * 40), message("OPTIONS")]
+
+
+CONTENT_LENGTH_LINES = [
+    b"Content-Length: 22", b"content-length:22", b"CONTENT-LENGTH \t:  7 ", b"Content-Length: 0022",
+    b"Content-Length:\r\n 5", b"l: 4", b"Content-Length: 4\r\nl: 4", b"Content-Length: 4\r\nContent-Length: 5",
+    b"Content-Length: -1", b"Content-Length: 1 2", b"Content-Length: 5\r", b"Content-Length: 5\r\r",
+    b"Content-Lengthy: 5", b"Content-Length 5", b"Location: x\r\nContent-Length: 3", b"Content-Length: \xd9",
+    b"Content-Length: 99999999999999999999", b"X-Content-Length: 5", b"Subject: a\nContent-Length: 6",
+]
+
+
+@pytest.mark.parametrize("line", CONTENT_LENGTH_LINES)
+def test_framer_content_length_shortcut_agrees_with_the_grammar(line: bytes) -> None:
+    head = message().replace(b"Content-Length: 0", line)
+    head = head[: head.index(b"\r\n\r\n") + 4]
+    got, want = StreamFramer()._content_length(head), content_length_by_grammar(head)
+    assert repr(got) == repr(want)
+
+
+@pytest.mark.parametrize("name", VALID + [name for name, _ in INVALID])
+def test_framer_content_length_shortcut_agrees_on_torture_heads(name: str) -> None:
+    data = corpus(name)
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return
+    head = data[: end + 4]
+    assert repr(StreamFramer()._content_length(head)) == repr(content_length_by_grammar(head))
 
 
 def test_framer_two_messages_in_one_chunk() -> None:
