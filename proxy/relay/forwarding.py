@@ -42,6 +42,8 @@ class RelayPolicy:
     """(IP, port) pairs we listen on."""
     own_ports: frozenset[int] = frozenset()
     """Ports we listen on."""
+    route_hops: dict[tuple[str, str], NextHop] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """The NextHop of each (route name, listener), made once: NextHop is immutable and the same every time."""
 
     @classmethod
     def build(cls, identities: list[Identity], routes: RouteTable, maddr_out: dict[str, str],
@@ -87,17 +89,16 @@ def validate(request: Request, policy: RelayPolicy) -> None:
         raise SipError("Bad Extension", 420, (("Unsupported", ", ".join(unsupported)),))
 
 
-_LOOP_FIELDS = frozenset({"proxy-require", "proxy-authorization", "route"})
+#: §16.3 step 4's fields; To and From whole (their tags are what the rule names; the rest of each value does
+#: not change along a loop either, and hashing the values as written spares parsing them again).
+_LOOP_FIELDS = frozenset({"to", "from", "call-id", "cseq", "proxy-require", "proxy-authorization", "route"})
 
 
 def loop_hash(request: Request) -> str:
     """§16.6 step 8: a hash of the fields loop detection compares (§16.3 step 4)."""
-    h = hashlib.blake2s(digest_size=6)
-    parts = [request.uri, request.to.param("tag") or "", request.from_.param("tag") or "", request.call_id,
-             str(request.cseq[0])]
-    parts.extend(item[2] for item in request.headers.items if item[0] in _LOOP_FIELDS)
-    h.update("\0".join(parts).encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+    parts = [request.uri]
+    parts.extend([item[2] for item in request.headers.items if item[0] in _LOOP_FIELDS])
+    return hashlib.blake2s("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
 
 
 def detect_loop(request: Request, policy: RelayPolicy, hashed: str) -> None:
@@ -142,8 +143,13 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
     route = policy.routes.lookup(uri.host)
     if route is not None and not (popped_own and (uri.port is not None or uri.host_is_ip)):
         listener = route.listener or flow.listener
-        return NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name,
-                       failover=route.fails_over)
+        hop = policy.route_hops.get((route.name, listener))
+        if hop is None:
+            hop = NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name,
+                          failover=route.fails_over)
+            if len(policy.route_hops) < 4096:
+                policy.route_hops[(route.name, listener)] = hop
+        return hop
     if popped_own or request.to.param("tag") is not None or request.method == "ACK":
         return hop_for_uri(uri, policy, flow.listener)  # in a dialog we are on: go where it points
     raise SipError(f"Not Found (no route for domain {uri.host})", 404)

@@ -89,6 +89,17 @@ def split_commas(value: str) -> list[str]:
 
 def parse_params(text: str) -> tuple[Param, ...]:
     """generic-param list after a value: ``;name=value;flag`` (quoted values kept whole)."""
+    if not text:
+        return ()
+    if text[0] == ";" and '"' not in text and " " not in text and "\t" not in text:
+        # The common spelling: no white space, no quotes (one split, no stripping).
+        plain: list[Param] = []
+        for raw in text[1:].split(";"):
+            key, eq, value = raw.partition("=")
+            if not key:
+                raise SipSyntaxError(f"empty parameter in {text!r}")
+            plain.append((key, value if eq else None))
+        return tuple(plain)
     params: list[Param] = []
     text = text.strip()
     if not text:
