@@ -99,6 +99,9 @@ class Proxy(Retries):
         self._completed: dict[ServerKey, tuple[str, tuple[str, int], str | None, bytes]] = {}
         """Non-INVITE server transactions over UDP in §17.2.2's Completed state: what to answer again."""
         self._completed_expiry: collections.deque[tuple[float, ServerKey]] = collections.deque()
+        self._timeouts: collections.deque[tuple[float, int]] = collections.deque()
+        """(deadline, client transaction id) of non-INVITE requests, in deadline order: one timeout for all,
+        so no timer per transaction; a transaction that ended before its deadline is skipped."""
         self.configure(self.settings)
 
     def configure(self, settings: RelaySettings) -> None:
@@ -123,10 +126,21 @@ class Proxy(Retries):
         return self._in_flight
 
     def get_timer(self) -> float | None:
-        return self.timers.next_deadline()
+        deadline = self.timers.next_deadline()
+        timeouts, live = self._timeouts, self._by_id
+        while timeouts and timeouts[0][1] not in live:
+            timeouts.popleft()
+        if timeouts and (deadline is None or timeouts[0][0] < deadline):
+            return timeouts[0][0]
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         self.timers.run_due(now)
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            ctx = self._by_id.get(timeouts.popleft()[1])
+            if ctx is not None and not ctx.final_status:
+                self._client_timeout(ctx, now)
         if self._completed:
             self._forget_completed(now)
 
@@ -280,14 +294,21 @@ class Proxy(Retries):
             ctx.server.client = ctx
         hop = ctx.hop
         self._outputs.append(SendToHop(hop, ctx.data, ctx.id))
+        timeout: float | None
         if ctx.method == "INVITE":
             timeout = TIMER_B
         elif ctx.deadline:  # a retry on the next candidate, or a health check: the first deadline holds
             timeout = max(ctx.deadline - now, 0.0)
         else:
-            timeout = self.settings.transaction_timeout_seconds
-            ctx.deadline = now + timeout
-        ctx.timers.set("timeout", self.timers.schedule(now + timeout, lambda t: self._client_timeout(ctx, t)))
+            ctx.deadline = deadline = now + self.settings.transaction_timeout_seconds
+            timeouts = self._timeouts
+            if not timeouts or timeouts[-1][0] <= deadline:  # in order (the setting can shrink on a reload)
+                timeouts.append((deadline, ctx.id))
+                timeout = None
+            else:
+                timeout = deadline - now
+        if timeout is not None:
+            ctx.timers.set("timeout", self.timers.schedule(now + timeout, lambda t: self._client_timeout(ctx, t)))
         if hop.transport == "udp":  # §17.1.1.2 Timer A / §17.1.2.2 Timer E
             ctx.timers.set("retransmit", self.timers.schedule(now + T1, lambda t: self._retransmit(ctx, t)))
 

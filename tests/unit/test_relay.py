@@ -332,6 +332,30 @@ def test_next_hop_silent_is_408_after_16_seconds_not_before() -> None:
     assert send(px, answer(hop.data, 200, "OK"), CISCO_OUT, 17.0) == []  # too late: no second final
 
 
+def test_timeouts_fire_in_deadline_order_when_the_setting_shrinks() -> None:
+    """Non-INVITE timeouts share one queue in deadline order; a reload that shortens the timeout puts an
+    earlier deadline behind later ones, which must still fire first, and an answered request never does."""
+    px = make_proxy()
+    first, _ = forwarded(send(px, request(branch="z9hG4bKa"), now=0.0))
+    forwarded(send(px, request(branch="z9hG4bKb"), now=1.0))
+    answered, _ = forwarded(send(px, request(branch="z9hG4bKc"), now=1.5))
+    px.configure(RelaySettings(transaction_timeout_seconds=2, invite_timeout_seconds=180))
+    forwarded(send(px, request(branch="z9hG4bKd"), now=2.0))  # deadline 4.0, before 16.0 and 17.0
+    assert only_reply(send(px, answer(answered.data, 200, "OK"), CISCO_OUT, 3.0)).status == 200
+    assert px.get_timer() == 4.0
+    px.handle_timer(4.0)
+    assert [r.headers.get("via") for r in replies(px.take_outputs(), LYNC_IN) if r.status == 408] == [
+        "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKd;received=127.0.0.3"]
+    assert px.get_timer() == 16.0
+    px.handle_timer(16.0)
+    assert [r.status for r in replies(px.take_outputs(), LYNC_IN)] == [408]
+    assert px.get_timer() == 17.0  # the answered request's deadline (17.5) never comes up
+    px.handle_timer(17.0)
+    assert [r.status for r in replies(px.take_outputs(), LYNC_IN)] == [408]
+    assert px.get_timer() is None
+    assert send(px, answer(first.data, 200, "OK"), CISCO_OUT, 18.0) == []
+
+
 def test_hop_failed_is_503_with_reason() -> None:
     px = make_proxy()
     hop, _ = forwarded(send(px, request()))
