@@ -76,7 +76,7 @@ class NextHop:
         return f"{self.host}:{self.port};transport={self.transport}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one or two per message, and frozen instances cost 3x to make
 class SendOnFlow:
     """Send bytes back on a flow (a response on the connection its request came in on)."""
 
@@ -86,7 +86,7 @@ class SendOnFlow:
     """The serialised message."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one or two per message, and frozen instances cost 3x to make
 class SendToHop:
     """Send a request toward a next hop, reusing an open connection or opening one."""
 
