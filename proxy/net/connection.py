@@ -86,6 +86,15 @@ class StreamConnection(asyncio.Protocol):
         observer.connection(self.listener, self.flow.peer or "none", 1)
 
     def data_received(self, data: bytes) -> None:
+        driver = self.driver
+        driver.reading = True
+        try:
+            self._received(data)
+        finally:
+            driver.reading = False
+            driver.flush()
+
+    def _received(self, data: bytes) -> None:
         assert self.transport is not None
         self.rx += 1
         if not self.heard_from:

@@ -69,6 +69,8 @@ class Driver:
         self._tasks: set[asyncio.Task[None]] = set()
         self.liveness = Liveness(self)
         self._unflushed: list[StreamConnection] = []
+        self.reading = False
+        """Inside a stream connection's read callback, which flushes what it queued when it returns."""
 
     # -- connection table -------------------------------------------------------------------
 
@@ -145,11 +147,17 @@ class Driver:
             self._timer_at = deadline
 
     def flush_soon(self, conn: StreamConnection) -> None:
-        """Write ``conn``'s queued messages at the end of this turn of the event loop: the replies and
-        requests one burst of reads produced leave as one write per connection, not one per message."""
-        if not self._unflushed:
+        """Write ``conn``'s queued messages when the read callback that queued them returns, or else at the
+        end of this turn of the event loop: the requests and replies one read produced leave as one write
+        per connection, not one per message."""
+        if not self._unflushed and not self.reading:
             self.loop.call_soon(self._flush)
         self._unflushed.append(conn)
+
+    def flush(self) -> None:
+        """Write every connection's queued messages now."""
+        if self._unflushed:
+            self._flush()
 
     def _flush(self) -> None:
         conns, self._unflushed = self._unflushed, []
