@@ -8,6 +8,7 @@ name the cause in its log, and count it.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 
@@ -40,14 +41,18 @@ class TlsSession:
                 chunk = obj.read(65536)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify from the peer
+            except ssl.SSLZeroReturnError:
                 self.closed = True
                 break
-            if not chunk:
+            if not chunk:  # close_notify from the peer: CPython's read returns b"" for it (raises only if unclean)
+                self.closed = True
                 break
             chunks.append(chunk)
             if not incoming.pending and not obj.pending():
                 break  # all read: asking again would only raise SSLWantReadError, which is not free
+        if self.closed:
+            with contextlib.suppress(ssl.SSLError):
+                obj.unwrap()  # our close_notify in answer (RFC 8446 §6.1), sent before the connection closes
         outgoing = self.outgoing
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), (outgoing.read() if outgoing.pending else b"")
 
