@@ -22,6 +22,7 @@ from proxy.net.health import Liveness
 from proxy.net.tls import classify, describe_failure
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
+from proxy.relay.forwarding import reply_hop
 from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, HopUnavailable, NextHop, ProbeAnswer, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.grammar import is_ip_literal
@@ -124,7 +125,7 @@ class Driver:
             for output in outputs:
                 try:
                     if isinstance(output, SendOnFlow):
-                        self._send_on_flow(output.flow, output.data)
+                        self._send_on_flow(output.flow, output.data, output.via)
                     elif isinstance(output, SendToHop):
                         self._send_to_hop(output.hop, output.data, output.token)
                     elif isinstance(output, RegisterAlias):
@@ -167,7 +168,7 @@ class Driver:
             except Exception:  # one broken connection must not keep the others' messages
                 log.exception("could not write to a connection")
 
-    def _send_on_flow(self, flow: Flow, data: bytes) -> None:
+    def _send_on_flow(self, flow: Flow, data: bytes, via: str = "") -> None:
         if self.trace is not None:
             self.trace.message("SEND", flow.transport, flow.remote, flow.listener, data)
         if flow.transport == "udp":
@@ -176,8 +177,15 @@ class Driver:
                 udp.sendto(data, flow.remote)
             return
         conn = self.connections.get(flow.conn_id)
-        if conn is None or not conn.send(data):
+        if conn is not None and conn.send(data):
+            return
+        hop = reply_hop(flow, via) if via else None
+        if hop is None:
             log.warning("response to %s:%d lost: its connection closed first", *flow.remote)
+            return
+        log.info("response to %s:%d: its connection closed; sent on a new connection to %s:%d (RFC 3261 §18.2.2)",
+                 *flow.remote, hop.host, hop.port)
+        self._send_to_hop(hop, data, 0)
 
     def _send_to_hop(self, hop: NextHop, data: bytes, token: int) -> None:
         if self.trace is not None:

@@ -216,7 +216,7 @@ class Proxy(Retries):
         existing = self.server_txs.get(key)
         if existing is not None:  # §17.2.1/§17.2.2: a retransmission gets the last response again
             if existing.last_response is not None:
-                self._outputs.append(SendOnFlow(existing.flow, existing.last_response))
+                self._outputs.append(SendOnFlow(existing.flow, existing.last_response, self._reply_via(existing)))
             return
         if self._completed:
             self._forget_completed(now)
@@ -430,7 +430,7 @@ class Proxy(Retries):
         if ctx.final_status:
             # A retransmitted final: only a 2xx to INVITE travels on (RFC 6026 §8.4).
             if invite and 200 <= status < 300 and stx is not None:
-                self._outputs.append(SendOnFlow(stx.flow, response.to_bytes()))
+                self._outputs.append(SendOnFlow(stx.flow, response.to_bytes(), self._reply_via(stx)))
             return
         ctx.final_status = status
         ctx.timers.cancel_all()
@@ -515,12 +515,17 @@ class Proxy(Retries):
     def _send_response(self, stx: ServerTx, response: Response, now: float) -> None:
         data = response.to_bytes()
         stx.last_response = data
-        self._outputs.append(SendOnFlow(stx.flow, data))
+        self._outputs.append(SendOnFlow(stx.flow, data, self._reply_via(stx)))
         if response.status >= 200 and not stx.final_status:
             self.observer.final_response(method_label(stx.request.method), response.status, now - stx.started)
             if 200 <= response.status < 300 and stx.request.method in ("SUBSCRIBE", "NOTIFY"):
                 self.subscriptions.track(stx.request, response, now)
             self._server_final(stx, response.status, now)
+
+    @staticmethod
+    def _reply_via(stx: ServerTx) -> str:
+        """The Via a response falls back on if its connection closed (§18.2.2); streams only."""
+        return "" if stx.flow.transport == "udp" else stx.request.headers.get("via") or ""
 
     def _refuse(self, stx: ServerTx, exc: SipError, now: float) -> None:
         self.observer.request_refused(method_label(stx.request.method), exc.status)

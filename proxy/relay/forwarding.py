@@ -172,6 +172,27 @@ def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str) -> Next
                    route.name if route else None)
 
 
+def reply_hop(flow: Flow, via_value: str) -> NextHop | None:
+    """RFC 3261 §18.2.2: where a response goes when the connection its request came on has closed: a new
+    connection to the ``received`` address (else the sent-by host) on the sent-by port (else the transport's
+    default). Over TLS the certificate must name the sent-by host, or, when sent-by is an address, the name
+    the sender's certificate proved on the closed connection. None over UDP or for a Via that does not parse."""
+    try:
+        via = parse_via(via_value)
+    except SipError:
+        return None
+    transport = via.transport.lower()
+    if transport not in ("tcp", "tls"):
+        return None
+    host = via.param("received") or via.host
+    port = via.port or DEFAULT_PORTS[transport]
+    tls_name = None
+    if transport == "tls":
+        names = [name for name in flow.peer_names if not is_ip_literal(name)]
+        tls_name = via.host.lower() if not is_ip_literal(via.host) else (names[0] if names else via.host)
+    return NextHop(transport, host, port, tls_name, flow.listener, None)
+
+
 def _configured(routes: RouteTable, host: str, port: int | None) -> tuple[StaticRoute, Candidate] | None:
     """The route destination (a pool member, or a route's own destination) at ``host`` and ``port``."""
     hit = routes.candidate_for_host(host, port)

@@ -84,6 +84,9 @@ class SendOnFlow:
     """The flow to send on."""
     data: bytes
     """The serialised message."""
+    via: str = ""
+    """The request's top Via as received (with ``received``): where a response goes on a new connection if the
+    flow's has closed (RFC 3261 §18.2.2); '' for none."""
 
 
 @dataclass(slots=True)  # not frozen: one or two per message, and frozen instances cost 3x to make

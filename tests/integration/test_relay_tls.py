@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.integration.test_metrics import sample, scrape
 from tests.peers.sippeer import Msg, Peer
 
 pytestmark = pytest.mark.integration
@@ -255,6 +256,36 @@ def test_silent_next_hop_gives_408(tmp_path: Path, certs: Path, start_sipfed: Ca
         answer, _ = await lync.next(timeout=6)
         assert answer.status == 408
         assert "no answer from 127.0.0.2" in answer.reason
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
+def test_response_opens_a_new_connection_when_the_senders_closed(
+        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """RFC 3261 §18.2.2: the request's connection closed before the answer came; the response goes on a new
+    TLS connection to the Via address (received IP, sent-by port), checked against the sender's certificate."""
+
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        cups.auto_answer = False
+        conn = await lync_to_sipfed(sipfed, lync)
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", body="bye"))
+        message, cups_conn = await cups.next()
+        conn.close()
+        for _ in range(100):  # bounded: until sipfed has seen the close (at most 5 s)
+            if sample(await asyncio.to_thread(scrape, sipfed.ports["metrics"]), "sipfed_open_connections",
+                      listener="lync") == 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("sipfed never noticed the closed connection")
+        await cups_conn.send(cups.answer(message, 200, "OK"))
+        try:
+            answer, new_conn = await lync.next()
+        except TimeoutError:
+            raise AssertionError("no 200 on a new connection; sipfed's log:\n" + sipfed.log_text()) from None
+        assert answer.status == 200
+        assert new_conn is not conn
+        assert "sent on a new connection to 127.0.0.3" in sipfed.log_text()
 
     run_lab(tmp_path, certs, start_sipfed, scenario)
 

@@ -7,7 +7,7 @@ import pytest
 
 from acl.subjects import CertIdentity
 from proxy.relay.core import Proxy, RelaySettings, hop_for_uri
-from proxy.relay.forwarding import RelayPolicy
+from proxy.relay.forwarding import RelayPolicy, reply_hop
 from proxy.relay.types import Flow, Identity, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.message import Request, Response, parse_message
 from proxy.sip.transaction import TimerQueue
@@ -561,3 +561,19 @@ def test_cancelled_timers_do_not_pile_up_until_their_deadline() -> None:
     queue.run_due(100.0)
     assert fired == [100.0]
     assert queue.next_deadline() is None
+
+
+@pytest.mark.parametrize(("via", "expected"), [
+    # A name in sent-by: that port, the received address, the name checked on the certificate.
+    ("SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3",
+     NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
+    # An address in sent-by: the name the sender's certificate proved on the closed connection.
+    ("SIP/2.0/TLS 127.0.0.3:40999;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 40999, "lync01.tomt.it", "lync", None)),
+    ("SIP/2.0/TLS lync01.tomt.it;branch=z9hG4bKa;received=127.0.0.3",
+     NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),  # §18.2.2: the transport's default port
+    ("SIP/2.0/TCP 127.0.0.3;branch=z9hG4bKa", NextHop("tcp", "127.0.0.3", 5060, None, "lync", None)),
+    ("SIP/2.0/UDP 127.0.0.3;branch=z9hG4bKa", None),  # no connection to reopen
+    ("SIP/2.0/TLS bad host;branch=z9hG4bKa", None),
+])
+def test_reply_hop_for_a_closed_connection(via: str, expected: NextHop | None) -> None:
+    assert reply_hop(LYNC_IN, via) == expected
