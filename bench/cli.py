@@ -51,7 +51,7 @@ SCENARIOS = {
 }
 # Trimmed when subscribe-tls and signin-tls came (was 15,000 calls, 3 s fixed, 2.5 s x 9 steps) to stay < 10 min.
 FULL = Counts(warmup_calls=2000, closed_loop_calls=12_000, in_flight=50, repetitions=2, fixed_seconds=2.5,
-              step_seconds=2.0, step_start_rate=500, max_steps=8, run_timeout_seconds=40, storm_calls=5000,
+              step_seconds=2.0, step_start_rate=500, max_steps=10, run_timeout_seconds=40, storm_calls=5000,
               dialogs=10_000, dialog_rate=1000, idle_tls_connections=1000, linger_seconds=6.0)
 QUICK = Counts(warmup_calls=100, closed_loop_calls=500, in_flight=50, repetitions=1, fixed_seconds=0.5,
                step_seconds=0.5, step_start_rate=500, max_steps=3, run_timeout_seconds=15, storm_calls=200,
