@@ -213,6 +213,10 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         self.driver = driver
         self.listener = listener
         self.transport: asyncio.DatagramTransport | None = None
+        self._flows: dict[tuple[str, int], Flow] = {}
+        """The Flow of each source address, made once (a Flow per datagram was a tenth of its cost)."""
+        self._trust: object = None
+        """The trust table the cached flows were bound with (a reload brings a new one)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -220,9 +224,16 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if data.strip(b"\r\n") == b"":
             return  # keep-alive CRLFs on UDP carry nothing
-        source = str(addr[0])
-        bound = self.driver.trust.bind(CertIdentity(), source) if self.driver.trust.peers else None
-        self.driver.deliver(Flow("udp", self.listener, (source, addr[1]), 0, peer=bound.name if bound else None), data)
+        trust = self.driver.trust
+        if trust is not self._trust or len(self._flows) >= 4096:
+            self._flows.clear()
+            self._trust = trust
+        key = (str(addr[0]), addr[1])
+        flow = self._flows.get(key)
+        if flow is None:
+            bound = trust.bind(CertIdentity(), key[0]) if trust.peers else None
+            flow = self._flows[key] = Flow("udp", self.listener, key, 0, peer=bound.name if bound else None)
+        self.driver.deliver(flow, data)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp %s: %s", self.listener, exc)

@@ -62,6 +62,7 @@ from proxy.sip.transaction import (
     TIMER_H,
     TIMER_J,
     TIMER_L,
+    DeadlineQueue,
     ServerKey,
     TimerQueue,
     server_key,
@@ -99,9 +100,10 @@ class Proxy(Retries):
         self._completed: dict[ServerKey, tuple[str, tuple[str, int], str | None, bytes]] = {}
         """Non-INVITE server transactions over UDP in §17.2.2's Completed state: what to answer again."""
         self._completed_expiry: collections.deque[tuple[float, ServerKey]] = collections.deque()
-        self._timeouts: collections.deque[tuple[float, int]] = collections.deque()
-        """(deadline, client transaction id) of non-INVITE requests, in deadline order: one timeout for all,
-        so no timer per transaction; a transaction that ended before its deadline is skipped."""
+        self._timeouts = DeadlineQueue()
+        """Client transactions' timeouts (one delay for every non-INVITE request): no timer per transaction."""
+        self._retransmits = DeadlineQueue()
+        """First retransmissions over UDP (Timer A/E at T1); later ones, rarer, go on the heap."""
         self.configure(self.settings)
 
     def configure(self, settings: RelaySettings) -> None:
@@ -127,18 +129,21 @@ class Proxy(Retries):
 
     def get_timer(self) -> float | None:
         deadline = self.timers.next_deadline()
-        timeouts, live = self._timeouts, self._by_id
-        while timeouts and timeouts[0][1] not in live:
-            timeouts.popleft()
-        if timeouts and (deadline is None or timeouts[0][0] < deadline):
-            return timeouts[0][0]
+        for queue in (self._timeouts, self._retransmits):
+            first = queue.next_deadline(self._by_id) if queue else None
+            if first is not None and (deadline is None or first < deadline):
+                deadline = first
         return deadline
 
     def handle_timer(self, now: float) -> None:
         self.timers.run_due(now)
-        timeouts = self._timeouts
-        while timeouts and timeouts[0][0] <= now:
-            ctx = self._by_id.get(timeouts.popleft()[1])
+        by_id = self._by_id
+        for cid in self._retransmits.pop_due(now):
+            ctx = by_id.get(cid)
+            if ctx is not None:
+                self._retransmit(ctx, now)
+        for cid in self._timeouts.pop_due(now):
+            ctx = by_id.get(cid)
             if ctx is not None and not ctx.final_status:
                 self._client_timeout(ctx, now)
         if self._completed:
@@ -300,16 +305,12 @@ class Proxy(Retries):
         elif ctx.deadline:  # a retry on the next candidate, or a health check: the first deadline holds
             timeout = max(ctx.deadline - now, 0.0)
         else:
-            ctx.deadline = deadline = now + self.settings.transaction_timeout_seconds
-            timeouts = self._timeouts
-            if not timeouts or timeouts[-1][0] <= deadline:  # in order (the setting can shrink on a reload)
-                timeouts.append((deadline, ctx.id))
-                timeout = None
-            else:
-                timeout = deadline - now
+            ctx.deadline = now + self.settings.transaction_timeout_seconds
+            # In order unless a reload shortened the setting: then this one waits on the heap.
+            timeout = None if self._timeouts.push(ctx.deadline, ctx.id) else ctx.deadline - now
         if timeout is not None:
             ctx.timers.set("timeout", self.timers.schedule(now + timeout, lambda t: self._client_timeout(ctx, t)))
-        if hop.transport == "udp":  # §17.1.1.2 Timer A / §17.1.2.2 Timer E
+        if hop.transport == "udp" and not self._retransmits.push(now + T1, ctx.id):  # §17.1.1.2 A / §17.1.2.2 E
             ctx.timers.set("retransmit", self.timers.schedule(now + T1, lambda t: self._retransmit(ctx, t)))
 
     def _answer_locally(self, stx: ServerTx, now: float) -> None:

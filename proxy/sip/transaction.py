@@ -7,9 +7,10 @@ asyncio edge turns into a single re-armed timer.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 
 from proxy.sip.grammar import MAGIC_COOKIE
@@ -89,6 +90,40 @@ class TimerQueue:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+
+class DeadlineQueue:
+    """Deadlines that come in order (one fixed delay from a monotonic now), each for a transaction id: a
+    deque instead of a heap timer per transaction. An id whose transaction has ended is skipped, so
+    nothing is cancelled; ``push`` refuses a deadline earlier than the last one (the caller uses the heap)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[float, int]] = collections.deque()
+
+    def push(self, deadline: float, ident: int) -> bool:
+        items = self._items
+        if items and items[-1][0] > deadline:
+            return False
+        items.append((deadline, ident))
+        return True
+
+    def next_deadline(self, live: Container[int]) -> float | None:
+        """The first deadline of a transaction still in ``live`` (ended ones at the front are dropped)."""
+        items = self._items
+        while items and items[0][1] not in live:
+            items.popleft()
+        return items[0][0] if items else None
+
+    def pop_due(self, now: float) -> Iterator[int]:
+        """The ids whose deadline has come, oldest first (the caller checks each is still live)."""
+        items = self._items
+        while items and items[0][0] <= now:
+            yield items.popleft()[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from proxy.relay.core import Proxy, RelaySettings, hop_for_uri
 from proxy.relay.forwarding import RelayPolicy, reply_hop
 from proxy.relay.types import Flow, Identity, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.message import Request, Response, parse_message
-from proxy.sip.transaction import TimerQueue
+from proxy.sip.transaction import DeadlineQueue, TimerQueue
 from proxy.sip.uri import parse_uri
 from routes import RouteTable, StaticRoute
 
@@ -577,3 +577,16 @@ def test_cancelled_timers_do_not_pile_up_until_their_deadline() -> None:
 ])
 def test_reply_hop_for_a_closed_connection(via: str, expected: NextHop | None) -> None:
     assert reply_hop(LYNC_IN, via) == expected
+
+
+def test_deadline_queue_keeps_order_and_skips_ended_transactions() -> None:
+    queue = DeadlineQueue()
+    assert queue.push(1.0, 1)
+    assert queue.push(2.0, 2)
+    assert queue.push(2.0, 3)
+    assert not queue.push(1.5, 4)  # out of order: the caller puts it on the heap
+    assert queue.next_deadline({2, 3}) == 2.0  # 1 has ended: dropped from the front
+    assert list(queue.pop_due(1.99)) == []
+    assert list(queue.pop_due(2.0)) == [2, 3]
+    assert queue.next_deadline({2, 3}) is None
+    assert len(queue) == 0
