@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipfed.net")
 
 
+#: A read that held many messages writes every PIPELINE_BATCH of them as soon as they are ready, so the next
+#: hop starts on them while the rest are worked on. Measured on message-tls, closed loop, sipfed/Kamailio:
+#: one write per read 1.01x (CPU 0.83x); every 4 messages 1.11x (0.87x); every 8 1.15x (0.92x); every
+#: message 0.80x (1.19x: a TLS record and a system call per message).
+PIPELINE_BATCH = 4
+
+
 class StreamConnection(asyncio.Protocol):
     """One TCP or TLS connection, accepted or opened; frames messages with a StreamFramer.
 
@@ -58,7 +65,9 @@ class StreamConnection(asyncio.Protocol):
         self.ping_rx = 0
         self.pongs = 0
         self.outbox: list[bytes] = []
-        """What ``send`` queued this turn of the event loop; written by ``flush``."""
+        """What ``send`` queued and ``flush`` has not written yet."""
+        self.flush_queued = False
+        """In the Driver's list of connections to flush."""
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
 
@@ -185,14 +194,18 @@ class StreamConnection(asyncio.Protocol):
             self.driver.observer.connection(self.listener, self.flow.peer or "none", -1)
 
     def send(self, data: bytes) -> bool:
-        """Queue ``data``; everything queued in one turn of the event loop goes out in one write (one TLS
-        record, one system call) when the Driver flushes, in order. False if the connection is closing."""
+        """Queue ``data``: what one read produces goes out in writes of ``PIPELINE_BATCH`` messages (one TLS
+        record, one system call each), the rest when the Driver flushes, in order. False if closing."""
         if self.transport is None or self.transport.is_closing():
             return False
-        if not self.outbox:
+        if not self.flush_queued:
+            self.flush_queued = True
             self.driver.flush_soon(self)
-        self.outbox.append(data)
+        outbox = self.outbox
+        outbox.append(data)
         self.tx += 1
+        if len(outbox) >= PIPELINE_BATCH:
+            self.flush()
         return True
 
     def flush(self) -> None:

@@ -149,8 +149,8 @@ class Driver:
 
     def flush_soon(self, conn: StreamConnection) -> None:
         """Write ``conn``'s queued messages when the read callback that queued them returns, or else at the
-        end of this turn of the event loop: the requests and replies one read produced leave as one write
-        per connection, not one per message."""
+        end of this turn of the event loop: the requests and replies one read produced leave in a few writes
+        per connection (``PIPELINE_BATCH`` messages each), not one per message."""
         if not self._unflushed and not self.reading:
             self.loop.call_soon(self._flush)
         self._unflushed.append(conn)
@@ -163,6 +163,7 @@ class Driver:
     def _flush(self) -> None:
         conns, self._unflushed = self._unflushed, []
         for conn in conns:
+            conn.flush_queued = False
             try:
                 conn.flush()
             except Exception:  # one broken connection must not keep the others' messages

@@ -82,6 +82,27 @@ def test_message_both_ways(tmp_path: Path, certs: Path, start_sipfed: Callable[[
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
+def test_a_burst_in_one_write_is_relayed_whole_and_in_order(tmp_path: Path, certs: Path,
+                                                             start_sipfed: Callable[[Path], Sipfed]) -> None:
+    """25 MESSAGEs in one TLS write: sipfed writes them on in batches as it relays them (PIPELINE_BATCH) and the
+    rest when the read is done; every one arrives, in order, and every 200 comes back."""
+
+    async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
+        conn = await lync_to_sipfed(sipfed, lync)
+        burst = [lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", call_id=f"burst-{i}",
+                              body=f"message {i}") for i in range(25)]
+        conn.writer.write("".join(m.text() for m in burst).encode())
+        await conn.writer.drain()
+        got = [(await cups.next())[0] for _ in burst]
+        assert [m.get("call-id") for m in got] == [f"burst-{i}" for i in range(25)]
+        assert [m.body for m in got] == [f"message {i}" for i in range(25)]
+        answers = [(await lync.next())[0] for _ in burst]
+        assert sorted(a.get("call-id") or "" for a in answers) == sorted(f"burst-{i}" for i in range(25))
+        assert {a.status for a in answers} == {200}
+
+    run_lab(tmp_path, certs, start_sipfed, scenario)
+
+
 def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
                                             start_sipfed: Callable[[Path], Sipfed]) -> None:
     """SUBSCRIBE tomt.it -> tomt.local; the NOTIFY comes back via sipfed's Record-Route; the
