@@ -333,7 +333,7 @@ def _cut_body(headers: Headers, body: bytes, datagram: bool) -> bytes:
 
 
 def _check_request(request: Request) -> None:
-    """RFC 3261 §8.2 / §16.3 step 1: what a request must carry to be processed (one pass over the headers)."""
+    """RFC 3261 §8.2 / §16.3 step 1: what a request must carry to be processed (header keys listed once)."""
     keys = [item[0] for item in request.headers.items]
     for key in MANDATORY_REQUEST_HEADERS:
         if key not in keys:
