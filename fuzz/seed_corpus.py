@@ -1,6 +1,6 @@
 """Build the fuzzing seed corpus from the RFC 4475 torture messages, plus a few stream-framing seeds.
 
-    .venv/bin/python fuzz/seed_corpus.py fuzz/corpus [../shared/corpus/rfc4475]
+    .venv/bin/python fuzz/seed_corpus.py fuzz/corpus [tests/data/rfc4475]
 
 Seeds are copied byte for byte (libFuzzer names the inputs it adds by their SHA-1, so the two never clash).
 Running it again refreshes the seeds and leaves what the fuzzer found in place.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-RFC4475 = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "rfc4475"
+RFC4475 = Path(__file__).resolve().parents[1] / "tests" / "data" / "rfc4475"
 
 
 def framing_seeds(torture: dict[str, bytes]) -> dict[str, bytes]:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     out, source = Path(args[0]), Path(args[1]) if len(args) == 2 else RFC4475
     torture = {path.name: path.read_bytes() for path in sorted(source.glob("*.dat"))}
     if not torture:
-        print(f"seed_corpus.py: no *.dat files in {source} (the RFC 4475 corpus of ../shared/corpus)",
+        print(f"seed_corpus.py: no *.dat files in {source} (the RFC 4475 corpus of tests/data/rfc4475)",
               file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""Where the RFC 4475 torture messages are: ``../shared/corpus/rfc4475`` beside the checkout (as CI lays
-it out), or ``$SIPFED_CORPUS``. A missing corpus fails the tests that need it; it is never skipped."""
+"""Where the RFC 4475 torture messages are: ``tests/data/rfc4475`` in the repository, or ``$SIPFED_CORPUS``.
+A missing corpus fails the tests that need it; it is never skipped."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("SIPFED_CORPUS", ROOT.parent / "shared" / "corpus" / "rfc4475"))
+IN_REPO = ROOT / "tests" / "data" / "rfc4475"
+CORPUS = Path(os.environ.get("SIPFED_CORPUS", IN_REPO))
 
 
 def corpus_files() -> list[Path]:
     files = sorted(CORPUS.glob("*.dat"))
-    assert files, f"RFC 4475 corpus not found at {CORPUS}: expected ../shared/corpus/rfc4475 beside the checkout"
+    assert files, f"RFC 4475 corpus not found at {CORPUS}: expected the repository's tests/data/rfc4475"
     return files

@@ -1,6 +1,6 @@
 """RFC 4475 torture messages through the real sipfed, over UDP, TCP and TLS (issue 5, "Malformed input").
 
-Every file of ``../shared/corpus/rfc4475`` is sent to a live sipfed on each transport, and the outcome
+Every file of ``tests/data/rfc4475`` is sent to a live sipfed on each transport, and the outcome
 is held to what RFC 4475 says a *proxy* does with it: valid requests are relayed (a stdlib sink behind a
 catch-all static route receives them with sipfed's Via on top and Max-Forwards decremented, and its 200
 comes back to the sender); invalid ones are answered with the RFC's status and a reason phrase naming
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus import CORPUS, corpus_files
+from tests.corpus import CORPUS, IN_REPO, corpus_files
 from tests.integration.conftest import Sipfed, free_port
 
 pytestmark = pytest.mark.integration
@@ -807,6 +807,25 @@ def test_rfc4475(lab: Lab, name: str, transport: str) -> None:
 
 def test_every_corpus_file_has_an_expectation() -> None:
     assert sorted(p.stem for p in corpus_files()) == sorted(CASES_BY_FILE)
+
+
+def _outcome(expect: Expect) -> str:
+    if expect.outcome == "reject":
+        return f"reject {expect.status}" + (", close" if expect.closes else "")
+    if expect.outcome == "drop":
+        return "drop" + (" (counted)" if expect.counted else "")
+    return expect.outcome
+
+
+def test_the_corpus_index_matches_the_expectations() -> None:
+    """tests/data/rfc4475/README.md maps each file to its section and outcome; it must say what CASES asserts."""
+    index = (IN_REPO / "README.md").read_text()
+    rows = {m[1]: (m[2], m[3], m[4]) for m in re.finditer(
+        r"^\| (\w+)\.dat \| §(\S+) \| [^|]+ \| ([^|]+?) \| ([^|]+?) \|$", index, re.MULTILINE)}
+    assert sorted(rows) == sorted(CASES_BY_FILE)
+    for name, case in CASES_BY_FILE.items():
+        stream = case.stream if case.stream is not None else case.datagram
+        assert rows[name] == (case.section, _outcome(case.datagram), _outcome(stream)), name
 
 
 def test_no_internal_error_logged(lab: Lab) -> None:
