@@ -94,6 +94,8 @@ class Proxy(Retries):
         self._by_id: dict[int, ClientTx] = {}
         self._ids = itertools.count(1)
         self._outputs: list[Output] = []
+        self.draining = 0
+        """0: serving; 1: draining (new out-of-dialog requests get 503); 2: every new request gets 503."""
         self._to_tag = secrets.token_hex(6)
         self._in_flight = 0
         self._timeout_log: dict[str, tuple[float, int]] = {}
@@ -126,6 +128,23 @@ class Proxy(Retries):
     def pending(self) -> int:
         """Server transactions still waiting for their final response (draining, the in-flight cap)."""
         return self._in_flight
+
+    def start_drain(self, dialogs_too: bool = False) -> None:
+        """SIGTERM: new out-of-dialog requests get 503 with Retry-After from now on (RFC 3261 §21.5.4);
+        with ``dialogs_too``, in-dialog ones as well (the end of the drain nears). ACK and CANCEL still
+        pass: they finish what is in flight."""
+        self.draining = 2 if dialogs_too else 1
+
+    def answer_pending(self, now: float) -> int:
+        """The drain's deadline: every server transaction still without a final response gets 503 now
+        (rule 1: nothing accepted goes unanswered, not even at exit); returns how many were answered."""
+        answered = 0
+        for stx in list(self.server_txs.values()):
+            if not stx.final_status:
+                self._respond(stx, 503, "Service Unavailable (sipfed is shutting down)", now,
+                              (("Retry-After", str(self.settings.limits.retry_after_seconds)),))
+                answered += 1
+        return answered
 
     def get_timer(self) -> float | None:
         deadline = self.timers.next_deadline()
@@ -236,6 +255,10 @@ class Proxy(Retries):
         self.observer.request_received(method_label(request.method), flow.peer or "none")
         if request.method == "CANCEL":
             self._on_cancel(stx, now)
+            return
+        if self.draining and (self.draining > 1 or "tag=" not in (request.headers.get("to") or "")):
+            self._refuse(stx, SipError("Service Unavailable (sipfed is shutting down)", 503,
+                                       (("Retry-After", str(self.settings.limits.retry_after_seconds)),)), now)
             return
         overload = self._overloaded(flow, now)
         if overload:
