@@ -36,7 +36,8 @@ class FramingError:
     error: SipError
     """What was wrong, with the status to answer."""
     head: bytes
-    """The header block, when it was read whole (so a 513 or 400 can still be answered)."""
+    """The header block, so a 513 or 400 can still be answered: whole, or for a block over the cap its
+    lines that end within it; b"" when nothing of it can be read."""
     fatal: bool
     """True when the stream cannot be resynchronised and the connection must close."""
 
@@ -83,12 +84,11 @@ class StreamFramer:
         if buf[0] in (0x0D, 0x0A):
             return self._keepalive()
         end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > self.max_header_bytes:
-                return self._fail(MessageTooLarge("header block too large"), b"")
+        if end < 0 and len(buf) <= self.max_header_bytes:
             return None
-        if end + 4 > self.max_header_bytes:
-            return self._fail(MessageTooLarge("header block too large"), b"")
+        if end < 0 or end + 4 > self.max_header_bytes:
+            too_large = MessageTooLarge(f"Message Too Large (header block over {self.max_header_bytes} bytes)")
+            return self._fail(too_large, self._readable_head())
         head = bytes(buf[: end + 4])
         length = self._content_length(head)
         if isinstance(length, SipError):
@@ -122,6 +122,18 @@ class StreamFramer:
                 return None  # the start of a ping, wait for the rest
             del buf[:1]  # a lone CRLF (a pong) or stray white space before a message (§7.5)
         return None if not buf else self._next()
+
+    def _readable_head(self) -> bytes:
+        """The lines of an oversized header block that end within the cap, for its 513 (RFC 3261 §21.5.14):
+        Via, From, To, Call-ID and CSeq usually come first. A line is whole when the next one does not
+        start with SP/HT (§7.3.1 folding); the buffer holds more than the cap, so the next byte is there
+        and the result does not depend on how the stream was cut. b"" if no SIP start line leads it."""
+        buf = self._buffer
+        end = buf.rfind(b"\r\n", 0, self.max_header_bytes)
+        while end >= 0 and buf[end + 2] in (0x20, 0x09):
+            end = buf.rfind(b"\r\n", 0, end)
+        head = bytes(buf[: end + 2]) if end >= 0 else b""
+        return head if _START_LINE_RE.match(head) else b""
 
     def _content_length(self, head: bytes) -> int | SipError:
         text = _plain_content_length(head)

@@ -123,10 +123,14 @@ def parse_uri(text: str, *, any_scheme: bool = False) -> SipUri:
         raise UnsupportedScheme(f"Unsupported URI scheme {scheme!r}")
     if any(c in text for c in " \t\r\n<>"):
         raise SipSyntaxError(f"URI {text!r} contains whitespace or angle brackets")
-    # '@' never stands unescaped after the userinfo, which may hold '?' and ';' (§25.1, RFC 4475 §3.1.1.2).
+    # RFC 3261 §25.1: userinfo (which may hold '?' and ';', RFC 4475 §3.1.1.2, §3.1.1.9) ends at the one
+    # unescaped '@'; user, password, paramchar and hvalue have '@' only as %40. A second '@' is a syntax
+    # error, never a later end of userinfo: ``sip:ceo@tomt.local;x=@tomt.it`` is not in domain tomt.it.
     user: str | None = None
-    at = rest.rfind("@")
+    at = rest.find("@")
     if at >= 0:
+        if rest.find("@", at + 1) >= 0:
+            raise SipSyntaxError(f"URI {text[:80]!r} has more than one unescaped '@' (RFC 3261 §25.1)")
         user, rest = rest[:at], rest[at + 1 :]
         if not user:
             raise SipSyntaxError(f"URI {text!r} has an empty user part")

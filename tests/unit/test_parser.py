@@ -4,7 +4,8 @@ stream framing (§18.3, RFC 5626 §4.4.1), URIs (§19.1) and header values (§20
 
 import pytest
 
-from proxy.sip.errors import MessageTooLarge, SipError, UnsupportedVersion
+from proxy.relay.local import reply_to_unparsed
+from proxy.sip.errors import MessageTooLarge, SipError, SipSyntaxError, UnsupportedVersion
 from proxy.sip.headers import canonical, parse_name_addr, parse_via, split_commas, via_branch
 from proxy.sip.message import Request, Response, parse_message
 from proxy.sip.parser import FramingError, Ping, StreamFramer, content_length_by_grammar
@@ -533,3 +534,94 @@ def test_framer_waits_for_body() -> None:
     assert framer.feed(raw[:-3]) == []
     assert framer.pending == len(raw) - 3
     assert framer.feed(raw[-3:]) == [raw]
+
+
+# -- issue 14 row 12: one unescaped '@' per URI (RFC 3261 §25.1) ----------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "sip:ceo@tomt.local;x=@tomt.it",
+    "sip:ceo@tomt.local?x=@tomt.it",
+    "sip:ceo@tomt.local;x=a@b?y=@tomt.it",
+    "sips:a@b@tomt.it",
+    "sip:@@tomt.it",
+])
+def test_parse_uri_second_unescaped_at_is_400(text: str) -> None:
+    """userinfo ends at the only '@'; paramchar and hvalue have no '@' (escaped %40 only), so a second is 400."""
+    with pytest.raises(SipSyntaxError) as info:
+        parse_uri(text)
+    assert info.value.status == 400
+
+
+def test_parse_uri_escaped_at_in_userinfo_and_params_still_parses() -> None:
+    """RFC 4475 §3.1.1.9 semiuri and §3.1.1.1 esc01: '%40' is no '@'."""
+    assert parse_uri("sip:user;par=u%40example.net@example.com").host == "example.com"
+    assert parse_uri("sip:ceo@tomt.local;x=%40tomt.it?y=%40tomt.it").host == "tomt.local"
+    # With one '@', what stands before it is userinfo, ';' and '=' included (user-unreserved): domain tomt.it.
+    assert (parse_uri("sip:tomt.local;x=@tomt.it").user, parse_uri("sip:tomt.local;x=@tomt.it").host) == (
+        "tomt.local;x=", "tomt.it")
+
+
+@pytest.mark.parametrize("value", ["<sip:ceo@tomt.local;x=@tomt.it>;tag=1", "<sip:ceo@tomt.local?x=@tomt.it>;tag=1"])
+def test_from_with_second_at_sign_is_400_not_another_domain(value: str) -> None:
+    raw = message().replace(b"From: <sip:bob@tomt.it>;tag=a1", b"From: " + value.encode())
+    with pytest.raises(SipSyntaxError) as info:
+        parse_message(raw, datagram=True).from_  # noqa: B018
+    assert info.value.status == 400
+    with pytest.raises(SipSyntaxError):
+        parse_name_addr(value)
+
+
+# -- issue 14 row 13: an oversized header block on a stream is answered 513 ------------------
+
+
+def oversized_error(stream: bytes, chunk: int = 0, max_header_bytes: int = 1024) -> FramingError:
+    framer = StreamFramer(max_header_bytes=max_header_bytes)
+    step = chunk or len(stream)
+    frames = [f for i in range(0, len(stream), step) for f in framer.feed(stream[i : i + step])]
+    assert len(frames) == 1
+    error = frames[0]
+    assert isinstance(error, FramingError)
+    assert isinstance(error.error, MessageTooLarge)
+    assert error.fatal
+    assert framer.broken
+    return error
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 100, 1000])
+@pytest.mark.parametrize("extra", ["X-Pad: " + "a" * 2000 + "\r\n", "X-H: 1\r\n" * 10000],
+                         ids=["long-line", "many-lines"])
+def test_framer_oversized_head_keeps_its_readable_lines(extra: str, chunk: int) -> None:
+    """The head of a FramingError for a header block over the cap: its whole lines within the cap,
+    the same whatever the chunking, and enough to address the 513 (RFC 3261 §21.5.14, §8.2.6.2)."""
+    raw = message(extra=extra)
+    error = oversized_error(raw, chunk)
+    assert raw.startswith(error.head)
+    assert len(error.head) <= 1024
+    assert error.head.endswith(b"\r\n")
+    assert b"\nX-Pad" not in error.head  # the line cut by the cap is not passed on
+    reply, dropped = reply_to_unparsed(error.head, error.error)
+    assert reply is not None, dropped
+    answer = parse_message(reply, datagram=True)
+    assert isinstance(answer, Response)
+    assert answer.status == 513
+    assert answer.call_id == "call-message@tomt.it"
+    assert answer.headers.get("via") == "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bK-message-1"
+    assert answer.headers.get("cseq") == "1 MESSAGE"
+    assert answer.headers.get("from") == "<sip:bob@tomt.it>;tag=a1"
+
+
+def test_framer_oversized_head_stops_before_a_folded_value_cut_by_the_cap() -> None:
+    """§7.3.1: a line starting with SP/HT continues the value above; a value cut by the cap is dropped whole."""
+    raw = message().replace(b"CSeq: 1 MESSAGE\r\n", b"CSeq: 1 MESSAGE\r\nSubject: a\r\n" + b" b\r\n" * 300)
+    error = oversized_error(raw)
+    assert error.head.endswith(b"CSeq: 1 MESSAGE\r\n")
+
+
+def test_framer_oversized_head_without_addressing_headers_is_not_answered() -> None:
+    """A first header line longer than the cap leaves nothing to address a reply with: closed unanswered."""
+    error = oversized_error(b"MESSAGE sip:a@b SIP/2.0\r\nX-Pad: " + b"a" * 2000)
+    assert error.head == b"MESSAGE sip:a@b SIP/2.0\r\n"
+    reply, dropped = reply_to_unparsed(error.head, error.error)
+    assert reply is None
+    assert "no Via" in dropped
