@@ -22,7 +22,7 @@ TRANSPORTS = ("tls", "tcp", "udp")
 PROXY_KEYS = {
     "fqdn", "federation_fqdn", "tolerated_option_tags", "transaction_timeout_seconds",
     "invite_timeout_seconds", "connect_timeout_seconds", "max_message_bytes", "log_level",
-    "keepalive_seconds", "keepalive_timeout_seconds",
+    "keepalive_seconds", "keepalive_timeout_seconds", "in_dialog_networks",
 }
 DNS_KEYS = {"nameservers", "port", "timeout_seconds"}
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
@@ -126,6 +126,10 @@ class Config:
     """Record-Route maddr rewrite rules."""
     tolerated_option_tags: frozenset[str] = field(default_factory=frozenset)
     """Proxy-Require option tags passed on instead of refused with 420 (e.g. ``ms-benotify``)."""
+    in_dialog_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Opt-in that weakens "no open relay": addresses outside every configured route that a Route header or
+    an in-dialog Request-URI may send a request to (e.g. a Contact straight at a client). Empty (the
+    default): only destinations the routes account for. Requests that came over TLS still leave over TLS."""
     transaction_timeout_seconds: float = 16.0
     """Non-INVITE next-hop timeout before answering 408; below the sender's 32 s Timer F (RFC 4320)."""
     invite_timeout_seconds: float = 180.0
@@ -346,6 +350,7 @@ def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
         problems.append("proxy.tolerated_option_tags: must be a list of option tags, e.g. ['ms-benotify']")
         tags = []
     out["tolerated_option_tags"] = frozenset(t.lower() for t in tags)
+    out["in_dialog_networks"] = _networks(proxy.get("in_dialog_networks", []), "proxy.in_dialog_networks", problems)
     for key, default, low, high in (("keepalive_seconds", 90.0, 1.0, 3600.0),
                                     ("keepalive_timeout_seconds", 10.0, 0.5, 60.0)):
         value = proxy.get(key, default)
@@ -463,3 +468,18 @@ def _port(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *
         problems.append(f"{where}.{key}: {value!r} must be a whole number 0-65535 (0: any free port)")
         return default
     return value
+
+
+def _networks(raw: object, where: str, problems: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                                                      ...]:
+    """A list of networks in CIDR notation (``["10.1.0.0/16", "192.0.2.7"]``)."""
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        problems.append(f"{where}: must be a list of networks, e.g. ['10.1.0.0/16']")
+        return ()
+    networks = []
+    for i, value in enumerate(raw):
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            problems.append(f"{where}[{i}]: {value!r} is not an address or a network (CIDR)")
+    return tuple(networks)

@@ -57,6 +57,8 @@ class Metrics(Observer):
         self.shield = c("challenges_shielded_total",
                         "Next hops' 401/407 kept from sources that cannot answer: answered or blocked", ["action"])
         self.malformed_total = c("malformed_messages_total", "Messages that did not parse", ["kind"])
+        self.security_drops = c("security_drops_total", "Messages or header values a security rule dropped "
+                                "without an answer", ["reason"])
         self.overloads = c("overload_total", "Requests refused with 503 by a limit", ["reason"])
         self.slow_senders = c("slow_senders_total", "Connections closed for an incomplete message or handshake",
                               ["listener", "stage"])
@@ -123,6 +125,9 @@ class Metrics(Observer):
 
     def slow_sender(self, listener: str, stage: str) -> None:
         self._child(self.slow_senders, listener, stage).inc()
+
+    def security_drop(self, reason: str) -> None:
+        self._child(self.security_drops, reason).inc()
 
     def malformed(self, kind: str) -> None:
         self._child(self.malformed_total, kind).inc()

@@ -90,7 +90,8 @@ class Server:
         identities = [Identity(lst.name, lst.transport, lst.address, self.ports[lst.name], lst.fqdn,
                                lst.federation_fqdn, lst.untrusted) for lst in config.listeners]
         rewrites = {r.internal: r.external for r in config.maddr_rewrites}
-        policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags)
+        policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags,
+                                   config.in_dialog_networks)
         lim = config.limits
         settings = RelaySettings(
             config.transaction_timeout_seconds, config.invite_timeout_seconds,

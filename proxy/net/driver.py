@@ -209,6 +209,8 @@ class Driver:
         conn = self.by_hop.get(key) or (None if route else self._reusable(hop))
         if conn is not None and conn.send(data):
             if token:
+                if conn.flow is not None:
+                    self.proxy.sent_on(token, conn.flow.conn_id)
                 conn.sent.append(token)
                 if conn.outbound and not conn.heard_from:
                     conn.unanswered.append(token)
@@ -233,7 +235,10 @@ class Driver:
                 self.proxy.hop_failed(token, reason, self.loop.time(), "other")
                 self.pump()
             return
-        udp.sendto(data, infos[0][4][:2])
+        address = infos[0][4][:2]
+        if token:
+            self.proxy.sent_on(token, address[0])
+        udp.sendto(data, address)
 
     def _reusable(self, hop: NextHop) -> StreamConnection | None:
         """An open connection to the hop's address: one the peer offered by ``alias`` (RFC 5923),
@@ -328,6 +333,8 @@ class Driver:
         for data, token in self.pending.pop(key, []):
             conn.send(data)
             if token:
+                if conn.flow is not None:
+                    self.proxy.sent_on(token, conn.flow.conn_id)
                 conn.sent.append(token)
                 if not conn.heard_from:
                     conn.unanswered.append(token)

@@ -29,11 +29,13 @@ from proxy.relay.forwarding import (
     hop_for_uri,
     loop_hash,
     mark_received,
+    new_branch,
     prepare_forward,
     process_routes,
     validate,
 )
-from proxy.relay.limits import TokenBuckets
+from proxy.relay.identity import screen_identities
+from proxy.relay.limits import TokenBuckets, WarnLimiter
 from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, log_fields, reply_to_unparsed
 from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
@@ -51,6 +53,7 @@ from proxy.relay.types import (
     SendToHop,
 )
 from proxy.sip.errors import SipError, SipSyntaxError
+from proxy.sip.grammar import is_ip_literal
 from proxy.sip.headers import parse_name_addr, via_branch
 from proxy.sip.message import Request, Response, make_response, parse_message
 from proxy.sip.parser import FramingError
@@ -99,6 +102,7 @@ class Proxy(Retries):
         self._to_tag = secrets.token_hex(6)
         self._in_flight = 0
         self._timeout_log: dict[str, tuple[float, int]] = {}
+        self._drop_log = WarnLimiter()
         self._completed: dict[ServerKey, tuple[str, tuple[str, int], str | None, bytes]] = {}
         """Non-INVITE server transactions over UDP in §17.2.2's Completed state: what to answer again."""
         self._completed_expiry: collections.deque[tuple[float, ServerKey]] = collections.deque()
@@ -205,7 +209,7 @@ class Proxy(Retries):
         with the returned token. Max-Forwards 0: the destination answers it itself and never relays
         it (§16.3 step 3), so a proxy that does not know its own name cannot bounce it around."""
         cid = next(self._ids)
-        branch = f"{BRANCH_PREFIX}hc.{cid:x}"
+        branch = new_branch("hc", cid)
         request = health_check(self.policy.identities[hop.listener], hop, branch, self._to_tag, cid)
         ctx = ClientTx(cid, branch, "OPTIONS", hop, request.to_bytes(), request, None, deadline=now + timeout,
                        probe=True)
@@ -231,7 +235,6 @@ class Proxy(Retries):
     # -- requests ---------------------------------------------------------------------------
 
     def _on_request(self, request: Request, flow: Flow, now: float) -> None:
-        self._maybe_alias(request, flow)
         mark_received(request, flow)
         if request.method in STATELESS_METHODS:
             self._on_ack(request, flow, now)
@@ -265,8 +268,6 @@ class Proxy(Retries):
             self._refuse(stx, SipError(f"Service Unavailable ({overload})", 503,
                                        (("Retry-After", str(self.settings.limits.retry_after_seconds)),)), now)
             return
-        if stx.invite:
-            self._respond(stx, 100, "Trying", now)  # §16.2: a stateful proxy answers INVITE at once
         try:
             validate(request, self.policy)
             hashed = loop_hash(request)
@@ -279,6 +280,11 @@ class Proxy(Retries):
         except SipError as exc:
             self._refuse(stx, exc, now)
             return
+        self._admitted(request, flow)
+        if stx.invite:
+            # §16.2: a stateful proxy answers INVITE at once; only once admitted, so that a refused INVITE
+            # costs its sender one answer, not two.
+            self._respond(stx, 100, "Trying", now)
         try:
             if hop is None:
                 self._answer_locally(stx, now)
@@ -288,10 +294,21 @@ class Proxy(Retries):
             if not stx.final_status:
                 self._refuse(stx, exc, now)
 
-    def _overloaded(self, flow: Flow, now: float) -> str | None:
+    def _admitted(self, request: Request, flow: Flow) -> None:
+        """What only an admitted request may do: offer its connection for reuse (RFC 5923), and keep the
+        identities its source may assert (RFC 3325 §5, proxy/relay/identity.py)."""
+        self._maybe_alias(request, flow)
+        removed = screen_identities(request, self.trust.peer(flow.peer))
+        if removed:
+            self.observer.security_drop("identity_removed")
+            log.info("%s: removed %d asserted identit%s %s: %s may not assert them", request.method, len(removed),
+                     "y" if len(removed) == 1 else "ies", ", ".join(v[:80] for v in removed),
+                     flow.peer or f"{flow.remote[0]} (no trusted peer)", extra=log_fields(request.call_id, flow))
+
+    def _overloaded(self, flow: Flow, now: float, rates_only: bool = False) -> str | None:
         """Which limit a new request hits, if any (checked before any work is done for it)."""
         limits = self.settings.limits
-        if self._in_flight > limits.max_in_flight:
+        if not rates_only and self._in_flight > limits.max_in_flight:
             self.observer.overload("in_flight")
             return f"overloaded: {limits.max_in_flight} transactions in flight"
         if flow.peer is not None:
@@ -306,7 +323,7 @@ class Proxy(Retries):
     def _forward(self, stx: ServerTx, hop: NextHop, hashed: str, now: float) -> None:
         """§16.6: forward a copy over a new client transaction and arm its timers."""
         cid = next(self._ids)
-        branch = f"{BRANCH_PREFIX}{hashed}.{cid:x}"
+        branch = new_branch(hashed, cid)
         inbound = self.policy.identities[stx.flow.listener]
         forwarded = prepare_forward(stx.request, hop, self.policy, inbound, branch)
         original_cseq = self.cseq_shifts.renumber(forwarded)
@@ -315,12 +332,21 @@ class Proxy(Retries):
         self.observer.request_relayed(method_label(ctx.method), stx.flow.peer or "none", hop.route or "dialog")
         self._start_client(ctx, now)
 
+    def sent_on(self, token: int, where: int | str) -> None:
+        """The edge wrote the request of client transaction ``token`` on a connection (its id) or, over UDP,
+        to an address (its IP): its responses are taken from there alone."""
+        ctx = self._by_id.get(token)
+        if ctx is not None:
+            ctx.sent_on = where
+
     def _start_client(self, ctx: ClientTx, now: float) -> None:
         self.client_txs[(ctx.branch, ctx.method)] = ctx
         self._by_id[ctx.id] = ctx
         if ctx.server is not None:
             ctx.server.client = ctx
         hop = ctx.hop
+        if hop.transport == "udp" and is_ip_literal(hop.host):
+            ctx.sent_on = hop.host.strip("[]")
         self._outputs.append(SendToHop(hop, ctx.data, ctx.id))
         timeout: float | None
         if ctx.method == "INVITE":
@@ -354,16 +380,28 @@ class Proxy(Retries):
             else:
                 self._end_server(stx)
             return
-        # An ACK for a 2xx is end-to-end (§13.2.2.4): route it statelessly (§16.11).
+        # An ACK for a 2xx is end-to-end (§13.2.2.4): route it statelessly (§16.11), after the same admission
+        # as every other request (issue 14: one admission path), though nobody can be told of a refusal.
         try:
+            overload = self._overloaded(flow, now, rates_only=True)
+            if overload:
+                raise SipError(f"Service Unavailable ({overload})", 503)
             validate(request, self.policy)
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped)
+            admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
+                  hop.route if hop is not None else None, self.observer)
         except SipError as exc:
-            log.info("%s dropped: %s", request.method, exc.reason, extra=log_fields(request.call_id, flow))
+            self.observer.security_drop("stateless_refused")
+            self.observer.request_refused(method_label(request.method), exc.status)
+            self._drop_log.warn(log, f"stateless {request.method} {flow.remote[0]}", now,
+                                "%s from %s:%d dropped (%d %s): it has no response to carry the refusal",
+                                request.method, *flow.remote, exc.status, exc.reason,
+                                extra=log_fields(request.call_id, flow))
             return
         if hop is None:
             return
+        self._admitted(request, flow)
         incoming = (request.top_via.branch or "").encode()
         branch = f"{BRANCH_PREFIX}{hashlib.blake2s(incoming, digest_size=6).hexdigest()}.a"
         forwarded = prepare_forward(request, hop, self.policy, self.policy.identities[flow.listener], branch)
@@ -373,6 +411,8 @@ class Proxy(Retries):
     def _on_cancel(self, cancel: ServerTx, now: float) -> None:
         """§16.10: answer the CANCEL, then cancel the pending INVITE's client transaction."""
         invite = self.server_txs.get((*cancel.key[:-1], "INVITE"))
+        if invite is not None and not _same_sender(invite.flow, cancel.flow):
+            invite = None  # §9.2 matches on the branch, which a third party could copy: only its sender cancels
         if invite is None:
             self._respond(cancel, 481, "Call/Transaction Does Not Exist", now)
             return
@@ -388,8 +428,9 @@ class Proxy(Retries):
             ctx.cancel_pending = True  # §9.1: no CANCEL before a provisional response
 
     def _maybe_alias(self, request: Request, flow: Flow) -> None:
-        """RFC 5923 §5: honour ``alias`` on a stream; over TLS only if the certificate names sent-by."""
-        if flow.transport == "udp" or ";alias" not in (request.headers.get("via") or ""):
+        """RFC 5923 §5: honour ``alias`` over TLS only, if the certificate names sent-by, and only for an
+        admitted request (a refused sender must never be handed requests meant for someone else)."""
+        if flow.transport != "tls" or ";alias" not in (request.headers.get("via") or ""):
             return
         via = request.top_via
         if via.param("alias") is None:
@@ -411,6 +452,14 @@ class Proxy(Retries):
         ctx = self.client_txs.get((branch, method))
         if ctx is None:
             log.debug("response %d with no transaction (branch %s) dropped", response.status, branch)
+            return
+        if ctx.sent_on != (flow.remote[0] if flow.transport == "udp" else flow.conn_id):
+            # Issue 14: a response belongs to the flow its request went out on (RFC 3261 §18.1.2, RFC 5923);
+            # a branch copied or guessed onto another connection answers nothing.
+            self.observer.security_drop("response_off_flow")
+            self._drop_log.warn(log, f"off-flow {flow.remote[0]}", now,
+                                "response %d from %s:%d dropped: its transaction's request went out on another "
+                                "flow", response.status, *flow.remote)
             return
         if ctx.method == "CANCEL":
             self._end_client(ctx)  # the 200 to our CANCEL is for us alone
@@ -552,6 +601,10 @@ class Proxy(Retries):
         return "" if stx.flow.transport == "udp" else stx.request.headers.get("via") or ""
 
     def _refuse(self, stx: ServerTx, exc: SipError, now: float) -> None:
+        if stx.flow.transport == "udp" and stx.flow.peer is None:
+            # An unbound UDP source may be spoofed: our refusal is sent once (a retransmitted request gets it
+            # again, one for one), never on Timer G, so sipfed amplifies nothing (RFC 3261 §26.3.2.4 spirit).
+            stx.quiet = True
         self.observer.request_refused(method_label(stx.request.method), exc.status)
         if exc.status >= 400 and exc.status != 407:
             log.info("%s refused: %d %s", stx.request.method, exc.status, exc.reason,
@@ -567,7 +620,7 @@ class Proxy(Retries):
         udp = stx.flow.transport == "udp"
         if stx.invite and status >= 300:
             linger = TIMER_H  # wait for the ACK
-            if udp:
+            if udp and not stx.quiet:
                 stx.timers.set("g", self.timers.schedule(now + T1, lambda t: self._retransmit_final(stx, T1, t)))
         elif stx.invite:
             linger = TIMER_L
@@ -591,6 +644,7 @@ class Proxy(Retries):
         request = hop_request(ctx, "CANCEL", to=ctx.request.headers.get("to") or "")
         cid = next(self._ids)
         cancel = ClientTx(cid, ctx.branch, "CANCEL", ctx.hop, request.to_bytes(), request, None)
+        cancel.sent_on = ctx.sent_on  # the CANCEL follows its INVITE's flow (§9.1)
         self.client_txs[(ctx.branch, "CANCEL")] = cancel
         self._by_id[cid] = cancel
         cancel.timers.set("end", self.timers.schedule(now + TIMER_B, lambda t: self._end_client(cancel)))
@@ -623,6 +677,14 @@ class Proxy(Retries):
         stx.client = None
         if self.server_txs.get(stx.key) is stx:
             del self.server_txs[stx.key]
+
+
+
+def _same_sender(first: Flow, second: Flow) -> bool:
+    """Two requests from one sender: the same trusted peer, or the same transport and source address."""
+    if first.peer is not None or second.peer is not None:
+        return first.peer == second.peer
+    return first.transport == second.transport and first.remote == second.remote
 
 
 __all__ = ["Proxy", "RelaySettings", "hop_for_uri", "parse_name_addr"]

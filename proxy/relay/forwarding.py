@@ -7,6 +7,8 @@ raises a ``SipError`` carrying the status to answer with.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import secrets
 from dataclasses import dataclass, field
 
 from proxy.relay.record_route import RECORD_ROUTE_METHODS, our_record_routes, rewrite_maddr
@@ -18,8 +20,17 @@ from proxy.sip.message import Request
 from proxy.sip.uri import DEFAULT_PORTS, SipUri
 from routes import Candidate, RouteTable, StaticRoute
 
-#: Our branches: the magic cookie, our mark, the loop-detection hash, a dot, the transaction id.
+#: Our branches: the magic cookie, our mark, the loop-detection hash, a dot, 64 random bits and the
+#: transaction id.
 BRANCH_PREFIX = MAGIC_COOKIE + "sf"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def new_branch(hashed: str, cid: int) -> str:
+    """RFC 3261 §8.1.1.7: a branch unique across space and time. 64 random bits make it unguessable, so
+    a response cannot be forged for a request someone else sent (the flow check is the other half)."""
+    return f"{BRANCH_PREFIX}{hashed}.{secrets.token_hex(8)}{cid:x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +53,15 @@ class RelayPolicy:
     """(IP, port) pairs we listen on."""
     own_ports: frozenset[int] = frozenset()
     """Ports we listen on."""
+    dialog_networks: tuple[Network, ...] = ()
+    """Opt-in (``[proxy] in_dialog_networks``): addresses outside the configured routes that a Route header or
+    an in-dialog Request-URI may send a request to. Empty: only what a configured route accounts for."""
     route_hops: dict[tuple[str, str], NextHop] = field(default_factory=dict, init=False, compare=False, repr=False)
     """The NextHop of each (route name, listener), made once: NextHop is immutable and the same every time."""
 
     @classmethod
     def build(cls, identities: list[Identity], routes: RouteTable, maddr_out: dict[str, str],
-              tolerated: frozenset[str]) -> RelayPolicy:
+              tolerated: frozenset[str], dialog_networks: tuple[Network, ...] = ()) -> RelayPolicy:
         names = {i.fqdn.lower() for i in identities} | {i.federation_fqdn.lower() for i in identities}
         addresses: set[tuple[str, int]] = set()
         for ident in identities:
@@ -55,7 +69,7 @@ class RelayPolicy:
             addresses.update((addr, ident.port) for addr in bound)
         return cls({i.listener: i for i in identities}, routes, dict(maddr_out),
                    {v: k for k, v in maddr_out.items()}, tolerated, frozenset(names),
-                   frozenset(addresses), frozenset(i.port for i in identities))
+                   frozenset(addresses), frozenset(i.port for i in identities), tuple(dialog_networks))
 
     def is_own_uri(self, uri: SipUri) -> bool:
         """§16.4: a URI that names this proxy, by FQDN, by address, or by maddr."""
@@ -133,10 +147,11 @@ def process_routes(request: Request, policy: RelayPolicy) -> bool:
 
 
 def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_own: bool) -> NextHop | None:
-    """§16.5/§16.6 steps 6-7: the next hop; None when the request is for this proxy itself."""
+    """§16.5/§16.6 steps 6-7: the next hop; None when the request is for this proxy itself. Whatever the
+    request says, the hop is one the configuration accounts for (``hop_for_uri``): no open relay."""
     first_route = request.headers.get("route")
     if first_route is not None:
-        return hop_for_uri(parse_name_addr(first_route).uri, policy, flow.listener)
+        return hop_for_uri(parse_name_addr(first_route).uri, policy, flow.listener, flow.transport)
     uri = request.request_uri
     if policy.is_own_uri(uri):
         return None  # §16.4: a Request-URI naming this proxy is for the proxy itself, whatever the routes
@@ -151,40 +166,81 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
                 policy.route_hops[(route.name, listener)] = hop
         return hop
     if popped_own or request.to.param("tag") is not None or request.method == "ACK":
-        return hop_for_uri(uri, policy, flow.listener)  # in a dialog we are on: go where it points
+        # In a dialog we are on: go where it points, if the configuration accounts for that place.
+        return hop_for_uri(uri, policy, flow.listener, flow.transport)
     raise SipError(f"Not Found (no route for domain {uri.host})", 404)
 
 
-def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str) -> NextHop:
-    """RFC 3263 §4 for a URI with an explicit host (maddr first). A configured destination with that host
-    (and the URI's port, if it gives one) lends its port, transport and certificate name; another port
-    on the same host is another server (a NAT, a shared SBC), which gets no route's certificate name."""
+def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound: str = "tls") -> NextHop:
+    """RFC 3263 §4 for a URI with an explicit host (maddr first), held to the configuration.
+
+    Rules (issue 14: no open relay, no downgrade):
+    1. A configured destination at that host (and the URI's port, if it gives one) lends its transport,
+       port, certificate name and listener; the URI's ``transport`` parameter cannot take it off TLS.
+    2. Else a host name inside a route's MatchUri domain goes over that route's transport and listener,
+       its certificate checked against the name itself (RFC 5922 §4.1).
+    3. Else only an address inside ``dialog_networks`` (opt-in), on TLS when the request came over TLS.
+    4. Anything else is refused: 403, naming the host."""
     host = uri.target_host.lower()
     found = _configured(policy.routes, host, uri.port)
     if found is None and uri.host.lower() != host:
         found = _configured(policy.routes, uri.host.lower(), uri.port)
-    route, candidate = found if found is not None else (None, None)
-    transport = uri.explicit_transport or (candidate.transport if candidate else "udp")
-    port = uri.port or (candidate.port if candidate else DEFAULT_PORTS.get(transport, 5060))
-    tls_name = candidate.tls_name if candidate else uri.host.lower()
-    listener = route.listener if route and route.listener else default_listener
-    return NextHop(transport, host, port, tls_name if transport == "tls" else None, listener,
-                   route.name if route else None)
+    if found is not None:
+        route, candidate = found
+        listener = route.listener or default_listener
+        tls_name = candidate.tls_name if candidate.transport == "tls" else None
+        return NextHop(candidate.transport, host, candidate.port, tls_name, listener, route.name)
+    named = None if is_ip_literal(host) else _route_for_name(policy.routes, host)
+    if named is not None:
+        transport = named.transport
+        port = uri.port or DEFAULT_PORTS.get(transport, 5060)
+        return NextHop(transport, host, port, host if transport == "tls" else None,
+                       named.listener or default_listener, named.name)
+    port = uri.port or DEFAULT_PORTS.get(uri.explicit_transport or "udp", 5060)
+    if not _in_dialog_networks(host, policy.dialog_networks):
+        raise SipError(f"Forbidden (next hop {host}:{port} is not a configured destination)", 403)
+    transport = "tls" if inbound == "tls" or uri.scheme == "sips" else (uri.explicit_transport or inbound)
+    if transport == "tls" and uri.port is None:
+        port = DEFAULT_PORTS["tls"]
+    return NextHop(transport, host, port, uri.host.lower() if transport == "tls" else None, default_listener, None)
+
+
+def _route_for_name(routes: RouteTable, host: str) -> StaticRoute | None:
+    """The route whose MatchUri covers a host name: the name itself, or a domain it is under
+    (``lyncpool.tomt.it`` is under the route for ``tomt.it``)."""
+    labels = host.rstrip(".").split(".")
+    for i in range(len(labels) - 1):
+        route = routes.lookup(".".join(labels[i:]))
+        if route is not None:
+            return route
+    return None
+
+
+def _in_dialog_networks(host: str, networks: tuple[Network, ...]) -> bool:
+    if not networks or not is_ip_literal(host):
+        return False
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 def reply_hop(flow: Flow, via_value: str) -> NextHop | None:
     """RFC 3261 §18.2.2: where a response goes when the connection its request came on has closed: a new
-    connection to the ``received`` address (else the sent-by host) on the sent-by port (else the transport's
-    default). Over TLS the certificate must name the sent-by host, or, when sent-by is an address, the name
-    the sender's certificate proved on the closed connection. None over UDP or for a Via that does not parse."""
+    connection to the address the request really came from (``flow.remote``, never a ``received`` the
+    sender wrote) on the sent-by port (else the transport's default), on the closed connection's own
+    transport (a TLS flow's answer never goes out in clear, whatever the Via says). Over TLS the certificate
+    must name the sent-by host, or, when sent-by is an address, the name the sender's certificate proved on
+    the closed connection. None over UDP or for a Via that does not parse."""
     try:
         via = parse_via(via_value)
     except SipError:
         return None
-    transport = via.transport.lower()
+    transport = flow.transport
     if transport not in ("tcp", "tls"):
         return None
-    host = via.param("received") or via.host
+    host = flow.remote[0]
     port = via.port or DEFAULT_PORTS[transport]
     tls_name = None
     if transport == "tls":
@@ -230,14 +286,19 @@ def via_value(identity: Identity, transport: str, branch: str) -> str:
 
 
 def mark_received(request: Request, flow: Flow) -> None:
-    """§18.2.1: add received= when the sent-by host is not the source address; fill rport (RFC 3581 §4)."""
-    value = request.headers.get("via")
+    """§18.2.1: ``received`` is the real source address, always set by us: one the sender wrote is replaced
+    (or removed when sent-by is the source), so nobody can aim our answers at a host of its choosing;
+    fill rport (RFC 3581 §4)."""
+    value = request.headers.get("via")  # the top value alone
     if value is None:
         return
     via = parse_via(value)
     source_ip, source_port = flow.remote
     changed = value
-    if via.host != source_ip and via.param("received") is None:
+    if "received" in value.lower() and via.param("received") is not None:
+        kept = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in via.params if k.lower() != "received")
+        changed = value[:value.index(";")] + kept
+    if via.host != source_ip and (via.param("received") is None or changed is not value):
         changed += f";received={source_ip}"
     if via.param("rport") == "":
         changed = changed.replace(";rport", f";rport={source_port}", 1)

@@ -5,6 +5,7 @@ answered 503 with Retry-After (RFC 3261 §21.5.4) at once: never dropped silentl
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -47,3 +48,37 @@ class TokenBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class WarnLimiter:
+    """Repeated warnings, rate-limited (issue 14 row 15): the first of a kind is logged, then at most one per
+    ``every_seconds``, saying how many were suppressed since. Time is a parameter; the kinds are bounded."""
+
+    __slots__ = ("_last", "every_seconds", "max_kinds")
+
+    def __init__(self, every_seconds: float = 10.0, max_kinds: int = 1024) -> None:
+        self.every_seconds = every_seconds
+        self.max_kinds = max_kinds
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def allow(self, kind: str, now: float) -> int | None:
+        """None: suppress this one; else the count suppressed since the last one logged (log it now)."""
+        last, quiet = self._last.get(kind, (-1e18, 0))
+        if now - last < self.every_seconds:
+            self._last[kind] = (last, quiet + 1)
+            return None
+        self._last.pop(kind, None)
+        self._last[kind] = (now, 0)
+        if len(self._last) > self.max_kinds:
+            self._last.popitem(last=False)
+        return quiet
+
+    def warn(self, logger: logging.Logger, kind: str, now: float, message: str, *args: object,
+             level: int = logging.WARNING, extra: dict[str, str] | None = None) -> None:
+        """``logger.log(level, message, *args)`` unless suppressed; with the count of suppressed ones."""
+        quiet = self.allow(kind, now)
+        if quiet is None:
+            return
+        if quiet:
+            message += f" ({quiet} more like it suppressed in the last {self.every_seconds:g} s)"
+        logger.log(level, message, *args, extra=extra)

@@ -74,5 +74,11 @@ class Observer:
     def health_check(self, route: str, result: str) -> None:
         """An OPTIONS health check of one of ``route``'s destinations: pass or fail."""
 
+    def security_drop(self, reason: str) -> None:
+        """A message a security rule stopped without an answer (issue 14): ``stateless_refused`` (an ACK or
+        BENOTIFY that admission refused), ``response_off_flow`` (a response on another flow than its
+        request went out on), ``identity_removed`` (a P-Asserted/P-Preferred-Identity value its source may not
+        assert, taken out)."""
+
     def keepalive(self, result: str) -> None:
         """An RFC 5626 CRLF keep-alive: sent, answered, unanswered (connection closed), unsupported."""

@@ -16,7 +16,7 @@ import re
 
 from acl.peers import Trust
 from proxy.relay.challenges import CSeqShifts, challenge_realm, retried_request
-from proxy.relay.forwarding import RelayPolicy
+from proxy.relay.forwarding import BRANCH_PREFIX, RelayPolicy, new_branch
 from proxy.relay.local import log_fields, with_branch
 from proxy.relay.observe import Observer
 from proxy.relay.state import ClientTx, ServerTx
@@ -98,7 +98,7 @@ class Retries:
     def _retry_next(self, ctx: ClientTx, stx: ServerTx, why: str, now: float) -> None:
         route = ctx.hop.route
         cid = next(self._ids)
-        branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
+        branch = new_branch(ctx.branch[len(BRANCH_PREFIX):].split(".", 1)[0], cid)
         retry = with_branch(ctx.request, ctx.branch, branch)
         log.info("%s: %s; trying the next candidate of route %s (attempt %d)", ctx.method, why, route,
                  ctx.attempt + 1, extra=log_fields(retry.call_id, stx.flow, route))
@@ -140,7 +140,7 @@ class Retries:
     def _retry_with_credentials(self, ctx: ClientTx, stx: ServerTx, status: int, challenge: str, username: str,
                                 password: str, now: float) -> None:
         cid = next(self._ids)
-        branch = ctx.branch.rsplit(".", 1)[0] + f".{cid:x}"
+        branch = new_branch(ctx.branch[len(BRANCH_PREFIX):].split(".", 1)[0], cid)
         retry = retried_request(ctx.request, ctx.branch, branch, status, challenge, username, password)
         self.cseq_shifts.shift(retry.call_id, retry.from_.param("tag") or "")
         original = ctx.original_cseq or stx.request.headers.get("cseq")

@@ -39,6 +39,8 @@ class ServerTx:
     final_status: int = 0
     client: ClientTx | None = None
     timers: TimerSet = field(default_factory=TimerSet)
+    quiet: bool = False
+    """Our own refusal to an unbound UDP source: sent once, never on Timer G (no amplification)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -66,4 +68,7 @@ class ClientTx:
     """When the request as a whole times out (a retry keeps the first try's deadline); 0: from the start."""
     probe: bool = False
     """sipfed's own health-check OPTIONS: its outcome goes to the edge as a ``ProbeAnswer``."""
+    sent_on: int | str | None = None
+    """The connection id (streams) or the IP address (UDP) the request went out on: the only flow its
+    responses are taken from; None until the edge has written it."""
     timers: TimerSet = field(default_factory=TimerSet)

@@ -6,7 +6,8 @@ Rules:
 3. Anyone else proves itself with digest credentials (407 to ask), or gets the listener's policy.
 4. A challenge is never sent to a source that cannot answer one (``answers_digest = false`` or the
    outgoing ACL): sipfed answers it with configured credentials, or turns it into 403 with the cause.
-ACK and CANCEL are never challenged (§22.1).
+CANCEL is never challenged (§22.1); ACK and BENOTIFY pass the same rules but are refused where a challenge
+would be due (nobody answers them).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
           observer: Observer | None = None) -> None:
     """Raise SipError (403 or 407) unless the request may be relayed (toward ``route``, if known)."""
     observer = observer or Observer()
-    if request.method in ("ACK", "CANCEL"):
-        return
+    if request.method == "CANCEL":
+        return  # §22.1: never challenged; the core lets only the INVITE's own sender cancel it
+    # ACK and BENOTIFY travel statelessly: they pass every rule below, but cannot be challenged (§22.1;
+    # nobody would answer a 407): where a challenge would be due, they are refused.
+    stateless = request.method in ("ACK", "BENOTIFY")
     peer = trust.peer(flow.peer)
     if peer is not None:
         domain = request.from_.uri.host.lower()
@@ -39,6 +43,9 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
     if untrusted == "admit":
         return
     if untrusted == "challenge" and trust.digest is not None:
+        if stateless:
+            raise SipError(f"Forbidden ({request.method} cannot be challenged, and the source is neither a "
+                           "trusted peer nor exempt)", 403)
         if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, route):
             raise SipError("Forbidden (source cannot answer a digest challenge and is not exempt)", 403)
         challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now))

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.relay.core import Proxy, RelaySettings
-from proxy.relay.forwarding import BRANCH_PREFIX, RelayPolicy
+from proxy.relay.forwarding import BRANCH_PREFIX, RelayPolicy, hop_for_uri
 from proxy.relay.types import Flow, Identity, Output, SendOnFlow, SendToHop
 from proxy.sip.errors import SipError
 from proxy.sip.headers import NameAddr, Via, canonical, parse_name_addr, parse_via
@@ -484,6 +484,20 @@ def routed_requests(draw: st.DrawFn) -> tuple[bytes, str | None]:
     return request.to_bytes(), headers.get("max-forwards")
 
 
+def _foreign_route_refused(request: Request, px: Proxy) -> bool:
+    """The first Route that does not name sipfed points at a host no configured route accounts for."""
+    for value in request.headers.get_all("route"):
+        uri = parse_name_addr(value).uri
+        if px.policy.is_own_uri(uri):
+            continue
+        try:
+            hop_for_uri(uri, px.policy, "cisco")
+        except SipError as exc:
+            return exc.status == 403
+        return False
+    return False
+
+
 def sends(outputs: list[Output]) -> list[SendToHop]:
     return [output for output in outputs if isinstance(output, SendToHop)]
 
@@ -502,6 +516,12 @@ def test_relay_adds_one_via_and_decrements_max_forwards(generated: tuple[bytes, 
         if original.method != "ACK":
             answers = [parse_message(o.data) for o in outputs if isinstance(o, SendOnFlow)]
             assert [a.status for a in answers if isinstance(a, Response) and a.status >= 200] == [483]  # §16.3 step 3
+        return
+    if _foreign_route_refused(original, px):  # issue 14: a Route to an unconfigured host is no next hop
+        assert sends(outputs) == []
+        if original.method != "ACK":
+            answers = [parse_message(o.data) for o in outputs if isinstance(o, SendOnFlow)]
+            assert [a.status for a in answers if isinstance(a, Response) and a.status >= 200] == [403]
         return
     [send] = sends(outputs)
     forwarded = parse_message(send.data)

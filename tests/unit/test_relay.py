@@ -2,6 +2,8 @@
 
 
 import gc
+import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -9,6 +11,7 @@ from acl.subjects import CertIdentity
 from proxy.relay.core import Proxy, RelaySettings, hop_for_uri
 from proxy.relay.forwarding import RelayPolicy, reply_hop
 from proxy.relay.types import Flow, Identity, NextHop, Output, RegisterAlias, SendOnFlow, SendToHop
+from proxy.sip.errors import SipError
 from proxy.sip.message import Request, Response, parse_message
 from proxy.sip.transaction import DeadlineQueue, TimerQueue
 from proxy.sip.uri import parse_uri
@@ -30,6 +33,7 @@ UDP_IN = Flow("udp", "udp", ("127.0.0.5", 5060), 0)
 UDP_OUT = Flow("udp", "udp", ("127.0.0.9", 5060), 0)
 TO_CUPS = NextHop("tls", "127.0.0.2", 5062, "cups.tomt.local", "cisco", "cisco")
 from tests.corpus import CORPUS  # noqa: E402
+from tests.unit.edge import BoundProxy  # noqa: E402
 
 
 def make_proxy(*extra_routes: StaticRoute) -> Proxy:
@@ -43,7 +47,7 @@ def make_proxy(*extra_routes: StaticRoute) -> Proxy:
         ]
     )
     policy = RelayPolicy.build([CISCO, LYNC, UDP], routes, {"127.0.0.2": "cups.tomt.local"}, frozenset({"ms-benotify"}))
-    return Proxy(policy, RelaySettings(transaction_timeout_seconds=16, invite_timeout_seconds=180))
+    return BoundProxy(policy, RelaySettings(transaction_timeout_seconds=16, invite_timeout_seconds=180))
 
 
 def request(
@@ -544,9 +548,32 @@ def test_a_route_lends_its_certificate_name_only_to_its_own_port() -> None:
     against the route's tls_name; one on another port is checked against the name in its URI."""
     px = make_proxy()
     same = hop_for_uri(parse_uri("sip:127.0.0.2:5062;transport=tls"), px.policy, "lync")
-    other = hop_for_uri(parse_uri("sip:127.0.0.2:7000;transport=tls"), px.policy, "lync")
     assert (same.tls_name, same.listener, same.route) == ("cups.tomt.local", "cisco", "cisco")
-    assert (other.tls_name, other.listener, other.route) == ("127.0.0.2", "lync", None)
+    with pytest.raises(SipError, match="127.0.0.2:7000 is not a configured destination") as refused:
+        hop_for_uri(parse_uri("sip:127.0.0.2:7000;transport=tls"), px.policy, "lync")
+    assert refused.value.status == 403  # issue 14: no open relay to a port nobody configured
+    opted_in = replace(px.policy, dialog_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    other = hop_for_uri(parse_uri("sip:127.0.0.2:7000;transport=tcp"), opted_in, "lync")
+    assert (other.transport, other.tls_name, other.listener, other.route) == ("tls", "127.0.0.2", "lync", None)
+
+
+def test_a_uri_transport_cannot_take_a_configured_hop_off_tls() -> None:
+    """Issue 14 row 3: a Contact or Route with transport=tcp toward a TLS destination still goes over TLS."""
+    px = make_proxy()
+    hop = hop_for_uri(parse_uri("sip:127.0.0.2:5062;transport=tcp"), px.policy, "lync")
+    assert (hop.transport, hop.tls_name, hop.listener) == ("tls", "cups.tomt.local", "cisco")
+    named = hop_for_uri(parse_uri("sip:lyncpool.tomt.it;transport=udp"), px.policy, "cisco")
+    assert (named.transport, named.port, named.tls_name, named.listener) == ("tls", 5061, "lyncpool.tomt.it", "lync")
+
+
+def test_an_in_dialog_request_to_an_unconfigured_host_is_403() -> None:
+    """Issue 14 row 2: a Request-URI with a To tag naming any host is no next hop unless configured."""
+    sent = request("MESSAGE", "sip:x@127.0.22.99:7777;transport=tcp", to_tag="any")
+    response = only_reply(send(make_proxy(), sent))
+    assert (response.status, response.reason) == (403, "Forbidden (next hop 127.0.22.99:7777 is not a configured "
+                                                       "destination)")
+    routed = request("MESSAGE", "sip:alice@tomt.local", headers=("Route: <sip:127.0.22.99:7777;transport=tcp;lr>",))
+    assert only_reply(send(make_proxy(), routed)).status == 403
 
 
 def test_cancelled_timers_do_not_pile_up_until_their_deadline() -> None:
@@ -571,8 +598,12 @@ def test_cancelled_timers_do_not_pile_up_until_their_deadline() -> None:
     ("SIP/2.0/TLS 127.0.0.3:40999;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 40999, "lync01.tomt.it", "lync", None)),
     ("SIP/2.0/TLS lync01.tomt.it;branch=z9hG4bKa;received=127.0.0.3",
      NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),  # §18.2.2: the transport's default port
-    ("SIP/2.0/TCP 127.0.0.3;branch=z9hG4bKa", NextHop("tcp", "127.0.0.3", 5060, None, "lync", None)),
-    ("SIP/2.0/UDP 127.0.0.3;branch=z9hG4bKa", None),  # no connection to reopen
+    # Issue 14: the closed connection's own transport (TLS), whatever the Via says; its real source address,
+    # never a received= the sender wrote.
+    ("SIP/2.0/TCP 127.0.0.3;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
+    ("SIP/2.0/UDP 127.0.0.3;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
+    ("SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.22.99",
+     NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
     ("SIP/2.0/TLS bad host;branch=z9hG4bKa", None),
 ])
 def test_reply_hop_for_a_closed_connection(via: str, expected: NextHop | None) -> None:

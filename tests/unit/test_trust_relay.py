@@ -11,6 +11,7 @@ from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.types import Flow, Identity, Output
 from proxy.sip.message import Request, Response, parse_message
 from routes import RouteTable, StaticRoute
+from tests.unit.edge import BoundProxy
 from tests.unit.test_relay import forwarded, hops, replies
 
 REALM = "sipfed.tomt.it"
@@ -49,7 +50,7 @@ def make_proxy(trust: Trust, untrusted: str = "challenge") -> Proxy:
         Identity("lync", "tls", "127.0.0.1", 5072, "sipfed.tomt.it", "sipfed.tomt.it", untrusted),
     ]
     policy = RelayPolicy.build(identities, ROUTES, {}, frozenset())
-    return Proxy(policy, RelaySettings(), trust)
+    return BoundProxy(policy, RelaySettings(), trust)
 
 
 def request(

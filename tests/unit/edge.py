@@ -1,0 +1,25 @@
+"""The sans-IO core as proxy/net/driver.py drives it, for unit tests: every request the core sends toward a
+next hop is reported written on a connection (``Proxy.sent_on``), so that the hop's responses, which a test
+feeds in on that connection's flow, are taken (issue 14: a response belongs to the flow its request went out
+on). UDP hops to an address are bound by the core itself."""
+
+from __future__ import annotations
+
+from proxy.relay.core import Proxy
+from proxy.relay.types import Output, SendToHop
+
+
+class BoundProxy(Proxy):
+    """A ``Proxy`` whose stream sends all go out on connection ``out_conn`` (the tests' ``CISCO_OUT``: 2),
+    or on the connection ``hop_conns`` names for a hop's (host, port)."""
+
+    out_conn = 2
+    hop_conns: dict[tuple[str, int], int] = {}  # noqa: RUF012 - read-only per class
+
+    def take_outputs(self) -> list[Output]:
+        outputs = super().take_outputs()
+        for output in outputs:
+            if isinstance(output, SendToHop) and output.token and output.hop.transport != "udp":
+                hop = output.hop
+                self.sent_on(output.token, self.hop_conns.get((hop.host, hop.port), self.out_conn))
+        return outputs
