@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from acl.peers import Trust
-from proxy.net.connection import DatagramEndpoint, StreamConnection
+from proxy.net.connection import ConnectionGate, DatagramEndpoint, StreamConnection
 from proxy.net.health import Liveness
 from proxy.net.tls import classify, describe_failure
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
 from proxy.relay.forwarding import reply_hop
+from proxy.relay.limits import WarnLimiter
 from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, HopUnavailable, NextHop, ProbeAnswer, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.grammar import is_ip_literal
@@ -53,6 +54,8 @@ class Driver:
         self.handshake_timeout = 10.0
         self.incomplete_timeout = 10.0
         self.server_contexts: dict[str, ssl.SSLContext] = {}
+        self.gate = ConnectionGate()
+        """What inbound connections may cost before they prove who they are ([limits], issue 14)."""
         self.trace: Trace | None = None
         self.loop = loop
         self.client_ssl = client_ssl
@@ -69,6 +72,8 @@ class Driver:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.liveness = Liveness(self)
+        self.warnings = WarnLimiter()
+        """Repeated warnings about next hops, rate-limited."""
         self._unflushed: list[StreamConnection] = []
         self.reading = False
         """Inside a stream connection's read callback, which flushes what it queued when it returns."""
@@ -182,7 +187,8 @@ class Driver:
             return
         hop = reply_hop(flow, via) if via else None
         if hop is None:
-            log.warning("response to %s:%d lost: its connection closed first", *flow.remote)
+            self.warnings.warn(log, f"lost {flow.remote[0]}", self.loop.time(),
+                               "response to %s:%d lost: its connection closed first", *flow.remote)
             return
         log.info("response to %s:%d: its connection closed; sent on a new connection to %s:%d (RFC 3261 §18.2.2)",
                  *flow.remote, hop.host, hop.port)
@@ -230,7 +236,7 @@ class Driver:
                                            self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             reason = f"cannot resolve {hop.host}: {getattr(exc, 'strerror', None) or exc}"
-            log.warning("next hop %s unreachable: %s", hop, reason)
+            self.warnings.warn(log, f"unresolved {hop}", self.loop.time(), "next hop %s unreachable: %s", hop, reason)
             if token:
                 self.proxy.hop_failed(token, reason, self.loop.time(), "other")
                 self.pump()
@@ -292,8 +298,9 @@ class Driver:
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 reason = describe_failure(exc, attempt.tls_name)
                 self.health.mark_down(candidate, self.loop.time(), route.down_seconds, reason)
-                log.warning("route %s: candidate %s failed (%s); marked down for %g s", route.name, candidate,
-                            reason, route.down_seconds)
+                self.warnings.warn(log, f"candidate {candidate}", self.loop.time(),
+                                   "route %s: candidate %s failed (%s); marked down for %g s", route.name,
+                                   candidate, reason, route.down_seconds)
                 self.observer.hop_failure(route.name, _failure_kind(exc))
                 failures.append(f"{candidate}: {reason}")
                 continue
@@ -316,7 +323,9 @@ class Driver:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             reason = describe_failure(exc, hop.tls_name)
             where = f" (route {hop.route})" if hop.route else ""
-            (log.debug if hop.probe else log.warning)("next hop %s%s unreachable: %s", hop, where, reason)
+            # One warning per next hop per 10 s, with the count of those suppressed (issue 14 row 15).
+            self.warnings.warn(log, f"unreachable {hop}", self.loop.time(), "next hop %s%s unreachable: %s",
+                               hop, where, reason, level=logging.DEBUG if hop.probe else logging.WARNING)
             kind = _failure_kind(exc)
             if kind == "tls_failure":
                 self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc))
@@ -373,7 +382,8 @@ class Driver:
             reason = "the peer closed the connection before answering" + (
                 " (after the TLS handshake: did it refuse our certificate?)" if hop.transport == "tls" else "")
         where = f" (route {hop.route})" if hop.route else ""
-        log.warning("next hop %s%s dropped the connection: %s", hop, where, reason)
+        self.warnings.warn(log, f"dropped {hop}", self.loop.time(), "next hop %s%s dropped the connection: %s", hop,
+                           where, reason)
         if hop.transport == "tls":
             self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc) if exc else "other")
         now = self.loop.time()

@@ -202,7 +202,10 @@ def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound
     transport = "tls" if inbound == "tls" or uri.scheme == "sips" else (uri.explicit_transport or inbound)
     if transport == "tls" and uri.port is None:
         port = DEFAULT_PORTS["tls"]
-    return NextHop(transport, host, port, uri.host.lower() if transport == "tls" else None, default_listener, None)
+    # The listener facing it: a route's to the same host (another server there), else the inbound one.
+    beside = policy.routes.by_destination(host)
+    listener = beside.listener if beside is not None and beside.listener else default_listener
+    return NextHop(transport, host, port, uri.host.lower() if transport == "tls" else None, listener, None)
 
 
 def _route_for_name(routes: RouteTable, host: str) -> StaticRoute | None:

@@ -554,7 +554,7 @@ def test_a_route_lends_its_certificate_name_only_to_its_own_port() -> None:
     assert refused.value.status == 403  # issue 14: no open relay to a port nobody configured
     opted_in = replace(px.policy, dialog_networks=(ipaddress.ip_network("127.0.0.0/8"),))
     other = hop_for_uri(parse_uri("sip:127.0.0.2:7000;transport=tcp"), opted_in, "lync")
-    assert (other.transport, other.tls_name, other.listener, other.route) == ("tls", "127.0.0.2", "lync", None)
+    assert (other.transport, other.tls_name, other.listener, other.route) == ("tls", "127.0.0.2", "cisco", None)
 
 
 def test_a_uri_transport_cannot_take_a_configured_hop_off_tls() -> None:
