@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote
 
 from acl.allow import AclEntry, AclError, Network, parse_allow
-from acl.digest import ALGORITHMS, DigestServer, ha1
+from acl.digest import ALGORITHMS, DigestServer, FromIdentities, Throttle, ha1
 from acl.peers import Credential, Trust, TrustedPeer
 from acl.subjects import SubjectError, SubjectPattern, parse_subject
 
 PEER_KEYS = {"name", "subjects", "networks", "domains", "treat_as_authenticated", "answers_digest"}
-AUTH_KEYS = {"realm", "nonce_ttl_seconds", "algorithms", "users", "secret"}
-USER_KEYS = {"username", "password", "ha1_md5", "ha1_sha256"}
+#: ``[auth]`` keys of the failed-attempt throttle (see acl.digest.Throttle): default, and whether whole.
+THROTTLE_KEYS = {"max_failures_per_source": (5, True), "max_failures_per_user": (20, True),
+                 "failure_window_seconds": (60, False), "lockout_seconds": (5, False),
+                 "max_lockout_seconds": (300, False)}
+AUTH_KEYS = {"realm", "nonce_ttl_seconds", "algorithms", "users", "secret", *THROTTLE_KEYS}
+USER_KEYS = {"username", "password", "ha1_md5", "ha1_sha256", "from_uris", "from_domains"}
+#: ``from_uris`` entries: sip:user@host or sips:user@host, nothing more (no port, parameters or headers).
+_FROM_URI_RE = re.compile(r"(?i)sips?:([^@:;?<>\s\"]+)@([a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)")
+_DOMAIN_RE = re.compile(r"(?i)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
 ACL_KEYS = {"incoming", "outgoing", "credentials"}
 CREDENTIAL_KEYS = {"route", "username", "password", "realm"}
 
@@ -110,17 +119,38 @@ def _auth(raw: object, problems: list[str], warnings: list[str]) -> DigestServer
     for algorithm in algorithms:
         if algorithm not in ALGORITHMS:
             problems.append(f"auth.algorithms: {algorithm!r} must be MD5 or SHA-256")
-    ttl = raw.get("nonce_ttl_seconds", 300)
-    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
-        problems.append(f"auth.nonce_ttl_seconds: {ttl!r} must be a positive number")
-        ttl = 300
+    ttl = _positive(raw, "nonce_ttl_seconds", 300, False, problems)
     secret = raw.get("secret")
-    users = _users(raw.get("users", []), realm, problems, warnings)
+    if secret is not None and (not isinstance(secret, str) or not secret):
+        problems.append("auth.secret: must be a non-empty string (leave it out for a random one per start)")
+        secret = None
+    identities: dict[str, FromIdentities] = {}
+    users = _users(raw.get("users", []), realm, identities, problems, warnings)
+    # A fresh instance per loaded config: nonces from before a restart or reload are stale (acl.digest rule 2).
     return DigestServer(realm, secret.encode() if isinstance(secret, str) else secrets.token_bytes(32), users,
-                        float(ttl), algorithms or ("MD5",))
+                        ttl, algorithms or ("MD5",), instance=secrets.token_hex(8), from_identities=identities,
+                        throttle=_throttle(raw, problems))
 
 
-def _users(raw: object, realm: str, problems: list[str], warnings: list[str]) -> dict[str, dict[str, str]]:
+def _throttle(raw: Mapping[str, Any], problems: list[str]) -> Throttle:
+    values = {key: _positive(raw, key, default, whole, problems) for key, (default, whole) in THROTTLE_KEYS.items()}
+    if values["lockout_seconds"] > values["max_lockout_seconds"]:
+        problems.append(f"auth.lockout_seconds: {values['lockout_seconds']:g} is more than "
+                        f"auth.max_lockout_seconds ({values['max_lockout_seconds']:g})")
+    return Throttle(int(values["max_failures_per_source"]), int(values["max_failures_per_user"]),
+                    values["failure_window_seconds"], values["lockout_seconds"], values["max_lockout_seconds"])
+
+
+def _positive(raw: Mapping[str, Any], key: str, default: float, whole: bool, problems: list[str]) -> float:
+    value = raw.get(key, default)
+    if not isinstance(value, int if whole else int | float) or isinstance(value, bool) or value <= 0:
+        problems.append(f"auth.{key}: {value!r} must be a positive {'whole ' if whole else ''}number")
+        return float(default)
+    return float(value)
+
+
+def _users(raw: object, realm: str, identities: dict[str, FromIdentities], problems: list[str],
+           warnings: list[str]) -> dict[str, dict[str, str]]:
     users: dict[str, dict[str, str]] = {}
     if not isinstance(raw, list):
         problems.append("auth.users: must be a list of tables ([[auth.users]])")
@@ -140,8 +170,33 @@ def _users(raw: object, realm: str, problems: list[str], warnings: list[str]) ->
             stored = {alg: ha1(alg, name, realm, str(entry["password"])) for alg in ALGORITHMS} | stored
         if not stored:
             problems.append(f"{where}: give ha1_md5 and/or ha1_sha256 (or password)")
+        if name in users:
+            problems.append(f"{where}.username: {name!r} is configured twice")
         users[name] = stored
+        identities[name] = _from_identities(entry, name, realm, where, problems)
     return users
+
+
+def _from_identities(entry: Mapping[str, Any], name: str, realm: str, where: str,
+                     problems: list[str]) -> FromIdentities:
+    """``from_uris`` / ``from_domains``; neither: the user's own ``sip:name@realm`` (see FromIdentities)."""
+    if "from_uris" not in entry and "from_domains" not in entry:
+        return FromIdentities(frozenset({(name, realm.lower())}))
+    uris = set()
+    for j, text in enumerate(_strings(entry.get("from_uris", []), f"{where}.from_uris", problems)):
+        match = _FROM_URI_RE.fullmatch(text)
+        if match is None:
+            problems.append(f"{where}.from_uris[{j}]: {text!r} must be sip:user@domain (no port or parameters; "
+                            "for every user of a domain use from_domains)")
+            continue
+        uris.add((unquote(match.group(1)), match.group(2).lower()))
+    domains = []
+    for j, text in enumerate(_strings(entry.get("from_domains", []), f"{where}.from_domains", problems)):
+        if text != "*" and not _DOMAIN_RE.fullmatch(text):
+            problems.append(f"{where}.from_domains[{j}]: {text!r} must be a domain name, or \"*\" for any From")
+            continue
+        domains.append(text.lower())
+    return FromIdentities(frozenset(uris), tuple(domains))
 
 
 def _entries(raw: object, where: str, peer_names: set[str], route_names: set[str],

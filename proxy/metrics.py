@@ -54,6 +54,8 @@ class Metrics(Observer):
                                       ["event", "change"])
         self.digest_outcomes = c("digest_total", "sipfed's own digest: challenged, passed, failed, stale, replayed",
                                  ["outcome"])
+        self.digest_throttles = c("digest_throttled_total",
+                                  "Digest attempts refused unchecked by a lockout after failed attempts", ["scope"])
         self.shield = c("challenges_shielded_total",
                         "Next hops' 401/407 kept from sources that cannot answer: answered or blocked", ["action"])
         self.malformed_total = c("malformed_messages_total", "Messages that did not parse", ["kind"])
@@ -116,6 +118,9 @@ class Metrics(Observer):
 
     def digest(self, outcome: str) -> None:
         self._child(self.digest_outcomes, outcome).inc()
+
+    def digest_throttled(self, scope: str) -> None:
+        self._child(self.digest_throttles, scope).inc()
 
     def shielded(self, action: str) -> None:
         self._child(self.shield, action).inc()

@@ -50,6 +50,9 @@ class Observer:
     def digest(self, outcome: str) -> None:
         """sipfed's own digest: challenged, passed, failed, stale, replayed."""
 
+    def digest_throttled(self, scope: str) -> None:
+        """A digest attempt refused unchecked by a lockout after failed attempts: scope ``source`` or ``user``."""
+
     def shielded(self, action: str) -> None:
         """A next hop's challenge kept from a source that cannot answer it: answered or blocked."""
 

@@ -54,22 +54,28 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
     raise SipError("Forbidden (not a trusted peer, not exempt, no credentials)", 403)
 
 
-def _credentials_ok(request: Request, trust: Trust, now: float, observer: Observer) -> bool:
-    """§22.3: check our realm's Proxy-Authorization; consume it when good, raise on bad/stale/replay."""
+def _credentials_ok(request: Request, trust: Trust, now: float, observer: Observer, source: str | None = None,
+                    wall: float | None = None) -> bool:
+    """§22.3: check our realm's Proxy-Authorization; consume it when good, raise on bad/stale/replay/locked out.
+
+    ``source`` (the flow's address) adds the per-source throttle to the per-user one; ``wall`` (wall-clock
+    seconds) dates nonces, and must then be what the challenge's nonce was dated with (acl.digest rules)."""
     digest = trust.digest
     assert digest is not None
     for value in request.headers.get_all("proxy-authorization"):
-        verdict, user = digest.verify(request.method, value, now, request.uri)
+        verdict, user = digest.verify(request.method, value, now, request.uri, source=source, wall=wall)
         if verdict is Verdict.OTHER_REALM:
             continue
-        observer.digest({Verdict.OK: "passed", Verdict.STALE: "stale", Verdict.REPLAY: "replayed"}.get(
-            verdict, "failed"))
+        if verdict is Verdict.THROTTLED:
+            _refuse_locked_out(trust, user, now, source, observer)
+        observer.digest(_OUTCOMES.get(verdict, "failed"))
         if verdict is Verdict.OK:
+            _check_from(request, trust, user)
             request.headers.items = [item for item in request.headers.items
                                      if not (item[0] == "proxy-authorization" and item[2] == value)]
             return True
-        if verdict is Verdict.STALE:
-            challenges = tuple(("Proxy-Authenticate", c) for c in digest.challenges(now, stale=True))
+        if verdict is Verdict.STALE:  # RFC 7616 §3.3: expired, or issued before a restart or reload
+            challenges = tuple(("Proxy-Authenticate", c) for c in digest.challenges(now, stale=True, wall=wall))
             raise SipError("Proxy Authentication Required (nonce expired)", 407, challenges)
         if verdict is Verdict.URI_MISMATCH:
             raise SipError("Bad Request (digest uri is not the Request-URI)", 400)
@@ -77,3 +83,27 @@ def _credentials_ok(request: Request, trust: Trust, now: float, observer: Observ
             raise SipError(f"Forbidden (nonce count replayed by {user or 'unknown user'})", 403)
         raise SipError(f"Forbidden (wrong credentials for realm {digest.realm})", 403)
     return False
+
+
+_OUTCOMES = {Verdict.OK: "passed", Verdict.STALE: "stale", Verdict.REPLAY: "replayed"}
+
+
+def _refuse_locked_out(trust: Trust, user: str, now: float, source: str | None, observer: Observer) -> None:
+    """RFC 7616 §5.7: past the failure limit every attempt is refused, the password unchecked, until the
+    lockout ends. 403 rather than 503: a 503 would send a client to another server (RFC 3263 §4.3)."""
+    assert trust.digest is not None
+    scope, seconds = trust.digest.lockout(user, now, source) or ("user", 0)
+    observer.digest_throttled(scope)
+    who = f"from {source}" if scope == "source" else f"for user {user}"
+    raise SipError(f"Forbidden (too many failed digest attempts {who}; retry in {seconds} s)", 403)
+
+
+def _check_from(request: Request, trust: Trust, user: str) -> None:
+    """A digest user speaks only for the From identities configured for it (acl.digest rule 5): a password
+    proves who sends, not whom the request claims to be from."""
+    assert trust.digest is not None
+    uri = request.from_.uri
+    from_user = (uri.user or "").partition(":")[0]  # userinfo may carry ":password" (RFC 3261 §19.1.1)
+    if not trust.digest.may_use_from(user, from_user, uri.host):
+        shown = f"{uri.scheme}:{from_user}@{uri.host}" if from_user else f"{uri.scheme}:{uri.host or uri.opaque}"
+        raise SipError(f"Forbidden (user {user} may not use From {shown})", 403)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from acl.allow import AclEntry, AclError, first_match, parse_allow
+from acl.digest import Verdict, authorization, ha1
 from acl.peers import TrustedPeer
 from acl.subjects import CertIdentity, SubjectError, parse_subject
 from proxy.config import Config, ConfigError, load_config
@@ -431,3 +432,99 @@ def test_route_scoped_exemption_applies_only_toward_its_routes() -> None:
     assert trust.exempt("10.1.2.3", nobody, None, "SUBSCRIBE", "lync") is None
     assert trust.exempt("10.1.2.3", nobody, None, "MESSAGE", "cisco") is None
     assert "toward route(s) cisco" in entry.describe()
+
+
+# -- [auth]: From identities, the throttle, one instance per load (issue 14 row 6) -------------------------
+
+
+def test_from_identities_default_to_the_users_own_and_follow_the_config(tmp_path: Path) -> None:
+    text = (
+        AUTH
+        + """
+[[auth.users]]
+username = "alice"
+ha1_md5 = "0123456789abcdef0123456789abcdef"
+from_uris = ["sip:alice@TOMT.local", "sips:a%6Cice.smith@tomt.local"]
+
+[[auth.users]]
+username = "gateway"
+ha1_md5 = "0123456789abcdef0123456789abcdef"
+from_domains = ["Partner.example"]
+"""
+    )
+    digest = load(tmp_path, text).trust.digest
+    assert digest is not None
+    assert digest.may_use_from("carol", "carol", "sipfed.tomt.local")  # no key: its own sip:carol@realm
+    assert not digest.may_use_from("carol", "carol", "tomt.local")
+    assert digest.may_use_from("alice", "alice", "tomt.local")
+    assert digest.may_use_from("alice", "alice.smith", "tomt.local")
+    assert not digest.may_use_from("alice", "ceo", "tomt.local")
+    assert not digest.may_use_from("alice", "alice", "sipfed.tomt.local")  # listed: exactly what is listed
+    assert digest.may_use_from("gateway", "anyone", "partner.example")
+    assert not digest.may_use_from("gateway", "gateway", "sipfed.tomt.local")
+    assert not digest.may_use_from("nobody", "nobody", "sipfed.tomt.local")
+
+
+def test_throttle_settings_parse_with_defaults(tmp_path: Path) -> None:
+    text = AUTH.replace('secret = "k"', 'secret = "k"\nmax_failures_per_user = 7\nlockout_seconds = 2.5')
+    digest = load(tmp_path, text).trust.digest
+    assert digest is not None
+    throttle = digest.throttle
+    assert (
+        throttle.max_failures_per_source,
+        throttle.max_failures_per_user,
+        throttle.failure_window_seconds,
+        throttle.lockout_seconds,
+        throttle.max_lockout_seconds,
+    ) == (5, 7, 60.0, 2.5, 300.0)
+
+
+def test_every_auth_problem_reported_at_once(tmp_path: Path) -> None:
+    text = """
+[auth]
+realm = "sipfed.tomt.local"
+secret = 7
+max_failures_per_source = 0
+max_failures_per_user = 2.5
+lockout_seconds = 600
+failure_window_seconds = "long"
+
+[[auth.users]]
+username = "alice"
+ha1_md5 = "0123456789abcdef0123456789abcdef"
+from_uris = ["sip:alice@tomt.local:5060", "tel:+3912345", "alice@tomt.local", "sip:alice@tomt.local"]
+from_domains = ["tomt.local", "bad domain", ""]
+
+[[auth.users]]
+username = "alice"
+ha1_md5 = "0123456789abcdef0123456789abcdef"
+from_uris = "sip:alice@tomt.local"
+"""
+    problems = problems_of(tmp_path, text)
+    assert any(p.startswith("auth.secret: must be a non-empty string") for p in problems)
+    assert "auth.max_failures_per_source: 0 must be a positive whole number" in problems
+    assert "auth.max_failures_per_user: 2.5 must be a positive whole number" in problems
+    assert "auth.failure_window_seconds: 'long' must be a positive number" in problems
+    assert "auth.lockout_seconds: 600 is more than auth.max_lockout_seconds (300)" in problems
+    for j in (0, 1, 2):
+        assert any(p.startswith(f"auth.users[0].from_uris[{j}]: ") and "sip:user@domain" in p for p in problems)
+    assert not any(p.startswith("auth.users[0].from_uris[3]") for p in problems)
+    assert not any(p.startswith("auth.users[0].from_domains[0]") for p in problems)
+    assert any(p.startswith("auth.users[0].from_domains[1]: 'bad domain'") for p in problems)
+    assert any(p.startswith("auth.users[0].from_domains[2]: ''") for p in problems)
+    assert "auth.users[1].username: 'alice' is configured twice" in problems
+    assert "auth.users[1].from_uris: must be a list of strings" in problems
+
+
+def test_each_load_is_its_own_instance_so_a_restart_makes_old_nonces_stale(tmp_path: Path) -> None:
+    """acl.digest rule 2: the same config (same secret) loaded twice, as by a restart."""
+    first, second = load(tmp_path, AUTH).trust.digest, load(tmp_path, AUTH).trust.digest
+    assert first is not None
+    assert second is not None
+    assert first.secret == second.secret == b"k"
+    assert len(first.instance) == len(second.instance) == 16
+    assert first.instance != second.instance
+    first.users["carol"] = second.users["carol"] = {"MD5": ha1("MD5", "carol", "sipfed.tomt.local", "pw")}
+    header = authorization(first.challenges(100.0, wall=1e9)[-1], "MESSAGE", "sip:x@y", "carol", "pw", "c")
+    assert first.verify("MESSAGE", header, 100.0, wall=1e9)[0] is Verdict.OK
+    assert second.verify("MESSAGE", header, 5.0, wall=1e9 + 1)[0] is Verdict.STALE
