@@ -78,9 +78,21 @@ def describe(config: object) -> str:
                      f"(certificate name {route.tls_name}, via listener {route.listener or 'inbound'})")
     for rewrite in config.maddr_rewrites:
         lines.append(f"maddr rewrite: {rewrite.internal} <-> {rewrite.external}")
+    lines.append(describe_connection_limits(config.limits))
     lines.extend(describe_trust(config))
     lines.extend(f"warning: {w}" for w in config.warnings)
     return "\n".join(lines)
+
+
+def describe_connection_limits(limits: dict[str, float]) -> str:
+    """What [limits] allows inbound connections before they prove who they are (issue 14)."""
+    per_source = int(limits["max_connections_per_source"])
+    rate = limits["handshakes_per_source_per_second"]
+    parts = [f"at most {int(limits['max_connections'])} inbound (fewer if the open-files limit is lower)",
+             f"{per_source} unproven per source address" if per_source else "no per-source cap",
+             f"{rate:g} TLS handshakes per source per second" if rate else "no handshake rate limit"]
+    return (f"connections: {', '.join(parts)}; one bound to no peer is closed after "
+            f"{limits['unauthenticated_idle_seconds']:g} s without a valid SIP message")
 
 
 def describe_trust(config: object) -> list[str]:

@@ -30,7 +30,7 @@ UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
 TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits",
             "dns"}
-#: [limits] keys: (default, lowest, highest); rates of 0 switch that limit off.
+#: [limits] keys: (default, lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off.
 LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
     "max_headers": (256, 16, 4096),
     "max_header_line_bytes": (8192, 256, 65536),
@@ -41,7 +41,15 @@ LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
     "per_peer_requests_per_second": (0.0, 0.0, 1_000_000.0),
     "burst_seconds": (2.0, 0.1, 60.0),
     "retry_after_seconds": (5, 1, 3600),
+    # Inbound TCP/TLS connections (issue 14, "Bounded connections"); proxy.net.connection.ConnectionGate.
+    "max_connections": (4096, 1, 1_000_000),
+    "max_connections_per_source": (64, 0, 1_000_000),
+    "handshakes_per_source_per_second": (20.0, 0.0, 1_000_000.0),
+    "unauthenticated_idle_seconds": (60.0, 1.0, 86400.0),
 }
+#: [limits] keys that count something: whole numbers only.
+WHOLE_LIMITS = frozenset({"max_headers", "max_header_line_bytes", "max_in_flight_transactions", "retry_after_seconds",
+                          "max_connections", "max_connections_per_source"})
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
 
 
@@ -218,7 +226,14 @@ def _limits(raw: object, problems: list[str]) -> dict[str, float]:
         if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
             problems.append(f"limits.{key}: {value!r} must be a number from {low:g} to {high:g}")
             value = default
+        elif key in WHOLE_LIMITS and value != int(value):
+            problems.append(f"limits.{key}: {value!r} must be a whole number")
+            value = default
         out[key] = value
+    per_source, total = out["max_connections_per_source"], out["max_connections"]
+    if per_source > total:
+        problems.append(f"limits.max_connections_per_source: {per_source:g} is above limits.max_connections "
+                        f"({total:g}); lower it (0: no per-source cap)")
     return out
 
 

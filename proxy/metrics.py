@@ -72,6 +72,10 @@ class Metrics(Observer):
                                    registry=registry)
         self.keepalives = c("keepalives_total", "RFC 5626 CRLF keep-alives on connections sipfed opened",
                             ["result"])
+        self.connections_refused = c("connections_refused_total", "Accepted connections closed at once by a "
+                                     "connection limit", ["listener", "reason"])
+        self.connections_closed = c("connections_closed_total", "Open connections closed by a rule (idle and "
+                                    "unauthenticated, unbound by a reload)", ["listener", "reason"])
         Info("sipfed_build", "Version information", registry=registry).info(
             {"version": __version__, "python": platform.python_version()})
         Gauge("sipfed_start_time_seconds", "When sipfed started (Unix time)", registry=registry).set(time.time())
@@ -152,6 +156,12 @@ class Metrics(Observer):
 
     def keepalive(self, result: str) -> None:
         self._child(self.keepalives, result).inc()
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        self._child(self.connections_refused, listener, reason).inc()
+
+    def connection_closed(self, listener: str, reason: str) -> None:
+        self._child(self.connections_closed, listener, reason).inc()
 
     def watch_gc(self, warn_seconds: float = 0.05) -> Callable[[str, dict[str, int]], None]:
         """Time every collector pass into ``sipfed_gc_pause_seconds``; log the ones that stall the loop."""

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import gc
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.metrics import Metrics
-from proxy.net.connection import DatagramEndpoint
+from proxy.net.connection import DatagramEndpoint, connection_cap
 from proxy.net.driver import Driver
 from proxy.net.tls import client_context, server_context
 from proxy.net.trace import Trace
@@ -49,6 +50,9 @@ class Server:
         self._dns_settings: tuple[object, ...] = ()
         self.metrics.watch_destinations(self.driver.liveness.states_threadsafe)
         self.ports: dict[str, int] = {}
+        self.open_files = raise_open_files()
+        """The soft RLIMIT_NOFILE in force (None: unlimited): inbound connections leave room below it."""
+        self._cap_warned: tuple[int, int] | None = None
 
     async def bind(self) -> str:
         """Bind every listener; return the readiness line."""
@@ -118,6 +122,7 @@ class Server:
         self.driver.connect_timeout = config.connect_timeout_seconds
         self.driver.handshake_timeout = config.limits["tls_handshake_timeout_seconds"]
         self.driver.incomplete_timeout = config.limits["incomplete_message_timeout_seconds"]
+        self._configure_gate(config)
         if config.tls is not None:
             self.driver.client_ssl = client_context(config.tls)
             self.driver.server_contexts = {lst.name: server_context(config.tls, lst)
@@ -126,8 +131,23 @@ class Server:
             log.warning("config: %s", warning)
         self.config = config
 
+    def _configure_gate(self, config: Config) -> None:
+        """[limits]' connection rules into the Driver's gate, the cap kept below the open-files limit."""
+        lim = config.limits
+        wanted = int(lim["max_connections"])
+        cap = connection_cap(wanted, self.open_files)
+        if cap < wanted and self._cap_warned != (wanted, cap):
+            log.warning("limits.max_connections %d lowered to %d: the open-files limit (RLIMIT_NOFILE) is %s and "
+                        "inbound connections leave the rest to outbound ones; raise it (ulimit -n, systemd "
+                        "LimitNOFILE=) for more", wanted, cap, self.open_files)
+            self._cap_warned = (wanted, cap)
+        self.driver.gate.configure(cap, int(lim["max_connections_per_source"]),
+                                   lim["handshakes_per_source_per_second"], lim["burst_seconds"],
+                                   lim["unauthenticated_idle_seconds"])
+
     def reload(self) -> None:
-        """SIGHUP: re-read the file; a bad one is refused and the running config stays."""
+        """SIGHUP: re-read the file; a bad one is refused and the running config stays. After a good one,
+        every open connection is bound again against the new [[peers]] (StreamConnection.rebind)."""
         try:
             config = load_config(self.config.path)
             if _listener_layout(config) != _listener_layout(self.config):
@@ -137,21 +157,57 @@ class Server:
             log.error("reload refused, the running config stays: %s", exc)
             self.metrics.config_reloads.labels("refused").inc()
             return
-        log.info("reloaded %s: %d route(s), %d peer(s)", config.path, len(config.routes), len(config.trust.peers))
+        outcomes = [conn.rebind(config.trust) for conn in list(self.driver.connections.values())]
+        log.info("reloaded %s: %d route(s), %d peer(s); open connections: %d re-bound, %d closed (no longer bound "
+                 "to their peer)", config.path, len(config.routes), len(config.trust.peers),
+                 outcomes.count("rebound"), outcomes.count("closed"))
         self.metrics.config_reloads.labels("applied").inc()
 
     async def drain(self, limit: float) -> None:
-        """SIGTERM: stop accepting, let transactions in flight finish (bounded), then close."""
+        """SIGTERM (issue 14, "Drain loses nothing"): stop accepting connections; new out-of-dialog requests
+        on open ones get 503 with Retry-After, and from half of ``limit`` on every new request (ACK and
+        CANCEL pass); transactions in flight may finish until ``limit``, then the rest are answered 503, those
+        answers are written, and the connections closed. Logs how many were left unanswered: 0."""
         for server in self.servers:
             server.close()
-        for _ in range(int(limit / 0.05) + 1):  # bounded in count and time
-            if not self.driver.proxy.pending():
+        proxy, loop = self.driver.proxy, self.loop
+        proxy.start_drain()
+        started = loop.time()
+        halfway, deadline = started + limit / 2, started + limit
+        dialogs_too = False
+        for _ in range(int(limit / 0.05) + 2):  # bounded in count and time; the condition: nothing pending
+            now = loop.time()
+            if not proxy.pending() or now >= deadline:
+                break
+            if not dialogs_too and now >= halfway:
+                proxy.start_drain(dialogs_too=True)
+                dialogs_too = True
+            await asyncio.sleep(min(0.05, deadline - now))
+        answered = proxy.answer_pending(loop.time())
+        self.driver.pump()  # the 503s into the connections' queues ...
+        self.driver.flush()  # ... and written
+        left = proxy.pending()
+        await self.driver.close()
+        for _ in range(20):  # bounded: let the closing connections write what they hold (1 s at most)
+            if not self.driver.connections:
                 break
             await asyncio.sleep(0.05)
-        left = self.driver.proxy.pending()
-        if left:
-            log.warning("stopping with %d transaction(s) still unanswered after %g s", left, limit)
-        await self.driver.close()
+        (log.warning if left else log.info)(
+            "stopped: %d transaction(s) answered by the drain, %d unanswered (drained %.1f s of %g s)", answered,
+            left, loop.time() - started, limit)
+
+
+def raise_open_files() -> int | None:
+    """Raise the soft open-files limit (RLIMIT_NOFILE) to the hard one, as servers do: a connection is a file
+    descriptor. Returns the soft limit now in force; None when it is unlimited."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel will not grant as a soft one
+            log.debug("could not raise the open-files limit from %d to %d", soft, hard)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _listener_layout(config: Config) -> list[tuple[str, str, str, int]]:

@@ -1,7 +1,8 @@
 """The asyncio protocols of one connection or UDP socket: bytes in, framed messages to the Driver.
 
 ``StreamConnection`` frames TCP/TLS byte streams (inbound TLS runs through a ``TlsSession`` so a
-refused client gets its alert); ``DatagramEndpoint`` hands each datagram over whole.
+refused client gets its alert); ``DatagramEndpoint`` hands each datagram over whole. ``ConnectionGate``
+bounds what inbound connections may cost before they prove who they are.
 """
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from acl.peers import Trust
 from acl.subjects import CertIdentity
 from proxy.net.tls import classify, describe_inbound, peer_identity
 from proxy.net.tls_session import TlsSession
+from proxy.relay.limits import WarnLimiter
 from proxy.relay.types import Flow, NextHop
+from proxy.sip.errors import SipError
+from proxy.sip.message import parse_message
 from proxy.sip.parser import FramingError, Ping, StreamFramer
 
 if TYPE_CHECKING:
@@ -28,6 +35,110 @@ log = logging.getLogger("sipfed.net")
 #: one write per read 1.01x (CPU 0.83x); every 4 messages 1.11x (0.87x); every 8 1.15x (0.92x); every
 #: message 0.80x (1.19x: a TLS record and a system call per message).
 PIPELINE_BATCH = 4
+
+#: File descriptors inbound connections leave to the rest of the process (outbound connections to next hops,
+#: listeners, DNS, the metrics server, logs): an eighth of the open-files limit, at least this many.
+RESERVED_FILES = 64
+
+
+def connection_cap(max_connections: int, open_files: int | None) -> int:
+    """``max_connections``, lowered when the open-files limit (RLIMIT_NOFILE; None: unlimited) could not hold
+    that many inbound connections and still leave RESERVED_FILES (or an eighth) for outbound ones."""
+    if open_files is None:
+        return max_connections
+    return max(1, min(max_connections, open_files - max(RESERVED_FILES, open_files // 8)))
+
+
+class ConnectionGate:
+    """Issue 14, "Bounded connections": what an inbound TCP/TLS connection must pass before sipfed spends
+    more on it, and the counts behind that. Time is a parameter; the rules:
+
+    1. At most ``max_connections`` inbound connections are open; one more is closed at once.
+    2. At most ``per_source`` *unproven* connections per source address (0: no cap); one more is closed at
+       once. A connection is proven once its certificate (or address) binds it to a ``[[peers]]`` entry, or a
+       valid SIP message (a request, or a response to what sipfed sent on it) arrives on it.
+    3. TLS handshakes per source address are a token bucket of ``handshakes_per_second`` (0: off),
+       ``burst_seconds`` deep; a connection over it is closed before its handshake. The handshake of a
+       connection that proves itself is given back: what is limited is handshakes that bought nothing
+       (refused, failed, silent), so a peer reconnecting many times in a row is not.
+    4. An inbound connection bound to no trusted peer is closed after ``idle_seconds`` without a valid SIP
+       message (``StreamConnection._idle_check``); one bound to a trusted peer never is.
+    """
+
+    def __init__(self, max_connections: int = 4096, per_source: int = 64, handshakes_per_second: float = 20.0,
+                 burst_seconds: float = 2.0, idle_seconds: float = 60.0, max_sources: int = 65_536) -> None:
+        self.inbound = 0
+        """Inbound connections open (rule 1)."""
+        self.unproven: dict[str, int] = {}
+        """Unproven inbound connections per source address (rule 2); addresses at 0 are removed."""
+        self._handshakes: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """Per source address: (tokens, when last counted), least recently used first (rule 3)."""
+        self._max_sources = max_sources
+        self.warnings = WarnLimiter()
+        """A flood of refusals logs one line per reason each 10 s, with the count of the rest."""
+        self.configure(max_connections, per_source, handshakes_per_second, burst_seconds, idle_seconds)
+
+    def configure(self, max_connections: int, per_source: int, handshakes_per_second: float,
+                  burst_seconds: float, idle_seconds: float) -> None:
+        """Apply (new) limits; what is open stays open and counted."""
+        self.max_connections = max_connections
+        self.per_source = per_source
+        self.handshake_rate = handshakes_per_second
+        self.handshake_burst = max(1.0, handshakes_per_second * burst_seconds)
+        self.idle_seconds = idle_seconds
+
+    def admit(self, source: str, handshake: bool, now: float) -> str | None:
+        """A connection from ``source`` was accepted (``handshake``: TLS is to follow). None: admitted and
+        counted as unproven; else why it is to be closed: ``max_connections``, ``per_source``, ``handshake_rate``."""
+        if self.inbound >= self.max_connections:
+            return "max_connections"
+        unproven = self.unproven.get(source, 0)
+        if self.per_source and unproven >= self.per_source:
+            return "per_source"
+        if handshake and self.handshake_rate and not self._take(source, now):
+            return "handshake_rate"
+        self.inbound += 1
+        self.unproven[source] = unproven + 1
+        return None
+
+    def _take(self, source: str, now: float) -> bool:
+        buckets = self._handshakes
+        tokens, last = buckets.pop(source, (self.handshake_burst, now))
+        tokens = min(self.handshake_burst, tokens + (now - last) * self.handshake_rate)
+        allowed = tokens >= 1.0
+        buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        if len(buckets) > self._max_sources:
+            buckets.popitem(last=False)
+        return allowed
+
+    def proven(self, source: str, handshake: bool) -> None:
+        """A counted connection from ``source`` proved itself (rule 2), its handshake is given back (rule 3)."""
+        self._uncount(source)
+        entry = self._handshakes.get(source) if handshake else None
+        if entry is not None:
+            self._handshakes[source] = (min(self.handshake_burst, entry[0] + 1.0), entry[1])
+
+    def closed(self, source: str, proven: bool) -> None:
+        """A counted connection from ``source`` closed."""
+        self.inbound -= 1
+        if not proven:
+            self._uncount(source)
+
+    def _uncount(self, source: str) -> None:
+        left = self.unproven.get(source, 0) - 1
+        if left > 0:
+            self.unproven[source] = left
+        else:
+            self.unproven.pop(source, None)
+
+
+def valid_sip(frame: bytes, max_headers: int, max_line_bytes: int) -> bool:
+    """A whole framed message that parses as a SIP request or response (rule 4 of ConnectionGate)."""
+    try:
+        parse_message(frame, max_headers=max_headers, max_line_bytes=max_line_bytes, framed=True)
+    except SipError:
+        return False
+    return True
 
 
 class StreamConnection(asyncio.Protocol):
@@ -70,13 +181,113 @@ class StreamConnection(asyncio.Protocol):
         """In the Driver's list of connections to flush."""
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self.source: str | None = None
+        """Inbound: the address the Driver's ConnectionGate counts this connection under (None: not counted)."""
+        self.proven = False
+        """Bound to a trusted peer, or a valid SIP message arrived (ConnectionGate rule 2)."""
+        self.last_valid = 0.0
+        """Inbound: when the last valid SIP message arrived (or the connection, before any)."""
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        if not self.outbound and not self._admitted():
+            return
         if self.session is not None:
             self._handshake_timer = self.driver.loop.call_later(self.driver.handshake_timeout, self._handshake_late)
             return
         self._established(peer_identity(self.transport.get_extra_info("ssl_object")))
+
+    def _admitted(self) -> bool:
+        """ConnectionGate rules 1-3 for an accepted connection: False (and closed at once) when over a limit."""
+        assert self.transport is not None
+        driver, gate = self.driver, self.driver.gate
+        source = str((self.transport.get_extra_info("peername") or ("0.0.0.0", 0))[0])
+        now = driver.loop.time()
+        refused = gate.admit(source, self.session is not None, now)
+        if refused is not None:
+            driver.observer.connection_refused(self.listener, refused)
+            gate.warnings.warn(log, refused, now, "listener %s: closed a new connection from %s at once (%s)",
+                               self.listener, source, _REFUSALS[refused])
+            self.transport.close()
+            return False
+        self.source = source
+        self.last_valid = now
+        self._idle_timer = driver.loop.call_later(gate.idle_seconds, self._idle_check)
+        return True
+
+    def _prove(self) -> None:
+        assert self.source is not None
+        self.proven = True
+        self.driver.gate.proven(self.source, self.session is not None)
+
+    def _note(self, frame: bytes) -> None:
+        """An unbound inbound connection's framed message: a valid one proves it and restarts its idle time.
+        Once proven, a message is looked at again only when a quarter of the idle time has gone by."""
+        now = self.driver.loop.time()
+        if self.proven and now - self.last_valid < self.driver.gate.idle_seconds / 4:
+            return
+        settings = self.driver.proxy.settings
+        if valid_sip(frame, settings.max_headers, settings.max_header_line_bytes):
+            self.last_valid = now
+            if not self.proven:
+                self._prove()
+
+    def _idle_check(self) -> None:
+        """ConnectionGate rule 4: close an unbound inbound connection that has gone ``idle_seconds`` without a
+        valid SIP message (keep-alives and garbage do not count), unless requests sipfed sent on it are still
+        unanswered. A connection bound to a trusted peer is never closed by this rule."""
+        self._idle_timer = None
+        transport, flow, driver = self.transport, self.flow, self.driver
+        if transport is None or transport.is_closing() or (flow is not None and flow.peer is not None):
+            return
+        idle = driver.gate.idle_seconds
+        now = driver.loop.time()
+        left = self.last_valid + idle - now
+        if left > 0 or (self.sent and driver.proxy.unanswered(self.sent)):
+            self._idle_timer = driver.loop.call_later(left if left > 0 else idle / 4, self._idle_check)
+            return
+        driver.observer.connection_closed(self.listener, "unauthenticated_idle")
+        remote = transport.get_extra_info("peername") or ("?", 0)
+        driver.gate.warnings.warn(log, "unauthenticated_idle", now, "closing the connection from %s:%s: bound to "
+                                  "no trusted peer and no valid SIP message for %g s "
+                                  "(limits.unauthenticated_idle_seconds)", remote[0], remote[1], idle,
+                                  level=logging.INFO)
+        transport.close()
+
+    def rebind(self, trust: Trust) -> str:
+        """After a reload (issue 14, "Reload re-binds"): bind this open connection again by its certificate
+        and address against the new ``[[peers]]``. Returns ``kept`` (the same binding), ``rebound`` (a new
+        Flow: bound to another peer now, or to one where it was bound to none) or ``closed``.
+
+        The rule: a connection bound to a peer that its certificate no longer binds it to (the peer is gone,
+        or its subjects or networks changed) is **closed, not demoted** to unbound. What was admitted on it,
+        and what sipfed may still send on it (aliases, connection reuse), was decided for that peer; closed,
+        it connects again and meets the new configuration from its handshake on, as any new connection does.
+        """
+        flow = self.flow
+        if flow is None or self.transport is None or self.transport.is_closing():
+            return "kept"  # still in its handshake: it is bound with the new table when that completes
+        bound = trust.bind(flow.identity, flow.remote[0])
+        name = bound.name if bound else None
+        if name == flow.peer:
+            return "kept"
+        observer = self.driver.observer
+        if name is None:
+            log.warning("reload: connection %s %s:%d closed: its certificate no longer binds it to peer %r "
+                        "(closed, not demoted; it may connect again)", "to" if self.outbound else "from",
+                        *flow.remote, flow.peer)
+            observer.connection_closed(self.listener, "trust_reload")
+            self.transport.close()
+            return "closed"
+        log.info("reload: connection %s %s:%d now bound to peer %r (was %s)", "to" if self.outbound else "from",
+                 *flow.remote, name, repr(flow.peer) if flow.peer else "none")
+        self.flow = replace(flow, peer=name)
+        observer.connection(self.listener, flow.peer or "none", -1)
+        observer.connection(self.listener, name, 1)
+        if self.source is not None and not self.proven:
+            self._prove()
+        return "rebound"
 
     def _established(self, identity: CertIdentity) -> None:
         assert self.transport is not None
@@ -93,6 +304,8 @@ class StreamConnection(asyncio.Protocol):
         if self.transport_name == "tls" and not self.outbound:
             observer.tls_handshake(self.listener, "inbound", "success", "none")
         observer.connection(self.listener, self.flow.peer or "none", 1)
+        if bound is not None and self.source is not None:
+            self._prove()
 
     def data_received(self, data: bytes) -> None:
         driver = self.driver
@@ -120,6 +333,8 @@ class StreamConnection(asyncio.Protocol):
         assert self.flow is not None
         for frame in self.framer.feed(data):
             if isinstance(frame, bytes):
+                if self.source is not None and self.flow.peer is None:
+                    self._note(frame)
                 self.driver.deliver(self.flow, frame)
             elif isinstance(frame, Ping):
                 self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
@@ -172,7 +387,10 @@ class StreamConnection(asyncio.Protocol):
     def _refused(self, exc: BaseException) -> None:
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("?", 0)
-        log.warning("%s from %s:%s", describe_inbound(exc, self.listener), peer[0], peer[1])
+        description = describe_inbound(exc, self.listener)
+        # A handshake flood logs each kind of refusal once per 10 s, with the count of the rest.
+        self.driver.gate.warnings.warn(log, description, self.driver.loop.time(), "%s from %s:%s", description,
+                                       peer[0], peer[1])
         self.driver.observer.tls_handshake(self.listener, "inbound", "failure", classify(exc))
         self.transport.close()
 
@@ -182,9 +400,12 @@ class StreamConnection(asyncio.Protocol):
             self._refused(TimeoutError(f"no TLS handshake within {self.driver.handshake_timeout:g} s"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._handshake_timer, self._stall_timer):
+        for timer in (self._handshake_timer, self._stall_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
+        if self.source is not None:
+            self.driver.gate.closed(self.source, self.proven)
+            self.source = None
         self.driver.unregister(self)
         if self.outbound and not self.heard_from and self.unanswered and self.hop is not None:
             self.driver.refused_after_handshake(self, exc)
@@ -217,6 +438,13 @@ class StreamConnection(asyncio.Protocol):
         if self.session is not None:
             data = self.session.send(data)
         transport.write(data)
+
+
+_REFUSALS = {
+    "max_connections": "limits.max_connections inbound connections are open",
+    "per_source": "limits.max_connections_per_source connections from that address are open and unproven",
+    "handshake_rate": "over limits.handshakes_per_source_per_second from that address, before its TLS handshake",
+}
 
 
 class DatagramEndpoint(asyncio.DatagramProtocol):

@@ -85,3 +85,12 @@ class Observer:
 
     def keepalive(self, result: str) -> None:
         """An RFC 5626 CRLF keep-alive: sent, answered, unanswered (connection closed), unsupported."""
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """An accepted connection closed at once (issue 14, bounded connections): ``max_connections``,
+        ``per_source`` (unproven connections from its address) or ``handshake_rate`` (before its TLS handshake)."""
+
+    def connection_closed(self, listener: str, reason: str) -> None:
+        """An open connection closed by a rule: ``unauthenticated_idle`` (bound to no peer, no valid SIP message
+        for limits.unauthenticated_idle_seconds) or ``trust_reload`` (its certificate no longer binds it to
+        its peer)."""
