@@ -235,6 +235,14 @@ log_level = "warning"
 [metrics]
 listen = "127.0.0.1:0"   # served as in production, on a free port (9561 may be taken by a running sipfed)
 
+# Every bench client connects from one address (SIPp and stunnel on loopback) and the idle-connection
+# scenario holds 1,000 connections that send nothing for a while: the per-source connection limits, which a
+# federation edge wants, would refuse the load itself. Kamailio's bench config has none either.
+[limits]
+max_connections_per_source = 0
+handshakes_per_source_per_second = 0
+unauthenticated_idle_seconds = 3600
+
 [tls]
 cert_chain = "{certs}/sipfed.tomt.local.pem"
 key = "{certs}/sipfed.tomt.local.key"

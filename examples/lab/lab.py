@@ -196,15 +196,19 @@ realm = "tomt.local"
 
 
 def write_sipfed(path: Path, ports: Ports, certs: Path, *, credentials: bool = False,
-                 transaction_timeout_seconds: int = 8, lync_route: tuple[str, int] | None = None) -> Path:
-    """Render sipfed.toml; ``lync_route`` replaces the tomt.it Kamailio as the route's destination."""
+                 transaction_timeout_seconds: int = 8, lync_route: tuple[str, int] | None = None,
+                 in_dialog_networks: tuple[str, ...] = ()) -> Path:
+    """Render sipfed.toml; ``lync_route`` replaces the tomt.it Kamailio as the route's destination;
+    ``in_dialog_networks`` opts in to in-dialog targets outside the routes (``[proxy] in_dialog_networks``)."""
     lync_address, lync_port = lync_route or (ports.lync, ports.lync_tls)
     path.write_text(render("sipfed.toml", {
         "SIPFED_ADDRESS": ports.sipfed, "CISCO_LISTENER_PORT": ports.cisco_listener,
         "LYNC_LISTENER_PORT": ports.lync_listener, "METRICS_PORT": ports.metrics, "CERTS": certs,
         "CUPS_ADDRESS": ports.cups, "CUPS_TLS_PORT": ports.cups_tls, "LYNC_ADDRESS": lync_address,
         "LYNC_TLS_PORT": lync_port, "TRANSACTION_TIMEOUT": transaction_timeout_seconds,
-        "CREDENTIALS": CREDENTIALS if credentials else ""}))
+        "CREDENTIALS": CREDENTIALS if credentials else "",
+        "IN_DIALOG_NETWORKS": (f"in_dialog_networks = {list(in_dialog_networks)!r}".replace("'", '"')
+                               if in_dialog_networks else "")}))
     return path
 
 

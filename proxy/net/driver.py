@@ -13,6 +13,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -103,8 +104,10 @@ class Driver:
     def deliver(self, flow: Flow, data: bytes) -> None:
         if self.trace is not None:
             self.trace.message("RECV", flow.transport, flow.remote, flow.listener, data)
+        now = self.loop.time()
+        self.proxy.wall_offset = time.time() - now  # the digest nonces' clock (a 40 ns call)
         try:
-            self.proxy.receive(flow, data, self.loop.time(), framed=flow.transport != "udp")
+            self.proxy.receive(flow, data, now, framed=flow.transport != "udp")
         except Exception:  # the core must never take the process down with it
             log.exception("internal error on a message from %s:%d", *flow.remote)
         self.pump()

@@ -97,6 +97,11 @@ class Proxy(Retries):
         self._by_id: dict[int, ClientTx] = {}
         self._ids = itertools.count(1)
         self._outputs: list[Output] = []
+        self._peer_flows: dict[tuple[str, int], Flow] = {}
+        """Trusted peers' own flows by remote address: in-dialog targets they account for (forwarding rule 2)."""
+        self.wall_offset = 0.0
+        """Wall-clock time minus the ``now`` the edge passes in (the edge keeps it current): it dates digest
+        nonces, which must outlive neither a restart nor a clock that ran on (RFC 7616 §3.3)."""
         self.draining = 0
         """0: serving; 1: draining (new out-of-dialog requests get 503); 2: every new request gets 503."""
         self._to_tag = secrets.token_hex(6)
@@ -122,6 +127,8 @@ class Proxy(Retries):
                 "peer": TokenBuckets(limits.per_peer_rate, limits.per_peer_rate * limits.burst_seconds),
             }
         self.settings = settings
+        if hasattr(self, "_peer_flows"):
+            self._peer_flows.clear()  # a reload may have unbound them: learnt again from admitted requests
 
     # -- the driver's interface ------------------------------------------------------------
 
@@ -273,10 +280,10 @@ class Proxy(Retries):
             hashed = loop_hash(request)
             detect_loop(request, self.policy, hashed)
             popped = process_routes(request, self.policy)
-            hop = choose_next_hop(request, self.policy, flow, popped)
+            hop = choose_next_hop(request, self.policy, flow, popped, self._peer_flows)
             # §16.3 step 5, once the route is known so that route-scoped exemptions apply.
             admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
-                  hop.route if hop is not None else None, self.observer)
+                  hop.route if hop is not None else None, self.observer, now + self.wall_offset)
         except SipError as exc:
             self._refuse(stx, exc, now)
             return
@@ -298,6 +305,10 @@ class Proxy(Retries):
         """What only an admitted request may do: offer its connection for reuse (RFC 5923), and keep the
         identities its source may assert (RFC 3325 §5, proxy/relay/identity.py)."""
         self._maybe_alias(request, flow)
+        if flow.peer is not None and flow.remote not in self._peer_flows:
+            if len(self._peer_flows) >= 4096:  # bounded: the oldest is forgotten
+                del self._peer_flows[next(iter(self._peer_flows))]
+            self._peer_flows[flow.remote] = flow
         removed = screen_identities(request, self.trust.peer(flow.peer))
         if removed:
             self.observer.security_drop("identity_removed")
@@ -388,9 +399,9 @@ class Proxy(Retries):
                 raise SipError(f"Service Unavailable ({overload})", 503)
             validate(request, self.policy)
             popped = process_routes(request, self.policy)
-            hop = choose_next_hop(request, self.policy, flow, popped)
+            hop = choose_next_hop(request, self.policy, flow, popped, self._peer_flows)
             admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
-                  hop.route if hop is not None else None, self.observer)
+                  hop.route if hop is not None else None, self.observer, now + self.wall_offset)
         except SipError as exc:
             self.observer.security_drop("stateless_refused")
             self.observer.request_refused(method_label(request.method), exc.status)

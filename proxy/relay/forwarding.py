@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from proxy.relay.record_route import RECORD_ROUTE_METHODS, our_record_routes, rewrite_maddr
@@ -146,12 +147,13 @@ def process_routes(request: Request, policy: RelayPolicy) -> bool:
     return popped
 
 
-def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_own: bool) -> NextHop | None:
+def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_own: bool,
+                    peer_flows: Mapping[tuple[str, int], Flow] | None = None) -> NextHop | None:
     """§16.5/§16.6 steps 6-7: the next hop; None when the request is for this proxy itself. Whatever the
     request says, the hop is one the configuration accounts for (``hop_for_uri``): no open relay."""
     first_route = request.headers.get("route")
     if first_route is not None:
-        return hop_for_uri(parse_name_addr(first_route).uri, policy, flow.listener, flow.transport)
+        return hop_for_uri(parse_name_addr(first_route).uri, policy, flow.listener, flow.transport, peer_flows)
     uri = request.request_uri
     if policy.is_own_uri(uri):
         return None  # §16.4: a Request-URI naming this proxy is for the proxy itself, whatever the routes
@@ -167,20 +169,24 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
         return hop
     if popped_own or request.to.param("tag") is not None or request.method == "ACK":
         # In a dialog we are on: go where it points, if the configuration accounts for that place.
-        return hop_for_uri(uri, policy, flow.listener, flow.transport)
+        return hop_for_uri(uri, policy, flow.listener, flow.transport, peer_flows)
     raise SipError(f"Not Found (no route for domain {uri.host})", 404)
 
 
-def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound: str = "tls") -> NextHop:
+def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound: str = "tls",
+                peer_flows: Mapping[tuple[str, int], Flow] | None = None) -> NextHop:
     """RFC 3263 §4 for a URI with an explicit host (maddr first), held to the configuration.
 
     Rules (issue 14: no open relay, no downgrade):
     1. A configured destination at that host (and the URI's port, if it gives one) lends its transport,
        port, certificate name and listener; the URI's ``transport`` parameter cannot take it off TLS.
-    2. Else a host name inside a route's MatchUri domain goes over that route's transport and listener,
+    2. Else the address and port of a trusted peer's own connection (``peer_flows``: a subscriber whose
+       Contact is the connection it subscribed on) go back over that connection's transport, its
+       certificate checked against the name the peer proved.
+    3. Else a host name inside a route's MatchUri domain goes over that route's transport and listener,
        its certificate checked against the name itself (RFC 5922 §4.1).
-    3. Else only an address inside ``dialog_networks`` (opt-in), on TLS when the request came over TLS.
-    4. Anything else is refused: 403, naming the host."""
+    4. Else only an address inside ``dialog_networks`` (opt-in), on TLS when the request came over TLS.
+    5. Anything else is refused: 403, naming the host."""
     host = uri.target_host.lower()
     found = _configured(policy.routes, host, uri.port)
     if found is None and uri.host.lower() != host:
@@ -190,6 +196,11 @@ def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound
         listener = route.listener or default_listener
         tls_name = candidate.tls_name if candidate.transport == "tls" else None
         return NextHop(candidate.transport, host, candidate.port, tls_name, listener, route.name)
+    peer = peer_flows.get((host.strip("[]"), uri.port)) if peer_flows and uri.port else None
+    if peer is not None:
+        names = [name for name in peer.peer_names if not is_ip_literal(name)] or list(peer.peer_names)
+        tls_name = (names[0] if names else host) if peer.transport == "tls" else None
+        return NextHop(peer.transport, host, uri.port or 0, tls_name, peer.listener, None)
     named = None if is_ip_literal(host) else _route_for_name(policy.routes, host)
     if named is not None:
         transport = named.transport

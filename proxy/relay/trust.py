@@ -21,8 +21,9 @@ from proxy.sip.message import Request
 
 
 def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float, route: str | None = None,
-          observer: Observer | None = None) -> None:
-    """Raise SipError (403 or 407) unless the request may be relayed (toward ``route``, if known)."""
+          observer: Observer | None = None, wall: float | None = None) -> None:
+    """Raise SipError (403 or 407) unless the request may be relayed (toward ``route``, if known); ``wall`` is
+    the wall-clock time that dates our digest nonces (RFC 7616 §3.3), so no restart revives an old one."""
     observer = observer or Observer()
     if request.method == "CANCEL":
         return  # §22.1: never challenged; the core lets only the INVITE's own sender cancel it
@@ -38,7 +39,7 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
             return
     if trust.exempt(flow.remote[0], flow.identity, flow.peer, request.method, route) is not None:
         return
-    if trust.digest is not None and _credentials_ok(request, trust, now, observer):
+    if trust.digest is not None and _credentials_ok(request, trust, now, observer, flow.remote[0], wall):
         return
     if untrusted == "admit":
         return
@@ -48,7 +49,7 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
                            "trusted peer nor exempt)", 403)
         if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, route):
             raise SipError("Forbidden (source cannot answer a digest challenge and is not exempt)", 403)
-        challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now))
+        challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now, wall=wall))
         observer.digest("challenged")
         raise SipError("Proxy Authentication Required", 407, challenges)
     raise SipError("Forbidden (not a trusted peer, not exempt, no credentials)", 403)

@@ -68,7 +68,7 @@ class Lab:
 def start_lab(workdir: Path, certs: Path, *, domains: tuple[str, ...] = ("tomt.local", "tomt.it"),
               users: tuple[str, ...] = ("alice", "bob"), exempt_sipfed: bool = True, credentials: bool = False,
               maddr_fix: bool = True, lync_route: tuple[str, int] | None = None,
-              transaction_timeout_seconds: int = 8) -> Lab:
+              transaction_timeout_seconds: int = 8, in_dialog_networks: tuple[str, ...] = ()) -> Lab:
     """Start the lab's Kamailios, sipfed (with ``--trace``) and baresip users on free ports."""
     ports = lab.Ports.free()
     the_lab = Lab(workdir, ports, trace=workdir / "sipfed.trace")
@@ -80,7 +80,8 @@ def start_lab(workdir: Path, certs: Path, *, domains: tuple[str, ...] = ("tomt.l
             the_lab.kamailio[domain] = KamailioConfig(config, host=host, port=port)
             wait_for_log(the_lab.kamailio[domain], "lab DNS: sipfed", 10)  # sipfed's names resolve
         config = lab.write_sipfed(workdir / "sipfed.toml", ports, certs, credentials=credentials,
-                                  lync_route=lync_route, transaction_timeout_seconds=transaction_timeout_seconds)
+                                  lync_route=lync_route, transaction_timeout_seconds=transaction_timeout_seconds,
+                                  in_dialog_networks=in_dialog_networks)
         the_lab.sipfed = Sipfed(config, args=("--trace", str(the_lab.trace)))
         for user in users:
             address = ports.alice if user == "alice" else ports.bob

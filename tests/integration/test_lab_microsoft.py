@@ -62,8 +62,11 @@ def ms_lab(tmp_path: Path, certs: Path) -> Iterator[tuple[Lab, PoolTunnels]]:
         # sipfed's route "lync" points at the pool's notifier; its transaction timeout (2 s) is
         # shorter than the notifier's wait after the BENOTIFY (4 s). alice (baresip) publishes her
         # presence at tomt.local, so the NOTIFYs carry a PIDF.
+        # The pool's two roles sit on one address, two ports; its Record-Route names the subscriber's port,
+        # which no route names: the documented opt-in lets in-dialog requests go there (still over TLS).
         running = start_lab(tmp_path, certs, domains=("tomt.local",), users=("alice",),
-                            lync_route=(LOOPBACK, tunnels.notifier_tls), transaction_timeout_seconds=2)
+                            lync_route=(LOOPBACK, tunnels.notifier_tls), transaction_timeout_seconds=2,
+                            in_dialog_networks=(f"{LOOPBACK}/32",))
     except BaseException:
         tunnels.stop()
         raise

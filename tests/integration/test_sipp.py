@@ -60,6 +60,12 @@ port = {uas_port}
 transport = "{route_transport}"
 tls_name = "cups.tomt.local"
 listener = "cisco"
+
+# SIPp plays both sides from loopback; bound by network, the subscriber's own connection is an in-dialog
+# target sipfed may use (its Contact is that connection: NOTIFYs ride it back).
+[[peers]]
+name = "sipp"
+networks = ["127.0.0.0/8"]
 """)
     return path
 

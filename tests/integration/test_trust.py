@@ -35,6 +35,7 @@ nonce_ttl_seconds = 60
 username = "partner"
 ha1_md5 = "{ha1_md5}"
 ha1_sha256 = "{ha1_sha256}"
+from_domains = ["partner.example"]
 """
 
 
