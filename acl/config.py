@@ -15,7 +15,7 @@ from acl.digest import ALGORITHMS, DigestServer, FromIdentities, Throttle, ha1
 from acl.peers import Credential, Trust, TrustedPeer
 from acl.subjects import SubjectError, SubjectPattern, parse_subject
 
-PEER_KEYS = {"name", "subjects", "networks", "domains", "treat_as_authenticated", "answers_digest"}
+PEER_KEYS = {"name", "subjects", "networks", "domains", "treat_as_authenticated", "answers_digest", "microsoft"}
 #: ``[auth]`` keys of the failed-attempt throttle (see acl.digest.Throttle): default, and whether whole.
 THROTTLE_KEYS = {"max_failures_per_source": (5, True), "max_failures_per_user": (20, True),
                  "failure_window_seconds": (60, False), "lockout_seconds": (5, False),
@@ -76,7 +76,7 @@ def _peers(raw: object, problems: list[str]) -> list[TrustedPeer]:
             problems.append(f"{where}: give subjects (certificate names) or networks, or it matches nobody")
         domains = _strings(entry.get("domains", []), f"{where}.domains", problems)
         flags = [_bool(entry, key, default, where, problems)
-                 for key, default in (("treat_as_authenticated", True), ("answers_digest", True))]
+                 for key, default in (("treat_as_authenticated", True), ("answers_digest", True), ("microsoft", False))]
         if name in {p.name for p in peers}:
             problems.append(f"{where}.name: {name!r} is used by another peer")
         peers.append(TrustedPeer(name, tuple(subjects), tuple(networks), tuple(d.lower() for d in domains), *flags))

@@ -27,6 +27,9 @@ class TrustedPeer:
     """Its requests need no digest (Lync's ``-TreatAsAuthenticated $true``)."""
     answers_digest: bool = True
     """False for peers that cannot answer a digest challenge (Lync): no 401/407 ever reaches them."""
+    microsoft: bool = False
+    """A Lync / Skype for Business server: sipfed's own error responses to it carry ``ms-diagnostics-public``
+    ([MS-OCER] §2.2.1.2, proxy/relay/ms_diagnostics.py), which its Snooper and CLS logs show."""
 
     def matches(self, identity: CertIdentity, source_ip: str) -> bool:
         if self.networks and not _in_networks(source_ip, self.networks):

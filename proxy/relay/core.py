@@ -37,6 +37,7 @@ from proxy.relay.forwarding import (
 from proxy.relay.identity import screen_identities
 from proxy.relay.limits import TokenBuckets, WarnLimiter
 from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, log_fields, reply_to_unparsed
+from proxy.relay.ms_diagnostics import ms_diagnostics_public
 from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
 from proxy.relay.retries import Retries
@@ -594,6 +595,9 @@ class Proxy(Retries):
     def _respond(self, stx: ServerTx, status: int, reason: str, now: float,
                  extra: tuple[tuple[str, str], ...] = ()) -> None:
         reason = " ".join(reason.split())  # a Reason-Phrase holds no CR or LF (§25.1)
+        peer = self.trust.peer(stx.flow.peer) if status >= 400 else None
+        if peer is not None and peer.microsoft:  # Lync's Snooper shows why (proxy/relay/ms_diagnostics.py)
+            extra = (*extra, *ms_diagnostics_public(status, reason))
         self._send_response(stx, make_response(stx.request, status, reason, to_tag=self._to_tag, extra=extra), now)
 
     def _send_response(self, stx: ServerTx, response: Response, now: float) -> None:
