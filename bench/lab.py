@@ -243,6 +243,13 @@ max_connections_per_source = 0
 handshakes_per_source_per_second = 0
 unauthenticated_idle_seconds = 3600
 
+# SIPp plays both sides from loopback. Bound as a trusted peer by network, the subscriber's own connection is
+# an in-dialog target (its Contact is that connection: NOTIFYs ride it back), as in a federation where the
+# far side record-routes; unbound, sipfed refuses to follow a Contact no route accounts for (no open relay).
+[[peers]]
+name = "bench"
+networks = ["127.0.0.0/8"]
+
 [tls]
 cert_chain = "{certs}/sipfed.tomt.local.pem"
 key = "{certs}/sipfed.tomt.local.key"
