@@ -13,12 +13,14 @@ import ssl
 import sys
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.metrics import Metrics
 from proxy.net.connection import DatagramEndpoint, connection_cap
 from proxy.net.driver import Driver
+from proxy.net.notify import notify, reloading
+from proxy.net.status import Readiness, StatusServer, readiness
 from proxy.net.tls import client_context, server_context
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy, RelaySettings
@@ -53,6 +55,10 @@ class Server:
         self.open_files = raise_open_files()
         """The soft RLIMIT_NOFILE in force (None: unlimited): inbound connections leave room below it."""
         self._cap_warned: tuple[int, int] | None = None
+        self.listening = False
+        """Every listener is bound (``/ready``)."""
+        self.status: StatusServer | None = None
+        """``/metrics``, ``/healthz``, ``/ready`` (proxy/net/status.py), when ``[metrics] listen`` is on."""
 
     async def bind(self) -> str:
         """Bind every listener; return the readiness line."""
@@ -63,17 +69,27 @@ class Server:
                 raise StartupError(f"cannot listen on {listener.address}:{listener.port} ({listener.transport}) "
                                    f"for listener {listener.name!r}: {exc.strerror or exc}") from None
         self.apply(self.config)
+        self.listening = True
         line = " ".join(f"{lst.name}={lst.transport}:{lst.address}:{self.ports[lst.name]}"
                         for lst in self.config.listeners)
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
             try:
-                http, _ = start_http_server(port, host, registry=self.metrics.registry)
+                self.status = StatusServer(host, port, self.metrics.registry, self.loop, self.readiness)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {host}:{port} ([metrics] listen): "
                                    f"{exc.strerror or exc}") from None
-            line += f" metrics=http:{host}:{http.server_port}"
+            line += f" metrics=http:{host}:{self.status.port}"
         return f"sipfed ready {line}"
+
+    def readiness(self) -> Readiness:
+        """``/ready``, on the event loop (the status server's thread asks through ``on_loop``)."""
+        return readiness(self.listening, bool(self.driver.proxy.draining), self.driver.routes,
+                         self.driver.liveness.states())
+
+    def summary(self) -> str:
+        """systemd's STATUS= line."""
+        return f"relaying: {len(self.config.listeners)} listener(s), {len(self.config.routes)} route(s)"
 
     async def _bind_listener(self, listener: ListenerConfig) -> None:
         if listener.transport == "udp":
@@ -234,11 +250,23 @@ async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, server.reload)
+        loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, server))
+    # Type=notify: every listener is bound, and a SIGHUP from now on reloads rather than kills.
+    notify("READY=1", f"STATUS={server.summary()}")
     await stop.wait()
     log.info("stopping: draining transactions in flight")
+    notify("STOPPING=1", "STATUS=draining transactions in flight")
     await server.drain(server.config.transaction_timeout_seconds + 1)
+    if server.status is not None:
+        await loop.run_in_executor(None, server.status.close)
     return 0
+
+
+def _reload(server: Server) -> None:
+    """SIGHUP, told to systemd (``systemctl reload`` shows "reloading" until READY=1 comes back)."""
+    notify(*reloading(f"reloading {server.config.path}"))
+    server.reload()
+    notify("READY=1", f"STATUS={server.summary()}")
 
 
 def _same(endpoint: DatagramEndpoint) -> DatagramEndpoint:
