@@ -52,6 +52,7 @@ def run(proxy: Proxy, n: int) -> float:
         now += 0.0001
         proxy.receive(IN, message(i), now, framed=True)
         sent = [o for o in proxy.take_outputs() if isinstance(o, SendToHop)]
+        proxy.sent_on(sent[0].token, OUT.conn_id)  # as the edge reports it: the 200 must come on that flow
         proxy.receive(OUT, answer(sent[0].data), now, framed=True)
         proxy.take_outputs()
         proxy.handle_timer(now)
