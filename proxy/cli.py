@@ -1,4 +1,4 @@
-"""``sipfed`` command line: run, check-config, certs, --version."""
+"""``sipfed`` command line: run, check-config, certs, ctl, --version."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import __version__, certs, logs
+from proxy import __version__, certs, ctl, logs
 from proxy.config import ConfigError, load_config
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and print what it sets up")
     check.add_argument("--config", required=True, help="TOML config file")
     certs.add_arguments(commands.add_parser("certs", help="create a lab CA and leaf certificates"))
+    ctl.add_arguments(commands.add_parser("ctl", help="ask the running proxy over its control socket ([control])"))
     routes_cmd = commands.add_parser("routes", help="print each route's next hops in the order they would be tried")
     routes_cmd.add_argument("--config", required=True, help="TOML config file")
     routes_cmd.add_argument("--resolve", action="store_true", help="resolve DNS routes now (RFC 3263)")
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "certs":
         return certs.run(args)
+    if args.command == "ctl":
+        return ctl.run(args)
     if args.command == "doctor":
         from proxy import doctor
 

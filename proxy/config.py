@@ -7,6 +7,7 @@ A bad file never half-starts the proxy: ``load_config`` either returns a whole
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqd
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
 TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits",
-            "dns"}
+            "dns", "control"}
 #: [limits] keys: (default, lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off.
 LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
     "max_headers": (256, 16, 4096),
@@ -51,6 +52,9 @@ LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
 WHOLE_LIMITS = frozenset({"max_headers", "max_header_line_bytes", "max_in_flight_transactions", "retry_after_seconds",
                           "max_connections", "max_connections_per_source"})
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
+CONTROL_KEYS = {"socket", "mode"}
+#: sockaddr_un.sun_path holds 108 bytes on Linux, the terminating NUL included.
+UNIX_PATH_MAX = 107
 
 
 class ConfigError(Exception):
@@ -115,6 +119,16 @@ class MaddrRewrite:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """``[control]``: the Unix socket ``sipfed ctl`` talks to (proxy.net.control)."""
+
+    socket: Path
+    """The socket file (relative paths: to the config file); its directory must exist."""
+    mode: int = 0o600
+    """The socket file's permission bits: who may connect (0600: sipfed's own user, and root)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything sipfed runs on."""
 
@@ -162,6 +176,8 @@ class Config:
     """``[limits]``: sizes, slow-sender timeouts, rate limits, the in-flight cap (see LIMIT_KEYS)."""
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9561)
     """Where Prometheus scrapes ``/metrics`` (``[metrics] listen``); None: off."""
+    control: ControlConfig | None = None
+    """``[control]``: the control socket of ``sipfed ctl``; None (no section): no control socket."""
     trust: Trust = field(default_factory=Trust)
     """Trusted peers, digest realm, exemption ACLs, outgoing credentials."""
     warnings: tuple[str, ...] = ()
@@ -205,6 +221,7 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     rewrites = _rewrites(raw.get("maddr_rewrite"), problems)
     warnings: list[str] = []
     metrics_listen = _metrics(raw.get("metrics"), problems)
+    control = parse_control(raw.get("control"), path.parent, problems, warnings)
     limits = _limits(raw.get("limits"), problems)
     settings.update(_dns(raw.get("dns"), problems))
     trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
@@ -212,7 +229,8 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     if problems:
         return None
     return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings,
-                  limits=limits, metrics_listen=metrics_listen, trust=trust, warnings=tuple(warnings))
+                  limits=limits, metrics_listen=metrics_listen, control=control, trust=trust,
+                  warnings=tuple(warnings))
 
 
 def _limits(raw: object, problems: list[str]) -> dict[str, float]:
@@ -252,6 +270,37 @@ def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:
         problems.append(f"metrics.listen: {listen!r} must be ADDRESS:PORT (port 0: any free port) or 'off'")
         return None
     return host.strip("[]"), int(port)
+
+
+def parse_control(raw: object, base: Path, problems: list[str], warnings: list[str]) -> ControlConfig | None:
+    """``[control] socket = "/run/sipfed/ctl.sock"``, optional ``mode`` (default 0o600); no section: off.
+    ``sipfed ctl --config`` reads the socket's path with it too."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append("control: must be a table ([control])")
+        return None
+    _unknown(raw, CONTROL_KEYS, "control", problems)
+    text = _string(raw, "socket", "control", problems, required=True)
+    socket = base / text if text else Path()
+    if text and len(os.fsencode(socket)) > UNIX_PATH_MAX:
+        problems.append(f"control.socket: {str(socket)!r} is longer than a Unix socket path may be "
+                        f"({UNIX_PATH_MAX} bytes); choose a shorter one, e.g. '/run/sipfed/ctl.sock'")
+    mode = raw.get("mode", 0o600)
+    if isinstance(mode, str):  # '0660' as chmod writes it; TOML's own 0o660 arrives as an int
+        digits = mode.removeprefix("0o")
+        mode = int(digits, 8) if digits and set(digits) <= set("01234567") else mode
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        shown = f"{mode:#o}" if isinstance(mode, int) and not isinstance(mode, bool) else repr(raw.get("mode"))
+        problems.append(f"control.mode: {shown} must be permission bits 0o000-0o777, e.g. 0o600 or '0660'")
+        return None
+    if mode & 0o600 != 0o600:
+        problems.append(f"control.mode: {mode:#o} must let the owner read and write (0o600 at least), or not "
+                        "even sipfed's own user can connect")
+    elif mode & 0o007:
+        warnings.append(f"control.mode {mode:#o} lets every local user connect to the control socket: reload, "
+                        "trace the decrypted SIP; prefer 0o600, or 0o660 and a group")
+    return ControlConfig(socket, mode) if text else None
 
 
 def _untrusted_policies(raw: object, listeners: list[ListenerConfig], trust: Trust, problems: list[str],

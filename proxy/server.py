@@ -11,6 +11,7 @@ import resource
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.metrics import Metrics
 from proxy.net.connection import DatagramEndpoint, connection_cap
+from proxy.net.control import ControlError, ControlServer, Reloaded, open_control
 from proxy.net.driver import Driver
 from proxy.net.notify import notify, reloading
 from proxy.net.status import Readiness, StatusServer, readiness
@@ -52,6 +54,11 @@ class Server:
         self._dns_settings: tuple[object, ...] = ()
         self.metrics.watch_destinations(self.driver.liveness.states_threadsafe)
         self.ports: dict[str, int] = {}
+        self.started_at = time.time()
+        self.config_loaded_at = self.started_at
+        """Wall-clock time the running config was read (``sipfed ctl status``)."""
+        self.control: ControlServer | None = None
+        """``[control]``: the socket ``sipfed ctl`` talks to (proxy/net/control.py)."""
         self.open_files = raise_open_files()
         """The soft RLIMIT_NOFILE in force (None: unlimited): inbound connections leave room below it."""
         self._cap_warned: tuple[int, int] | None = None
@@ -80,6 +87,11 @@ class Server:
                 raise StartupError(f"cannot serve metrics on {host}:{port} ([metrics] listen): "
                                    f"{exc.strerror or exc}") from None
             line += f" metrics=http:{host}:{self.status.port}"
+        if self.config.control is not None:  # last: only a proxy that is up answers ``sipfed ctl``
+            try:
+                self.control = await open_control(self, self.config.control)
+            except ControlError as exc:
+                raise StartupError(str(exc)) from None
         return f"sipfed ready {line}"
 
     def readiness(self) -> Readiness:
@@ -161,9 +173,11 @@ class Server:
                                    lim["handshakes_per_source_per_second"], lim["burst_seconds"],
                                    lim["unauthenticated_idle_seconds"])
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the file; a bad one is refused and the running config stays. After a good one,
-        every open connection is bound again against the new [[peers]] (StreamConnection.rebind)."""
+    def reload(self) -> Reloaded:
+        """SIGHUP and ``sipfed ctl reload``: re-read the file; a bad one is refused and the running config
+        stays. After a good one, every open connection is bound again against the new [[peers]]
+        (StreamConnection.rebind). Returns the problems, or what changed."""
+        old = self.config
         try:
             config = load_config(self.config.path)
             if _listener_layout(config) != _listener_layout(self.config):
@@ -172,18 +186,24 @@ class Server:
         except (ConfigError, OSError, ssl.SSLError) as exc:
             log.error("reload refused, the running config stays: %s", exc)
             self.metrics.config_reloads.labels("refused").inc()
-            return
+            return Reloaded.refused(old.path, exc.problems if isinstance(exc, ConfigError) else
+                                    [f"tls: cannot load the certificate, key or CA bundle: {exc}"])
+        self.config_loaded_at = time.time()
         outcomes = [conn.rebind(config.trust) for conn in list(self.driver.connections.values())]
         log.info("reloaded %s: %d route(s), %d peer(s); open connections: %d re-bound, %d closed (no longer bound "
                  "to their peer)", config.path, len(config.routes), len(config.trust.peers),
                  outcomes.count("rebound"), outcomes.count("closed"))
         self.metrics.config_reloads.labels("applied").inc()
+        return Reloaded.applied(old, config, outcomes)
 
     async def drain(self, limit: float) -> None:
         """SIGTERM (issue 14, "Drain loses nothing"): stop accepting connections; new out-of-dialog requests
         on open ones get 503 with Retry-After, and from half of ``limit`` on every new request (ACK and
         CANCEL pass); transactions in flight may finish until ``limit``, then the rest are answered 503, those
         answers are written, and the connections closed. Logs how many were left unanswered: 0."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         for server in self.servers:
             server.close()
         proxy, loop = self.driver.proxy, self.loop

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from acl.peers import Trust
+from acl.subjects import CertIdentity
 from proxy.net.connection import ConnectionGate, DatagramEndpoint, StreamConnection
 from proxy.net.health import Liveness
 from proxy.net.tls import classify, describe_failure
@@ -423,6 +424,18 @@ class Driver:
     def _udp_for(self, listener: str) -> asyncio.DatagramTransport | None:
         endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
         return endpoint.transport if endpoint is not None else None
+
+    def peer_at(self, transport: str, remote: tuple[str, int]) -> str | None:
+        """Read-only, for ``sipfed ctl trace --peer``: the [[peers]] name of the open connection to or from
+        ``remote`` (a next hop's address as its route names it included); over UDP, the peer the address
+        binds to. None when no open connection or peer is known there."""
+        if transport == "udp":
+            bound = self.trust.bind(CertIdentity(), remote[0]) if self.trust.peers else None
+            return bound.name if bound is not None else None
+        where = (transport, remote[0], remote[1])
+        conn = self.by_remote.get(where) or self.aliases.get(where) or next(
+            (c for key, c in self.by_hop.items() if key[:3] == where), None)
+        return conn.flow.peer if conn is not None and conn.flow is not None else None
 
     async def close(self) -> None:
         self._flush()  # what the last turn queued goes out before the connections close
