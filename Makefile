@@ -24,12 +24,13 @@ run: $(STAMP) $(LAB_CERTS)/ca.crt
 	$(PY) -m proxy run --config examples/lab.toml
 
 # SIPp (sip-tester), stunnel4, Kamailio, baresip and Prometheus are the independent peers of the tests and the lab;
-# systemd (systemd-analyze verify) and curl check examples/sipfed.service and the health endpoints.
-DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules baresip-core prometheus systemd curl
+# systemd (systemd-analyze verify) and curl check examples/sipfed.service and the health endpoints;
+# sngrep is the HEP receiver of [hep]'s test.
+DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules baresip-core prometheus systemd curl sngrep
 system-deps:
 	@command -v sipp >/dev/null && command -v stunnel4 >/dev/null && command -v kamailio >/dev/null \
 	    && command -v prometheus >/dev/null && command -v baresip >/dev/null \
-	    && command -v systemd-analyze >/dev/null && command -v curl >/dev/null \
+	    && command -v systemd-analyze >/dev/null && command -v curl >/dev/null && command -v sngrep >/dev/null \
 	    && ls /usr/lib/*/kamailio/modules/tls.so /usr/lib/*/kamailio/modules/presence.so >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); }
 

@@ -30,7 +30,7 @@ LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqd
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
 TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits",
-            "dns", "control"}
+            "dns", "control", "hep"}
 #: [limits] keys: (default, lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off.
 LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
     "max_headers": (256, 16, 4096),
@@ -52,6 +52,7 @@ LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
 WHOLE_LIMITS = frozenset({"max_headers", "max_header_line_bytes", "max_in_flight_transactions", "retry_after_seconds",
                           "max_connections", "max_connections_per_source"})
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
+HEP_KEYS = {"address", "capture_id", "password"}
 CONTROL_KEYS = {"socket", "mode"}
 #: sockaddr_un.sun_path holds 108 bytes on Linux, the terminating NUL included.
 UNIX_PATH_MAX = 107
@@ -129,6 +130,20 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HepConfig:
+    """``[hep]``: where a decrypted copy of every SIP message goes, HEP3 over UDP (Homer, sngrep)."""
+
+    host: str
+    """The HEP receiver's IP address or name (resolved when sipfed starts or reloads)."""
+    port: int
+    """Its UDP port (Homer's heplify-server and sngrep's examples use 9060)."""
+    capture_id: int
+    """HEP capture agent ID (chunk 0x000c, uint32): what the receiver tells this sipfed apart by."""
+    password: str | None = None
+    """HEP authentication key (chunk 0x000e), if the receiver checks one; it travels in clear text."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything sipfed runs on."""
 
@@ -178,6 +193,8 @@ class Config:
     """Where Prometheus scrapes ``/metrics`` (``[metrics] listen``); None: off."""
     control: ControlConfig | None = None
     """``[control]``: the control socket of ``sipfed ctl``; None (no section): no control socket."""
+    hep: HepConfig | None = None
+    """``[hep]``: HEP export of every SIP message; None (no section): off."""
     trust: Trust = field(default_factory=Trust)
     """Trusted peers, digest realm, exemption ACLs, outgoing credentials."""
     warnings: tuple[str, ...] = ()
@@ -222,6 +239,7 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     warnings: list[str] = []
     metrics_listen = _metrics(raw.get("metrics"), problems)
     control = parse_control(raw.get("control"), path.parent, problems, warnings)
+    hep = _hep(raw.get("hep"), problems)
     limits = _limits(raw.get("limits"), problems)
     settings.update(_dns(raw.get("dns"), problems))
     trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
@@ -229,7 +247,7 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     if problems:
         return None
     return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings,
-                  limits=limits, metrics_listen=metrics_listen, control=control, trust=trust,
+                  limits=limits, metrics_listen=metrics_listen, control=control, hep=hep, trust=trust,
                   warnings=tuple(warnings))
 
 
@@ -270,6 +288,40 @@ def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:
         problems.append(f"metrics.listen: {listen!r} must be ADDRESS:PORT (port 0: any free port) or 'off'")
         return None
     return host.strip("[]"), int(port)
+
+
+def _hep(raw: object, problems: list[str]) -> HepConfig | None:
+    """``[hep] address = "HOST:PORT"``, ``capture_id``, optional ``password``; no section: off."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append("hep: must be a table ([hep])")
+        return None
+    _unknown(raw, HEP_KEYS, "hep", problems)
+    address = _string(raw, "address", "hep", problems, required=True)
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [IPv6]:PORT
+        host = host[1:-1] if ":" in host else ""
+    elif ":" in host:
+        host = ""  # an IPv6 address needs its brackets, or the port is ambiguous
+    valid = bool(host) and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536 \
+        and is_host(host.lower())
+    if address and not valid:
+        problems.append(f"hep.address: {address!r} must be HOST:PORT of the HEP receiver, e.g. '10.0.0.9:9060' "
+                        "or '[2001:db8::9]:9060' (UDP, port 1-65535)")
+    capture_id = raw.get("capture_id")
+    if capture_id is None:
+        problems.append("hep.capture_id: missing (required): the capture agent ID Homer shows for this sipfed")
+    elif not isinstance(capture_id, int) or isinstance(capture_id, bool) or not 0 <= capture_id <= 0xFFFFFFFF:
+        problems.append(f"hep.capture_id: {capture_id!r} must be a whole number 0-4294967295")
+        capture_id = None
+    password = raw.get("password")
+    if password is not None and (not isinstance(password, str) or not password or len(password) > 1024):
+        problems.append("hep.password: must be a non-empty string (the receiver's HEP authentication key)")
+        password = None
+    if not valid or capture_id is None:
+        return None
+    return HepConfig(host.lower(), int(port), capture_id, password)
 
 
 def parse_control(raw: object, base: Path, problems: list[str], warnings: list[str]) -> ControlConfig | None:

@@ -76,6 +76,9 @@ class Metrics(Observer):
                                      "connection limit", ["listener", "reason"])
         self.connections_closed = c("connections_closed_total", "Open connections closed by a rule (idle and "
                                     "unauthenticated, unbound by a reload)", ["listener", "reason"])
+        self.hep_sent_total = c("hep_sent_total", "SIP messages copied to the [hep] receiver (HEP3 over UDP)", [])
+        self.hep_dropped_total = c("hep_dropped_total", "SIP messages not copied to the [hep] receiver: queue or "
+                                   "socket buffer full, too large for HEP, receiver unreachable", ["reason"])
         Info("sipfed_build", "Version information", registry=registry).info(
             {"version": __version__, "python": platform.python_version()})
         Gauge("sipfed_start_time_seconds", "When sipfed started (Unix time)", registry=registry).set(time.time())
@@ -162,6 +165,14 @@ class Metrics(Observer):
 
     def connection_closed(self, listener: str, reason: str) -> None:
         self._child(self.connections_closed, listener, reason).inc()
+
+    def hep_sent(self, count: int) -> None:
+        """``count`` HEP packets went out (told once per flush, not per message)."""
+        self.hep_sent_total.inc(count)
+
+    def hep_dropped(self, reason: str, count: int) -> None:
+        """``count`` copies dropped: ``queue_full``, ``too_large`` or ``unreachable``."""
+        self._child(self.hep_dropped_total, reason).inc(count)
 
     def watch_gc(self, warn_seconds: float = 0.05) -> Callable[[str, dict[str, int]], None]:
         """Time every collector pass into ``sipfed_gc_pause_seconds``; log the ones that stall the loop."""

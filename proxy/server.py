@@ -21,6 +21,7 @@ from proxy.metrics import Metrics
 from proxy.net.connection import DatagramEndpoint, connection_cap
 from proxy.net.control import ControlError, ControlServer, Reloaded, open_control
 from proxy.net.driver import Driver
+from proxy.net.hep_export import HepExport
 from proxy.net.notify import notify, reloading
 from proxy.net.status import Readiness, StatusServer, readiness
 from proxy.net.tls import client_context, server_context
@@ -151,6 +152,7 @@ class Server:
         self.driver.handshake_timeout = config.limits["tls_handshake_timeout_seconds"]
         self.driver.incomplete_timeout = config.limits["incomplete_message_timeout_seconds"]
         self._configure_gate(config)
+        self._configure_hep(config)
         if config.tls is not None:
             self.driver.client_ssl = client_context(config.tls)
             self.driver.server_contexts = {lst.name: server_context(config.tls, lst)
@@ -158,6 +160,22 @@ class Server:
         for warning in config.warnings:
             log.warning("config: %s", warning)
         self.config = config
+
+    def _configure_hep(self, config: Config) -> None:
+        """[hep] on, off or to a new receiver; an unchanged section keeps its socket and queue."""
+        hep, current = config.hep, self.driver.hep
+        password = hep.password.encode() if hep is not None and hep.password else b""
+        wanted = (hep.host, hep.port, hep.capture_id, password) if hep is not None else None
+        if current is not None and wanted == (current.host, current.port, current.capture_id, current.password):
+            return
+        if current is not None:
+            current.close()
+            self.driver.hep = None
+            log.info("hep: stopped copying to %s:%d", current.host, current.port)
+        if hep is not None:
+            self.driver.hep = HepExport(self.loop, hep.host, hep.port, hep.capture_id, password,
+                                        count_sent=self.metrics.hep_sent, count_dropped=self.metrics.hep_dropped)
+            self.driver.hep.start()
 
     def _configure_gate(self, config: Config) -> None:
         """[limits]' connection rules into the Driver's gate, the cap kept below the open-files limit."""

@@ -188,9 +188,14 @@ class StreamConnection(asyncio.Protocol):
         self.last_valid = 0.0
         """Inbound: when the last valid SIP message arrived (or the connection, before any)."""
         self._idle_timer: asyncio.TimerHandle | None = None
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+        """This connection's own address and port, and its peer's: the addresses of this leg in [hep] copies."""
+        self.remote: tuple[str, int] = ("0.0.0.0", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.local = _address(self.transport.get_extra_info("sockname"))
+        self.remote = _address(self.transport.get_extra_info("peername"))
         if not self.outbound and not self._admitted():
             return
         if self.session is not None:
@@ -335,6 +340,9 @@ class StreamConnection(asyncio.Protocol):
             if isinstance(frame, bytes):
                 if self.source is not None and self.flow.peer is None:
                     self._note(frame)
+                hep = self.driver.hep
+                if hep is not None:
+                    hep.capture(self.transport_name, self.remote, self.local, frame)
                 self.driver.deliver(self.flow, frame)
             elif isinstance(frame, Ping):
                 self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
@@ -419,6 +427,9 @@ class StreamConnection(asyncio.Protocol):
         record, one system call each), the rest when the Driver flushes, in order. False if closing."""
         if self.transport is None or self.transport.is_closing():
             return False
+        hep = self.driver.hep
+        if hep is not None and len(data) > 4:  # CRLF keep-alives (RFC 5626 §4.4.1) are not SIP messages
+            hep.capture(self.transport_name, self.local, self.remote, data)
         if not self.flush_queued:
             self.flush_queued = True
             self.driver.flush_soon(self)
@@ -458,9 +469,12 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         """The Flow of each source address, made once (a Flow per datagram was a tenth of its cost)."""
         self._trust: object = None
         """The trust table the cached flows were bound with (a reload brings a new one)."""
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+        """The socket's address (a wildcard when bound to one: the datagram's own destination is not asked for)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.local = _address(self.transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if data.strip(b"\r\n") == b"":
@@ -474,7 +488,17 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         if flow is None:
             bound = trust.bind(CertIdentity(), key[0]) if trust.peers else None
             flow = self._flows[key] = Flow("udp", self.listener, key, 0, peer=bound.name if bound else None)
+        hep = self.driver.hep
+        if hep is not None:
+            hep.capture("udp", key, self.local, data)
         self.driver.deliver(flow, data)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp %s: %s", self.listener, exc)
+
+
+def _address(name: object) -> tuple[str, int]:
+    """A socket address (IPv6 ones come with flow info and scope) as (host, port); unknown: ("0.0.0.0", 0)."""
+    if isinstance(name, tuple) and len(name) >= 2:
+        return str(name[0]), int(name[1])
+    return "0.0.0.0", 0

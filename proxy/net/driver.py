@@ -21,6 +21,7 @@ from acl.peers import Trust
 from acl.subjects import CertIdentity
 from proxy.net.connection import ConnectionGate, DatagramEndpoint, StreamConnection
 from proxy.net.health import Liveness
+from proxy.net.hep_export import HepExport
 from proxy.net.tls import classify, describe_failure
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
@@ -59,6 +60,9 @@ class Driver:
         self.gate = ConnectionGate()
         """What inbound connections may cost before they prove who they are ([limits], issue 14)."""
         self.trace: Trace | None = None
+        self.hep: HepExport | None = None
+        """[hep]: a copy of each SIP message to a HEP receiver; the connections and UDP sockets hand them over
+        (they know the leg's own address), UDP sends below."""
         self.loop = loop
         self.client_ssl = client_ssl
         self.connect_timeout = connect_timeout
@@ -184,6 +188,8 @@ class Driver:
         if flow.transport == "udp":
             udp = self._udp_for(flow.listener)
             if udp is not None:
+                if self.hep is not None:
+                    self._hep_udp(flow.listener, flow.remote, data)
                 udp.sendto(data, flow.remote)
             return
         conn = self.connections.get(flow.conn_id)
@@ -206,6 +212,8 @@ class Driver:
             if udp is None:
                 self.proxy.hop_failed(token, "no UDP listener is configured to send from", self.loop.time())
             elif is_ip_literal(hop.host):
+                if self.hep is not None:
+                    self._hep_udp(hop.listener, (hop.host.strip("[]"), hop.port), data)
                 udp.sendto(data, (hop.host.strip("[]"), hop.port))
             else:  # a name: resolve off the loop's critical path, then send (or fail the transaction)
                 task = self.loop.create_task(self._resolve_and_send(udp, hop, data, token))
@@ -248,6 +256,8 @@ class Driver:
         address = infos[0][4][:2]
         if token:
             self.proxy.sent_on(token, address[0])
+        if self.hep is not None:
+            self._hep_udp(hop.listener, (str(address[0]), int(address[1])), data)
         udp.sendto(data, address)
 
     def _reusable(self, hop: NextHop) -> StreamConnection | None:
@@ -425,6 +435,12 @@ class Driver:
         endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
         return endpoint.transport if endpoint is not None else None
 
+    def _hep_udp(self, listener: str, remote: tuple[str, int], data: bytes) -> None:
+        """[hep]: a message leaves on the UDP socket ``_udp_for`` chose."""
+        endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
+        if self.hep is not None and endpoint is not None:
+            self.hep.capture("udp", endpoint.local, remote, data)
+
     def peer_at(self, transport: str, remote: tuple[str, int]) -> str | None:
         """Read-only, for ``sipfed ctl trace --peer``: the [[peers]] name of the open connection to or from
         ``remote`` (a next hop's address as its route names it included); over UDP, the peer the address
@@ -447,6 +463,9 @@ class Driver:
             task.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self.hep is not None:  # after the last writes above, so their copies go out too
+            self.hep.close()
+            self.hep = None
 
 
 def _candidate_key(candidate: Candidate) -> HopKey:
