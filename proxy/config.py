@@ -166,7 +166,8 @@ class Config:
     in_dialog_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Opt-in that weakens "no open relay": addresses outside every configured route that a Route header or
     an in-dialog Request-URI may send a request to (e.g. a Contact straight at a client). Empty (the
-    default): only destinations the routes account for. Requests that came over TLS still leave over TLS."""
+    default): only destinations the routes account for, the trusted peers' own connections, and the
+    ``networks`` of peers bound by network alone. Requests that came over TLS still leave over TLS."""
     transaction_timeout_seconds: float = 16.0
     """Non-INVITE next-hop timeout before answering 408; below the sender's 32 s Timer F (RFC 4320)."""
     invite_timeout_seconds: float = 180.0

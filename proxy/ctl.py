@@ -207,7 +207,7 @@ def why(candidate: dict[str, Any]) -> str:
 
 
 def format_subscriptions(result: dict[str, Any]) -> str:
-    rows = [[c["peer"] or "(not recorded)", c["event"], c["count"]] for c in result["counts"]]
+    rows = [[c["peer"] or "(no trusted peer)", c["event"], c["count"]] for c in result["counts"]]
     return f"{result['total']} active subscription(s)" + (
         "\n" + table(["PEER", "EVENT", "COUNT"], rows) if rows else "")
 

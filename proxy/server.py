@@ -123,8 +123,12 @@ class Server:
         identities = [Identity(lst.name, lst.transport, lst.address, self.ports[lst.name], lst.fqdn,
                                lst.federation_fqdn, lst.untrusted) for lst in config.listeners]
         rewrites = {r.internal: r.external for r in config.maddr_rewrites}
+        # In-dialog targets outside the routes: the opt-in networks, and those of peers bound by network alone
+        # (a TCP/UDP peer's network is that peer: its Contacts are in it).
+        dialog_networks = config.in_dialog_networks + tuple(
+            network for peer in config.trust.peers if not peer.subjects for network in peer.networks)
         policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags,
-                                   config.in_dialog_networks)
+                                   dialog_networks)
         lim = config.limits
         settings = RelaySettings(
             config.transaction_timeout_seconds, config.invite_timeout_seconds,

@@ -474,11 +474,12 @@ class ServerMethods:
         return out
 
     def subscriptions(self, given: Params) -> dict[str, Any]:
-        """Active subscription dialogs by event package (the relay core does not record their peer: null)."""
+        """Active subscription dialogs by the subscriber's trusted peer (null: none) and event package."""
         params(given, {})
-        counts = Counter(event for event, _ in self.driver.proxy.subscriptions.active.values())
+        counts = Counter((peer or "", event) for event, _, peer in self.driver.proxy.subscriptions.active.values())
         return {"total": sum(counts.values()),
-                "counts": [{"peer": None, "event": event, "count": n} for event, n in sorted(counts.items())]}
+                "counts": [{"peer": peer or None, "event": event, "count": n}
+                           for (peer, event), n in sorted(counts.items())]}
 
     def reload(self, given: Params) -> dict[str, Any]:
         """The same as SIGHUP; a refused reload is a RELOAD_REFUSED error listing the problems."""

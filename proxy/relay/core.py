@@ -607,7 +607,7 @@ class Proxy(Retries):
         if response.status >= 200 and not stx.final_status:
             self.observer.final_response(method_label(stx.request.method), response.status, now - stx.started)
             if 200 <= response.status < 300 and stx.request.method in ("SUBSCRIBE", "NOTIFY"):
-                self.subscriptions.track(stx.request, response, now)
+                self.subscriptions.track(stx.request, response, now, stx.flow.peer)
             self._server_final(stx, response.status, now)
 
     @staticmethod

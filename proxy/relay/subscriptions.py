@@ -13,12 +13,12 @@ class SubscriptionBook:
     def __init__(self, timers: TimerQueue, observer: Observer) -> None:
         self.timers = timers
         self.observer = observer
-        #: (Call-ID, subscriber tag) -> (event package, expiry timer).
-        self.active: dict[tuple[str, str], tuple[str, Timer]] = {}
+        #: (Call-ID, subscriber tag) -> (event package, expiry timer, the subscriber's trusted peer or None).
+        self.active: dict[tuple[str, str], tuple[str, Timer, str | None]] = {}
 
-    def track(self, request: Request, response: Response, now: float) -> None:
+    def track(self, request: Request, response: Response, now: float, peer: str | None = None) -> None:
         """RFC 6665 §4.1.2: a 2xx to SUBSCRIBE starts or refreshes a subscription (Expires 0 ends it);
-        a NOTIFY whose Subscription-State is terminated ends it (§4.1.3)."""
+        a NOTIFY whose Subscription-State is terminated ends it (§4.1.3). ``peer``: the sender's peer."""
         if request.method == "SUBSCRIBE":
             key = (request.call_id, request.from_.param("tag") or "")
             expires_text = (response.headers.get("expires") or request.headers.get("expires") or "600").strip()
@@ -39,7 +39,7 @@ class SubscriptionBook:
             return
         self.observer.subscription(event, "refreshed" if known else "created")
         timer = self.timers.schedule(now + min(expires, 86_400) + 32, lambda t: self.expire(key))
-        self.active[key] = (event, timer)
+        self.active[key] = (event, timer, peer if known is None else known[2])
 
     def expire(self, key: tuple[str, str]) -> None:
         known = self.active.pop(key, None)

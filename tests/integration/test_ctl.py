@@ -191,7 +191,7 @@ def test_status_connections_routes_and_subscriptions(tmp_path: Path, certs: Path
         assert (await answer_to(lync, "ctl-subscribe-1")).status == 200
         subscriptions = await ctl_json(sock, "subscriptions")
         assert subscriptions["total"] == 1
-        assert [(c["event"], c["count"]) for c in subscriptions["counts"]] == [("presence", 1)]
+        assert [(c["peer"], c["event"], c["count"]) for c in subscriptions["counts"]] == [("lync", "presence", 1)]
         code, out, _ = await ctl(sock, "subscriptions")
         assert out.splitlines()[0] == "1 active subscription(s)"
         assert "presence" in out.splitlines()[2]

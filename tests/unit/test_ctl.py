@@ -271,7 +271,7 @@ def test_reload_and_subscription_and_small_answers() -> None:
         "  open connections: 1 re-bound, 2 closed (no longer bound to their peer), 3 kept", "  warning: w"]
     subs = ctl.format_subscriptions({"total": 2, "counts": [{"peer": None, "event": "presence", "count": 2}]})
     assert subs.splitlines()[0] == "2 active subscription(s)"
-    assert subs.splitlines()[2].split() == ["(not", "recorded)", "presence", "2"]
+    assert subs.splitlines()[2].split() == ["(no", "trusted", "peer)", "presence", "2"]
     assert ctl.format_log_level({"level": "debug", "previous": "info"}) == "log level debug (was info)"
     assert [ctl.duration(s) for s in (5.9, 185, 7380, 90000)] == ["5s", "3m05s", "2h03m", "1d01h"]
     assert [ctl.size(n) for n in (512, 65536, 50 << 20, 3 << 29)] == ["512 bytes", "64 KiB", "50 MiB", "1.5 GiB"]
