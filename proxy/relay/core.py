@@ -23,6 +23,7 @@ from acl.peers import Trust
 from proxy.relay.challenges import CSeqShifts
 from proxy.relay.forwarding import (
     BRANCH_PREFIX,
+    NoRoute,
     RelayPolicy,
     choose_next_hop,
     detect_loop,
@@ -207,10 +208,10 @@ class Proxy(Retries):
 
     def receive_framing_error(self, flow: Flow, error: FramingError) -> None:
         """The stream framer gave up on a message; answer it if its headers were read."""
-        log.warning("from %s:%d: %s", *flow.remote, error.error.reason)
+        log.warning("from %s:%d: %s", *flow.remote, error.reason)
         self.observer.malformed("stream")
         if error.head:
-            self._reject_unparsed(flow, error.head, error.error)
+            self._reject_unparsed(flow, error.head, error)
 
     def probe(self, hop: NextHop, now: float, timeout: float) -> int:
         """Send an OPTIONS health check to ``hop`` (RFC 3261 §11); its outcome comes out as a ``ProbeAnswer``
@@ -624,7 +625,7 @@ class Proxy(Retries):
         if exc.status >= 400 and exc.status != 407:
             log.info("%s refused: %d %s", stx.request.method, exc.status, exc.reason,
                      extra=log_fields(stx.request.call_id, stx.flow))
-        if exc.status == 404 and "no route" in exc.reason:
+        if isinstance(exc, NoRoute):
             self.observer.route_miss()
         self._respond(stx, exc.status, exc.reason, now, exc.headers)
 

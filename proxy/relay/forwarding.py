@@ -28,6 +28,12 @@ BRANCH_PREFIX = MAGIC_COOKIE + "sf"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class NoRoute(SipError):
+    """404: an out-of-dialog request for a domain no route serves (counted as a route miss, by its type)."""
+
+    status = 404
+
+
 class _Entropy:
     """Random hex digits from the OS's CSPRNG, drawn 4 KiB at a time: one system call per 512 branches
     instead of one per branch (a sixtieth of the cost), the bits as unpredictable as ``secrets``'."""
@@ -191,7 +197,7 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
     if popped_own or request.to.param("tag") is not None or request.method == "ACK":
         # In a dialog we are on: go where it points, if the configuration accounts for that place.
         return hop_for_uri(uri, policy, flow.listener, flow.transport, peer_flows)
-    raise SipError(f"Not Found (no route for domain {uri.host})", 404)
+    raise NoRoute(f"Not Found (no route for domain {uri.host})")
 
 
 def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound: str = "tls",

@@ -7,10 +7,8 @@ configured peer or route name, a status, or one of the fixed reasons named in ea
 
 from __future__ import annotations
 
-KNOWN_METHODS = frozenset({
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
-    "INFO", "REFER", "UPDATE", "PRACK", "BENOTIFY", "SERVICE",
-})
+from proxy.sip.message import KNOWN_METHODS
+
 KNOWN_EVENTS = frozenset({
     "presence", "presence.winfo", "dialog", "message-summary", "reg", "refer", "conference",
     "vnd-microsoft-roaming-contacts", "vnd-microsoft-roaming-self", "vnd-microsoft-provisioning-v2",

@@ -20,9 +20,11 @@ MANDATORY_REQUEST_HEADERS = ("via", "from", "to", "call-id", "cseq")
 #: Headers a request carries at most once (RFC 4475 §3.3.8).
 SINGLE_VALUE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
+#: The methods sipfed knows (RFC 3261 and its extensions, and Microsoft's BENOTIFY and SERVICE, [MS-SIPRE]):
+#: the one list, for the 400/501 choice below and for the bounded ``method`` label of the metrics.
 KNOWN_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
-    "INFO", "REFER", "UPDATE", "PRACK",
+    "INFO", "REFER", "UPDATE", "PRACK", "BENOTIFY", "SERVICE",
 })
 
 

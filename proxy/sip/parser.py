@@ -29,17 +29,25 @@ class Ping:
     """A CRLFCRLF keep-alive ping; the answer is one CRLF (RFC 5626 §4.4.1)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FramingError:
-    """A message the framer could not pass on."""
+class FramingError(SipError):
+    """A message the framer could not pass on: a ``SipError`` (its status and reason are the answer's) that
+    the framer hands back as a frame rather than raising, so the messages after it in the same read are not
+    lost; the caller may raise it."""
 
-    error: SipError
-    """What was wrong, with the status to answer."""
-    head: bytes
-    """The header block, so a 513 or 400 can still be answered: whole, or for a block over the cap its
-    lines that end within it; b"" when nothing of it can be read."""
-    fatal: bool
-    """True when the stream cannot be resynchronised and the connection must close."""
+    def __init__(self, cause: SipError, head: bytes, fatal: bool) -> None:
+        super().__init__(cause.reason, cause.status, cause.headers)
+        self.cause = cause
+        """The parser's own error (``MessageTooLarge``, ``SipSyntaxError``, ...)."""
+        self.head = head
+        """The header block, so a 513 or 400 can still be answered: whole, or for a block over the cap its
+        lines that end within it; b"" when nothing of it can be read."""
+        self.fatal = fatal
+        """True when the stream cannot be resynchronised and the connection must close."""
+
+    @property
+    def error(self) -> SipError:
+        """The cause, under its earlier name."""
+        return self.cause
 
 
 Frame = bytes | Ping | FramingError

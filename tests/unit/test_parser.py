@@ -470,7 +470,7 @@ def test_framer_oversized_message_skipped_then_next_frames() -> None:
     error = frames[0]
     assert isinstance(error, FramingError)
     assert isinstance(error.error, MessageTooLarge)
-    assert error.error.status == 513
+    assert error.status == 513
     assert not error.fatal
     assert error.head.startswith(b"MESSAGE sip:alice@tomt.local")
     assert frames[1] == after
@@ -492,7 +492,7 @@ def test_framer_header_block_too_large_is_fatal() -> None:
     error = frames[0]
     assert isinstance(error, FramingError)
     assert error.fatal
-    assert error.error.status == 513
+    assert error.status == 513
     assert framer.broken
     assert framer.feed(message()) == []
 
@@ -515,7 +515,7 @@ def test_framer_bad_content_length_is_fatal_400(value: bytes) -> None:
     error = frames[0]
     assert isinstance(error, FramingError)
     assert error.fatal
-    assert error.error.status == 400
+    assert error.status == 400
     assert error.head.startswith(b"MESSAGE ")
     assert framer.broken
 
@@ -525,7 +525,7 @@ def test_framer_conflicting_content_lengths_fatal() -> None:
     frames = StreamFramer().feed(raw)
     assert isinstance(frames[0], FramingError)
     assert frames[0].fatal
-    assert frames[0].error.status == 400
+    assert frames[0].status == 400
 
 
 def test_framer_waits_for_body() -> None:
@@ -600,7 +600,7 @@ def test_framer_oversized_head_keeps_its_readable_lines(extra: str, chunk: int) 
     assert len(error.head) <= 1024
     assert error.head.endswith(b"\r\n")
     assert b"\nX-Pad" not in error.head  # the line cut by the cap is not passed on
-    reply, dropped = reply_to_unparsed(error.head, error.error)
+    reply, dropped = reply_to_unparsed(error.head, error)
     assert reply is not None, dropped
     answer = parse_message(reply, datagram=True)
     assert isinstance(answer, Response)
@@ -622,6 +622,6 @@ def test_framer_oversized_head_without_addressing_headers_is_not_answered() -> N
     """A first header line longer than the cap leaves nothing to address a reply with: closed unanswered."""
     error = oversized_error(b"MESSAGE sip:a@b SIP/2.0\r\nX-Pad: " + b"a" * 2000)
     assert error.head == b"MESSAGE sip:a@b SIP/2.0\r\n"
-    reply, dropped = reply_to_unparsed(error.head, error.error)
+    reply, dropped = reply_to_unparsed(error.head, error)
     assert reply is None
     assert "no Via" in dropped
