@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.processes import stop_process
+from tests.integration.waiting import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["sipfed.tomt.local,sipfed.tomt.it", "cups.tomt.local", "lync01.tomt.it", "wrong.example"]
+LOG_SECONDS = 10.0  # how long a log line the test caused may take to show: a deadline, not a pause
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,8 @@ class Sipfed:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.log: list[str] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drain.start()
         self.ports = self._wait_ready(timeout)
 
     def _drain_stderr(self) -> None:
@@ -77,12 +81,33 @@ class Sipfed:
             raise RuntimeError("sipfed did not become ready:\n" + "\n".join(self.log))
         return result
 
-    def log_text(self, settle: float = 0.3) -> str:
-        time.sleep(settle)
+    def log_text(self) -> str:
+        """The log so far: what the stderr reader has taken from the pipe (all of it after ``stop()``)."""
         return "\n".join(self.log)
 
+    def _logged(self, pattern: str | re.Pattern[str]) -> str:
+        text = self.log_text()
+        found = pattern.search(text) if isinstance(pattern, re.Pattern) else pattern in text
+        return text if found else ""
+
+    def _not_logged(self, pattern: str | re.Pattern[str]) -> str:
+        shown = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+        return f"sipfed logged no {shown!r}; its log:\n{self.log_text()}"
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = LOG_SECONDS) -> str:
+        """The log so far, once it contains ``pattern`` (a text, or a compiled regex to search for)."""
+        return wait_until(lambda: self._logged(pattern), timeout, lambda: self._not_logged(pattern))
+
+    async def async_wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = LOG_SECONDS) -> str:
+        """``wait_for_log`` inside an event loop (the test's peers keep running)."""
+        return await async_wait_until(lambda: self._logged(pattern), timeout, lambda: self._not_logged(pattern))
+
     def stop(self) -> int:
-        return stop_process(self.proc)
+        """SIGTERM and its exit code; the stderr reader is then through the pipe, so ``log_text()`` is the
+        whole log: an absence in it (a line logged once, not twice) is a fact, not a race with the reader."""
+        code = stop_process(self.proc)
+        self._drain.join(10)
+        return code
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ import signal
 import socket
 import ssl
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Sipfed, lab_config
+from tests.integration.metrics_scrape import metric_reaches, sample, scrape
 from tests.peers.sippeer import Conn, Msg, Peer
 
 pytestmark = pytest.mark.integration
@@ -55,32 +55,6 @@ port = 0
 
 def peers(lync_name: str = "lync", lync_subject: str = "lync01.tomt.it") -> str:
     return PEERS.format(lync_name=lync_name, lync_subject=lync_subject)
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return str(reply.read().decode())
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus text format, summed over unnamed labels (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith((name + "{", name + " "))) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def wait_for_metric(sipfed: Sipfed, name: str, value: float, timeout: float = 5.0, **labels: str) -> float:
-    """Poll /metrics until the series reaches ``value`` (bounded by ``timeout``); returns the last value seen."""
-    deadline = time.monotonic() + timeout
-    seen = 0.0
-    while time.monotonic() < deadline:
-        seen = sample(await asyncio.to_thread(scrape, sipfed.ports["metrics"]), name, **labels)
-        if seen >= value:
-            break
-        await asyncio.sleep(0.1)
-    return seen
 
 
 async def closed_by_sipfed(reader: asyncio.StreamReader, timeout: float) -> bool:
@@ -264,11 +238,11 @@ def test_reload_rebinds_and_closes_connections_whose_certificate_no_longer_binds
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
         await conn.send(message(lync, 1))
         assert (await lync.next())[0].status == 200
-        assert await wait_for_metric(sipfed, "sipfed_open_connections", 1, listener="lync", peer="lync") == 1
+        assert await metric_reaches(sipfed, "sipfed_open_connections", 1, listener="lync", peer="lync") == 1
 
         lab_config(config, certs, cups_port=cups.port, lync_port=lync.port, extra=peers(lync_name="pool"))
         sipfed.proc.send_signal(signal.SIGHUP)
-        assert await wait_for_metric(sipfed, "sipfed_open_connections", 1, listener="lync", peer="pool") == 1
+        assert await metric_reaches(sipfed, "sipfed_open_connections", 1, listener="lync", peer="pool") == 1
         await conn.send(message(lync, 2))
         assert (await lync.next())[0].status == 200  # the same connection, bound to the renamed peer
 
@@ -282,8 +256,8 @@ def test_reload_rebinds_and_closes_connections_whose_certificate_no_longer_binds
     text = scrape(sipfed.ports["metrics"])
     assert sample(text, "sipfed_connections_closed_total", listener="lync", reason="trust_reload") == 1
     assert sample(text, "sipfed_config_reloads_total", outcome="applied") == 2
-    assert re.search(r"connection from 127\.0\.0\.3:\d+ closed: its certificate no longer binds it to peer "
-                     r"'pool'", sipfed.log_text()), sipfed.log_text()
+    sipfed.wait_for_log(re.compile(r"connection from 127\.0\.0\.3:\d+ closed: its certificate no longer binds it "
+                                   r"to peer 'pool'"))
 
 
 # -- row 9: drain loses nothing ---------------------------------------------------------------------------------
@@ -296,7 +270,7 @@ async def answer_slowly(cups: Peer, delay: float, stop: asyncio.Event) -> None:
         if msg.method == "INVITE":
             await conn.send(cups.answer(msg, 180, "Ringing"))
             return
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # the next hop's slowness is the scenario, not synchronisation
         with contextlib.suppress(ConnectionError):
             await conn.send(cups.answer(msg, 200, "OK"))
 
@@ -355,7 +329,7 @@ def test_sigterm_drain_answers_every_request(tmp_path: Path, certs: Path,
                 refused = [finals[c] for c in after_sigterm if c in finals and finals[c].status == 503]
                 if len(refused) >= 10:
                     break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pacing the load at ~100/s, not synchronisation
         code = await asyncio.to_thread(sipfed.proc.wait, 15)
         stop.set()
         await hop
@@ -371,5 +345,4 @@ def test_sigterm_drain_answers_every_request(tmp_path: Path, certs: Path,
     assert all(r.get("retry-after") for r in refused)
     assert all("shutting down" in r.reason for r in refused)
     assert finals[sent[0]].status == 503  # the INVITE that only rang, answered at the drain's deadline
-    log = sipfed.log_text(settle=0)
-    assert re.search(r"stopped: 1 transaction\(s\) answered by the drain, 0 unanswered", log), log
+    sipfed.wait_for_log(re.compile(r"stopped: 1 transaction\(s\) answered by the drain, 0 unanswered"))

@@ -15,7 +15,6 @@ import re
 import socket
 import ssl
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Sipfed, lab_config
+from tests.integration.metrics_scrape import metric_equals, metric_reaches, sample, scrape
 from tests.peers.sippeer import Conn, Msg, Peer
 
 pytestmark = pytest.mark.integration
@@ -70,31 +70,6 @@ DEADLINE = 5.0
 
 def trust(extra: str = "") -> str:
     return TRUST.format(ha1=hashlib.md5(b"partner:sipfed.tomt.local:s3cret").hexdigest()) + extra
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return str(reply.read().decode())
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-                f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def metric_reaches(sipfed: Sipfed, value: float, name: str, **labels: str) -> float:
-    """Wait (bounded) until a counter reaches ``value``; its last reading."""
-    got = 0.0
-    for _ in range(200):  # at most ~10 s
-        got = sample(await asyncio.to_thread(scrape, sipfed.ports["metrics"]), name, **labels)
-        if got >= value:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name}{labels} stayed at {got}, expected {value}; log:\n{sipfed.log_text()}")
 
 
 class Lab:
@@ -192,11 +167,10 @@ def test_stateless_methods_pass_admission(tmp_path: Path, certs: Path, start_sip
         await lync.send(lab.lync.request(method, "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
                                          from_user="mallory@evil.example"))
         sent += 1
-        await metric_reaches(lab.sipfed, sent, "sipfed_security_drops_total", reason="stateless_refused")
+        await metric_reaches(lab.sipfed, "sipfed_security_drops_total", sent, reason="stateless_refused")
         first = await lab.legit_message("after the attack")
         assert (first.method, first.body) == ("MESSAGE", "after the attack"), "an attack request was relayed"
-        log = lab.sipfed.log_text(0)
-        assert f"{method} from 127.0.0.9" in log
+        log = await lab.sipfed.async_wait_for_log(f"{method} from 127.0.0.9")
         assert "no response to carry the refusal" in log
         for writer in (tcp, anon):
             writer.close()
@@ -217,7 +191,7 @@ def test_stateless_methods_obey_the_rate_limit(tmp_path: Path, certs: Path,
                                           sent_by="127.0.0.9:5060", from_="<sip:eve@tomt.it>")
                               for _ in range(count)))
         await writer.drain()
-        refused = await metric_reaches(lab.sipfed, count - 10, "sipfed_security_drops_total",
+        refused = await metric_reaches(lab.sipfed, "sipfed_security_drops_total", count - 10,
                                        reason="stateless_refused")
         relayed = 0
         while relayed + refused < count:  # bounded: each message is either relayed or refused
@@ -339,7 +313,7 @@ def test_a_forged_response_on_another_connection_is_dropped(tmp_path: Path, cert
         _, writer = await open_plain(lab.sipfed.ports["lab-tcp"])
         writer.write(forged.text().encode())
         await writer.drain()
-        await metric_reaches(lab.sipfed, 1, "sipfed_security_drops_total", reason="response_off_flow")
+        await metric_reaches(lab.sipfed, "sipfed_security_drops_total", 1, reason="response_off_flow")
         await cups_conn.send(lab.cups.answer(request, 486, "Busy Here"))
         answer, _ = await lab.lync.next(DEADLINE)
         assert answer.status == 486, "the forged 200 was taken"
@@ -406,7 +380,7 @@ def test_an_identity_the_peer_may_not_assert_is_removed(tmp_path: Path, certs: P
         assert got.all("p-asserted-identity") == ["<sip:bob@tomt.it>"]
         assert got.all("p-preferred-identity") == []
         await lab.lync.next(DEADLINE)
-        await metric_reaches(lab.sipfed, 1, "sipfed_security_drops_total", reason="identity_removed")
+        await metric_reaches(lab.sipfed, "sipfed_security_drops_total", 1, reason="identity_removed")
 
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
@@ -428,11 +402,7 @@ def test_a_received_the_sender_wrote_does_not_steer_the_response(
         assert "received=127.0.0.3" in vias[1], vias
         assert "127.0.22.99" not in vias[1], vias
         conn.close()
-        for _ in range(100):  # bounded: until sipfed has seen the close
-            if sample(await asyncio.to_thread(scrape, lab.sipfed.ports["metrics"]), "sipfed_open_connections",
-                      listener="lync") == 0:
-                break
-            await asyncio.sleep(0.05)
+        await metric_equals(lab.sipfed, "sipfed_open_connections", 0, listener="lync")  # sipfed has seen the close
         await cups_conn.send(lab.cups.answer(got, 200, "OK"))
         answer, _ = await lab.lync.next(DEADLINE)  # on a new connection to the real source, 127.0.0.3
         assert answer.status == 200
@@ -484,7 +454,8 @@ def test_an_unreachable_next_hop_is_warned_once_with_a_count(tmp_path: Path, cer
             await conn.send(lab.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
             answer, _ = await lab.lync.next(DEADLINE)
             assert answer.status == 503
-        log = lab.sipfed.log_text(0)
+        await asyncio.to_thread(lab.sipfed.stop)  # the whole log: a second warning is not still in the pipe
+        log = lab.sipfed.log_text()
         assert log.count(") unreachable: ") == 1, log
 
     run_lab(tmp_path, certs, start_sipfed, scenario)

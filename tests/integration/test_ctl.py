@@ -14,7 +14,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -115,16 +114,6 @@ async def message(lync_conn: Any, lync: Peer, domain: str, call_id: str) -> int:
     await lync_conn.send(lync.request("MESSAGE", f"sip:x@{domain}", to=f"<sip:x@{domain}>", call_id=call_id,
                                       extra=[("Content-Type", "text/plain")], body=f"hello {call_id}"))
     return (await answer_to(lync, call_id)).status
-
-
-async def wait_for_log(sipfed: Sipfed, needle: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [line for line in list(sipfed.log) if needle in line]
-        if found:
-            return found[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no log line with {needle!r}:\n" + "\n".join(sipfed.log))
 
 
 def not_after(pem: Path) -> str:
@@ -241,7 +230,7 @@ def test_trace_by_call_id_and_log_level(tmp_path: Path, certs: Path, start_sipfe
         assert (code, out.strip()) == (0, "log level debug (was info)"), err
         assert (await ctl_json(sock, "status"))["log_level"] == "debug"
         cups_conn = await cups.connect("127.0.0.1", sipfed.ports["cisco"], "sipfed.tomt.local")
-        await wait_for_log(sipfed, "DEBUG sipfed.net: connection")  # a debug line, at debug level only
+        await sipfed.async_wait_for_log("DEBUG sipfed.net: connection")  # a debug line, at debug level only
         assert await ctl_json(sock, "log-level", "warning") == {"level": "warning", "previous": "debug"}
         cups_conn.close()
 

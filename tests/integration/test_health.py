@@ -17,8 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import pytest
 from tests.integration.conftest import ROOT, Sipfed, free_port, lab_config
 from tests.integration.dnsserver import HOST, TinyAuthoritativeServer
 from tests.integration.kamailio import Kamailio
+from tests.integration.metrics_scrape import sample, scrape
+from tests.integration.waiting import wait_until
 from tests.peers.sippeer import Msg, Peer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -52,31 +52,13 @@ def destination(tmp_path: Path, certs: Path, name: str, port: int, *, message_st
 
 
 def metrics(sipfed: Sipfed) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sipfed.ports['metrics']}/metrics", timeout=5) as page:
-        return str(page.read().decode())
+    return scrape(sipfed.ports["metrics"])
 
 
 def destination_up(sipfed: Sipfed, port: int) -> float | None:
     match = re.search(rf'sipfed_destination_up{{destination="tls:127\.0\.0\.2:{port}[^"]*",route="pool"}} (\S+)',
                       metrics(sipfed))
     return float(match.group(1)) if match else None
-
-
-def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds:g} s: {what}")
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def send_load(lync: Peer, conn_port: int, count: int, on_sent: Callable[[int], None], *,
@@ -98,7 +80,7 @@ async def send_load(lync: Peer, conn_port: int, count: int, on_sent: Callable[[i
         await conn.send(lync.request("MESSAGE", "sip:alice@pool.tomt.local", to="<sip:alice@pool.tomt.local>",
                                      call_id=f"load{i}@tomt.it", body=f"m{i}"))
         on_sent(i)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # pacing the load at ~100/s, not synchronisation
         for _ in range(500 if one_by_one else 0):  # bounded: 5 s
             if len(finals) > i:
                 break
@@ -158,7 +140,7 @@ health = {{ interval_seconds = 0.5, timeout_seconds = 0.4, failures_to_down = 2,
             kam_a.stop()
 
     try:
-        wait_for(lambda: destination_up(sipfed, port_a) == 1.0 and destination_up(sipfed, port_b) == 1.0, 10,
+        wait_until(lambda: destination_up(sipfed, port_a) == 1.0 and destination_up(sipfed, port_b) == 1.0, 10,
                  "both destinations reported up")
         finals = asyncio.run(send_load(lync, sipfed.ports["lync"], LOAD, stop_a))
         assert len(finals) == LOAD
@@ -167,11 +149,11 @@ health = {{ interval_seconds = 0.5, timeout_seconds = 0.4, failures_to_down = 2,
         by_server = {name: sum(f"from {name}" in (m.start or "") for m in finals.values()) for name in "ab"}
         assert by_server["a"] >= STOP_AFTER // 2, by_server  # the SRV priority was honoured while 'a' lived
         assert all("from b" in (finals[f"load{i}@tomt.it"].start or "") for i in range(STOP_AFTER + 1, LOAD))
-        wait_for(lambda: destination_up(sipfed, port_a) == 0.0, 10, "a reported down")
+        wait_until(lambda: destination_up(sipfed, port_a) == 0.0, 10, "a reported down")
         assert destination_up(sipfed, port_b) == 1.0
         page = metrics(sipfed)
-        assert counter(page, "sipfed_health_checks_total", route="pool", result="fail") >= 2
-        assert counter(page, "sipfed_health_checks_total", route="pool", result="pass") >= 2
+        assert sample(page, "sipfed_health_checks_total", route="pool", result="fail") >= 2
+        assert sample(page, "sipfed_health_checks_total", route="pool", result="pass") >= 2
         doctor = subprocess.run([sys.executable, "-m", "proxy", "doctor", "--live", "--json", "--config",
                                  str(config)], capture_output=True, text=True, timeout=60, cwd=ROOT)
         state = {(f["severity"], f["cause"].split(" marked down")[0].split(" (up)")[0])
@@ -179,13 +161,12 @@ health = {{ interval_seconds = 0.5, timeout_seconds = 0.4, failures_to_down = 2,
         assert state == {("error", f"the running sipfed has tls:127.0.0.2:{port_a} (a.cups.tomt.local)"),
                          ("ok", f"the running sipfed sends to tls:127.0.0.2:{port_b} (b.cups.tomt.local)")}, state
         kam_a = destination(tmp_path, certs, "a", port_a)  # back on the same port
-        wait_for(lambda: destination_up(sipfed, port_a) == 1.0, 10, "a reported up again")
+        wait_until(lambda: destination_up(sipfed, port_a) == 1.0, 10, "a reported up again")
     finally:
         kam_a.stop()
         kam_b.stop()
-    log = sipfed.log_text()
-    assert re.search(rf"route pool: destination tls:127\.0\.0\.2:{port_a} \(a\.cups\.tomt\.local\) is down after 2 "
-                     "failed health checks", log), log
+    log = sipfed.wait_for_log(re.compile(rf"route pool: destination tls:127\.0\.0\.2:{port_a} \(a\.cups\.tomt\.local\) "
+                                         "is down after 2 failed health checks"))
     assert f"destination tls:127.0.0.2:{port_a} (a.cups.tomt.local) is up again" in log
 
 
@@ -218,9 +199,8 @@ destinations = [
     assert sorted(m.start or "" for m in finals.values()) == ["SIP/2.0 200 OK from ok"] * 5
     assert busy.log_text().count("MESSAGE-AT-busy") == 1
     assert ok.log_text().count("MESSAGE-AT-ok") == 5
-    log = sipfed.log_text()
-    assert re.search(rf"route pool: candidate tls:127\.0\.0\.2:{port_busy} answered 503 Busy from busy; marked down "
-                     r"for 20 s", log), log
+    sipfed.wait_for_log(re.compile(rf"route pool: candidate tls:127\.0\.0\.2:{port_busy} answered 503 Busy from busy; "
+                                   r"marked down for 20 s"))
 
 
 def processes_of(pid: int) -> list[int]:
@@ -260,12 +240,12 @@ def test_keepalive_pings_an_idle_connection_and_closes_a_dead_one(tmp_path: Path
     frozen: list[int] = []
     try:
         assert asyncio.run(one_message(1)).start == "SIP/2.0 200 OK from k"
-        wait_for(lambda: counter(metrics(sipfed), "sipfed_keepalives_total", result="answered") >= 2, 10,
+        wait_until(lambda: sample(metrics(sipfed), "sipfed_keepalives_total", result="answered") >= 2, 10,
                  "CRLF pings answered by Kamailio's pong")
         frozen = processes_of(kam.proc.pid)
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
-        wait_for(lambda: counter(metrics(sipfed), "sipfed_keepalives_total", result="unanswered") >= 1, 10,
+        wait_until(lambda: sample(metrics(sipfed), "sipfed_keepalives_total", result="unanswered") >= 1, 10,
                  "a ping left unanswered closes the connection")
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
@@ -275,7 +255,7 @@ def test_keepalive_pings_an_idle_connection_and_closes_a_dead_one(tmp_path: Path
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
         kam.stop()
-    assert "no keep-alive pong within 1 s (RFC 5626 §4.4.1); closing it" in sipfed.log_text()
+    sipfed.wait_for_log("no keep-alive pong within 1 s (RFC 5626 §4.4.1); closing it")
 
 
 def test_a_silent_destination_fails_its_health_checks(tmp_path: Path, certs: Path,
@@ -298,19 +278,19 @@ health = {{ interval_seconds = 0.5, timeout_seconds = 0.4, failures_to_down = 2,
     sipfed = start_sipfed(config)
     frozen: list[int] = []
     try:
-        wait_for(lambda: counter(metrics(sipfed), "sipfed_health_checks_total", route="pool", result="pass") >= 1,
+        wait_until(lambda: sample(metrics(sipfed), "sipfed_health_checks_total", route="pool", result="pass") >= 1,
                  10, "a first check passed")
         frozen = processes_of(kam.proc.pid)
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
-        wait_for(lambda: destination_up(sipfed, port) == 0.0, 10, "the silent destination reported down")
+        wait_until(lambda: destination_up(sipfed, port) == 0.0, 10, "the silent destination reported down")
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
         frozen = []
-        wait_for(lambda: destination_up(sipfed, port) == 1.0, 10, "the destination reported up again")
+        wait_until(lambda: destination_up(sipfed, port) == 1.0, 10, "the destination reported up again")
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
         kam.stop()
-    assert re.search(rf"route pool: destination tls:127\.0\.0\.2:{port} is down after 2 failed health checks "
-                     r"\(last: no answer in 0\.4 s\)", sipfed.log_text())
+    sipfed.wait_for_log(re.compile(rf"route pool: destination tls:127\.0\.0\.2:{port} is down after 2 failed health "
+                                   r"checks \(last: no answer in 0\.4 s\)"))

@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.integration.metrics_scrape import reading
+from tests.integration.waiting import wait_until
 from tests.peers.sippeer import Conn, Peer
 
 pytestmark = pytest.mark.integration
@@ -142,20 +143,6 @@ def legs(conn: Conn) -> tuple[Address, Address]:
     return (local[0], local[1]), (remote[0], remote[1])
 
 
-def hep_sent(sipfed: Sipfed) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sipfed.ports['metrics']}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("sipfed_hep_sent_total"))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_every_message_of_both_legs_reaches_sngrep_decrypted_with_its_legs_addresses(
         tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], sngrep: Sngrep) -> None:
     began = time.time()
@@ -194,8 +181,8 @@ def test_every_message_of_both_legs_reaches_sngrep_decrypted_with_its_legs_addre
         return sipfed, exchanges
 
     sipfed, exchanges = asyncio.run(main())
-    wait_for(lambda: len(read_pcap(sngrep.pcap)) >= 8, "8 HEP copies in sngrep's pcap")
-    assert hep_sent(sipfed) >= 8
+    wait_until(lambda: len(read_pcap(sngrep.pcap)) >= 8, 10, "8 HEP copies in sngrep's pcap")
+    assert reading(sipfed, "sipfed_hep_sent_total") >= 8
     sipfed.stop()
     assert sngrep.stop() == 0
     ended = time.time()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_lab_federation import sipp, start_lab
+from tests.integration.lab_harness import sipp, start_lab
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_lab_federation import WAIT, Lab, sipp, start_lab
+from tests.integration.lab_harness import WAIT, Lab, sipp, start_lab
 
 pytestmark = pytest.mark.integration
 

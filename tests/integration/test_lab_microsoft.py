@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.lab_harness import SIPP, Lab, lab, sipp, start_lab
 from tests.integration.sipp import stunnel
-from tests.integration.test_lab_federation import SIPP, Lab, lab, sipp, start_lab
 
 pytestmark = pytest.mark.integration
 

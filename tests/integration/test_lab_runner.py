@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import ROOT
-from tests.integration.test_lab_federation import lab
+from tests.integration.lab_harness import lab
 
 pytestmark = pytest.mark.integration
 

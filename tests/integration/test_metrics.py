@@ -20,27 +20,12 @@ import pytest
 
 from proxy.certs import issue_leaf
 from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.integration.metrics_scrape import sample, scrape
 from tests.integration.processes import stop_process
-from tests.integration.test_sipp import SippUas, config, errors, run_uac
+from tests.integration.sipp_tools import SippUas, errors, run_uac, sipp_config
 from tests.peers.sippeer import Peer
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return reply.read().decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus text format (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class Prometheus:
@@ -93,7 +78,7 @@ def test_prometheus_scrapes_the_relay(tmp_path: Path, certs: Path, start_sipfed:
     calls = 120
     uas_port = free_port()
     uas = SippUas("uas_message.xml", uas_port, calls, "t1", tmp_path)
-    sipfed = start_sipfed(config(tmp_path / "sipfed.toml", certs, transport="tcp", uas_port=uas_port))
+    sipfed = start_sipfed(sipp_config(tmp_path / "sipfed.toml", certs, transport="tcp", uas_port=uas_port))
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{sipfed.ports['metrics']}")
     try:
         code, _ = run_uac("uac_message.xml", sipfed.ports["lync"], "t1", calls, 100, tmp_path, "domain", "tomt.local")
@@ -161,13 +146,13 @@ def test_tls_refusals_are_explained_and_counted(tmp_path: Path, certs: Path,
         return sipfed
 
     sipfed = asyncio.run(asyncio.wait_for(main(), 40))
-    log = sipfed.log_text(0.5)
+    # Each client saw its refusal, so sipfed has counted it; its log line may still be in the pipe.
     text = scrape(sipfed.ports["metrics"])
     for reason, words in (("unsupported_certificate", "no Client Authentication EKU"),
                           ("certificate_expired", "has expired"),
                           ("no_client_certificate", "sent no certificate"),
                           ("protocol", "plain SIP on a TLS port")):
-        assert re.search(rf"listener lync refused \({reason}\): .*{words}", log), (reason, log)
+        sipfed.wait_for_log(re.compile(rf"listener lync refused \({reason}\): .*{words}"))
         assert sample(text, "sipfed_tls_handshakes_total", listener="lync", direction="inbound",
                       outcome="failure", reason=reason) >= 1, (reason, text)
     assert sample(text, "sipfed_tls_handshakes_total", listener="cisco", direction="outbound", outcome="failure",
@@ -180,7 +165,7 @@ def test_next_hop_refusing_our_certificate_after_tls13_handshake(
         tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
     """The tomt.local server (stunnel, OpenSSL) shows a certificate we trust but trusts another CA,
     so over TLS 1.3 it refuses ours only after our side of the handshake finished. The sender gets
-    503 at once with the cause, not a 408 after the transaction timeout."""
+    503 with the cause, not the 408 the transaction timeout would give (how soon is for ``make bench``)."""
     from proxy.certs import make_lab_pki
     from tests.integration.sipp import stunnel
 
@@ -191,24 +176,22 @@ def test_next_hop_refusing_our_certificate_after_tls13_handshake(
                                          cert_chain=certs / "cups.tomt.local.pem", key=certs / "cups.tomt.local.key",
                                          ca_file=other / "ca.crt")
 
-    async def main() -> tuple[Sipfed, float, str]:
+    async def main() -> tuple[Sipfed, str]:
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
         await lync.start()
         config = lab_config(tmp_path / "refuse.toml", certs, cups_port=tls_port, lync_port=lync.port)
         config.write_text(config.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
         sipfed = start_sipfed(config)
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
-        started = time.monotonic()
         await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
         answer, _ = await lync.next(timeout=10)
-        assert answer.status == 503
-        return sipfed, time.monotonic() - started, answer.reason
+        assert answer.status == 503  # not 408: the lab config's 2 s transaction timeout did not decide it
+        return sipfed, answer.reason
 
     try:
-        sipfed, took, reason = asyncio.run(asyncio.wait_for(main(), 30))
+        sipfed, reason = asyncio.run(asyncio.wait_for(main(), 30))
     finally:
         server.stop()
-    assert took < 1.5  # not the 2 s transaction timeout of the lab config
     assert "the peer refused our certificate (TLS alert 48 unknown_ca)" in reason
     text = scrape(sipfed.ports["metrics"])
     assert sample(text, "sipfed_tls_handshakes_total", listener="cisco", direction="outbound",

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Sipfed, free_port, lab_config
-from tests.integration.test_metrics import sample, scrape
+from tests.integration.metrics_scrape import metric_equals, metric_reaches
+from tests.integration.waiting import async_wait_until
 from tests.peers.sippeer import Msg, Peer
 
 pytestmark = pytest.mark.integration
@@ -180,7 +181,11 @@ def test_refusals(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Si
         assert reason in answer.reason
         if status == 420:
             assert answer.get("unsupported") == "x-unknown"
-        assert cups.received.empty()
+        # Nothing was relayed: it would reach tomt.local before a MESSAGE sent after the answer on the same path.
+        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
+                                     body="after the refusal"))
+        got, _ = await cups.next()
+        assert got.body == "after the refusal"
 
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
@@ -243,13 +248,13 @@ def test_certificate_name_mismatch_is_refused_and_logged(tmp_path: Path, certs: 
         answer, _ = await lync.next()
         assert answer.status == 503
         assert "certificate name mismatch" in answer.reason
+        # sipfed gave up in the handshake (the 503 says so), so no TLS session ever carried a request to it.
         assert impostor.received.empty()
         return sipfed
 
     sipfed = asyncio.run(asyncio.wait_for(main(), 30))
-    log = sipfed.log_text()
-    assert re.search(r"next hop 127\.0\.0\.2:\d+;transport=tls \(route cisco\) unreachable: certificate name "
-                     r"mismatch: the route expects 'cups\.tomt\.local'", log), log
+    sipfed.wait_for_log(re.compile(r"next hop 127\.0\.0\.2:\d+;transport=tls \(route cisco\) unreachable: "
+                                   r"certificate name mismatch: the route expects 'cups\.tomt\.local'"))
 
 
 def test_unreachable_next_hop_gives_503(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
@@ -292,13 +297,7 @@ def test_response_opens_a_new_connection_when_the_senders_closed(
         await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", body="bye"))
         message, cups_conn = await cups.next()
         conn.close()
-        for _ in range(100):  # bounded: until sipfed has seen the close (at most 5 s)
-            if sample(await asyncio.to_thread(scrape, sipfed.ports["metrics"]), "sipfed_open_connections",
-                      listener="lync") == 0:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("sipfed never noticed the closed connection")
+        await metric_equals(sipfed, "sipfed_open_connections", 0, listener="lync")  # sipfed has seen the close
         await cups_conn.send(cups.answer(message, 200, "OK"))
         try:
             answer, new_conn = await lync.next()
@@ -306,7 +305,7 @@ def test_response_opens_a_new_connection_when_the_senders_closed(
             raise AssertionError("no 200 on a new connection; sipfed's log:\n" + sipfed.log_text()) from None
         assert answer.status == 200
         assert new_conn is not conn
-        assert "sent on a new connection to 127.0.0.3" in sipfed.log_text()
+        await sipfed.async_wait_for_log("sent on a new connection to 127.0.0.3")
 
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
@@ -319,15 +318,12 @@ def test_keepalive_options_and_client_certificate(tmp_path: Path, certs: Path,
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
         conn = await lync_to_sipfed(sipfed, lync)
         conn.writer.write(b"\r\n\r\n")
-        for _ in range(50):  # bounded: 5 s
-            if conn.pongs:
-                break
-            await asyncio.sleep(0.1)
-        assert conn.pongs == 1
+        await async_wait_until(lambda: conn.pongs, 5, "a CRLF pong")
         await conn.send(lync.request("OPTIONS", f"sip:sipfed.tomt.it:{sipfed.ports['lync']};transport=tls",
                                      to="<sip:sipfed.tomt.it>"))
         answer, _ = await lync.next()
         assert answer.status == 200
+        assert conn.pongs == 1  # one pong: a second one would have come before the answer on this connection
         assert "MESSAGE" in (answer.get("allow") or "")
 
         anonymous = ssl.create_default_context(cafile=str(certs / "ca.crt"))
@@ -413,7 +409,8 @@ def test_trace_file_and_json_logs(tmp_path: Path, certs: Path, start_sipfed: Cal
     text = trace.read_text()
     assert re.search(r"RECV tls 127\.0\.0\.3:\d+ -> lync\nMESSAGE sip:x@nowhere\.example SIP/2\.0\r?\n", text)
     assert re.search(r"SEND tls 127\.0\.0\.3:\d+ <- lync\nSIP/2\.0 404 ", text)
-    events = [json.loads(line) for line in sipfed.log_text().splitlines() if line.startswith("{")]
+    log = sipfed.wait_for_log("trace-call-1")
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     refused = [e for e in events if e.get("call_id") == "trace-call-1"]
     assert refused, sipfed.log_text()
     assert refused[0]["peer"] == "none"
@@ -443,12 +440,12 @@ def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipf
         path.write_text(good + '\n[[routes]]\nname = "partner"\nmatch_uri = "partner.example"\n'
                         f'destination = "127.0.0.2"\nport = {cups.port}\ntls_name = "cups.tomt.local"\n')
         sipfed.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await metric_reaches(sipfed, "sipfed_config_reloads_total", 1, outcome="applied")
         assert await message("partner.example") == 200
         await cups.next()
         path.write_text(good + "\n[[routes]]\nmatch_uri = 'broken'\nport = 70000\n")
         sipfed.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await metric_reaches(sipfed, "sipfed_config_reloads_total", 1, outcome="refused")
         assert await message("partner.example") == 200  # the running config stayed
         await cups.next()
 
@@ -456,8 +453,8 @@ def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipf
         await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
         held, held_conn = await cups.next()
         sipfed.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        assert sipfed.proc.poll() is None  # still draining
+        await sipfed.async_wait_for_log("stopping: draining transactions in flight")
+        assert sipfed.proc.poll() is None  # still draining: the held transaction is in flight
         await held_conn.send(cups.answer(held, 200, "OK"))
         answer, _ = await lync.next()
         assert answer.status == 200
@@ -465,7 +462,7 @@ def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipf
 
     sipfed = asyncio.run(asyncio.wait_for(main(), 30))
     assert sipfed.proc.wait(10) == 0
-    log = sipfed.log_text()
+    log = sipfed.wait_for_log("routes[2].port: 70000")
     assert "reloaded" in log
     assert "reload refused, the running config stays" in log
     assert "routes[2].port: 70000" in log
@@ -506,6 +503,7 @@ destinations = [
         return sipfed
 
     sipfed = asyncio.run(asyncio.wait_for(main(), 30))
+    sipfed.stop()  # the whole log: the failed member must show once, not again for the second MESSAGE
     log = sipfed.log_text()
     assert len(re.findall(r"route pool: candidate tls:127\.0\.0\.4:\d+ failed \(connection refused", log)) == 1, log
     assert "marked down for 60 s" in log

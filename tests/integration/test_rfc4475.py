@@ -28,7 +28,6 @@ import socket
 import ssl
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ import pytest
 
 from tests.corpus import CORPUS, IN_REPO, corpus_files
 from tests.integration.conftest import Sipfed, free_port
+from tests.integration.metrics_scrape import reading
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,6 @@ FQDN = "sipfed.tomt.local"
 #: mpart01's Route header names this next hop; the sink listens there too when the port is free.
 #: How long a stream may hold an incomplete message before sipfed must have closed it (default 10 s + margin).
 STREAM_BOUND_SECONDS = 15.0
-SILENCE_SECONDS = 0.5
 ANSWER_SECONDS = 3.0
 
 CONTENT_LENGTH_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)", re.IGNORECASE | re.MULTILINE)
@@ -545,11 +545,7 @@ class Lab:
     probes: dict[str, StreamProbe] = field(default_factory=dict)
 
     def metric(self, name: str) -> float:
-        url = f"http://127.0.0.1:{self.sipfed.ports['metrics']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith((name + "{", name + " ")))
+        return reading(self.sipfed, name)
 
     def sent(self, needle: str) -> list[tuple[str, str]]:
         """(remote, message) of every message sipfed's --trace shows it sending that contains ``needle``."""
@@ -633,6 +629,42 @@ def start_clerr_probe(lab: Lab, transport: str) -> StreamProbe:
 
 
 # -- checks -----------------------------------------------------------------------------------
+#
+# An absence (not relayed, not answered, not sent on) is read after a later OPTIONS went the same way, never
+# after a pause: sipfed takes a sender's messages in order and relays to the sink on one connection, so had it
+# relayed, answered or sent an earlier message, that would have reached the sink, the sender or the trace first.
+
+
+def options(transport: str) -> tuple[str, bytes]:
+    """An ordinary OPTIONS through sipfed to the sink: (its Call-ID, its bytes)."""
+    call_id = f"alive-{uuid.uuid4().hex}"
+    return call_id, (f"OPTIONS sip:alive@example.com SIP/2.0\r\n"
+                     f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:9;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+                     f"Max-Forwards: 70\r\nFrom: <sip:probe@example.org>;tag=1\r\nTo: <sip:alive@example.com>\r\n"
+                     f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def options_through(lab: Lab, sender: Sender) -> list[Reply]:
+    """An OPTIONS on ``sender`` after what it sent before; every reply up to the OPTIONS' final one. Once that
+    is back, the sink holds it and sipfed's trace shows it sent: whatever came before it is there too."""
+    call_id, data = options(sender.transport)
+    sender.send(data)
+    replies = sender.replies(ANSWER_SECONDS, lambda got: any(r.header("call-id", "i") == call_id
+                                                             for r in finals(got)))
+    mine = [r.status for r in finals(replies) if r.header("call-id", "i") == call_id]
+    assert mine[:1] == [200], (f"no 200 for an OPTIONS over {sender.transport}: "
+                               f"{[(r.status, r.reason) for r in replies]}")
+    wait_until(lambda: lab.sent(call_id), ANSWER_SECONDS, f"sipfed's trace shows the OPTIONS {call_id} sent")
+    return [r for r in replies if r.header("call-id", "i") != call_id]
+
+
+def relayed_so_far(lab: Lab, transport: str) -> None:
+    """An OPTIONS from a new sender, relayed to the sink and answered: the sink has what sipfed relayed before."""
+    sender = Sender(lab, transport)
+    try:
+        options_through(lab, sender)
+    finally:
+        sender.close()
 
 
 def check_relayed(lab: Lab, case: Case, sent: bytes, relayed: bytes, expect: Expect) -> None:
@@ -686,8 +718,10 @@ def expect_relay(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expe
         assert got == [(200, "rfc4475-sink")], (f"{case.file}: the sender did not get the sink's 200 for "
                                                 f"{call_id}: {[(r.status, r.reason) for r in replies]}")
     assert not sender.closed, f"{case.file} over {sender.transport}: sipfed closed the sender's connection"
+    if ids[len(relayed_ids):]:
+        relayed_so_far(lab, sender.transport)
     for call_id in ids[len(relayed_ids):]:
-        assert lab.sink.wait_for(call_id, 0.2) is None, f"{case.file}: {call_id} was relayed ({case.says})"
+        assert lab.sink.wait_for(call_id, 0) is None, f"{case.file}: {call_id} was relayed ({case.says})"
     if case.file == "mpart01":
         body = sent.split(b"\r\n\r\n", 1)[1]
         relayed_body = (lab.sink.wait_for(ids[0], 0) or b"").split(b"\r\n\r\n", 1)[1]
@@ -699,21 +733,22 @@ def expect_relay_via_route(lab: Lab, case: Case, sender: Sender, sent: bytes, ex
     replies = sender.replies(1.0, lambda got: bool(finals(got)))
     refused = [r for r in finals(replies) if 400 <= r.status < 500]
     assert not refused, f"{case.file}: refused {[(r.status, r.reason) for r in refused]} — {case.says}"
-    # Whatever becomes of the next hop, the sender's connection is not the one to pay for it.
-    assert not sender.closed, (f"{case.file} over {sender.transport}: sipfed closed the sender's connection "
-                               f"after {[(r.status, r.reason) for r in replies]} while relaying toward "
-                               f"{expect.route_host}")
-    deadline = time.monotonic() + ANSWER_SECONDS
-    while not (out := [m for r, m in lab.sent(call_id) if r.startswith(expect.route_host + ":")]):
-        assert time.monotonic() < deadline, f"{case.file}: never sent toward {expect.route_host} — {case.says}"
-        time.sleep(0.05)
+    out = wait_until(lambda: [m for r, m in lab.sent(call_id) if r.startswith(expect.route_host + ":")],
+                     ANSWER_SECONDS, f"{case.file}: sent toward {expect.route_host} — {case.says}")
     check_relayed(lab, case, sent, out[0].encode("utf-8", "surrogateescape"), expect)
+    # Whatever becomes of the next hop, the sender's connection is not the one to pay for it: it still serves.
+    if sender.transport != "udp":
+        later = options_through(lab, sender)
+        assert not sender.closed, (f"{case.file} over {sender.transport}: sipfed closed the sender's connection "
+                                   f"after {[(r.status, r.reason) for r in replies + later]} while relaying toward "
+                                   f"{expect.route_host}")
 
 
 def expect_reject(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expect) -> None:
     replies = sender.replies(ANSWER_SECONDS, lambda got: bool(finals(got)))
     answered = finals(replies)
     ids = call_ids(sent)
+    relayed_so_far(lab, sender.transport)
     relayed = [m for i in ids if (m := lab.sink.wait_for(i, 0)) is not None]
     assert not relayed, (f"{case.file} over {sender.transport}: relayed, expected {expect.status} — "
                          f"RFC 4475 §{case.section}: {case.says}\nsipfed answered "
@@ -737,7 +772,7 @@ def expect_reject(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Exp
 
 
 def expect_drop(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expect, counted_before: float) -> None:
-    replies = sender.replies(SILENCE_SECONDS)
+    replies = options_through(lab, sender)  # an answer to the dropped one would have come before the OPTIONS'
     assert not replies, f"{case.file}: sipfed answered a response: {[(r.status, r.reason) for r in replies]}"
     call_id = values(unfolded_headers(sent.split(b"\r\n\r\n", 1)[0]), "call-id", "i")[0]
     assert not lab.sent(call_id), f"{case.file}: sipfed sent it on: {lab.sent(call_id)[0][0]} — {case.says}"
@@ -752,6 +787,7 @@ def expect_stream_close(lab: Lab, case: Case, transport: str) -> None:
     assert probe.done.wait(STREAM_BOUND_SECONDS + 5), f"{case.file} over {transport}: the probe never finished"
     print(f"\n{case.file} over {transport}: answered after {probe.answered_after}, closed after "
           f"{probe.closed_after} s; replies {[(r.status, r.reason) for r in probe.replies]}")
+    relayed_so_far(lab, transport)
     assert lab.sink.wait_for(probe.call_id, 0) is None, f"{case.file} over {transport}: relayed a partial message"
     assert probe.closed_after is not None or probe.answered_after is not None, (
         f"{case.file} over {transport}: connection neither closed nor answered within {STREAM_BOUND_SECONDS:g} s "
@@ -761,14 +797,10 @@ def expect_stream_close(lab: Lab, case: Case, transport: str) -> None:
 def assert_alive(lab: Lab, transport: str) -> None:
     """The process still runs and relays an ordinary OPTIONS on the same transport."""
     assert lab.sipfed.proc.poll() is None, "sipfed exited:\n" + lab.sipfed.log_text()
-    call_id = f"alive-{uuid.uuid4().hex}"
-    options = (f"OPTIONS sip:alive@example.com SIP/2.0\r\n"
-               f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:9;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-               f"Max-Forwards: 70\r\nFrom: <sip:probe@example.org>;tag=1\r\nTo: <sip:alive@example.com>\r\n"
-               f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    _, data = options(transport)
     sender = Sender(lab, transport)
     try:
-        sender.send(options)
+        sender.send(data)
         answer = finals(sender.replies(ANSWER_SECONDS, lambda got: bool(finals(got))))
     finally:
         sender.close()

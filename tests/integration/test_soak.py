@@ -8,6 +8,7 @@ malformed messages get 400; a slow client is closed; RSS stays flat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Sipfed, free_port
-from tests.integration.test_hardening import rss_kib
+from tests.integration.processes import rss_kib
+from tests.integration.waiting import async_wait_until
 from tests.peers.sippeer import Msg, Peer
 
 pytestmark = pytest.mark.integration
@@ -81,10 +83,10 @@ async def run_soak(certs: Path, sipfed: Sipfed, uas_port: int, seconds: float) -
         """At 8 s and every 15 s after: the next hop goes away for 3 s; malformed input; a slow client."""
         pause = 8.0
         while time.monotonic() + pause < deadline - 5:  # bounded by the soak's deadline
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # the fault schedule, not synchronisation
             pause = 15.0
             await uas.stop()
-            await asyncio.sleep(3)
+            await asyncio.sleep(3)  # the outage itself: load keeps coming while the next hop is away
             await uas.start()
             reader, writer = await asyncio.open_connection("127.0.0.1", sipfed.ports["lab"])
             bad = Msg("MESSAGE sip:x@tomt.local SIP/2.0", [("Via", "SIP/2.0/TCP 127.0.0.9;branch=z9hG4bKbad"),
@@ -112,11 +114,9 @@ async def run_soak(certs: Path, sipfed: Sipfed, uas_port: int, seconds: float) -
         i += 1
         if i % RATE == 0:
             rss.append(rss_kib(sipfed.proc.pid))
-        await asyncio.sleep(max(0.0, start + i / RATE - time.monotonic()))
-    for _ in range(100):  # up to 10 s for the last answers (transaction timeout is 2 s)
-        if len(finals) >= len(sent):
-            break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(max(0.0, start + i / RATE - time.monotonic()))  # pacing the load at RATE
+    with contextlib.suppress(AssertionError):  # the assertions below say which ones are missing
+        await async_wait_until(lambda: len(finals) >= len(sent), 10, "the last answers (transaction timeout 2 s)")
     await fault_task
     for task in tasks:
         task.cancel()

@@ -112,7 +112,21 @@ def test_trusted_untrusted_and_foreign_domain(tmp_path: Path, certs: Path,
         answer, _ = await stranger.next()
         assert answer.status == 403
         assert "wrong credentials" in answer.reason
-        assert lync.received.empty()  # nothing but the authenticated MESSAGE reached tomt.it
+        # Nothing but the authenticated MESSAGE reached tomt.it: a fresh, right answer to a fresh challenge is
+        # the next thing it gets, and the replay or the wrong guess would have gone the same path before it.
+        await sconn.send(stranger.request("MESSAGE", "sip:bob@tomt.it", to="<sip:bob@tomt.it>",
+                                          from_user="eve@partner.example", cseq=5))
+        challenge, _ = await stranger.next()
+        assert challenge.status == 407
+        md5 = next(o for o in challenge.all("proxy-authenticate") if "algorithm=MD5" in o)
+        last = stranger.request("MESSAGE", "sip:bob@tomt.it", to="<sip:bob@tomt.it>", from_user="eve@partner.example",
+                                cseq=6, extra=[("Proxy-Authorization", digest_answer(
+                                    md5, "MESSAGE", "sip:bob@tomt.it", "partner", "s3cret", nc=1))])
+        await sconn.send(last)
+        relayed, _ = await lync.next()
+        assert (relayed.method, relayed.get("call-id")) == ("MESSAGE", last.get("call-id"))
+        answer, _ = await stranger.next()
+        assert answer.status == 200
 
     run(main)
 
@@ -164,8 +178,13 @@ realm = "tomt.local"
         else:
             assert answer.status == 403
             assert "next hop demanded digest authentication" in answer.reason
-        await asyncio.sleep(0.3)
-        assert lync.received.empty()  # exactly one answer, and it was not a 401/407
+        # Exactly one answer, and it was not a 401/407: the answer to a later OPTIONS (sipfed's own) is the next
+        # thing on this connection, and a second answer to the SUBSCRIBE would have come before it.
+        options = lync.request("OPTIONS", f"sip:sipfed.tomt.it:{sipfed.ports['lync']};transport=tls",
+                               to="<sip:sipfed.tomt.it>", from_user="bob@tomt.it")
+        await conn.send(options)
+        after, _ = await lync.next()
+        assert (after.is_request, after.get("call-id")) == (False, options.get("call-id")), after.start
 
     try:
         run(main)

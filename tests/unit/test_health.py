@@ -9,7 +9,7 @@ from proxy.relay.types import HopUnavailable, NextHop, ProbeAnswer, SendToHop
 from proxy.sip.message import Request, parse_message
 from routes import Candidate, StaticRoute, parse_routes
 from routes.probe import HealthCheck, Prober, passed
-from tests.unit.test_relay import CISCO_OUT, LYNC_IN, answer, hops, make_proxy, only_reply, replies, request, send
+from tests.unit.relay_harness import CISCO_OUT, LYNC_IN, answer, hops, make_proxy, only_reply, replies, request, send
 
 A = Candidate("127.0.0.21", 5061, "tls", "cups.tomt.local", priority=10)
 B = Candidate("127.0.0.22", 5061, "tls", "cups.tomt.local", priority=20)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from proxy.relay.core import RelaySettings
 from proxy.relay.limits import Limits, TokenBuckets
 from proxy.relay.types import SendOnFlow, SendToHop
-from tests.unit.test_relay import CISCO_OUT, LYNC_IN, answer, make_proxy, request
+from tests.unit.relay_harness import CISCO_OUT, LYNC_IN, answer, make_proxy, request
 
 
 def limited(**limits: float) -> object:

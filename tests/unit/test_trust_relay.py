@@ -12,7 +12,7 @@ from proxy.relay.types import Flow, Identity, Output
 from proxy.sip.message import Request, Response, parse_message
 from routes import RouteTable, StaticRoute
 from tests.unit.edge import BoundProxy
-from tests.unit.test_relay import forwarded, hops, replies
+from tests.unit.relay_harness import forwarded, hops, replies
 
 REALM = "sipfed.tomt.it"
 HOP_REALM = "cups.tomt.local"
