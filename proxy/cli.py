@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy import __version__, certs, ctl, logs
+from proxy import __version__, ctl, logs
+from proxy.admin import certs
 from proxy.config import ConfigError, load_config
 
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ctl":
         return ctl.run(args)
     if args.command == "doctor":
-        from proxy import doctor
+        from proxy.admin import doctor
 
         return doctor.run(args.config, args.json, live=args.live)
     try:

@@ -2,7 +2,7 @@
 
 The peers are tiny stdlib servers written here (nothing from sipfed runs on the peer side); each
 answers OPTIONS with 200 OK and requires a client certificate from a CA it is given, the way CUP's
-peer-auth listener and a Lync pool do. Their certificates are made with ``proxy.certs``, one flaw each.
+peer-auth listener and a Lync pool do. Their certificates are made with ``proxy.admin.certs``, one flaw each.
 ``sipfed doctor`` runs once over all routes as a real process (routes are probed concurrently).
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from proxy.certs import issue_leaf, make_lab_pki
+from proxy.admin.certs import issue_leaf, make_lab_pki
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

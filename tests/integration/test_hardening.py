@@ -169,7 +169,7 @@ def test_old_tls_refused_and_certificates_reread_on_reload(tmp_path: Path, certs
     import shutil
     import signal
 
-    from proxy.certs import issue_leaf
+    from proxy.admin.certs import issue_leaf
 
     pki = tmp_path / "pki"
     shutil.copytree(certs, pki)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.certs import issue_leaf
+from proxy.admin.certs import issue_leaf
 from tests.integration.conftest import Sipfed, free_port, lab_config
 from tests.integration.metrics_scrape import sample, scrape
 from tests.integration.processes import stop_process
@@ -166,7 +166,7 @@ def test_next_hop_refusing_our_certificate_after_tls13_handshake(
     """The tomt.local server (stunnel, OpenSSL) shows a certificate we trust but trusts another CA,
     so over TLS 1.3 it refuses ours only after our side of the handshake finished. The sender gets
     503 with the cause, not the 408 the transaction timeout would give (how soon is for ``make bench``)."""
-    from proxy.certs import make_lab_pki
+    from proxy.admin.certs import make_lab_pki
     from tests.integration.sipp import stunnel
 
     other = tmp_path / "other-pki"

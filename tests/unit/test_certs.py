@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from proxy.certs import (
+from proxy.admin.certs import (
     CertError,
     LabPki,
     LeafFiles,

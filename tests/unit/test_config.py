@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.certs import make_lab_pki
+from proxy.admin.certs import make_lab_pki
 from proxy.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]

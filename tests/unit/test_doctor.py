@@ -14,10 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.certs import LEAF_EKU, LabPki, issue_leaf, make_lab_pki
-from proxy.config import ListenerConfig, load_config
-from proxy.doctor import Finding, check_names, diagnose, run
-from proxy.doctor_live import (
+from proxy.admin.certs import LEAF_EKU, LabPki, issue_leaf, make_lab_pki
+from proxy.admin.doctor import Finding, check_names, diagnose, run
+from proxy.admin.live import (
     NotSip,
     answer_to,
     check_peer_chain,
@@ -28,6 +27,7 @@ from proxy.doctor_live import (
     read_final,
     refusal,
 )
+from proxy.config import ListenerConfig, load_config
 from proxy.sip.message import Request, parse_message
 from routes import StaticRoute
 

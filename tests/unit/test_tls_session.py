@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from proxy.certs import LabPki, make_lab_pki
+from proxy.admin.certs import LabPki, make_lab_pki
 from proxy.net.tls_session import TlsSession
 
 SERVER, CLIENT = "sip.a.example", "sip.b.example"

@@ -13,8 +13,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.admin.doctor import Finding
 from proxy.config import Config
-from proxy.doctor import Finding
 
 METRIC = "sipfed_destination_up"
 

@@ -13,7 +13,7 @@ too when it passes, so the report shows what was checked. They are the field not
   listener off 5062 (the Lync static route should point at the peer-auth listener);
 - ``ca.bundle``: the CA bundle parses and holds a CA.
 
-``Finding`` is the unit of every report, the live checks (``--live``, in ``proxy.doctor_live``) included.
+``Finding`` is the unit of every report, the live checks (``--live``, in ``proxy.admin.live``) included.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: date
         width: int | None = None) -> int:
     """`sipfed doctor`: print the findings; 0 without error findings, 1 with, 2 when the config fails to load.
 
-    With ``live``, each static route is also probed over the network (``proxy.doctor_live``), and the
-    running sipfed's view of every destination is read from its metrics (``proxy.doctor_state``).
+    With ``live``, each static route is also probed over the network (``proxy.admin.live``), and the
+    running sipfed's view of every destination is read from its metrics (``proxy.admin.state``).
     """
     try:
         config = load_config(config_path)
@@ -93,8 +93,8 @@ def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: date
     moment = now or datetime.now(UTC)
     findings = diagnose(config, moment)
     if live:
-        from proxy.doctor_live import diagnose_live  # they import this module's checks
-        from proxy.doctor_state import running_state
+        from proxy.admin.live import diagnose_live  # they import this module's checks
+        from proxy.admin.state import running_state
 
         findings = sorted(findings + diagnose_live(config, moment) + running_state(config),
                           key=lambda f: SEVERITY_ORDER[f.severity])

@@ -35,8 +35,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy import __version__
-from proxy.config import Config, TlsConfig
-from proxy.doctor import (
+from proxy.admin.doctor import (
     EXPIRY_WARNING,
     Finding,
     build_path,
@@ -47,6 +46,7 @@ from proxy.doctor import (
     self_issued,
     short_name,
 )
+from proxy.config import Config, TlsConfig
 from proxy.net.tls import client_context, describe_failure
 from proxy.sip.errors import SipError
 from proxy.sip.message import Response, parse_message

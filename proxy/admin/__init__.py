@@ -1,0 +1,1 @@
+"""The admin tools, apart from the running proxy: ``sipfed certs`` and ``sipfed doctor``."""
