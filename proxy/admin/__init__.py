@@ -1,1 +1,11 @@
-"""The admin tools, apart from the running proxy: ``sipfed certs`` and ``sipfed doctor``."""
+"""The admin tools, apart from the running proxy: ``sipfed certs`` and ``sipfed doctor``.
+
+- ``certs`` (the command and its files) over ``ca`` (what goes into each certificate);
+- ``doctor`` (the command and the offline checks) over ``live`` (probes of each route: ``live_certs``,
+  ``live_sip``, ``live_failures``) and ``state`` (the running sipfed's metrics);
+- ``findings``: the ``Finding`` every doctor report is made of;
+- ``x509``: reading certificates, once for both tools.
+
+They build TLS contexts only through ``proxy.net.tls``, as the proxy does. Nothing of the running proxy
+imports this package; ``proxy.cli`` alone does.
+"""

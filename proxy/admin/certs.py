@@ -19,39 +19,46 @@ import contextlib
 import ipaddress
 import os
 import re
-import secrets
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
-from typing import Literal, TypeAlias
+from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-KEY_TYPES = ("rsa", "ec")
+from proxy.admin.ca import (
+    BACKDATE,
+    KEY_TYPES,
+    Authority,
+    LeafSpec,
+    PrivateKey,
+    build_leaf,
+    key_pem,
+    make_intermediate,
+    make_root,
+    new_key,
+    pem,
+)
+from proxy.admin.x509 import (
+    EKU_BY_NAME,
+    issued_by,
+    key_matches,
+    load_certificate,
+    load_private_key,
+    subject_alt_names,
+    valid_at,
+)
+
 DEFAULT_IP_ADDRESSES = ("127.0.0.1",)
 DEFAULT_LEAF_DAYS = 825
-ROOT_DAYS = 3650
-INTERMEDIATE_DAYS = 3650
-# Lab hosts' clocks drift; a certificate valid from "now" is refused by a peer a minute behind.
-BACKDATE = timedelta(hours=1)
 # RFC 5280 Appendix A: ub-common-name INTEGER ::= 64
 MAX_COMMON_NAME = 64
 LEAF_EKU = ("serverAuth", "clientAuth")
-EKU_BY_NAME: Mapping[str, x509.ObjectIdentifier] = MappingProxyType(
-    {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
-)
 # RFC 1035 §2.3.1 label, with RFC 1123 §2.1's leading digit allowed.
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class CertError(Exception):
@@ -102,25 +109,6 @@ class LabPki:
     """Leaf files by common name (lower case)."""
     events: tuple[FileEvent, ...] = ()
     """Every file written or kept, in order."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Authority:
-    """A CA certificate with its private key."""
-
-    cert: x509.Certificate
-    key: PrivateKey
-
-
-@dataclass(frozen=True, slots=True)
-class _LeafSpec:
-    """Everything that goes into one leaf certificate."""
-
-    names: tuple[str, ...]
-    ip_addresses: tuple[str, ...]
-    eku: tuple[str, ...]
-    not_before: datetime
-    not_after: datetime
 
 
 def dns_name_problem(name: str) -> str | None:
@@ -213,132 +201,6 @@ def _utc(moment: datetime | None) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _new_key(key_type: str) -> PrivateKey:
-    """RSA-2048 (what CUCM/CUP and Lync/Skype admins are issued) or ECDSA P-256."""
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise CertError(f"--key-type {key_type!r}: must be one of {', '.join(KEY_TYPES)}")
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_encipherment: bool = False, ca: bool = False
-) -> x509.KeyUsage:
-    """RFC 5280 §4.2.1.3 keyUsage; CA certificates get keyCertSign and cRLSign."""
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    """RFC 5280 §4.2.1.1: the authority key identifier is the issuer's subject key identifier."""
-    try:
-        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-
-
-def _base_builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    key: PrivateKey,
-    not_before: datetime,
-    not_after: datetime,
-) -> x509.CertificateBuilder:
-    """Fields every certificate shares, with RFC 5280 §4.2.1.2 subject key identifier."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-
-
-def _ca_name(role: str) -> x509.Name:
-    """A CA subject with a random tag: two lab roots in one CA bundle must not share a name."""
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sipfed lab"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"sipfed lab {role} {secrets.token_hex(4)}"),
-        ]
-    )
-
-
-def _make_root(key_type: str, now: datetime) -> _Authority:
-    """Self-signed root: RFC 5280 §4.2.1.9 basicConstraints cA TRUE, critical."""
-    key = _new_key(key_type)
-    name = _ca_name("root CA")
-    cert = (
-        _base_builder(name, name, key, now - BACKDATE, now + timedelta(days=ROOT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return _Authority(cert, key)
-
-
-def _make_intermediate(root: _Authority, key_type: str, now: datetime) -> _Authority:
-    """Intermediate CA: cA TRUE, pathLenConstraint 0: it issues leaves only (RFC 5280 §4.2.1.9)."""
-    key = _new_key(key_type)
-    not_after = min(now + timedelta(days=INTERMEDIATE_DAYS), root.cert.not_valid_after_utc)
-    subject = _ca_name("intermediate CA")
-    cert = (
-        _base_builder(subject, root.cert.subject, key, now - BACKDATE, not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(digital_signature=True, ca=True), critical=True)
-        .add_extension(_aki(root.cert), critical=False)
-        .sign(root.key, hashes.SHA256())
-    )
-    return _Authority(cert, key)
-
-
-def _build_leaf(spec: _LeafSpec, key: PrivateKey, issuer: _Authority) -> x509.Certificate:
-    """End-entity certificate: CN = first name, every name a dNSName, every address an iPAddress.
-
-    keyEncipherment only for RSA: TLS 1.2 RSA key transport needs it, and RFC 8813 forbids it
-    for EC keys.
-    """
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in spec.names]
-    sans += [x509.IPAddress(ipaddress.ip_address(address)) for address in spec.ip_addresses]
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.names[0])])
-    is_rsa = isinstance(key, rsa.RSAPrivateKey)
-    builder = (
-        _base_builder(subject, issuer.cert.subject, key, spec.not_before, spec.not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True, key_encipherment=is_rsa), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(_aki(issuer.cert), critical=False)
-    )
-    if spec.eku:  # RFC 5280 §4.2.1.12: an empty EKU is not encodable; absent means any purpose
-        usages = [EKU_BY_NAME[name] for name in spec.eku]
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    return builder.sign(issuer.key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write to a temporary file in the same directory, then rename: no half-written key or cert."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -362,24 +224,24 @@ def _leaf_files(out_dir: Path, stem: str) -> LeafFiles:
 
 
 def _write_leaf(
-    files: LeafFiles, spec: _LeafSpec, key_type: str, issuer: _Authority
+    files: LeafFiles, spec: LeafSpec, key_type: str, issuer: Authority
 ) -> list[FileEvent]:
     """New key and leaf; key (0600) first, then the leaf, then the chain: leaf + intermediate."""
-    key = _new_key(key_type)
-    cert = _build_leaf(spec, key, issuer)
-    _write_atomic(files.key, _key_pem(key), 0o600)
-    _write_atomic(files.cert, _pem(cert), 0o644)
-    _write_atomic(files.chain, _pem(cert) + _pem(issuer.cert), 0o644)
+    key = new_key(key_type)
+    cert = build_leaf(spec, key, issuer)
+    _write_atomic(files.key, key_pem(key), 0o600)
+    _write_atomic(files.cert, pem(cert), 0o644)
+    _write_atomic(files.chain, pem(cert) + pem(issuer.cert), 0o644)
     return [FileEvent("wrote", path) for path in (files.key, files.cert, files.chain)]
 
 
-def _write_authority(cert_path: Path, key_path: Path, authority: _Authority) -> list[FileEvent]:
-    _write_atomic(key_path, _key_pem(authority.key), 0o600)
-    _write_atomic(cert_path, _pem(authority.cert), 0o644)
+def _write_authority(cert_path: Path, key_path: Path, authority: Authority) -> list[FileEvent]:
+    _write_atomic(key_path, key_pem(authority.key), 0o600)
+    _write_atomic(cert_path, pem(authority.cert), 0o644)
     return [FileEvent("wrote", key_path), FileEvent("wrote", cert_path)]
 
 
-def _load_authority(cert_path: Path, key_path: Path, now: datetime) -> _Authority | None:
+def _load_authority(cert_path: Path, key_path: Path, now: datetime) -> Authority | None:
     """The CA in `cert_path`/`key_path`, None when neither exists; it must be valid at `now`."""
     exists = cert_path.exists(), key_path.exists()
     if not any(exists):
@@ -391,49 +253,37 @@ def _load_authority(cert_path: Path, key_path: Path, now: datetime) -> _Authorit
             "or remove both to create a new CA (and reissue every leaf)"
         )
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = load_certificate(cert_path)
+        key = load_private_key(key_path)
     except (ValueError, TypeError) as exc:
         raise CertError(f"{cert_path} / {key_path}: cannot load: {exc}") from exc
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if not isinstance(key, PrivateKey) or (
-        key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki)
-    ):
+    if not isinstance(key, PrivateKey) or not key_matches(key, cert):
         raise CertError(f"{key_path} is not the private key of {cert_path}")
-    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+    if not valid_at(cert, now):
         raise CertError(
             f"{cert_path} is not valid now ({cert.not_valid_before_utc:%Y-%m-%d} to "
             f"{cert.not_valid_after_utc:%Y-%m-%d}): remove it and {key_path.name} for a new CA"
         )
-    return _Authority(cert, key)
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when `issuer`'s key signed `cert` (RFC 5280 §6.1.3 (a)(1), one step)."""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+    return Authority(cert, key)
 
 
 def _ensure_authorities(
     out_dir: Path, key_type: str, now: datetime, events: list[FileEvent]
-) -> _Authority:
+) -> Authority:
     """Reuse the root and intermediate in `out_dir`, creating whichever is absent."""
     ca_paths = out_dir / "ca.crt", out_dir / "ca.key"
     int_paths = out_dir / "intermediate.crt", out_dir / "intermediate.key"
     root = _load_authority(*ca_paths, now)
     if root is None:
-        root = _make_root(key_type, now)
+        root = make_root(key_type, now)
         events += _write_authority(*ca_paths, root)
     else:
         events += [FileEvent("kept", path) for path in ca_paths]
     intermediate = _load_authority(*int_paths, now)
     if intermediate is None:
-        intermediate = _make_intermediate(root, key_type, now)
+        intermediate = make_intermediate(root, key_type, now)
         events += _write_authority(*int_paths, intermediate)
-    elif _issued_by(intermediate.cert, root.cert):
+    elif issued_by(intermediate.cert, root.cert):
         events += [FileEvent("kept", path) for path in int_paths]
     else:
         raise CertError(
@@ -448,24 +298,15 @@ def _existing_leaf(files: LeafFiles, issuer: x509.Certificate) -> x509.Certifica
     if not all(path.exists() for path in (files.key, files.cert, files.chain)):
         return None
     try:
-        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        cert = load_certificate(files.cert)
     except ValueError:
         return None
-    return cert if _issued_by(cert, issuer) else None
+    return cert if issued_by(cert, issuer) else None
 
 
-def _subject_alt_names(cert: x509.Certificate) -> set[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    addresses = san.get_values_for_type(x509.IPAddress)
-    return {*san.get_values_for_type(x509.DNSName), *(str(address) for address in addresses)}
-
-
-def _kept_events(files: LeafFiles, cert: x509.Certificate, spec: _LeafSpec) -> list[FileEvent]:
+def _kept_events(files: LeafFiles, cert: x509.Certificate, spec: LeafSpec) -> list[FileEvent]:
     wanted = {*spec.names, *(str(ipaddress.ip_address(a)) for a in spec.ip_addresses)}
-    note = "" if _subject_alt_names(cert) == wanted else "names differ; --force to reissue"
+    note = "" if subject_alt_names(cert) == wanted else "names differ; --force to reissue"
     return [FileEvent("kept", path, note) for path in (files.key, files.cert, files.chain)]
 
 
@@ -498,7 +339,7 @@ def issue_leaf(
     if intermediate is None:
         raise CertError(f"{out_dir}: no intermediate CA; create the lab PKI first")
     end = min(moment + timedelta(days=days), intermediate.cert.not_valid_after_utc)
-    spec = _LeafSpec(
+    spec = LeafSpec(
         _normalize(names),
         tuple(ip_addresses),
         tuple(eku),
@@ -541,7 +382,7 @@ def make_lab_pki(
     leaves: dict[str, LeafFiles] = {}
     end = min(moment + timedelta(days=days), intermediate.cert.not_valid_after_utc)
     for group in names:
-        spec = _LeafSpec(_normalize(group), tuple(ip_addresses), LEAF_EKU, moment - BACKDATE, end)
+        spec = LeafSpec(_normalize(group), tuple(ip_addresses), LEAF_EKU, moment - BACKDATE, end)
         files = leaves[spec.names[0]] = _leaf_files(out_dir, spec.names[0])
         existing = None if force else _existing_leaf(files, intermediate.cert)
         if existing is None:

@@ -13,57 +13,47 @@ too when it passes, so the report shows what was checked. They are the field not
   listener off 5062 (the Lync static route should point at the peer-auth listener);
 - ``ca.bundle``: the CA bundle parses and holds a CA.
 
-``Finding`` is the unit of every report, the live checks (``--live``, in ``proxy.admin.live``) included.
+``Finding`` (``proxy.admin.findings``) is the unit of every report, the live probes (``--live``,
+``proxy.admin.live``) and the running sipfed's state (``proxy.admin.state``) included.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
-import json
-import shutil
 import sys
-import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import zip_longest
 from pathlib import Path
-from typing import Literal, TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from proxy.admin.findings import Finding, by_severity, render_json, render_table
+from proxy.admin.live import diagnose_live
+from proxy.admin.state import running_state
+from proxy.admin.x509 import (
+    as_ip_address,
+    build_path,
+    certificate_names,
+    is_ca,
+    key_purposes,
+    load_certificates,
+    load_private_key,
+    name_matches,
+    self_issued,
+    short_name,
+    spki,
+    validity,
+)
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from routes import StaticRoute
 
-Severity = Literal["error", "warning", "ok"]
-SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "ok": 2}
-EXPIRY_WARNING = timedelta(days=30)
 # The field notes: Lync's static route points at CUP's "Peer Authentication listener", port 5062.
 PEER_AUTH_PORT = 5062
 WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 NO_ISSUER = "unable to get local issuer certificate"
-_E = TypeVar("_E", bound=x509.ExtensionType)
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One result of one check: what was looked at, what is wrong (or fine), and what to do."""
-
-    severity: Severity
-    """``error`` (federation will fail), ``warning`` (will fail later or may fail), ``ok`` (checked, fine)."""
-    check: str
-    """Short id of the check, e.g. ``cert.eku``; stable for scripts reading ``--json``."""
-    subject: str
-    """What the finding is about: a file, ``listener lync``, ``route cisco``."""
-    cause: str
-    """What is wrong, in plain words (for ``ok``: what was verified)."""
-    fix: str = ""
-    """What the admin should do; empty for ``ok``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,19 +83,14 @@ def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: date
     moment = now or datetime.now(UTC)
     findings = diagnose(config, moment)
     if live:
-        from proxy.admin.live import diagnose_live  # they import this module's checks
-        from proxy.admin.state import running_state
-
-        findings = sorted(findings + diagnose_live(config, moment) + running_state(config),
-                          key=lambda f: SEVERITY_ORDER[f.severity])
+        findings = by_severity(findings + diagnose_live(config, moment) + running_state(config))
     print(render_json(findings) if as_json else render_table(findings, width=width))
     return 1 if any(f.severity == "error" for f in findings) else 0
 
 
 def diagnose(config: Config, now: datetime) -> list[Finding]:
     """Every offline check on a loaded config, errors first, then warnings, then ok."""
-    findings = _tls_findings(config, now) + check_routes(config) + check_lync_port(config)
-    return sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
+    return by_severity(_tls_findings(config, now) + check_routes(config) + check_lync_port(config))
 
 
 def _tls_findings(config: Config, now: datetime) -> list[Finding]:
@@ -146,7 +131,7 @@ def _labeler(config: Config) -> Callable[[Path], str]:
 
 def _load_certs(path: Path, key: str, label: Callable[[Path], str], out: list[Finding]) -> tuple[x509.Certificate, ...]:
     try:
-        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+        return load_certificates(path)
     except OSError as exc:
         out.append(Finding("error", "cert.load", label(path), f"{key}: cannot read: {exc.strerror or exc}",
                            "make the file readable by the user sipfed runs as"))
@@ -160,7 +145,7 @@ def _load_certs(path: Path, key: str, label: Callable[[Path], str], out: list[Fi
 def _load_key(path: Path, label: Callable[[Path], str], out: list[Finding]) -> PrivateKeyTypes | None:
     subject = label(path)
     try:
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return load_private_key(path)
     except OSError as exc:
         out.append(Finding("error", "cert.key", subject, f"tls.key: cannot read: {exc.strerror or exc}",
                            "make the key readable by the user sipfed runs as (and by no one else)"))
@@ -176,8 +161,8 @@ def _load_key(path: Path, label: Callable[[Path], str], out: list[Finding]) -> P
 
 def check_eku(cert: x509.Certificate, subject: str) -> list[Finding]:
     """RFC 5280 §4.2.1.12: a federation peer is TLS server and client, so it needs both purposes."""
-    eku = extension(cert, x509.ExtendedKeyUsage)
-    if eku is None or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
+    eku = key_purposes(cert)
+    if eku is None:
         return [Finding("ok", "cert.eku", subject,
                         "no Extended Key Usage restriction: any purpose, serverAuth and clientAuth included")]
     findings = []
@@ -224,28 +209,6 @@ def _append_fix(last: x509.Certificate) -> str:
             "e.g. 'cat ours.crt intermediate.crt > chain.pem'")
 
 
-def build_path(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certificate],
-               ) -> tuple[list[x509.Certificate], x509.Certificate | None]:
-    """Our certificate, then chain-file certificates each issuing the one before (by issuer name and
-    signature), until a self-signed CA in the bundle issues the last; returns the path and that anchor.
-
-    The chain file's intermediates are preferred over the bundle's, so a chain that is complete is seen
-    as complete even when the bundle also holds the intermediate. Without a root, the anchor is the
-    bundle certificate that issued the last one, or None.
-    """
-    path, spare = [chain[0]], list(chain[1:])
-    while True:
-        current = path[-1]
-        anchor = next((ca for ca in bundle if issued_by(current, ca)), None)
-        if anchor is not None and self_issued(anchor):
-            return path, anchor
-        following = next((cert for cert in spare if issued_by(current, cert)), None)
-        if following is None:
-            return path, anchor
-        spare.remove(following)
-        path.append(following)
-
-
 def check_validity(chain: Sequence[x509.Certificate], subject: str, now: datetime) -> list[Finding]:
     """Each certificate of the chain file: valid now, and not expiring within 30 days."""
     return [_validity(cert, f"{subject} #{i} ({short_name(cert.subject)})", now) for i, cert in enumerate(chain, 1)]
@@ -253,16 +216,17 @@ def check_validity(chain: Sequence[x509.Certificate], subject: str, now: datetim
 
 def _validity(cert: x509.Certificate, subject: str, now: datetime) -> Finding:
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if now < start:
+    state = validity(cert, now)
+    if state == "not_yet_valid":
         return Finding("error", "cert.validity", subject,
                        f"not valid before {start:%Y-%m-%d %H:%M} UTC: peers refuse it (certificate is not yet valid)",
                        "check this host's clock (and the CA's); or wait, or reissue with an earlier start")
-    if now >= end:
+    if state == "expired":
         return Finding("error", "cert.validity", subject,
                        f"expired on {end:%Y-%m-%d %H:%M} UTC: peers refuse it (TLS alert 45 certificate_expired)",
                        "renew the certificate and replace the file, then restart sipfed")
     days = round((end - now) / timedelta(days=1))
-    if end - now <= EXPIRY_WARNING:
+    if state == "expiring":
         return Finding("warning", "cert.validity", subject,
                        f"expires on {end:%Y-%m-%d} ({days} days left); after that, peers refuse it",
                        "renew it now, and replace the file before it expires")
@@ -272,10 +236,10 @@ def _validity(cert: x509.Certificate, subject: str, now: datetime) -> Finding:
 def check_key(chain: Sequence[x509.Certificate], key: PrivateKeyTypes, subject: str, key_subject: str,
               ) -> list[Finding]:
     """The private key's public half must be the certificate's (sipfed cannot start otherwise)."""
-    mine = _spki(key.public_key())
-    if _spki(chain[0].public_key()) == mine:
+    mine = spki(key.public_key())
+    if spki(chain[0].public_key()) == mine:
         return [Finding("ok", "cert.key", key_subject, f"the key matches the certificate in {subject}")]
-    where = next((i for i, cert in enumerate(chain, 1) if _spki(cert.public_key()) == mine), None)
+    where = next((i for i, cert in enumerate(chain, 1) if spki(cert.public_key()) == mine), None)
     if where is not None:
         return [Finding("error", "cert.key", key_subject,
                         f"the key belongs to certificate #{where} of {subject}, not to the first one",
@@ -313,25 +277,6 @@ def _listener_names(listener: ListenerConfig) -> list[tuple[str, str]]:
             (listener.federation_fqdn, "federation_fqdn (Record-Route maddr)")]
 
 
-def certificate_names(cert: x509.Certificate) -> set[str]:
-    """RFC 6125 §6.4.4: the dNSName and iPAddress subjectAltNames; the CN only when there is no SAN."""
-    san = extension(cert, x509.SubjectAlternativeName)
-    if san is None:
-        return {str(attr.value).lower() for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
-    addresses = (str(address) for address in san.get_values_for_type(x509.IPAddress))
-    return {*(name.lower() for name in san.get_values_for_type(x509.DNSName)), *addresses}
-
-
-def name_matches(name: str, names: set[str]) -> bool:
-    """Exact, or RFC 6125 §6.4.3 wildcard in the leftmost label only (``*.tomt.it`` names ``a.tomt.it``)."""
-    ip = _ip(name)
-    if ip is not None:
-        return str(ip) in names
-    name = name.lower().rstrip(".")
-    _, _, rest = name.partition(".")
-    return name in names or (bool(rest) and f"*.{rest}" in names)
-
-
 def check_routes(config: Config) -> list[Finding]:
     """A route whose next hop is one of our own listeners sends every request back into sipfed."""
     own = {config.fqdn, config.federation_fqdn}
@@ -359,7 +304,7 @@ def _is_own(route: StaticRoute, listener: ListenerConfig, own_names: set[str]) -
         return False
     if route.destination in own_names:
         return True
-    dest, bound = _ip(route.destination), _ip(listener.address)
+    dest, bound = as_ip_address(route.destination), as_ip_address(listener.address)
     if dest is None or bound is None:
         return False
     if dest == bound:
@@ -404,7 +349,7 @@ def _lync_facing(listener: ListenerConfig, routes: Iterable[StaticRoute]) -> boo
 
 def check_bundle(bundle: Sequence[x509.Certificate], subject: str) -> list[Finding]:
     """The bundle must hold a CA (basicConstraints cA TRUE, RFC 5280 §4.2.1.9) to verify peers with."""
-    cas = [cert for cert in bundle if _is_ca(cert)]
+    cas = [cert for cert in bundle if is_ca(cert)]
     if not cas:
         return [Finding("error", "ca.bundle", subject,
                         f"holds {len(bundle)} certificate(s) but no CA (basicConstraints CA:TRUE): "
@@ -413,76 +358,3 @@ def check_bundle(bundle: Sequence[x509.Certificate], subject: str) -> list[Findi
                         "certificates, not at a leaf")]
     names = ", ".join(short_name(cert.subject) for cert in cas)
     return [Finding("ok", "ca.bundle", subject, f"{len(cas)} CA certificate(s): {names}")]
-
-
-def render_json(findings: Iterable[Finding]) -> str:
-    """A JSON list of objects with the Finding fields, for scripts."""
-    return json.dumps([dataclasses.asdict(f) for f in findings], indent=2)
-
-
-def render_table(findings: Sequence[Finding], *, width: int | None = None) -> str:
-    """An aligned table (severity, check, subject, cause, fix); long cells wrap inside their column."""
-    width = width or shutil.get_terminal_size((120, 24)).columns
-    header = ("SEVERITY", "CHECK", "SUBJECT", "CAUSE", "FIX")
-    rows = [header, *((f.severity, f.check, f.subject, f.cause, f.fix or "-") for f in findings)]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    widths[2] = min(widths[2], 28)
-    free = max(width - sum(widths) - 2 * 4, 48)  # 4 gaps of 2 spaces
-    fix_width = min(free * 2 // 5, max(len(row[4]) for row in rows))
-    widths += [free - fix_width, fix_width]
-    cells = [[_wrap(text, w) for text, w in zip(row, widths, strict=True)] for row in rows]
-    spaced = any(len(lines) > 1 for row in cells for lines in row)  # blank lines only help wrapped rows
-    out: list[str] = []
-    for row in cells:
-        for parts in zip_longest(*row, fillvalue=""):
-            out.append("  ".join(p.ljust(w) for p, w in zip(parts, widths, strict=True)).rstrip())
-        if spaced:
-            out.append("")
-    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITY_ORDER}
-    out.append(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['ok']} ok")
-    return "\n".join(out)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
-
-
-def extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    constraints = extension(cert, x509.BasicConstraints)
-    return constraints is not None and constraints.ca
-
-
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """RFC 5280 §6.1.3 (a)(1) and (a)(4), one step: issuer name and signature."""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def self_issued(cert: x509.Certificate) -> bool:
-    return issued_by(cert, cert)
-
-
-def short_name(name: x509.Name) -> str:
-    common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(common[0].value) if common else name.rfc4514_string()
-
-
-def _spki(public_key: PublicKeyTypes) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None

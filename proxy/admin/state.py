@@ -13,7 +13,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.admin.doctor import Finding
+from proxy.admin.findings import Finding
 from proxy.config import Config
 
 METRIC = "sipfed_destination_up"

@@ -12,6 +12,7 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def _base_context(purpose: ssl.Purpose, tls: TlsConfig) -> ssl.SSLContext:
+    """Every setting [tls] makes, for either side; the one place a context is built (sipfed doctor too)."""
     context = ssl.create_default_context(purpose, cafile=str(tls.ca_bundle))
     context.minimum_version = _VERSIONS[tls.min_version]
     context.options |= ssl.OP_NO_RENEGOTIATION
@@ -37,6 +38,15 @@ def client_context(tls: TlsConfig) -> ssl.SSLContext:
     context = _base_context(ssl.Purpose.SERVER_AUTH, tls)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def inspection_context(tls: TlsConfig) -> ssl.SSLContext:
+    """``client_context`` with verification off: ``sipfed doctor --live`` reads the chain a peer sends even
+    when sipfed would refuse it, with every other setting (versions, ciphers, our chain) as the proxy has it."""
+    context = _base_context(ssl.Purpose.SERVER_AUTH, tls)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     return context
 
 

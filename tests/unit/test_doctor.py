@@ -15,18 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.admin.certs import LEAF_EKU, LabPki, issue_leaf, make_lab_pki
-from proxy.admin.doctor import Finding, check_names, diagnose, run
-from proxy.admin.live import (
-    NotSip,
-    answer_to,
-    check_peer_chain,
-    check_peer_eku,
-    check_peer_name,
-    check_peer_validity,
-    options_request,
-    read_final,
-    refusal,
-)
+from proxy.admin.doctor import check_names, diagnose, run
+from proxy.admin.findings import Finding
+from proxy.admin.live_certs import check_peer_chain, check_peer_eku, check_peer_name, check_peer_validity
+from proxy.admin.live_failures import refusal
+from proxy.admin.live_sip import NotSip, answer_to, options_request, read_final
 from proxy.config import ListenerConfig, load_config
 from proxy.sip.message import Request, parse_message
 from routes import StaticRoute
