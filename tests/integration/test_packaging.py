@@ -60,8 +60,11 @@ def test_the_wheel_installs_beside_pypis_routes(tmp_path: Path, certs: Path) -> 
     config = lab_config(tmp_path / "lab.toml", certs, cups_port=5062, lync_port=5061)
     out = run(sipfed, "check-config", "--config", config, cwd=tmp_path)
     assert f"{config}: OK" in out, out
-    theirs = run(python, "-c", "import routes, sipfed.routes; print(routes.__file__); print(sipfed.routes.__file__)")
-    pypi, ours = theirs.split()
-    assert "sipfed" not in pypi  # PyPI's routes is untouched
-    assert ours.endswith("sipfed/routes/__init__.py")
-    assert run(python, "-m", "sipfed", "--version").startswith("sipfed ")
+    # From tmp_path: `python -c` puts its working directory first on sys.path, and the checkout holds a routes/.
+    theirs = run(python, "-c", "import routes, sipfed.routes; print(routes.__file__); print(sipfed.routes.__file__)",
+                 cwd=tmp_path)
+    pypi, ours = (Path(line) for line in theirs.split())
+    site = next((env / "lib").glob("python3*/site-packages"))
+    assert pypi.parent.parent == site, pypi  # PyPI's routes, from the venv, untouched
+    assert ours == site / "sipfed" / "routes" / "__init__.py", ours
+    assert run(python, "-m", "sipfed", "--version", cwd=tmp_path).startswith("sipfed ")

@@ -32,15 +32,11 @@ LAYERS: dict[str, frozenset[str]] = {
                                "proxy.logs", "proxy.hep"}),
     "proxy.ctl": frozenset({"proxy.config", "proxy.net"}),              # the control socket's client
     "proxy.cli": frozenset({"proxy", "proxy.config", "proxy.server", "proxy.ctl", "proxy.logs", "proxy.net",
-                            "routes", "acl", "proxy.certs", "proxy.doctor"}),
+                            "routes", "acl", "proxy.admin"}),
     "proxy.__main__": frozenset({"proxy.cli"}),
-    # The admin tools: they read the config and probe with the proxy's own TLS code; nothing runs them but cli.
-    "proxy.certs": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "routes", "acl"}),
-    "proxy.doctor": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "routes", "acl", "proxy.certs",
-                               "proxy.doctor_live", "proxy.doctor_state"}),
-    "proxy.doctor_live": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "routes", "acl",
-                                    "proxy.doctor"}),
-    "proxy.doctor_state": frozenset({"proxy.config", "proxy.doctor"}),
+    # The admin tools (certs, doctor): they read the config and probe with the proxy's own TLS and SIP code;
+    # nothing runs them but cli, and nothing of the running proxy imports them.
+    "proxy.admin": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "routes", "acl"}),
     "proxy": frozenset(),                                               # proxy/__init__.py: the version
 }
 #: Edges allowed for type hints only: the control socket drives ``Server.reload`` through duck typing.
