@@ -9,7 +9,7 @@ from pathlib import Path
 
 from proxy import __version__, ctl, logs
 from proxy.admin import certs
-from proxy.config import ConfigError, load_config
+from proxy.config import ConfigError, LimitsConfig, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,15 +88,15 @@ def describe(config: object) -> str:
     return "\n".join(lines)
 
 
-def describe_connection_limits(limits: dict[str, float]) -> str:
+def describe_connection_limits(limits: LimitsConfig) -> str:
     """What [limits] allows inbound connections before they prove who they are (issue 14)."""
-    per_source = int(limits["max_connections_per_source"])
-    rate = limits["handshakes_per_source_per_second"]
-    parts = [f"at most {int(limits['max_connections'])} inbound (fewer if the open-files limit is lower)",
+    per_source = limits.max_connections_per_source
+    rate = limits.handshakes_per_source_per_second
+    parts = [f"at most {limits.max_connections} inbound (fewer if the open-files limit is lower)",
              f"{per_source} unproven per source address" if per_source else "no per-source cap",
              f"{rate:g} TLS handshakes per source per second" if rate else "no handshake rate limit"]
     return (f"connections: {', '.join(parts)}; one bound to no peer is closed after "
-            f"{limits['unauthenticated_idle_seconds']:g} s without a valid SIP message")
+            f"{limits.unauthenticated_idle_seconds:g} s without a valid SIP message")
 
 
 def describe_trust(config: object) -> list[str]:

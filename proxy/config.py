@@ -6,6 +6,7 @@ A bad file never half-starts the proxy: ``load_config`` either returns a whole
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import tomllib
@@ -31,27 +32,57 @@ UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
 TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits",
             "dns", "control", "hep"}
-#: [limits] keys: (default, lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off.
-LIMIT_KEYS: dict[str, tuple[float, float, float]] = {
-    "max_headers": (256, 16, 4096),
-    "max_header_line_bytes": (8192, 256, 65536),
-    "incomplete_message_timeout_seconds": (10.0, 0.5, 600.0),
-    "tls_handshake_timeout_seconds": (10.0, 0.5, 600.0),
-    "max_in_flight_transactions": (10000, 1, 1_000_000),
-    "per_source_requests_per_second": (0.0, 0.0, 1_000_000.0),
-    "per_peer_requests_per_second": (0.0, 0.0, 1_000_000.0),
-    "burst_seconds": (2.0, 0.1, 60.0),
-    "retry_after_seconds": (5, 1, 3600),
+#: [limits] keys: (lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off. The defaults
+#: and which keys are whole numbers (an ``int`` field) are LimitsConfig's.
+LIMIT_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_headers": (16, 4096),
+    "max_header_line_bytes": (256, 65536),
+    "incomplete_message_timeout_seconds": (0.5, 600.0),
+    "tls_handshake_timeout_seconds": (0.5, 600.0),
+    "max_in_flight_transactions": (1, 1_000_000),
+    "per_source_requests_per_second": (0.0, 1_000_000.0),
+    "per_peer_requests_per_second": (0.0, 1_000_000.0),
+    "burst_seconds": (0.1, 60.0),
+    "retry_after_seconds": (1, 3600),
     # Inbound TCP/TLS connections (issue 14, "Bounded connections"); proxy.net.connection.ConnectionGate.
-    "max_connections": (4096, 1, 1_000_000),
-    "max_connections_per_source": (64, 0, 1_000_000),
-    "handshakes_per_source_per_second": (20.0, 0.0, 1_000_000.0),
-    "unauthenticated_idle_seconds": (60.0, 1.0, 86400.0),
+    "max_connections": (1, 1_000_000),
+    "max_connections_per_source": (0, 1_000_000),
+    "handshakes_per_source_per_second": (0.0, 1_000_000.0),
+    "unauthenticated_idle_seconds": (1.0, 86400.0),
 }
-#: [limits] keys that count something: whole numbers only.
-WHOLE_LIMITS = frozenset({"max_headers", "max_header_line_bytes", "max_in_flight_transactions", "retry_after_seconds",
-                          "max_connections", "max_connections_per_source"})
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``[limits]``, typed: counts as ints, the rest as floats; LIMIT_BOUNDS says what each may be."""
+
+    max_headers: int = 256
+    """Header fields per message (400 beyond)."""
+    max_header_line_bytes: int = 8192
+    """One header field line (400 beyond)."""
+    incomplete_message_timeout_seconds: float = 10.0
+    """A stream that holds an incomplete message this long is closed (a slow sender)."""
+    tls_handshake_timeout_seconds: float = 10.0
+    """A TLS handshake that takes longer is closed."""
+    max_in_flight_transactions: int = 10_000
+    """Server transactions waiting for their final response (503 beyond)."""
+    per_source_requests_per_second: float = 0.0
+    """New requests per source not bound to a trusted peer (503 beyond; 0: off)."""
+    per_peer_requests_per_second: float = 0.0
+    """New requests per trusted peer, all its connections together (503 beyond; 0: off)."""
+    burst_seconds: float = 2.0
+    """A token bucket holds this many seconds' worth of requests or handshakes."""
+    retry_after_seconds: int = 5
+    """The Retry-After of sipfed's own 503s."""
+    max_connections: int = 4096
+    """Inbound TCP/TLS connections (closed at once beyond; lowered to fit the open-files limit)."""
+    max_connections_per_source: int = 64
+    """Unproven inbound connections per source address (0: no cap)."""
+    handshakes_per_source_per_second: float = 20.0
+    """TLS handshakes per source address that proved nothing (0: off)."""
+    unauthenticated_idle_seconds: float = 60.0
+    """An inbound connection bound to no trusted peer closes after this long without a valid SIP message."""
 HEP_KEYS = {"address", "capture_id", "password"}
 CONTROL_KEYS = {"socket", "mode"}
 #: sockaddr_un.sun_path holds 108 bytes on Linux, the terminating NUL included.
@@ -188,8 +219,8 @@ class Config:
     """``[dns] port``."""
     dns_timeout_seconds: float = 2.0
     """``[dns] timeout_seconds``: one lookup (all its retries) may take this long."""
-    limits: dict[str, float] = field(default_factory=lambda: {k: v[0] for k, v in LIMIT_KEYS.items()})
-    """``[limits]``: sizes, slow-sender timeouts, rate limits, the in-flight cap (see LIMIT_KEYS)."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """``[limits]``: sizes, slow-sender timeouts, rate limits, the in-flight cap, connection bounds."""
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9561)
     """Where Prometheus scrapes ``/metrics`` (``[metrics] listen``); None: off."""
     control: ControlConfig | None = None
@@ -252,26 +283,29 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
                   warnings=tuple(warnings))
 
 
-def _limits(raw: object, problems: list[str]) -> dict[str, float]:
+def _limits(raw: object, problems: list[str]) -> LimitsConfig:
     table = raw if isinstance(raw, Mapping) else {}
     if raw is not None and not isinstance(raw, Mapping):
         problems.append("limits: must be a table ([limits])")
-    _unknown(table, set(LIMIT_KEYS), "limits", problems)
-    out: dict[str, float] = {}
-    for key, (default, low, high) in LIMIT_KEYS.items():
-        value = table.get(key, default)
+    _unknown(table, set(LIMIT_BOUNDS), "limits", problems)
+    defaults = LimitsConfig()
+    given: dict[str, Any] = {}
+    for item in dataclasses.fields(LimitsConfig):
+        key, whole = item.name, item.type == "int"
+        if key not in table:
+            continue
+        value, (low, high) = table[key], LIMIT_BOUNDS[key]
         if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
             problems.append(f"limits.{key}: {value!r} must be a number from {low:g} to {high:g}")
-            value = default
-        elif key in WHOLE_LIMITS and value != int(value):
+        elif whole and value != int(value):
             problems.append(f"limits.{key}: {value!r} must be a whole number")
-            value = default
-        out[key] = value
-    per_source, total = out["max_connections_per_source"], out["max_connections"]
-    if per_source > total:
-        problems.append(f"limits.max_connections_per_source: {per_source:g} is above limits.max_connections "
-                        f"({total:g}); lower it (0: no per-source cap)")
-    return out
+        else:
+            given[key] = int(value) if whole else float(value)
+    limits = dataclasses.replace(defaults, **given)
+    if limits.max_connections_per_source > limits.max_connections:
+        problems.append(f"limits.max_connections_per_source: {limits.max_connections_per_source} is above "
+                        f"limits.max_connections ({limits.max_connections}); lower it (0: no per-source cap)")
+    return limits
 
 
 def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:

@@ -132,9 +132,9 @@ class Server:
         lim = config.limits
         settings = RelaySettings(
             config.transaction_timeout_seconds, config.invite_timeout_seconds,
-            Limits(int(lim["max_in_flight_transactions"]), lim["per_source_requests_per_second"],
-                   lim["per_peer_requests_per_second"], lim["burst_seconds"], int(lim["retry_after_seconds"])),
-            int(lim["max_headers"]), int(lim["max_header_line_bytes"]))
+            Limits(lim.max_in_flight_transactions, lim.per_source_requests_per_second,
+                   lim.per_peer_requests_per_second, lim.burst_seconds, lim.retry_after_seconds),
+            lim.max_headers, lim.max_header_line_bytes)
         proxy = self.driver.proxy
         if not proxy.policy.identities:  # first time: a fresh core
             self.driver.proxy = Proxy(policy, settings, config.trust, self.metrics)
@@ -153,8 +153,8 @@ class Server:
         self.driver.liveness.configure(list(config.routes), config.keepalive_seconds,
                                        config.keepalive_timeout_seconds)
         self.driver.connect_timeout = config.connect_timeout_seconds
-        self.driver.handshake_timeout = config.limits["tls_handshake_timeout_seconds"]
-        self.driver.incomplete_timeout = config.limits["incomplete_message_timeout_seconds"]
+        self.driver.handshake_timeout = config.limits.tls_handshake_timeout_seconds
+        self.driver.incomplete_timeout = config.limits.incomplete_message_timeout_seconds
         self._configure_gate(config)
         self._configure_hep(config)
         if config.tls is not None:
@@ -184,16 +184,15 @@ class Server:
     def _configure_gate(self, config: Config) -> None:
         """[limits]' connection rules into the Driver's gate, the cap kept below the open-files limit."""
         lim = config.limits
-        wanted = int(lim["max_connections"])
+        wanted = lim.max_connections
         cap = connection_cap(wanted, self.open_files)
         if cap < wanted and self._cap_warned != (wanted, cap):
             log.warning("limits.max_connections %d lowered to %d: the open-files limit (RLIMIT_NOFILE) is %s and "
                         "inbound connections leave the rest to outbound ones; raise it (ulimit -n, systemd "
                         "LimitNOFILE=) for more", wanted, cap, self.open_files)
             self._cap_warned = (wanted, cap)
-        self.driver.gate.configure(cap, int(lim["max_connections_per_source"]),
-                                   lim["handshakes_per_source_per_second"], lim["burst_seconds"],
-                                   lim["unauthenticated_idle_seconds"])
+        self.driver.gate.configure(cap, lim.max_connections_per_source, lim.handshakes_per_source_per_second,
+                                   lim.burst_seconds, lim.unauthenticated_idle_seconds)
 
     def reload(self) -> Reloaded:
         """SIGHUP and ``sipfed ctl reload``: re-read the file; a bad one is refused and the running config

@@ -298,11 +298,9 @@ class StreamConnection(asyncio.Protocol):
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("0.0.0.0", 0)
         bound = self.driver.trust.bind(identity, peer[0])
-        conn_id = self.driver.register(self)
+        conn_id = self.driver.register(self, (self.transport_name, peer[0], peer[1]))
         self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, identity,
                          bound.name if bound else None)
-        self.driver.by_remote[(self.transport_name, peer[0], peer[1])] = self
-        self.keys.append((self.transport_name, peer[0], peer[1]))
         log.debug("connection %d %s %s:%d %s peer=%s", conn_id, "to" if self.outbound else "from", peer[0], peer[1],
                   identity.describe(), self.flow.peer)
         observer = self.driver.observer
@@ -314,12 +312,11 @@ class StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         driver = self.driver
-        driver.reading = True
+        driver.read_started()
         try:
             self._received(data)
         finally:
-            driver.reading = False
-            driver.flush()
+            driver.read_ended()
 
     def _received(self, data: bytes) -> None:
         assert self.transport is not None

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from proxy import __version__
 from proxy.config import Config, ControlConfig
 from proxy.net.trace import DEFAULT_FILES, DEFAULT_MAX_BYTES, Trace, TraceFilter
-from routes import Candidate, order
+from routes import Candidate
 
 if TYPE_CHECKING:
     from proxy.net.connection import StreamConnection
@@ -468,7 +468,7 @@ class ServerMethods:
                 known = []
             candidates = known or list(route.static_candidates)
             # Seeded: within one priority a request draws its own order by weight (RFC 2782); this shows one.
-            for position, candidate in enumerate(order(candidates, driver.health, now, random.Random(0)), 1):
+            for position, candidate in enumerate(driver.failover.ranked(candidates, now, random.Random(0)), 1):
                 entry["candidates"].append(_candidate(position, candidate, liveness.probers.get(name), driver, now))
             out.append(entry)
         return out
@@ -559,9 +559,9 @@ def _connection(conn: StreamConnection, idle: float) -> dict[str, Any]:
 def _candidate(position: int, candidate: Candidate, prober: Prober | None, driver: Driver,
                now: float) -> dict[str, Any]:
     probe = prober.state(candidate) if prober is not None else None
-    until = driver.health.down_until(candidate, now)
+    until = driver.failover.down_until(candidate, now)
     up = until is None and (probe is None or probe.up)
-    why = driver.health.reason(candidate) if until is not None else probe.last_result if probe is not None else ""
+    why = driver.failover.reason(candidate) if until is not None else probe.last_result if probe is not None else ""
     return {"position": position, "destination": str(candidate), "tls_name": candidate.tls_name or None,
             "priority": candidate.priority, "weight": candidate.weight, "source": candidate.source, "up": up,
             "health_checked": probe is not None, "why": why,

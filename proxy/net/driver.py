@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
@@ -25,13 +23,14 @@ from proxy.net.hep_export import HepExport
 from proxy.net.tls import classify, describe_failure
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
+from proxy.relay.failover import Failover, candidate_hop, candidate_of
 from proxy.relay.forwarding import reply_hop
 from proxy.relay.limits import WarnLimiter
 from proxy.relay.observe import Observer
 from proxy.relay.types import Flow, HopUnavailable, NextHop, ProbeAnswer, RegisterAlias, SendOnFlow, SendToHop
 from proxy.sip.grammar import is_ip_literal
 from proxy.sip.parser import FramingError
-from routes import Candidate, Health, StaticRoute, order
+from routes import Candidate, StaticRoute
 from routes.dns import ResolutionError
 from routes.resolver import Resolver
 
@@ -51,9 +50,7 @@ class Driver:
         self.observer = observer or Observer()
         self.routes: dict[str, StaticRoute] = {}
         """Static routes by name: pools and DNS routes fail over between their candidates."""
-        self.health = Health()
         self.resolver: Resolver | None = None
-        self.rng = random.Random()
         self.handshake_timeout = 10.0
         self.incomplete_timeout = 10.0
         self.server_contexts: dict[str, ssl.SSLContext] = {}
@@ -84,12 +81,36 @@ class Driver:
         self.reading = False
         """Inside a stream connection's read callback, which flushes what it queued when it returns."""
 
+    @property
+    def failover(self) -> Failover:
+        """The core's RFC 3263 §4.3 decisions (proxy/relay/failover.py): the edge connects, this decides."""
+        return self.proxy.failover
+
     # -- connection table -------------------------------------------------------------------
 
-    def register(self, conn: StreamConnection) -> int:
+    def register(self, conn: StreamConnection, remote: tuple[str, str, int]) -> int:
+        """A connection is up: its id, and its (transport, address, port) known for reuse (as Kamailio reuses
+        accepted connections); ``unregister`` forgets both."""
         conn_id = next(self._ids)
         self.connections[conn_id] = conn
+        self.by_remote[remote] = conn
+        conn.keys.append(remote)
         return conn_id
+
+    def read_started(self) -> None:
+        """A stream connection's read callback began: what it queues waits for ``read_ended``."""
+        self.reading = True
+
+    def read_ended(self) -> None:
+        """The read callback returns: write what it queued (``flush_soon``)."""
+        self.reading = False
+        self.flush()
+
+    def forget_answered(self, conn: StreamConnection) -> None:
+        """Drop the requests answered since the last look from ``conn``'s list of those sent on it (the list is
+        for a lost connection: what to fail over or answer 503)."""
+        if conn.sent:
+            conn.sent = self.proxy.unanswered(conn.sent)
 
     def unregister(self, conn: StreamConnection) -> None:
         if conn.flow is not None:
@@ -288,21 +309,22 @@ class Driver:
         return conn
 
     async def _connect_route(self, key: HopKey, hop: NextHop, route: StaticRoute) -> None:
-        """RFC 3263 §4.3: try the route's candidates in order (up ones first, RFC 2782 within a priority);
-        one that refuses, fails TLS or times out is marked down and the next is tried, in the same
-        transaction. The requests fail only when every candidate has."""
-        now = self.loop.time()
+        """RFC 3263 §4.3 as ``Failover`` plans it: try the route's candidates in turn; one that refuses, fails
+        TLS or times out is marked down and the next is tried, in the same transaction. The requests fail
+        only when every candidate has."""
+        failover = self.failover
+        found: list[Candidate] = []
+        dns_error = ""
         try:
-            found = (await self.resolver.candidates_for(route, now) if route.resolve and self.resolver
+            found = (await self.resolver.candidates_for(route, self.loop.time()) if route.resolve and self.resolver
                      else list(route.static_candidates))
         except ResolutionError as exc:
-            found, failures = [], [f"DNS: {exc}"]
+            dns_error = str(exc)
         else:
-            failures = []
             self.liveness.known[route.name] = found
-        for candidate in order(found, self.health, now, self.rng):
-            attempt = replace(hop, transport=candidate.transport, host=candidate.host, port=candidate.port,
-                              tls_name=candidate.tls_name if candidate.transport == "tls" else None)
+        walk = failover.plan(route, found, self.loop.time(), dns_error)
+        for candidate in walk.candidates:
+            attempt = candidate_hop(hop, candidate)
             open_conn = self.by_hop.get(_candidate_key(candidate))  # e.g. the health checks' connection
             if open_conn is not None and open_conn.transport is not None and not open_conn.transport.is_closing():
                 self._connected(key, open_conn, attempt)
@@ -310,25 +332,22 @@ class Driver:
             try:
                 conn = await self._open(attempt)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
-                reason = describe_failure(exc, attempt.tls_name)
-                self.health.mark_down(candidate, self.loop.time(), route.down_seconds, reason)
+                mark = failover.connect_failed(walk, candidate, describe_failure(exc, attempt.tls_name),
+                                               self.loop.time())
                 self.warnings.warn(log, f"candidate {candidate}", self.loop.time(),
                                    "route %s: candidate %s failed (%s); marked down for %g s", route.name,
-                                   candidate, reason, route.down_seconds)
+                                   candidate, mark.reason, mark.seconds)
                 self.observer.hop_failure(route.name, _failure_kind(exc))
-                failures.append(f"{candidate}: {reason}")
                 continue
-            if not self.liveness.is_down(route.name, candidate):
-                self.health.mark_up(candidate)
+            failover.connected(candidate, held_down=self.liveness.is_down(route.name, candidate))
             self._connected(key, conn, attempt)
             candidate_key = _candidate_key(candidate)
             if candidate_key != key and candidate_key not in self.by_hop:
                 self.by_hop[candidate_key] = conn
                 conn.keys.append(candidate_key)
             return
-        reason = "no candidate of route " + route.name + " answered: " + ("; ".join(failures) or "none resolved")
         for _, token in self.pending.pop(key, []):
-            self.proxy.hop_failed(token, reason, self.loop.time(), "other")
+            self.proxy.hop_failed(token, walk.reason, self.loop.time(), "other")
         self.pump()
 
     async def _connect(self, key: HopKey, hop: NextHop) -> None:
@@ -370,10 +389,9 @@ class Driver:
         if route is None or conn is None or conn.hop is None:
             return
         candidate = self._candidate_of(route, conn.hop)
-        seconds = float(out.retry_after) if out.retry_after else route.down_seconds
-        self.health.mark_down(candidate, self.loop.time(), seconds, f"503 {out.reason}")
-        log.warning("route %s: candidate %s answered 503 %s; marked down for %g s", route.name, candidate,
-                    out.reason, seconds)
+        mark = self.failover.unavailable(route, candidate, out.retry_after, out.reason, self.loop.time())
+        log.warning("route %s: candidate %s answered %s; marked down for %g s", route.name, candidate, mark.reason,
+                    mark.seconds)
         self.avoid(candidate)
 
     def avoid(self, candidate: Candidate) -> None:
@@ -421,15 +439,13 @@ class Driver:
         hop = conn.hop
         route = self.routes.get(hop.route or "") if hop is not None and hop.failover else None
         if hop is not None and route is not None:
-            self.health.mark_down(self._candidate_of(route, hop), now, route.down_seconds, reason)
+            self.failover.lost(route, self._candidate_of(route, hop), reason, now)
         self.proxy.connection_lost(tokens, reason, now)
         self.pump()
 
     def _candidate_of(self, route: StaticRoute, hop: NextHop) -> Candidate:
         """The route's candidate a connection was opened to (as health marks know it)."""
-        known = self.liveness.known.get(route.name) or route.static_candidates
-        return next((c for c in known if (c.transport, c.host, c.port) == (hop.transport, hop.host, hop.port)),
-                    Candidate(hop.host, hop.port, hop.transport, hop.tls_name or ""))
+        return candidate_of(self.liveness.known.get(route.name) or route.static_candidates, hop)
 
     def _udp_for(self, listener: str) -> asyncio.DatagramTransport | None:
         endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -103,8 +102,7 @@ class Liveness:
         if self.keepalive_seconds:
             self.keepalives(now)
         for conn in list(self.driver.connections.values()):
-            if conn.sent:  # forget requests answered since the last tick (the list is for connection loss)
-                conn.sent = self.driver.proxy.unanswered(conn.sent)
+            self.driver.forget_answered(conn)
         for name, prober in list(self.probers.items()):
             route = self.driver.routes.get(name)
             if route is None:
@@ -160,14 +158,14 @@ class Liveness:
         if change == "down":
             log.warning("route %s: destination %s is down after %d failed health checks (last: %s)", name,
                         candidate, prober.check.failures_to_down, result)
-            self.driver.health.mark_down(candidate, now, math.inf, f"health check: {result}")
+            self.driver.failover.check_failed(candidate, result, now)
             self.driver.avoid(candidate)
         elif change == "up":
             log.warning("route %s: destination %s is up again (%d health checks passed)", name, candidate,
                         prober.check.successes_to_up)
-            self.driver.health.mark_up(candidate)
+            self.driver.failover.check_passed(candidate)
         elif ok and not prober.is_down(candidate):
-            self.driver.health.mark_up(candidate)  # a failed request's mark ends when a check passes
+            self.driver.failover.check_passed(candidate)  # a failed request's mark ends when a check passes
 
     def is_down(self, route: str | None, candidate: Candidate) -> bool:
         """Health checks hold this destination down (a successful connect does not bring it back)."""
@@ -183,9 +181,9 @@ class Liveness:
             candidates = self.known.get(name) or list(route.static_candidates)
             for candidate in candidates:
                 probe = prober.state(candidate) if prober else None
-                marked = self.driver.health.down_until(candidate, now) is not None
+                marked = self.driver.failover.down_until(candidate, now) is not None
                 up = (probe is None or probe.up) and not marked
-                detail = self.driver.health.reason(candidate) if marked else (probe.last_result if probe else "")
+                detail = self.driver.failover.reason(candidate) if marked else (probe.last_result if probe else "")
                 out.append(DestinationState(name, str(candidate), up, probe is not None, detail))
         return out
 

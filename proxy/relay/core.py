@@ -21,6 +21,7 @@ import secrets
 
 from acl.peers import Trust
 from proxy.relay.challenges import CSeqShifts
+from proxy.relay.failover import Failover
 from proxy.relay.forwarding import (
     BRANCH_PREFIX,
     NoRoute,
@@ -41,12 +42,13 @@ from proxy.relay.local import OPTIONS_EXTRA, health_check, hop_request, log_fiel
 from proxy.relay.ms_diagnostics import ms_diagnostics_public
 from proxy.relay.observe import Observer, method_label
 from proxy.relay.record_route import rewrite_maddr
-from proxy.relay.retries import Retries
-from proxy.relay.state import ClientTx, RelaySettings, ServerTx
+from proxy.relay.retries import next_try, shield_challenge, with_credentials
+from proxy.relay.state import ClientTx, RelaySettings, ServerTx, TxState
 from proxy.relay.subscriptions import SubscriptionBook
 from proxy.relay.trust import admit
 from proxy.relay.types import (
     Flow,
+    HopUnavailable,
     NextHop,
     Output,
     ProbeAnswer,
@@ -82,7 +84,7 @@ STATELESS_METHODS = frozenset({"ACK", "BENOTIFY"})
 
 
 
-class Proxy(Retries):
+class Proxy:
     """RFC 3261 §16 transaction-stateful proxy, one target per request (no forking)."""
 
     def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None, trust: Trust | None = None,
@@ -92,6 +94,8 @@ class Proxy(Retries):
         self.trust = trust or Trust()
         self.observer = observer or Observer()
         self.cseq_shifts = CSeqShifts()
+        self.failover = Failover()
+        """RFC 3263 §4.3 for pool and DNS routes, shared with the edge: it connects, this decides."""
         self.timers = TimerQueue()
         self.subscriptions = SubscriptionBook(self.timers, self.observer)
         self.server_txs: dict[ServerKey, ServerTx] = {}
@@ -241,6 +245,54 @@ class Proxy(Retries):
             # every later request would fail the same way, as it will toward a down static route.
             self._respond(stx, 503, f"Service Unavailable ({reason})", now)
 
+    def unanswered(self, tokens: list[int]) -> list[int]:
+        """Those of ``tokens`` whose client transaction still waits for its final response."""
+        by_id = self._by_id
+        return [t for t in tokens if t in by_id and not by_id[t].final_status]
+
+    def connection_lost(self, tokens: list[int], reason: str, now: float) -> None:
+        """A connection closed with these requests sent on it and unanswered (a transport error, RFC 3261
+        §8.1.3.1): each goes to the next candidate when the failover says so (RFC 3263 §4.3), else 503."""
+        for token in tokens:
+            ctx = self._by_id.get(token)
+            if ctx is None or ctx.final_status:
+                continue
+            stx = ctx.server
+            retry = None if ctx.probe or stx is None or stx.final_status else self.failover.after_loss(
+                self.policy.routes.by_name.get(ctx.hop.route or ""), ctx.hop, ctx.attempt, ctx.provisional)
+            if stx is None or retry is None:
+                self.hop_failed(token, reason, now)
+                continue
+            self._end_client(ctx)
+            self.observer.hop_failure(ctx.hop.route or "", "other")
+            self._start_client(next_try(ctx, stx, next(self._ids), retry.attempt, reason), now)
+
+    # -- retries: the next candidate (proxy/relay/failover.py), sipfed's credentials (retries.py) ---
+
+    def _fail_over(self, ctx: ClientTx, stx: ServerTx, response: Response, flow: Flow, now: float) -> bool:
+        """RFC 3263 §4.3: a 503 from a candidate of a pool or DNS route; the edge marks it down (the
+        ``HopUnavailable`` first) and the request goes to the next, in the same server transaction."""
+        route = self.policy.routes.by_name.get(ctx.hop.route or "")
+        retry = self.failover.after_503(route, ctx.hop, ctx.attempt, response.headers.get("retry-after"))
+        if retry is None:
+            return False
+        self._outputs.append(HopUnavailable(flow, ctx.hop.route or "", retry.retry_after, response.reason))
+        self.observer.hop_failure(ctx.hop.route or "", "unavailable")
+        why = f"{flow.remote[0]}:{flow.remote[1]} answered 503 {response.reason}"
+        self._start_client(next_try(ctx, stx, next(self._ids), retry.attempt, why), now)
+        return True
+
+    def _absorb_challenge(self, ctx: ClientTx, stx: ServerTx, response: Response, now: float) -> bool:
+        """Trust rule 4: a challenge the sender cannot answer is answered by sipfed, or refused with 403."""
+        answer = shield_challenge(ctx, stx, response, self.trust, self.observer)
+        if answer is None:
+            return False
+        if isinstance(answer, str):
+            self._respond(stx, 403, answer, now)
+        else:
+            self._start_client(with_credentials(ctx, stx, answer, self.cseq_shifts, next(self._ids)), now)
+        return True
+
     # -- requests ---------------------------------------------------------------------------
 
     def _on_request(self, request: Request, flow: Flow, now: float) -> None:
@@ -387,6 +439,7 @@ class Proxy(Retries):
         stx = self.server_txs.get(server_key(request)) if request.method == "ACK" else None
         if stx is not None and stx.final_status >= 300:
             # §17.2.1: the ACK for our non-2xx final ends the INVITE server transaction.
+            stx.to(TxState.CONFIRMED)
             stx.timers.cancel_all()
             if flow.transport == "udp":  # Timer I: absorb retransmitted ACKs
                 stx.timers.set("end", self.timers.schedule(now + T4, lambda t: self._end_server(stx)))
@@ -495,6 +548,7 @@ class Proxy(Retries):
             return
         if not ctx.provisional:
             ctx.provisional = True
+            ctx.to(TxState.PROCEEDING)
             if ctx.method == "INVITE":
                 ctx.timers.cancel("retransmit")
                 ctx.timers.set("timeout", self.timers.schedule(
@@ -519,6 +573,7 @@ class Proxy(Retries):
                 self._outputs.append(SendOnFlow(stx.flow, response.to_bytes(), self._reply_via(stx)))
             return
         ctx.final_status = status
+        ctx.to(TxState.ACCEPTED if invite and status < 300 else TxState.COMPLETED)
         ctx.timers.cancel_all()
         if not invite:
             ctx.data = b""  # nothing will be retransmitted any more
@@ -604,6 +659,8 @@ class Proxy(Retries):
     def _send_response(self, stx: ServerTx, response: Response, now: float) -> None:
         data = response.to_bytes()
         stx.last_response = data
+        if response.status < 200 and stx.state is TxState.TRYING:
+            stx.to(TxState.PROCEEDING)  # §17.2.2: a provisional sent
         self._outputs.append(SendOnFlow(stx.flow, data, self._reply_via(stx)))
         if response.status >= 200 and not stx.final_status:
             self.observer.final_response(method_label(stx.request.method), response.status, now - stx.started)
@@ -632,6 +689,7 @@ class Proxy(Retries):
     def _server_final(self, stx: ServerTx, status: int, now: float) -> None:
         """How long a server transaction outlives its final response (§17.2, RFC 6026)."""
         stx.final_status = status
+        stx.to(TxState.ACCEPTED if stx.invite and status < 300 else TxState.COMPLETED)
         self._in_flight -= 1
         udp = stx.flow.transport == "udp"
         if stx.invite and status >= 300:
@@ -672,6 +730,7 @@ class Proxy(Retries):
         self._outputs.append(SendToHop(ctx.hop, ack.to_bytes(), 0))
 
     def _end_client(self, ctx: ClientTx) -> None:
+        ctx.to(TxState.TERMINATED)
         ctx.timers.cancel_all()
         if self.client_txs.get((ctx.branch, ctx.method)) is ctx:
             del self.client_txs[(ctx.branch, ctx.method)]
@@ -687,6 +746,7 @@ class Proxy(Retries):
         self._outputs.append(SendOnFlow(flow, reply))
 
     def _end_server(self, stx: ServerTx) -> None:
+        stx.to(TxState.TERMINATED)
         stx.timers.cancel_all()
         # Break the server <-> client link so both are freed by reference counting when the client
         # transaction ends, not by the cyclic collector (whose passes over many transactions stall the loop).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from proxy.relay.limits import Limits
@@ -26,6 +27,63 @@ class RelaySettings:
     """Length of one header field line, at most (400 beyond)."""
 
 
+class TxState(enum.Enum):
+    """The states of RFC 3261 §17 (with RFC 6026's Accepted for INVITE's 2xx); each kind uses its own
+    subset, and ``SERVER_NEXT``/``CLIENT_NEXT`` say which state may follow which."""
+
+    CALLING = "Calling"
+    """INVITE client: sent, nothing heard yet (§17.1.1.2)."""
+    TRYING = "Trying"
+    """Non-INVITE: the client sent, or the server received, the request (§17.1.2.2, §17.2.2)."""
+    PROCEEDING = "Proceeding"
+    """A provisional response was received (client) or sent (server); an INVITE server starts here."""
+    COMPLETED = "Completed"
+    """A final response (INVITE: a non-2xx) was received or sent; retransmissions are absorbed."""
+    ACCEPTED = "Accepted"
+    """INVITE: a 2xx was received or sent; its retransmissions travel on (RFC 6026 §7.1, §7.2)."""
+    CONFIRMED = "Confirmed"
+    """INVITE server: the ACK for our non-2xx arrived (§17.2.1)."""
+    TERMINATED = "Terminated"
+    """Done: forgotten by the proxy."""
+
+
+_S = TxState
+#: (INVITE?, state) -> the states that may follow (§17.2.1 Figure 7 + RFC 6026 Figure 5; §17.2.2 Figure 8).
+SERVER_NEXT: dict[tuple[bool, TxState], frozenset[TxState]] = {
+    (True, _S.PROCEEDING): frozenset({_S.COMPLETED, _S.ACCEPTED, _S.TERMINATED}),
+    (True, _S.COMPLETED): frozenset({_S.CONFIRMED, _S.TERMINATED}),
+    (True, _S.ACCEPTED): frozenset({_S.TERMINATED}),
+    (True, _S.CONFIRMED): frozenset({_S.TERMINATED}),
+    (False, _S.TRYING): frozenset({_S.PROCEEDING, _S.COMPLETED, _S.TERMINATED}),
+    (False, _S.PROCEEDING): frozenset({_S.COMPLETED, _S.TERMINATED}),
+    (False, _S.COMPLETED): frozenset({_S.TERMINATED}),
+}
+#: (INVITE?, state) -> the states that may follow (§17.1.1.2 Figure 5 + RFC 6026 Figure 4; §17.1.2.2 Figure 6).
+CLIENT_NEXT: dict[tuple[bool, TxState], frozenset[TxState]] = {
+    (True, _S.CALLING): frozenset({_S.PROCEEDING, _S.COMPLETED, _S.ACCEPTED, _S.TERMINATED}),
+    (True, _S.PROCEEDING): frozenset({_S.COMPLETED, _S.ACCEPTED, _S.TERMINATED}),
+    (True, _S.COMPLETED): frozenset({_S.TERMINATED}),
+    (True, _S.ACCEPTED): frozenset({_S.TERMINATED}),
+    (False, _S.TRYING): frozenset({_S.PROCEEDING, _S.COMPLETED, _S.TERMINATED}),
+    (False, _S.PROCEEDING): frozenset({_S.COMPLETED, _S.TERMINATED}),
+    (False, _S.COMPLETED): frozenset({_S.TERMINATED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A transaction was asked to move to a state §17 does not allow from where it is (a bug, not input)."""
+
+
+def _move(table: dict[tuple[bool, TxState], frozenset[TxState]], kind: str, invite: bool, state: TxState,
+          new: TxState) -> TxState:
+    if new is state:
+        return state
+    if new not in table.get((invite, state), ()):
+        raise IllegalTransition(f"{'INVITE' if invite else 'non-INVITE'} {kind} transaction: "
+                                f"{state.value} -> {new.value}")
+    return new
+
+
 @dataclass(slots=True, eq=False)
 class ServerTx:
     """A server transaction: the request as it came in and what we answered."""
@@ -37,10 +95,21 @@ class ServerTx:
     started: float = 0.0
     last_response: bytes | None = None
     final_status: int = 0
+    """The status of the final response sent; 0 before (the state says the rest)."""
     client: ClientTx | None = None
     timers: TimerSet = field(default_factory=TimerSet)
     quiet: bool = False
     """Our own refusal to an unbound UDP source: sent once, never on Timer G (no amplification)."""
+    state: TxState = TxState.TRYING
+    """§17.2: where it is (an INVITE server transaction is created in Proceeding)."""
+
+    def __post_init__(self) -> None:
+        if self.invite:
+            self.state = TxState.PROCEEDING
+
+    def to(self, new: TxState) -> None:
+        """Move to ``new`` if §17.2 allows it from here; ``IllegalTransition`` otherwise."""
+        self.state = _move(SERVER_NEXT, "server", self.invite, self.state, new)
 
 
 @dataclass(slots=True, eq=False)
@@ -71,4 +140,14 @@ class ClientTx:
     sent_on: int | str | None = None
     """The connection id (streams) or the IP address (UDP) the request went out on: the only flow its
     responses are taken from; None until the edge has written it."""
+    state: TxState = TxState.TRYING
+    """§17.1: where it is (an INVITE client transaction starts in Calling)."""
+
+    def __post_init__(self) -> None:
+        if self.method == "INVITE":
+            self.state = TxState.CALLING
+
+    def to(self, new: TxState) -> None:
+        """Move to ``new`` if §17.1 allows it from here; ``IllegalTransition`` otherwise."""
+        self.state = _move(CLIENT_NEXT, "client", self.method == "INVITE", self.state, new)
     timers: TimerSet = field(default_factory=TimerSet)

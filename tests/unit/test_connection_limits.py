@@ -102,10 +102,10 @@ port = 5060
 
 def test_connection_limits_have_defaults(tmp_path: Path) -> None:
     limits = load_config(config_with(tmp_path, "")).limits
-    assert limits["max_connections"] == 4096
-    assert limits["max_connections_per_source"] == 64
-    assert limits["handshakes_per_source_per_second"] == 20
-    assert limits["unauthenticated_idle_seconds"] == 60
+    assert limits.max_connections == 4096
+    assert limits.max_connections_per_source == 64
+    assert limits.handshakes_per_source_per_second == 20
+    assert limits.unauthenticated_idle_seconds == 60
 
 
 def test_connection_limits_are_checked_all_at_once(tmp_path: Path) -> None:
