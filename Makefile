@@ -45,6 +45,7 @@ integration: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # The two-domain lab (Kamailio on both sides, baresip users); Ctrl-C stops it. LAB_ARGS=--once exits after the scenarios.

@@ -45,8 +45,9 @@ class AclEntry:
     routes: frozenset[str] = frozenset()
     """Static routes (by name) whose requests it applies to; empty: all."""
 
-    def matches(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str,
-                route: str | None = None) -> bool:
+    def matches(
+        self, source_ip: str, identity: CertIdentity, peer: str | None, method: str, route: str | None = None
+    ) -> bool:
         if self.methods and method.upper() not in self.methods:
             return False
         if self.routes and route not in self.routes:
@@ -62,8 +63,9 @@ class AclEntry:
             except ValueError:
                 return False
         # A wildcard certificate name never stands for a host (RFC 5922 §7.2).
-        return any((name == self.value or name.endswith("." + self.value)) and "*" not in name
-                   for name in identity.names)
+        return any(
+            (name == self.value or name.endswith("." + self.value)) and "*" not in name for name in identity.names
+        )
 
     def describe(self) -> str:
         who = {
@@ -125,8 +127,14 @@ def _network(value: str) -> Network | None:
     return None
 
 
-def first_match(entries: tuple[AclEntry, ...], source_ip: str, identity: CertIdentity, peer: str | None,
-                method: str, route: str | None = None) -> AclEntry | None:
+def first_match(
+    entries: tuple[AclEntry, ...],
+    source_ip: str,
+    identity: CertIdentity,
+    peer: str | None,
+    method: str,
+    route: str | None = None,
+) -> AclEntry | None:
     for entry in entries:
         if entry.matches(source_ip, identity, peer, method, route):
             return entry

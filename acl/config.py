@@ -17,9 +17,13 @@ from acl.subjects import SubjectError, SubjectPattern, parse_subject
 
 PEER_KEYS = {"name", "subjects", "networks", "domains", "treat_as_authenticated", "answers_digest", "microsoft"}
 #: ``[auth]`` keys of the failed-attempt throttle (see acl.digest.Throttle): default, and whether whole.
-THROTTLE_KEYS = {"max_failures_per_source": (5, True), "max_failures_per_user": (20, True),
-                 "failure_window_seconds": (60, False), "lockout_seconds": (5, False),
-                 "max_lockout_seconds": (300, False)}
+THROTTLE_KEYS = {
+    "max_failures_per_source": (5, True),
+    "max_failures_per_user": (20, True),
+    "failure_window_seconds": (60, False),
+    "lockout_seconds": (5, False),
+    "max_lockout_seconds": (300, False),
+}
 AUTH_KEYS = {"realm", "nonce_ttl_seconds", "algorithms", "users", "secret", *THROTTLE_KEYS}
 USER_KEYS = {"username", "password", "ha1_md5", "ha1_sha256", "from_uris", "from_domains"}
 #: ``from_uris`` entries: sip:user@host or sips:user@host, nothing more (no port, parameters or headers).
@@ -29,8 +33,7 @@ ACL_KEYS = {"incoming", "outgoing", "credentials"}
 CREDENTIAL_KEYS = {"route", "username", "password", "realm"}
 
 
-def parse_trust(raw: Mapping[str, Any], problems: list[str], warnings: list[str],
-                route_names: set[str]) -> Trust:
+def parse_trust(raw: Mapping[str, Any], problems: list[str], warnings: list[str], route_names: set[str]) -> Trust:
     """Build the Trust from the whole config table; append problems and warnings."""
     peers = _peers(raw.get("peers"), problems)
     names = {p.name for p in peers}
@@ -44,12 +47,17 @@ def parse_trust(raw: Mapping[str, Any], problems: list[str], warnings: list[str]
     outgoing = _entries(acl.get("outgoing"), "acl.outgoing", names, route_names, problems)
     credentials = _credentials(acl.get("credentials"), route_names, problems, warnings)
     for peer in peers:
-        if not peer.answers_digest and not peer.treat_as_authenticated and not any(
-                e.kind == "peer" and e.value == peer.name for e in incoming):
-            problems.append(f"peers: {peer.name!r} cannot answer digest (answers_digest = false) but is neither "
-                            "treat_as_authenticated nor exempt in acl.incoming: sipfed would have to challenge "
-                            "it. Set treat_as_authenticated = true or add {peer = \"" + peer.name + "\"} to "
-                            "acl.incoming")
+        if (
+            not peer.answers_digest
+            and not peer.treat_as_authenticated
+            and not any(e.kind == "peer" and e.value == peer.name for e in incoming)
+        ):
+            problems.append(
+                f"peers: {peer.name!r} cannot answer digest (answers_digest = false) but is neither "
+                "treat_as_authenticated nor exempt in acl.incoming: sipfed would have to challenge "
+                'it. Set treat_as_authenticated = true or add {peer = "' + peer.name + '"} to '
+                "acl.incoming"
+            )
     return Trust(tuple(peers), tuple(incoming), tuple(outgoing), digest, tuple(credentials))
 
 
@@ -75,8 +83,10 @@ def _peers(raw: object, problems: list[str]) -> list[TrustedPeer]:
         if not subjects and not networks:
             problems.append(f"{where}: give subjects (certificate names) or networks, or it matches nobody")
         domains = _strings(entry.get("domains", []), f"{where}.domains", problems)
-        flags = [_bool(entry, key, default, where, problems)
-                 for key, default in (("treat_as_authenticated", True), ("answers_digest", True), ("microsoft", False))]
+        flags = [
+            _bool(entry, key, default, where, problems)
+            for key, default in (("treat_as_authenticated", True), ("answers_digest", True), ("microsoft", False))
+        ]
         if name in {p.name for p in peers}:
             problems.append(f"{where}.name: {name!r} is used by another peer")
         peers.append(TrustedPeer(name, tuple(subjects), tuple(networks), tuple(d.lower() for d in domains), *flags))
@@ -114,8 +124,9 @@ def _auth(raw: object, problems: list[str], warnings: list[str]) -> DigestServer
     if not isinstance(realm, str) or not realm:
         problems.append("auth.realm: missing (required): the realm sipfed challenges with")
         realm = ""
-    algorithms = tuple(a.upper() for a in _strings(raw.get("algorithms", ["SHA-256", "MD5"]), "auth.algorithms",
-                                                   problems))
+    algorithms = tuple(
+        a.upper() for a in _strings(raw.get("algorithms", ["SHA-256", "MD5"]), "auth.algorithms", problems)
+    )
     for algorithm in algorithms:
         if algorithm not in ALGORITHMS:
             problems.append(f"auth.algorithms: {algorithm!r} must be MD5 or SHA-256")
@@ -127,18 +138,32 @@ def _auth(raw: object, problems: list[str], warnings: list[str]) -> DigestServer
     identities: dict[str, FromIdentities] = {}
     users = _users(raw.get("users", []), realm, identities, problems, warnings)
     # A fresh instance per loaded config: nonces from before a restart or reload are stale (acl.digest rule 2).
-    return DigestServer(realm, secret.encode() if isinstance(secret, str) else secrets.token_bytes(32), users,
-                        ttl, algorithms or ("MD5",), instance=secrets.token_hex(8), from_identities=identities,
-                        throttle=_throttle(raw, problems))
+    return DigestServer(
+        realm,
+        secret.encode() if isinstance(secret, str) else secrets.token_bytes(32),
+        users,
+        ttl,
+        algorithms or ("MD5",),
+        instance=secrets.token_hex(8),
+        from_identities=identities,
+        throttle=_throttle(raw, problems),
+    )
 
 
 def _throttle(raw: Mapping[str, Any], problems: list[str]) -> Throttle:
     values = {key: _positive(raw, key, default, whole, problems) for key, (default, whole) in THROTTLE_KEYS.items()}
     if values["lockout_seconds"] > values["max_lockout_seconds"]:
-        problems.append(f"auth.lockout_seconds: {values['lockout_seconds']:g} is more than "
-                        f"auth.max_lockout_seconds ({values['max_lockout_seconds']:g})")
-    return Throttle(int(values["max_failures_per_source"]), int(values["max_failures_per_user"]),
-                    values["failure_window_seconds"], values["lockout_seconds"], values["max_lockout_seconds"])
+        problems.append(
+            f"auth.lockout_seconds: {values['lockout_seconds']:g} is more than "
+            f"auth.max_lockout_seconds ({values['max_lockout_seconds']:g})"
+        )
+    return Throttle(
+        int(values["max_failures_per_source"]),
+        int(values["max_failures_per_user"]),
+        values["failure_window_seconds"],
+        values["lockout_seconds"],
+        values["max_lockout_seconds"],
+    )
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, whole: bool, problems: list[str]) -> float:
@@ -149,8 +174,9 @@ def _positive(raw: Mapping[str, Any], key: str, default: float, whole: bool, pro
     return float(value)
 
 
-def _users(raw: object, realm: str, identities: dict[str, FromIdentities], problems: list[str],
-           warnings: list[str]) -> dict[str, dict[str, str]]:
+def _users(
+    raw: object, realm: str, identities: dict[str, FromIdentities], problems: list[str], warnings: list[str]
+) -> dict[str, dict[str, str]]:
     users: dict[str, dict[str, str]] = {}
     if not isinstance(raw, list):
         problems.append("auth.users: must be a list of tables ([[auth.users]])")
@@ -162,11 +188,14 @@ def _users(raw: object, realm: str, identities: dict[str, FromIdentities], probl
             continue
         _unknown(entry, USER_KEYS, where, problems)
         name = entry["username"]
-        stored = {alg: str(entry[key]).lower() for alg, key in (("MD5", "ha1_md5"), ("SHA-256", "ha1_sha256"))
-                  if key in entry}
+        stored = {
+            alg: str(entry[key]).lower() for alg, key in (("MD5", "ha1_md5"), ("SHA-256", "ha1_sha256")) if key in entry
+        }
         if "password" in entry:
-            warnings.append(f"{where}.password: a plaintext password in the config; store ha1_md5/ha1_sha256 "
-                            f"(H(username:realm:password)) instead")
+            warnings.append(
+                f"{where}.password: a plaintext password in the config; store ha1_md5/ha1_sha256 "
+                f"(H(username:realm:password)) instead"
+            )
             stored = {alg: ha1(alg, name, realm, str(entry["password"])) for alg in ALGORITHMS} | stored
         if not stored:
             problems.append(f"{where}: give ha1_md5 and/or ha1_sha256 (or password)")
@@ -177,8 +206,9 @@ def _users(raw: object, realm: str, identities: dict[str, FromIdentities], probl
     return users
 
 
-def _from_identities(entry: Mapping[str, Any], name: str, realm: str, where: str,
-                     problems: list[str]) -> FromIdentities:
+def _from_identities(
+    entry: Mapping[str, Any], name: str, realm: str, where: str, problems: list[str]
+) -> FromIdentities:
     """``from_uris`` / ``from_domains``; neither: the user's own ``sip:name@realm`` (see FromIdentities)."""
     if "from_uris" not in entry and "from_domains" not in entry:
         return FromIdentities(frozenset({(name, realm.lower())}))
@@ -186,21 +216,24 @@ def _from_identities(entry: Mapping[str, Any], name: str, realm: str, where: str
     for j, text in enumerate(_strings(entry.get("from_uris", []), f"{where}.from_uris", problems)):
         match = _FROM_URI_RE.fullmatch(text)
         if match is None:
-            problems.append(f"{where}.from_uris[{j}]: {text!r} must be sip:user@domain (no port or parameters; "
-                            "for every user of a domain use from_domains)")
+            problems.append(
+                f"{where}.from_uris[{j}]: {text!r} must be sip:user@domain (no port or parameters; "
+                "for every user of a domain use from_domains)"
+            )
             continue
         uris.add((unquote(match.group(1)), match.group(2).lower()))
     domains = []
     for j, text in enumerate(_strings(entry.get("from_domains", []), f"{where}.from_domains", problems)):
         if text != "*" and not _DOMAIN_RE.fullmatch(text):
-            problems.append(f"{where}.from_domains[{j}]: {text!r} must be a domain name, or \"*\" for any From")
+            problems.append(f'{where}.from_domains[{j}]: {text!r} must be a domain name, or "*" for any From')
             continue
         domains.append(text.lower())
     return FromIdentities(frozenset(uris), tuple(domains))
 
 
-def _entries(raw: object, where: str, peer_names: set[str], route_names: set[str],
-             problems: list[str]) -> list[AclEntry]:
+def _entries(
+    raw: object, where: str, peer_names: set[str], route_names: set[str], problems: list[str]
+) -> list[AclEntry]:
     entries: list[AclEntry] = []
     if raw is None:
         return entries
@@ -214,15 +247,18 @@ def _entries(raw: object, where: str, peer_names: set[str], route_names: set[str
             continue
         for j, earlier in enumerate(entries):
             if earlier.covers(entry):
-                problems.append(f"{path}: never used — {where}[{j}] ({earlier.value}) already matches all it "
-                                "matches; remove it or put it first")
+                problems.append(
+                    f"{path}: never used — {where}[{j}] ({earlier.value}) already matches all it "
+                    "matches; remove it or put it first"
+                )
                 break
         entries.append(entry)
     return entries
 
 
-def _entry(item: object, path: str, peer_names: set[str], route_names: set[str],
-           problems: list[str]) -> AclEntry | None:
+def _entry(
+    item: object, path: str, peer_names: set[str], route_names: set[str], problems: list[str]
+) -> AclEntry | None:
     methods: frozenset[str] = frozenset()
     routes: frozenset[str] = frozenset()
     if isinstance(item, Mapping):
@@ -268,11 +304,16 @@ def _credentials(raw: object, route_names: set[str], problems: list[str], warnin
             continue
         if values["route"] not in route_names:
             problems.append(f"{where}.route: no route is named {values['route']!r}")
-        warnings.append(f"{where}.password: answering a next hop's digest challenge needs the password itself; "
-                        "keep this file readable by sipfed only")
+        warnings.append(
+            f"{where}.password: answering a next hop's digest challenge needs the password itself; "
+            "keep this file readable by sipfed only"
+        )
         realm = entry.get("realm")
-        out.append(Credential(str(values["route"]), str(values["username"]), str(values["password"]),
-                              str(realm) if realm else None))
+        out.append(
+            Credential(
+                str(values["route"]), str(values["username"]), str(values["password"]), str(realm) if realm else None
+            )
+        )
     return out
 
 

@@ -43,8 +43,9 @@ def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
     return h(algorithm, f"{username}:{realm}:{password}")
 
 
-def response(algorithm: str, ha1_value: str, nonce: str, method: str, uri: str, *, nc: str = "", cnonce: str = "",
-             qop: str = "") -> str:
+def response(
+    algorithm: str, ha1_value: str, nonce: str, method: str, uri: str, *, nc: str = "", cnonce: str = "", qop: str = ""
+) -> str:
     """RFC 7616 §3.4.1 ``response`` for qop=auth; without qop the RFC 2069 form (§3.4.1 compat)."""
     ha2 = h(algorithm, f"{method}:{uri}")
     if qop:
@@ -137,7 +138,8 @@ class Throttle:
     max_tracked_sources: int = 10_000
     """Sources remembered at most (the oldest forgotten first); users are bounded by the config."""
     _tables: dict[str, OrderedDict[str, _Failures]] = field(
-        default_factory=lambda: {"source": OrderedDict(), "user": OrderedDict()})
+        default_factory=lambda: {"source": OrderedDict(), "user": OrderedDict()}
+    )
 
     def lockout(self, keys: list[tuple[str, str]], now: float) -> tuple[str, float] | None:
         """The scope ('source' or 'user') that refuses an attempt now, and the seconds its lockout has left."""
@@ -225,11 +227,21 @@ class DigestServer:
         """One Proxy-Authenticate value per algorithm, preferred first (RFC 8760 §2.4), all with one fresh nonce."""
         nonce = self.nonce(now if wall is None else wall)
         tail = ", stale=true" if stale else ""
-        return [f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{tail}'
-                for alg in self.algorithms]
+        return [
+            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{tail}'
+            for alg in self.algorithms
+        ]
 
-    def verify(self, method: str, value: str, now: float, request_uri: str | None = None, *,
-               source: str | None = None, wall: float | None = None) -> tuple[Verdict, str]:
+    def verify(
+        self,
+        method: str,
+        value: str,
+        now: float,
+        request_uri: str | None = None,
+        *,
+        source: str | None = None,
+        wall: float | None = None,
+    ) -> tuple[Verdict, str]:
         """Check one Proxy-Authorization value for ``method`` (and, when given, the Request-URI it must be
         bound to) from ``source`` (an address, for the throttle); returns the verdict and the username."""
         scheme, p = parse_auth(value)
@@ -239,8 +251,9 @@ class DigestServer:
         keys = self._throttle_keys(user, source)
         if self.throttle.lockout(keys, now) is not None:
             return Verdict.THROTTLED, user
-        verdict = self._check(method, p, request_uri, now if wall is None else wall) if scheme == "digest" \
-            else Verdict.BAD
+        verdict = (
+            self._check(method, p, request_uri, now if wall is None else wall) if scheme == "digest" else Verdict.BAD
+        )
         if verdict is Verdict.BAD:
             self.throttle.failed(keys, now)
         elif verdict is Verdict.OK:
@@ -270,8 +283,9 @@ class DigestServer:
             return Verdict.URI_MISMATCH
         if p.get("qop") != "auth" or not re.fullmatch(r"[0-9a-fA-F]{8}", p.get("nc", "")):
             return Verdict.BAD  # RFC 7616 requires qop; without nc there is no replay protection
-        expected = response(algorithm, stored, nonce, method, p.get("uri", ""), nc=p["nc"],
-                            cnonce=p.get("cnonce", ""), qop="auth")
+        expected = response(
+            algorithm, stored, nonce, method, p.get("uri", ""), nc=p["nc"], cnonce=p.get("cnonce", ""), qop="auth"
+        )
         if not hmac.compare_digest(expected, p.get("response", "").lower()):
             return Verdict.BAD
         stamp, instance = issued
@@ -322,8 +336,7 @@ class DigestServer:
         return keys
 
 
-def authorization(challenge: str, method: str, uri: str, username: str, password: str, cnonce: str,
-                  nc: int = 1) -> str:
+def authorization(challenge: str, method: str, uri: str, username: str, password: str, cnonce: str, nc: int = 1) -> str:
     """Answer a far side's 401/407 challenge (RFC 7616 §3.4) as a client."""
     _, p = parse_auth(challenge)
     algorithm = p.get("algorithm", "MD5").upper()
@@ -332,10 +345,17 @@ def authorization(challenge: str, method: str, uri: str, username: str, password
     realm, nonce = p.get("realm", ""), p.get("nonce", "")
     qop = "auth" if "auth" in [q.strip() for q in p.get("qop", "").split(",")] else ""
     nc_text = f"{nc:08x}"
-    digest = response(algorithm, ha1(algorithm, username, realm, password), nonce, method, uri,
-                      nc=nc_text, cnonce=cnonce, qop=qop)
-    parts = [f'username="{username}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"',
-             f'response="{digest}"', f"algorithm={algorithm}"]
+    digest = response(
+        algorithm, ha1(algorithm, username, realm, password), nonce, method, uri, nc=nc_text, cnonce=cnonce, qop=qop
+    )
+    parts = [
+        f'username="{username}"',
+        f'realm="{realm}"',
+        f'nonce="{nonce}"',
+        f'uri="{uri}"',
+        f'response="{digest}"',
+        f"algorithm={algorithm}",
+    ]
     if qop:
         parts += [f'cnonce="{cnonce}"', "qop=auth", f"nc={nc_text}"]
     if "opaque" in p:

@@ -89,12 +89,14 @@ class Trust:
                 return peer
         return None
 
-    def exempt(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str,
-               route: str | None = None) -> AclEntry | None:
+    def exempt(
+        self, source_ip: str, identity: CertIdentity, peer: str | None, method: str, route: str | None = None
+    ) -> AclEntry | None:
         return first_match(self.incoming, source_ip, identity, peer, method, route)
 
-    def shield(self, source_ip: str, identity: CertIdentity, peer: str | None, method: str,
-               route: str | None = None) -> bool:
+    def shield(
+        self, source_ip: str, identity: CertIdentity, peer: str | None, method: str, route: str | None = None
+    ) -> bool:
         """True when a challenge must never be forwarded to this source."""
         bound = self.peer(peer)
         if bound is not None and not bound.answers_digest:

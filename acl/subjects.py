@@ -19,9 +19,21 @@ _NAME_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-
 _IP_RE = re.compile(r"[0-9.]+|[0-9a-f:]+")
 #: RFC 4514 short names, and the long names Python's ssl module reports.
 _ATTRIBUTE_NAMES = {
-    "commonname": "cn", "cn": "cn", "organizationname": "o", "o": "o", "organizationalunitname": "ou",
-    "ou": "ou", "countryname": "c", "c": "c", "localityname": "l", "l": "l", "stateorprovincename": "st",
-    "st": "st", "domaincomponent": "dc", "dc": "dc", "emailaddress": "emailaddress",
+    "commonname": "cn",
+    "cn": "cn",
+    "organizationname": "o",
+    "o": "o",
+    "organizationalunitname": "ou",
+    "ou": "ou",
+    "countryname": "c",
+    "c": "c",
+    "localityname": "l",
+    "l": "l",
+    "stateorprovincename": "st",
+    "st": "st",
+    "domaincomponent": "dc",
+    "dc": "dc",
+    "emailaddress": "emailaddress",
     "serialnumber": "serialnumber",
 }
 

@@ -38,24 +38,67 @@ SCENARIOS = {
     # it, and with stunnel in front of a SIPp the in-dialog request goes straight to the SIPp's Contact port while
     # the 200 takes the longer way through stunnel, in both proxies. Over TCP the proxy reuses the connection
     # that comes from (or goes to) the Contact's address, so the order holds. See bench/README.md.
-    "subscribe-tcp": Scenario("subscribe-tcp", "tcp", "tcp", "uac_subscribe.xml", "uas_subscribe.xml", 4,
-                              (*MESSAGE_KEYS, ("maddr", "*"))),
+    "subscribe-tcp": Scenario(
+        "subscribe-tcp", "tcp", "tcp", "uac_subscribe.xml", "uas_subscribe.xml", 4, (*MESSAGE_KEYS, ("maddr", "*"))
+    ),
     # TLS on every leg, the tests' scenarios rewritten so in-dialog requests stay on the TLS connections (the UAC
     # offers its connection with Via alias, Contacts name TLS addresses; see bench/README.md).
-    "subscribe-tls": Scenario("subscribe-tls", "tls", "tls", "uac_subscribe.xml", "uas_subscribe.xml", 4,
-                              (*MESSAGE_KEYS, ("maddr", "*")), tls_dialogs=True),
+    "subscribe-tls": Scenario(
+        "subscribe-tls",
+        "tls",
+        "tls",
+        "uac_subscribe.xml",
+        "uas_subscribe.xml",
+        4,
+        (*MESSAGE_KEYS, ("maddr", "*")),
+        tls_dialogs=True,
+    ),
     # Idle TLS connections, sign-in storm, live dialog memory (bench/signin.py): SUBSCRIBE + NOTIFY, no un-SUBSCRIBE.
-    "signin-tls": Scenario("signin-tls", "tls", "tls", str(lab.BENCH / "sipp" / "uac_subscribe_hold.xml"),
-                           str(lab.BENCH / "sipp" / "uas_subscribe_hold.xml"), 2, MESSAGE_KEYS, tls_dialogs=True,
-                           kind="signin"),
+    "signin-tls": Scenario(
+        "signin-tls",
+        "tls",
+        "tls",
+        str(lab.BENCH / "sipp" / "uac_subscribe_hold.xml"),
+        str(lab.BENCH / "sipp" / "uas_subscribe_hold.xml"),
+        2,
+        MESSAGE_KEYS,
+        tls_dialogs=True,
+        kind="signin",
+    ),
 }
 # Trimmed when subscribe-tls and signin-tls came (was 15,000 calls, 3 s fixed, 2.5 s x 9 steps) to stay < 10 min.
-FULL = Counts(warmup_calls=2000, closed_loop_calls=12_000, in_flight=50, repetitions=2, fixed_seconds=2.5,
-              step_seconds=2.0, step_start_rate=500, max_steps=10, run_timeout_seconds=40, storm_calls=5000,
-              dialogs=10_000, dialog_rate=1000, idle_tls_connections=1000, linger_seconds=6.0)
-QUICK = Counts(warmup_calls=100, closed_loop_calls=500, in_flight=50, repetitions=1, fixed_seconds=0.5,
-               step_seconds=0.5, step_start_rate=500, max_steps=3, run_timeout_seconds=15, storm_calls=200,
-               dialogs=300, dialog_rate=1000, idle_tls_connections=50, linger_seconds=1.0)
+FULL = Counts(
+    warmup_calls=2000,
+    closed_loop_calls=12_000,
+    in_flight=50,
+    repetitions=2,
+    fixed_seconds=2.5,
+    step_seconds=2.0,
+    step_start_rate=500,
+    max_steps=10,
+    run_timeout_seconds=40,
+    storm_calls=5000,
+    dialogs=10_000,
+    dialog_rate=1000,
+    idle_tls_connections=1000,
+    linger_seconds=6.0,
+)
+QUICK = Counts(
+    warmup_calls=100,
+    closed_loop_calls=500,
+    in_flight=50,
+    repetitions=1,
+    fixed_seconds=0.5,
+    step_seconds=0.5,
+    step_start_rate=500,
+    max_steps=3,
+    run_timeout_seconds=15,
+    storm_calls=200,
+    dialogs=300,
+    dialog_rate=1000,
+    idle_tls_connections=50,
+    linger_seconds=1.0,
+)
 SUBSCRIBE_SCALE = 4  # a SUBSCRIBE call is 4 transactions: a quarter of the calls keeps the runs as long
 FIXED_RATE = 1000
 
@@ -69,9 +112,12 @@ def scaled(counts: Counts, scenario: Scenario) -> Counts:
     if scenario.transactions_per_call == 1 or scenario.kind != "load":
         return counts
     k = SUBSCRIBE_SCALE
-    return dataclasses.replace(counts, warmup_calls=max(50, counts.warmup_calls // k),
-                               closed_loop_calls=max(100, counts.closed_loop_calls // k),
-                               step_start_rate=max(100, counts.step_start_rate // k))
+    return dataclasses.replace(
+        counts,
+        warmup_calls=max(50, counts.warmup_calls // k),
+        closed_loop_calls=max(100, counts.closed_loop_calls // k),
+        step_start_rate=max(100, counts.step_start_rate // k),
+    )
 
 
 def _memory(arm: Arm, key: str, value_kb: int, into: dict[str, dict[str, float]]) -> None:
@@ -108,13 +154,15 @@ def prepared(scenario: Scenario, work: Path) -> Scenario:
     if not scenario.tls_dialogs or Path(scenario.uac_xml).is_absolute():
         return scenario
     return dataclasses.replace(
-        scenario, uac_xml=str(tls_dialog_variant(scenario.uac_xml, work, contact="[local_ip]:[local_port]",
-                                                 alias=True)),
-        uas_xml=str(tls_dialog_variant(scenario.uas_xml, work, contact="[uas_contact]", alias=False)))
+        scenario,
+        uac_xml=str(tls_dialog_variant(scenario.uac_xml, work, contact="[local_ip]:[local_port]", alias=True)),
+        uas_xml=str(tls_dialog_variant(scenario.uas_xml, work, contact="[uas_contact]", alias=False)),
+    )
 
 
-def start_lab(stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path,
-              sipfed_source: Path | None) -> Lab:
+def start_lab(
+    stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path, sipfed_source: Path | None
+) -> Lab:
     """UAS (+ server stunnel), sipfed, Kamailio and, for a TLS UAC, a client stunnel in front of each proxy."""
     udp = scenario.uas_transport == "udp"
     uas_host = lab.UAS_TLS_HOST if scenario.tls_dialogs else lab.LOOPBACK
@@ -128,12 +176,22 @@ def start_lab(stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work
         server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port, host=uas_host)
         stack.callback(server.stop)
         helpers.append(("UAS stunnel", server.running, server.pid))
-    config = lab.sipfed_config(work / "sipfed.toml", certs, listener_transport=scenario.uac_transport,
-                               route_transport=scenario.uas_transport, uas_port=route_port, uas_host=uas_host)
+    config = lab.sipfed_config(
+        work / "sipfed.toml",
+        certs,
+        listener_transport=scenario.uac_transport,
+        route_transport=scenario.uas_transport,
+        uas_port=route_port,
+        uas_host=uas_host,
+    )
     sipfed, sipfed_port = lab.start_sipfed(work, config, sipfed_source)
     stack.callback(sipfed.stop)
-    kamailio, ports = lab.start_kamailio(work, certs, uas_uri=f"sip:{uas_host}:{route_port};transport="
-                                         f"{scenario.uas_transport}", wait_transport=scenario.uac_transport)
+    kamailio, ports = lab.start_kamailio(
+        work,
+        certs,
+        uas_uri=f"sip:{uas_host}:{route_port};transport={scenario.uas_transport}",
+        wait_transport=scenario.uac_transport,
+    )
     stack.callback(kamailio.stop)
     if scenario.uac_transport == "udp":
         arms = [Arm("sipfed", sipfed, sipfed_port, sipfed_port), Arm("kamailio", kamailio, ports.udp, ports.udp)]
@@ -150,22 +208,31 @@ def start_lab(stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work
     return Lab(arms, None, helpers)
 
 
-def run_idle_tls(scenario: Scenario, counts: Counts, certs: Path, work: Path, sipfed_source: Path | None,
-                 steps: list[signin.MemoryStep]) -> str | None:
+def run_idle_tls(
+    scenario: Scenario,
+    counts: Counts,
+    certs: Path,
+    work: Path,
+    sipfed_source: Path | None,
+    steps: list[signin.MemoryStep],
+) -> str | None:
     """Idle TLS connection memory against a fresh sipfed and a fresh one-TCP-worker Kamailio (no SIPp, no
     stunnel: this process is the client); appends to ``steps``; returns an error, or None."""
     work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        config = lab.sipfed_config(work / "sipfed.toml", certs, listener_transport="tls", route_transport="tls",
-                                   uas_port=lab.free_port())  # a route nothing is sent on
+        config = lab.sipfed_config(
+            work / "sipfed.toml", certs, listener_transport="tls", route_transport="tls", uas_port=lab.free_port()
+        )  # a route nothing is sent on
         sipfed, sipfed_port = lab.start_sipfed(work, config, sipfed_source)
         stack.callback(sipfed.stop)
-        kamailio, ports = lab.start_kamailio(work, certs, uas_uri=f"sip:{lab.LOOPBACK}:9;transport=tls",
-                                             wait_transport="tls", tcp_children=1)
+        kamailio, ports = lab.start_kamailio(
+            work, certs, uas_uri=f"sip:{lab.LOOPBACK}:9;transport=tls", wait_transport="tls", tcp_children=1
+        )
         stack.callback(kamailio.stop)
         arms = [Arm("sipfed", sipfed, 0, tls_port=sipfed_port), Arm("kamailio", kamailio, 0, tls_port=ports.tls)]
-        bench = Bench(scenario, counts, work, arms, log,
-                      lab_pids=lambda: [pid for arm in arms for pid in arm.proxy.pids()])
+        bench = Bench(
+            scenario, counts, work, arms, log, lab_pids=lambda: [pid for arm in arms for pid in arm.proxy.pids()]
+        )
         signin.idle_tls_memory(bench, certs, steps, log)
         dead = dead_proxies(arms)
     return f"died during the idle TLS connections: {', '.join(dead)}" if dead else None
@@ -185,8 +252,9 @@ def run_phases(bench: Bench, scenario: Scenario, counts: Counts) -> tuple[list[i
     return fixed_rates, bench.step_up()
 
 
-def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
-                 sipfed_source: Path | None = None) -> dict[str, Any]:
+def run_scenario(
+    scenario: Scenario, counts: Counts, certs: Path, work: Path, sipfed_source: Path | None = None
+) -> dict[str, Any]:
     """Start the lab for ``scenario``, run every phase on both arms, return figures and raw runs.
 
     A lab helper that dies (UAS, stunnel) ends the scenario early; what was measured is kept, with the error.
@@ -204,8 +272,16 @@ def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
         arms = running.arms
         for arm in arms:
             _memory(arm, "rss_start_mb", procstat.rss_kb(arm.proxy.pids()), memory)
-        bench = Bench(scenario, counts, work, arms, log, uas_udp_port=running.uas_udp_port, health=running.health,
-                      lab_pids=running.lab_pids)
+        bench = Bench(
+            scenario,
+            counts,
+            work,
+            arms,
+            log,
+            uas_udp_port=running.uas_udp_port,
+            health=running.health,
+            lab_pids=running.lab_pids,
+        )
         try:
             if scenario.kind == "signin":
                 signin.run(bench, steps, log)
@@ -228,12 +304,24 @@ def run_scenario(scenario: Scenario, counts: Counts, certs: Path, work: Path,
         error = error or idle_error
         figs = signin_figures(arms, steps, memory=memory, counts=counts)
     else:
-        figs = figures(arms, fixed_rates=fixed_rates, step_best=step_best, memory=memory,
-                       transactions_per_call=scenario.transactions_per_call)
-    return {"figures": figs, "error": error, "noise": noise_note(arms), "seconds": round(time.monotonic() - started, 1),
-            "loadavg_start_end": [load_start, os.getloadavg()], "memory": memory,
-            **({"memory_steps": [step.to_json() for step in steps]} if scenario.kind == "signin" else {}),
-            "fixed_rates": fixed_rates, "runs": {arm.name: [run.to_json() for run in arm.runs] for arm in arms}}
+        figs = figures(
+            arms,
+            fixed_rates=fixed_rates,
+            step_best=step_best,
+            memory=memory,
+            transactions_per_call=scenario.transactions_per_call,
+        )
+    return {
+        "figures": figs,
+        "error": error,
+        "noise": noise_note(arms),
+        "seconds": round(time.monotonic() - started, 1),
+        "loadavg_start_end": [load_start, os.getloadavg()],
+        "memory": memory,
+        **({"memory_steps": [step.to_json() for step in steps]} if scenario.kind == "signin" else {}),
+        "fixed_rates": fixed_rates,
+        "runs": {arm.name: [run.to_json() for run in arm.runs] for arm in arms},
+    }
 
 
 def _version(args: list[str], containing: str = "") -> str:
@@ -256,21 +344,37 @@ def environment() -> dict[str, Any]:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg(), "sipfed_commit": commit,
-            "sipfed_tree_dirty": dirty not in ("?", ""), "sipfed_event_loop": loop,
-            "kamailio": _version(["kamailio", "-v"]), "sipp": _version(["sipp", "-v"]),
-            "stunnel": _version([shutil.which("stunnel4") or "stunnel", "-version"], "stunnel ")}
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "sipfed_commit": commit,
+        "sipfed_tree_dirty": dirty not in ("?", ""),
+        "sipfed_event_loop": loop,
+        "kamailio": _version(["kamailio", "-v"]),
+        "sipp": _version(["sipp", "-v"]),
+        "stunnel": _version([shutil.which("stunnel4") or "stunnel", "-version"], "stunnel "),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test of the whole bench (~1 min)")
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), dest="scenarios",
-                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        dest="scenarios",
+        help="run only this scenario (repeatable); default: all",
+    )
     parser.add_argument("--results", type=Path, default=lab.BENCH / "results", help="where the JSON goes")
-    parser.add_argument("--sipfed-source", type=Path, metavar="DIR",
-                        help="run sipfed's packages from another checkout (e.g. a `git archive` of a commit)")
+    parser.add_argument(
+        "--sipfed-source",
+        type=Path,
+        metavar="DIR",
+        help="run sipfed's packages from another checkout (e.g. a `git archive` of a commit)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (logs, configs)")
     return parser
 
@@ -315,9 +419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="sipfed-bench-"))
     log(f"bench: work directory {work}{' (quick)' if args.quick else ''}")
     started = time.monotonic()
-    document: dict[str, Any] = {"started_utc": stamp, "quick": args.quick,
-                                "environment": {**environment(), "sipfed_source": str(args.sipfed_source or lab.ROOT)},
-                                "counts": dataclasses.asdict(counts), "scenarios": {}, "tables": {}}
+    document: dict[str, Any] = {
+        "started_utc": stamp,
+        "quick": args.quick,
+        "environment": {**environment(), "sipfed_source": str(args.sipfed_source or lab.ROOT)},
+        "counts": dataclasses.asdict(counts),
+        "scenarios": {},
+        "tables": {},
+    }
     status = 1
     try:
         status = run_all(args, counts, work, document)
@@ -332,9 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if result.get("noise"):
             notes.setdefault(name, []).append(result["noise"])
         if result.get("error"):
-            notes.setdefault(name, []).append(f"!! {'stopped early' if name in shown else 'failed'}: "
-                                              f"{result['error'].splitlines()[0]}")
+            notes.setdefault(name, []).append(
+                f"!! {'stopped early' if name in shown else 'failed'}: {result['error'].splitlines()[0]}"
+            )
     print(table(shown, notes))
-    print(f"\n{'quick smoke test, not a measurement; ' if args.quick else ''}{document['seconds']:.0f} s; "
-          f"results: {path} (and latest.json)")
+    print(
+        f"\n{'quick smoke test, not a measurement; ' if args.quick else ''}{document['seconds']:.0f} s; "
+        f"results: {path} (and latest.json)"
+    )
     return status

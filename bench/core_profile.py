@@ -1,6 +1,6 @@
 """Cost of the sans-IO core per relayed MESSAGE + 200, without sockets: where the CPU goes.
 
-    python bench/core_profile.py [N] [--profile]
+python bench/core_profile.py [N] [--profile]
 """
 
 from __future__ import annotations
@@ -24,18 +24,25 @@ OUT = Flow("tls", "cisco", ("127.0.0.2", 5062), 2, CertIdentity(dns_names=("cups
 
 
 def make() -> Proxy:
-    identities = [Identity("cisco", "tls", "127.0.0.1", 5061, "sipfed.tomt.local", "sipfed.tomt.local"),
-                  Identity("lync", "tls", "127.0.0.1", 5062, "sipfed.tomt.it", "sipfed.tomt.it")]
+    identities = [
+        Identity("cisco", "tls", "127.0.0.1", 5061, "sipfed.tomt.local", "sipfed.tomt.local"),
+        Identity("lync", "tls", "127.0.0.1", 5062, "sipfed.tomt.it", "sipfed.tomt.it"),
+    ]
     routes = RouteTable([StaticRoute("cisco", "tomt.local", "127.0.0.2", 5062, "tls", "cups.tomt.local", "cisco")])
-    return Proxy(RelayPolicy.build(identities, routes, {}, frozenset()), RelaySettings(16, 180),
-                 observer=Metrics(CollectorRegistry()))
+    return Proxy(
+        RelayPolicy.build(identities, routes, {}, frozenset()),
+        RelaySettings(16, 180),
+        observer=Metrics(CollectorRegistry()),
+    )
 
 
 def message(i: int) -> bytes:
-    return (f"MESSAGE sip:alice@tomt.local SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.3:5061;branch=z9hG4bK{i:x}ab\r\n"
-            f"Max-Forwards: 70\r\nFrom: <sip:sipp@tomt.it>;tag={i}SIPpTag00\r\nTo: <sip:alice@tomt.local>\r\n"
-            f"Call-ID: {i}-bench@127.0.0.3\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: 22\r\n\r\nhello from sipp call {i % 10}").encode()
+    return (
+        f"MESSAGE sip:alice@tomt.local SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.3:5061;branch=z9hG4bK{i:x}ab\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:sipp@tomt.it>;tag={i}SIPpTag00\r\nTo: <sip:alice@tomt.local>\r\n"
+        f"Call-ID: {i}-bench@127.0.0.3\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: 22\r\n\r\nhello from sipp call {i % 10}"
+    ).encode()
 
 
 def answer(forwarded: bytes) -> bytes:

@@ -46,14 +46,16 @@ def raise_open_files(needed: int) -> int:
 
 def options_request(port: int, local: tuple[str, int], n: int, run: str) -> bytes:
     """An OPTIONS to the proxy itself (sipfed answers it; Kamailio's bench config answers 404: both final)."""
-    return (f"OPTIONS sip:{LOOPBACK}:{port};transport=tls SIP/2.0\r\n"
-            f"Via: SIP/2.0/TLS {local[0]}:{local[1]};branch=z9hG4bK-idle-{run}-{n}\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:bench@tomt.it>;tag=idle{n}\r\n"
-            f"To: <sip:{LOOPBACK}:{port}>\r\n"
-            f"Call-ID: idle-{run}-{n}@{LOOPBACK}\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"OPTIONS sip:{LOOPBACK}:{port};transport=tls SIP/2.0\r\n"
+        f"Via: SIP/2.0/TLS {local[0]}:{local[1]};branch=z9hG4bK-idle-{run}-{n}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:bench@tomt.it>;tag=idle{n}\r\n"
+        f"To: <sip:{LOOPBACK}:{port}>\r\n"
+        f"Call-ID: idle-{run}-{n}@{LOOPBACK}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 @dataclass

@@ -138,16 +138,28 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
-        return {"phase": self.phase, "offered_rate": self.offered_rate, "calls": r.calls,
-                "successful": r.successful, "failed": r.failed, "exit_code": r.exit_code, "aborted": r.aborted,
-                "wall_seconds": round(r.wall_seconds, 4), "calls_per_second": round(r.calls_per_second, 1),
-                "p50_ms": r.percentile_ms(50), "p99_ms": r.percentile_ms(99),
-                "max_ms": r.latencies_us[-1] / 1000 if r.latencies_us else None,
-                "cpu_seconds": round(self.cpu_seconds, 3), "transactions": self.transactions,
-                "machine_cpu_seconds": round(self.machine_cpu_seconds, 2),
-                "foreign_cpu_seconds": round(self.foreign_cpu_seconds, 2),
-                "proxy_udp_drops": self.proxy_udp_drops, "uas_udp_drops": self.uas_udp_drops,
-                "noisy": self.noisy(), "passes": self.passes()}
+        return {
+            "phase": self.phase,
+            "offered_rate": self.offered_rate,
+            "calls": r.calls,
+            "successful": r.successful,
+            "failed": r.failed,
+            "exit_code": r.exit_code,
+            "aborted": r.aborted,
+            "wall_seconds": round(r.wall_seconds, 4),
+            "calls_per_second": round(r.calls_per_second, 1),
+            "p50_ms": r.percentile_ms(50),
+            "p99_ms": r.percentile_ms(99),
+            "max_ms": r.latencies_us[-1] / 1000 if r.latencies_us else None,
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "transactions": self.transactions,
+            "machine_cpu_seconds": round(self.machine_cpu_seconds, 2),
+            "foreign_cpu_seconds": round(self.foreign_cpu_seconds, 2),
+            "proxy_udp_drops": self.proxy_udp_drops,
+            "uas_udp_drops": self.uas_udp_drops,
+            "noisy": self.noisy(),
+            "passes": self.passes(),
+        }
 
 
 @dataclass
@@ -168,8 +180,17 @@ class Bench:
     _serial: int = 0
     _quiet_waited: float = 0.0
 
-    def measure(self, arm: Arm, phase: str, *, calls: int, rate: int, limit: int,
-                timeout: float | None = None, recv_timeout_ms: int = 5000) -> Measurement:
+    def measure(
+        self,
+        arm: Arm,
+        phase: str,
+        *,
+        calls: int,
+        rate: int,
+        limit: int,
+        timeout: float | None = None,
+        recv_timeout_ms: int = 5000,
+    ) -> Measurement:
         """One UAC run on ``arm`` with the proxy's CPU time read before and after."""
         self._serial += 1
         tag = f"{self.scenario.name}-{self._serial:03d}-{arm.name}-{phase.replace(':', '-')}"
@@ -181,26 +202,46 @@ class Bench:
         drops_before = self._drops(arm)
         cpu_before, lab_before = procstat.cpu_seconds(pids), procstat.cpu_seconds(self.lab_pids())
         uac_before, machine_before = _children_cpu(), procstat.machine_busy_seconds()
-        result = run_uac(self.workdir, tag, scenario_xml=self.scenario.uac_xml, target_port=arm.target_port,
-                         transport=self.scenario.uac_transport, calls=calls, rate=rate, limit=limit,
-                         keys=dict(self.scenario.keys), timeout_seconds=timeout or self.counts.run_timeout_seconds,
-                         recv_timeout_ms=recv_timeout_ms)
+        result = run_uac(
+            self.workdir,
+            tag,
+            scenario_xml=self.scenario.uac_xml,
+            target_port=arm.target_port,
+            transport=self.scenario.uac_transport,
+            calls=calls,
+            rate=rate,
+            limit=limit,
+            keys=dict(self.scenario.keys),
+            timeout_seconds=timeout or self.counts.run_timeout_seconds,
+            recv_timeout_ms=recv_timeout_ms,
+        )
         machine = procstat.machine_busy_seconds() - machine_before
         lab_cpu = procstat.cpu_seconds(self.lab_pids()) - lab_before + _children_cpu() - uac_before
         self.settle([arm])  # work the run left behind (retransmissions, 408s) is charged to it
         cpu = procstat.cpu_seconds(pids) - cpu_before
         proxy_drops, uas_drops = (after - before for after, before in zip(self._drops(arm), drops_before, strict=True))
         offered = rate if phase == "step" or phase.startswith("fixed:") else None
-        run = Measurement(phase, offered, result, cpu, max(0, result.successful) * self.scenario.transactions_per_call,
-                          proxy_drops, uas_drops, machine, max(0.0, machine - lab_cpu))
+        run = Measurement(
+            phase,
+            offered,
+            result,
+            cpu,
+            max(0, result.successful) * self.scenario.transactions_per_call,
+            proxy_drops,
+            uas_drops,
+            machine,
+            max(0.0, machine - lab_cpu),
+        )
         arm.runs.append(run)
         p50, p99 = result.percentile_ms(50), result.percentile_ms(99)
         label = f"step {rate}/s" if phase == "step" else phase
-        self.log(f"  {arm.name:<8} {label:<14} {result.successful:>6}/{calls:<6} ok {result.failed:>3} failed "
-                 f"{result.calls_per_second:>8.0f}/s  p50 {_ms(p50)} p99 {_ms(p99)}  cpu {cpu:.2f}s"
-                 f"{f'  udp drops {proxy_drops}+{uas_drops}' if proxy_drops or uas_drops else ''}"
-                 f"{f'  other jobs {run.foreign_cpu_seconds:.1f} CPU s' if run.noisy() else ''}"
-                 f"{'' if run.passes() or offered is None else '  (fails)'}")
+        self.log(
+            f"  {arm.name:<8} {label:<14} {result.successful:>6}/{calls:<6} ok {result.failed:>3} failed "
+            f"{result.calls_per_second:>8.0f}/s  p50 {_ms(p50)} p99 {_ms(p99)}  cpu {cpu:.2f}s"
+            f"{f'  udp drops {proxy_drops}+{uas_drops}' if proxy_drops or uas_drops else ''}"
+            f"{f'  other jobs {run.foreign_cpu_seconds:.1f} CPU s' if run.noisy() else ''}"
+            f"{'' if run.passes() or offered is None else '  (fails)'}"
+        )
         return run
 
     def settle(self, arms: list[Arm], *, quiet_machine: bool = False, timeout: float = 6.0) -> None:
@@ -227,8 +268,10 @@ class Bench:
 
     def _drops(self, arm: Arm) -> tuple[int, int]:
         """Kernel UDP drop counters of the proxy's and the UAS's sockets (0 when not UDP)."""
-        return (procstat.udp_drops(arm.udp_port) if arm.udp_port else 0,
-                procstat.udp_drops(self.uas_udp_port) if self.uas_udp_port else 0)
+        return (
+            procstat.udp_drops(arm.udp_port) if arm.udp_port else 0,
+            procstat.udp_drops(self.uas_udp_port) if self.uas_udp_port else 0,
+        )
 
     def alternating(self) -> Iterator[Arm]:
         """A B A B ...: ``repetitions`` pairs."""
@@ -242,8 +285,9 @@ class Bench:
     def closed_loop(self) -> None:
         """(a) fixed call count with ``in_flight`` calls outstanding and an unreachable rate."""
         for arm in self.alternating():
-            self.measure(arm, "closed_loop", calls=self.counts.closed_loop_calls, rate=100_000,
-                         limit=self.counts.in_flight)
+            self.measure(
+                arm, "closed_loop", calls=self.counts.closed_loop_calls, rate=100_000, limit=self.counts.in_flight
+            )
 
     def fixed_rate(self, rate: int) -> None:
         """(b) open loop at ``rate`` calls/s for ``fixed_seconds``."""
@@ -253,8 +297,14 @@ class Bench:
     def fixed_run(self, arm: Arm, phase: str, rate: int, seconds: float) -> Measurement:
         calls = max(10, round(rate * seconds))
         # Room for 0.5 s of calls in flight: more than that fails the p99 limit anyway.
-        return self.measure(arm, phase, calls=calls, rate=rate, limit=max(100, rate // 2),
-                            timeout=min(self.counts.run_timeout_seconds, seconds * 4 + 10))
+        return self.measure(
+            arm,
+            phase,
+            calls=calls,
+            rate=rate,
+            limit=max(100, rate // 2),
+            timeout=min(self.counts.run_timeout_seconds, seconds * 4 + 10),
+        )
 
     def step_up(self) -> dict[str, int]:
         """(c) per arm: double the offered rate until a step fails (twice), then bisect; A and B interleaved."""

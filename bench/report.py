@@ -35,9 +35,13 @@ class Figure:
 
     def to_json(self) -> dict[str, Any]:
         ratio = self.ratio()
-        return {"label": self.label, "unit": self.unit, "better": self.better,
-                **{arm: _round(v) for arm, v in self.values.items()},
-                "ratio_sipfed_kamailio": round(ratio, 3) if ratio is not None else None}
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "better": self.better,
+            **{arm: _round(v) for arm, v in self.values.items()},
+            "ratio_sipfed_kamailio": round(ratio, 3) if ratio is not None else None,
+        }
 
 
 def _round(value: float | None) -> float | None:
@@ -76,8 +80,14 @@ def cpu_per_1k(runs: list[Measurement]) -> float | None:
     return 1000 * sum(run.cpu_seconds for run in runs) / transactions if transactions else None
 
 
-def figures(arms: list[Arm], *, fixed_rates: list[int], step_best: dict[str, int],
-            memory: dict[str, dict[str, float]], transactions_per_call: int = 1) -> list[Figure]:
+def figures(
+    arms: list[Arm],
+    *,
+    fixed_rates: list[int],
+    step_best: dict[str, int],
+    memory: dict[str, dict[str, float]],
+    transactions_per_call: int = 1,
+) -> list[Figure]:
     """Every compared figure of one scenario, in table order (rates are SIPp calls/s)."""
 
     def each(value: Any) -> dict[str, float | None]:
@@ -85,48 +95,105 @@ def figures(arms: list[Arm], *, fixed_rates: list[int], step_best: dict[str, int
 
     out = [
         Figure("closed_loop_calls_per_s", "closed loop, 50 in flight", "calls/s", "higher", each(closed_loop_rate)),
-        Figure("closed_loop_p99_ms", "  p99 latency in the closed loop", "ms", "lower",
-               each(lambda a: pooled_percentile_ms(_phase(a, "closed_loop"), 99))),
-        Figure("closed_loop_failed", "  failed calls in the closed loop", "calls", "lower",
-               each(lambda a: float(sum(_failed(run) for run in _phase(a, "closed_loop"))))),
+        Figure(
+            "closed_loop_p99_ms",
+            "  p99 latency in the closed loop",
+            "ms",
+            "lower",
+            each(lambda a: pooled_percentile_ms(_phase(a, "closed_loop"), 99)),
+        ),
+        Figure(
+            "closed_loop_failed",
+            "  failed calls in the closed loop",
+            "calls",
+            "lower",
+            each(lambda a: float(sum(_failed(run) for run in _phase(a, "closed_loop")))),
+        ),
     ]
     for rate in fixed_rates:
         runs = {arm.name: _phase(arm, f"fixed:{rate}") for arm in arms}
         at = f"{rate}/s" if transactions_per_call == 1 else f"{rate}/s ({rate * transactions_per_call} tx/s)"
         out += [
-            Figure(f"p50_ms_at_{rate}", f"p50 latency at {at}", "ms", "lower",
-                   {name: pooled_percentile_ms(r, 50) for name, r in runs.items()}),
-            Figure(f"p99_ms_at_{rate}", f"p99 latency at {at}", "ms", "lower",
-                   {name: pooled_percentile_ms(r, 99) for name, r in runs.items()}),
-            Figure(f"failed_at_{rate}", f"  failed calls at {at}", "calls", "lower",
-                   {name: float(sum(_failed(x) for x in r)) for name, r in runs.items()}),
+            Figure(
+                f"p50_ms_at_{rate}",
+                f"p50 latency at {at}",
+                "ms",
+                "lower",
+                {name: pooled_percentile_ms(r, 50) for name, r in runs.items()},
+            ),
+            Figure(
+                f"p99_ms_at_{rate}",
+                f"p99 latency at {at}",
+                "ms",
+                "lower",
+                {name: pooled_percentile_ms(r, 99) for name, r in runs.items()},
+            ),
+            Figure(
+                f"failed_at_{rate}",
+                f"  failed calls at {at}",
+                "calls",
+                "lower",
+                {name: float(sum(_failed(x) for x in r)) for name, r in runs.items()},
+            ),
         ]
     out += [
-        Figure("max_rate_p99_under_10ms", "step-up: max rate, 0 failed, p99<10ms", "calls/s", "higher",
-               {arm.name: float(step_best[arm.name]) if arm.name in step_best else None for arm in arms}),
-        Figure("cpu_s_per_1k_tx", "CPU per 1,000 transactions (closed loop)", "CPU s", "lower",
-               each(lambda a: cpu_per_1k(_phase(a, "closed_loop")))),
+        Figure(
+            "max_rate_p99_under_10ms",
+            "step-up: max rate, 0 failed, p99<10ms",
+            "calls/s",
+            "higher",
+            {arm.name: float(step_best[arm.name]) if arm.name in step_best else None for arm in arms},
+        ),
+        Figure(
+            "cpu_s_per_1k_tx",
+            "CPU per 1,000 transactions (closed loop)",
+            "CPU s",
+            "lower",
+            each(lambda a: cpu_per_1k(_phase(a, "closed_loop"))),
+        ),
     ]
     if fixed_rates:
-        out.append(Figure(f"cpu_s_per_1k_tx_at_{fixed_rates[0]}",
-                          f"CPU per 1,000 transactions at {fixed_rates[0]}/s", "CPU s", "lower",
-                          each(lambda a: cpu_per_1k(_phase(a, f"fixed:{fixed_rates[0]}")))))
+        out.append(
+            Figure(
+                f"cpu_s_per_1k_tx_at_{fixed_rates[0]}",
+                f"CPU per 1,000 transactions at {fixed_rates[0]}/s",
+                "CPU s",
+                "lower",
+                each(lambda a: cpu_per_1k(_phase(a, f"fixed:{fixed_rates[0]}"))),
+            )
+        )
     return out + _memory_figures(arms, memory)
 
 
 def _memory_figures(arms: list[Arm], memory: dict[str, dict[str, float]]) -> list[Figure]:
     return [
-        Figure("rss_start_mb", "RSS at start (sum over processes)", "MB", "lower",
-               {arm.name: memory[arm.name].get("rss_start_mb") for arm in arms}),
-        Figure("peak_rss_mb", "peak RSS, VmHWM (sum over processes)", "MB", "lower",
-               {arm.name: memory[arm.name].get("peak_rss_mb") for arm in arms}),
-        Figure("pss_end_mb", "PSS at end (shared pages split)", "MB", "lower",
-               {arm.name: memory[arm.name].get("pss_end_mb") for arm in arms}),
+        Figure(
+            "rss_start_mb",
+            "RSS at start (sum over processes)",
+            "MB",
+            "lower",
+            {arm.name: memory[arm.name].get("rss_start_mb") for arm in arms},
+        ),
+        Figure(
+            "peak_rss_mb",
+            "peak RSS, VmHWM (sum over processes)",
+            "MB",
+            "lower",
+            {arm.name: memory[arm.name].get("peak_rss_mb") for arm in arms},
+        ),
+        Figure(
+            "pss_end_mb",
+            "PSS at end (shared pages split)",
+            "MB",
+            "lower",
+            {arm.name: memory[arm.name].get("pss_end_mb") for arm in arms},
+        ),
     ]
 
 
-def signin_figures(arms: list[Arm], steps: list[MemoryStep], *, memory: dict[str, dict[str, float]],
-                   counts: Counts) -> list[Figure]:
+def signin_figures(
+    arms: list[Arm], steps: list[MemoryStep], *, memory: dict[str, dict[str, float]], counts: Counts
+) -> list[Figure]:
     """The figures of the ``signin-tls`` scenario (bench/signin.py), in table order."""
 
     def storm(value: Any) -> dict[str, float | None]:
@@ -146,28 +213,62 @@ def signin_figures(arms: list[Arm], steps: list[MemoryStep], *, memory: dict[str
         return float(s.count)
 
     return [
-        Figure("storm_seconds", f"sign-in storm: {counts.storm_calls:,} SUBSCRIBE+NOTIFY", "s", "lower",
-               storm(lambda runs: _mean([r.result.wall_seconds for r in runs]))),
-        Figure("storm_calls_per_s", "  completion rate in the storm", "calls/s", "higher",
-               storm(lambda runs: _mean([r.result.calls_per_second for r in runs]))),
-        Figure("storm_failed", "  failed calls in the storm", "calls", "lower",
-               storm(lambda runs: float(sum(_failed(r) for r in runs)))),
-        Figure("storm_p99_ms", "  p99 SUBSCRIBE -> 200 in the storm", "ms", "lower",
-               storm(lambda runs: pooled_percentile_ms(runs, 99))),
-        Figure("storm_cpu_s_per_1k_tx", "  CPU per 1,000 transactions in the storm", "CPU s", "lower",
-               storm(cpu_per_1k)),
-        Figure("dialog_rss_bytes", "memory per live dialog, RSS (target <2 KB)", "bytes", "lower",
-               step("dialogs", rss)),
+        Figure(
+            "storm_seconds",
+            f"sign-in storm: {counts.storm_calls:,} SUBSCRIBE+NOTIFY",
+            "s",
+            "lower",
+            storm(lambda runs: _mean([r.result.wall_seconds for r in runs])),
+        ),
+        Figure(
+            "storm_calls_per_s",
+            "  completion rate in the storm",
+            "calls/s",
+            "higher",
+            storm(lambda runs: _mean([r.result.calls_per_second for r in runs])),
+        ),
+        Figure(
+            "storm_failed",
+            "  failed calls in the storm",
+            "calls",
+            "lower",
+            storm(lambda runs: float(sum(_failed(r) for r in runs))),
+        ),
+        Figure(
+            "storm_p99_ms",
+            "  p99 SUBSCRIBE -> 200 in the storm",
+            "ms",
+            "lower",
+            storm(lambda runs: pooled_percentile_ms(runs, 99)),
+        ),
+        Figure(
+            "storm_cpu_s_per_1k_tx", "  CPU per 1,000 transactions in the storm", "CPU s", "lower", storm(cpu_per_1k)
+        ),
+        Figure(
+            "dialog_rss_bytes", "memory per live dialog, RSS (target <2 KB)", "bytes", "lower", step("dialogs", rss)
+        ),
         Figure("dialog_pss_bytes", "memory per live dialog, PSS", "bytes", "lower", step("dialogs", pss)),
-        Figure("dialogs_live", f"  dialogs created (of {counts.dialogs:,})", "dialogs", "higher",
-               step("dialogs", count)),
-        Figure("idle_tls_rss_bytes", "memory per idle TLS connection, RSS (<64KB)", "bytes", "lower",
-               step("idle_tls", rss)),
+        Figure(
+            "dialogs_live", f"  dialogs created (of {counts.dialogs:,})", "dialogs", "higher", step("dialogs", count)
+        ),
+        Figure(
+            "idle_tls_rss_bytes", "memory per idle TLS connection, RSS (<64KB)", "bytes", "lower", step("idle_tls", rss)
+        ),
         Figure("idle_tls_pss_bytes", "memory per idle TLS connection, PSS", "bytes", "lower", step("idle_tls", pss)),
-        Figure("idle_tls_answered", f"  idle TLS connections (of {counts.idle_tls_connections:,})", "conns",
-               "higher", step("idle_tls", count)),
-        Figure("tls_handshake_cpu_ms", "  proxy CPU per accepted TLS handshake", "CPU ms", "lower",
-               step("idle_tls", MemoryStep.cpu_ms_each)),
+        Figure(
+            "idle_tls_answered",
+            f"  idle TLS connections (of {counts.idle_tls_connections:,})",
+            "conns",
+            "higher",
+            step("idle_tls", count),
+        ),
+        Figure(
+            "tls_handshake_cpu_ms",
+            "  proxy CPU per accepted TLS handshake",
+            "CPU ms",
+            "lower",
+            step("idle_tls", MemoryStep.cpu_ms_each),
+        ),
         *_memory_figures(arms, memory),
     ]
 
@@ -193,9 +294,11 @@ def table(results: dict[str, list[Figure]], notes: dict[str, list[str]] | None =
         lines += [header, "-" * len(header)]
         for fig in figs:
             ratio = fig.ratio()
-            lines.append(f"{fig.label:<44} {fig.unit:<8} {_cell(fig.values.get('sipfed')):>10} "
-                         f"{_cell(fig.values.get('kamailio')):>10} "
-                         f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>11}")
+            lines.append(
+                f"{fig.label:<44} {fig.unit:<8} {_cell(fig.values.get('sipfed')):>10} "
+                f"{_cell(fig.values.get('kamailio')):>10} "
+                f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>11}"
+            )
     return "\n".join(lines)
 
 
@@ -218,5 +321,7 @@ def noise_note(arms: list[Arm]) -> str:
     if not noisy:
         return f"   ({len(runs)} runs, none disturbed by other jobs on the machine)"
     worst = max(run.foreign_cpu_seconds / max(run.result.wall_seconds, 1.0) for run in noisy)
-    return (f"   ({len(noisy)} of {len(runs)} runs disturbed by other jobs on the machine, up to {worst:.0%} of a core;"
-            " see foreign_cpu_seconds in the JSON)")
+    return (
+        f"   ({len(noisy)} of {len(runs)} runs disturbed by other jobs on the machine, up to {worst:.0%} of a core;"
+        " see foreign_cpu_seconds in the JSON)"
+    )

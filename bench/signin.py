@@ -76,12 +76,19 @@ class MemoryStep:
 
     def to_json(self) -> dict[str, Any]:
         rss, pss = self.bytes_each("rss"), self.bytes_each("pss")
-        return {"arm": self.arm, "what": self.what, "asked": self.asked, "count": self.count,
-                "rss_kb_before_after": list(self.rss_kb), "pss_kb_before_after": list(self.pss_kb),
-                "rss_bytes_each": round(rss) if rss is not None else None,
-                "pss_bytes_each": round(pss) if pss is not None else None,
-                "settle_seconds": round(self.settle_seconds, 1), "problems": self.problems,
-                "cpu_seconds": self.cpu_seconds}
+        return {
+            "arm": self.arm,
+            "what": self.what,
+            "asked": self.asked,
+            "count": self.count,
+            "rss_kb_before_after": list(self.rss_kb),
+            "pss_kb_before_after": list(self.pss_kb),
+            "rss_bytes_each": round(rss) if rss is not None else None,
+            "pss_bytes_each": round(pss) if pss is not None else None,
+            "settle_seconds": round(self.settle_seconds, 1),
+            "problems": self.problems,
+            "cpu_seconds": self.cpu_seconds,
+        }
 
 
 def memory_kb(arm: Arm) -> tuple[int, int]:
@@ -118,8 +125,14 @@ def run(bench: Bench, steps: list[MemoryStep], log: Callable[[str], None]) -> No
         steps.append(live_dialogs(bench, arm, log))
     log(f"{name}: sign-in storm, {counts.storm_calls} SUBSCRIBEs at once on one TLS connection")
     for arm in bench.alternating():
-        bench.measure(arm, "storm", calls=counts.storm_calls, rate=STORM_RATE, limit=counts.storm_calls,
-                      recv_timeout_ms=round(counts.run_timeout_seconds * 1000))
+        bench.measure(
+            arm,
+            "storm",
+            calls=counts.storm_calls,
+            rate=STORM_RATE,
+            limit=counts.storm_calls,
+            recv_timeout_ms=round(counts.run_timeout_seconds * 1000),
+        )
 
 
 def idle_tls_memory(bench: Bench, certs: Path, steps: list[MemoryStep], log: Callable[[str], None]) -> None:
@@ -152,10 +165,21 @@ def idle_connections(bench: Bench, arm: Arm, context: ssl.SSLContext, log: Calla
         after, waited = settled_memory_kb(arm, 1.0)
     finally:
         conns.close()
-    step = MemoryStep(arm.name, "idle_tls", count, conns.answered, (before[0], after[0]), (before[1], after[1]),
-                      waited, dict(conns.problems), cpu)
-    log(f"  {arm.name:<8} idle TLS   {conns.answered:>6}/{count:<6} answered, opened in {opened:.1f}s "
-        f"(proxy CPU {cpu:.2f}s)  {_each(step)}{'  problems: ' + str(step.problems) if step.problems else ''}")
+    step = MemoryStep(
+        arm.name,
+        "idle_tls",
+        count,
+        conns.answered,
+        (before[0], after[0]),
+        (before[1], after[1]),
+        waited,
+        dict(conns.problems),
+        cpu,
+    )
+    log(
+        f"  {arm.name:<8} idle TLS   {conns.answered:>6}/{count:<6} answered, opened in {opened:.1f}s "
+        f"(proxy CPU {cpu:.2f}s)  {_each(step)}{'  problems: ' + str(step.problems) if step.problems else ''}"
+    )
     bench.settle([arm])  # the proxy closing them is not charged to the next arm
     return step
 
@@ -168,8 +192,15 @@ def live_dialogs(bench: Bench, arm: Arm, log: Callable[[str], None]) -> MemorySt
     before, _ = settled_memory_kb(arm, counts.linger_seconds)
     run = _dialogs(bench, arm, "dialogs", counts.dialogs)
     after, waited = settled_memory_kb(arm, counts.linger_seconds)
-    step = MemoryStep(arm.name, "dialogs", counts.dialogs, max(0, run.result.successful), (before[0], after[0]),
-                      (before[1], after[1]), waited)
+    step = MemoryStep(
+        arm.name,
+        "dialogs",
+        counts.dialogs,
+        max(0, run.result.successful),
+        (before[0], after[0]),
+        (before[1], after[1]),
+        waited,
+    )
     log(f"  {arm.name:<8} dialogs    {step.count:>6}/{counts.dialogs:<6} live after {waited:.1f}s  {_each(step)}")
     return step
 
@@ -177,13 +208,20 @@ def live_dialogs(bench: Bench, arm: Arm, log: Callable[[str], None]) -> MemorySt
 def _dialogs(bench: Bench, arm: Arm, phase: str, calls: int) -> Measurement:
     """SUBSCRIBE + 200 + NOTIFY dialogs left live, at ``dialog_rate`` with at most 200 calls in flight."""
     rate = bench.counts.dialog_rate
-    return bench.measure(arm, phase, calls=calls, rate=rate, limit=DIALOGS_IN_FLIGHT,
-                         timeout=calls / rate * 2 + bench.counts.run_timeout_seconds)
+    return bench.measure(
+        arm,
+        phase,
+        calls=calls,
+        rate=rate,
+        limit=DIALOGS_IN_FLIGHT,
+        timeout=calls / rate * 2 + bench.counts.run_timeout_seconds,
+    )
 
 
 def _each(step: MemoryStep) -> str:
     rss, pss = step.bytes_each("rss"), step.bytes_each("pss")
     if rss is None or pss is None:
         return "nothing created"
-    return (f"RSS {step.rss_kb[0] / 1024:.1f} -> {step.rss_kb[1] / 1024:.1f} MB, {rss:,.0f} B each; "
-            f"PSS {pss:,.0f} B each")
+    return (
+        f"RSS {step.rss_kb[0] / 1024:.1f} -> {step.rss_kb[1] / 1024:.1f} MB, {rss:,.0f} B each; PSS {pss:,.0f} B each"
+    )

@@ -105,26 +105,75 @@ def tls_dialog_variant(scenario_xml: str, out_dir: Path, *, contact: str, alias:
     return out
 
 
-def run_uac(workdir: Path, tag: str, *, scenario_xml: str, target_port: int, transport: str, calls: int,
-            rate: int, limit: int, keys: dict[str, str], timeout_seconds: float,
-            recv_timeout_ms: int = 5000) -> UacResult:
+def run_uac(
+    workdir: Path,
+    tag: str,
+    *,
+    scenario_xml: str,
+    target_port: int,
+    transport: str,
+    calls: int,
+    rate: int,
+    limit: int,
+    keys: dict[str, str],
+    timeout_seconds: float,
+    recv_timeout_ms: int = 5000,
+) -> UacResult:
     """Run the SIPp UAC to completion against 127.0.0.1:target_port, bounded by ``timeout_seconds``.
 
     ``scenario_xml`` is a file in tests/integration/sipp/ or an absolute path."""
     log, stat = workdir / f"{tag}.lat.log", workdir / f"{tag}.stat.csv"
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    args = ["sipp", f"{LOOPBACK}:{target_port}", "-sf", str(SIPP_DIR / scenario_xml),
-            "-t", "u1" if transport == "udp" else "t1", "-i", LOOPBACK, "-p", str(free_port(kind)),
-            "-s", "alice", "-m", str(calls), "-r", str(rate), "-l", str(limit), "-nostdin",
-            "-recv_timeout", str(recv_timeout_ms), "-timeout", f"{max(1, round(timeout_seconds))}s", "-timeout_error",
-            "-trace_logs", "-log_file", str(log), "-trace_stat", "-stf", str(stat), "-fd", "1",
-            "-trace_err", "-error_file", str(workdir / f"{tag}.errors")]
+    args = [
+        "sipp",
+        f"{LOOPBACK}:{target_port}",
+        "-sf",
+        str(SIPP_DIR / scenario_xml),
+        "-t",
+        "u1" if transport == "udp" else "t1",
+        "-i",
+        LOOPBACK,
+        "-p",
+        str(free_port(kind)),
+        "-s",
+        "alice",
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        str(limit),
+        "-nostdin",
+        "-recv_timeout",
+        str(recv_timeout_ms),
+        "-timeout",
+        f"{max(1, round(timeout_seconds))}s",
+        "-timeout_error",
+        "-trace_logs",
+        "-log_file",
+        str(log),
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        "-fd",
+        "1",
+        "-trace_err",
+        "-error_file",
+        str(workdir / f"{tag}.errors"),
+    ]
     for name, value in keys.items():
         args += ["-key", name, value]
     started = time.monotonic()
     try:
-        done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              cwd=workdir, timeout=timeout_seconds + 15, check=False)
+        done = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+            timeout=timeout_seconds + 15,
+            check=False,
+        )
         code, outer_timeout = done.returncode, False
     except subprocess.TimeoutExpired:  # subprocess.run has killed it (by PID)
         code, outer_timeout = -9, True
@@ -134,6 +183,12 @@ def run_uac(workdir: Path, tag: str, *, scenario_xml: str, target_port: int, tra
     wall = end - start if start is not None and end is not None and end > start else elapsed
     latencies = tuple(sorted(int(m) for m in LATENCY_RE.findall(log.read_bytes()))) if log.exists() else ()
     successful = _int(row, "SuccessfulCall(C)")
-    return UacResult(calls=calls, successful=successful if successful >= 0 else len(latencies),
-                     failed=_int(row, "FailedCall(C)"), wall_seconds=wall, latencies_us=latencies,
-                     exit_code=code, aborted=outer_timeout or code == 255)
+    return UacResult(
+        calls=calls,
+        successful=successful if successful >= 0 else len(latencies),
+        failed=_int(row, "FailedCall(C)"),
+        wall_seconds=wall,
+        latencies_us=latencies,
+        exit_code=code,
+        aborted=outer_timeout or code == 255,
+    )

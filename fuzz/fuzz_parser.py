@@ -101,9 +101,12 @@ def check(data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if not HAVE_ATHERIS:
-        print(f"fuzz_parser: atheris is not installed in this interpreter; run '{sys.executable} -m pip install "
-              "atheris' (a prebuilt wheel on x86_64 Linux; elsewhere it builds from source and needs clang with "
-              "libFuzzer). tests/unit/test_fuzz.py runs the same checks without it.", file=sys.stderr)
+        print(
+            f"fuzz_parser: atheris is not installed in this interpreter; run '{sys.executable} -m pip install "
+            "atheris' (a prebuilt wheel on x86_64 Linux; elsewhere it builds from source and needs clang with "
+            "libFuzzer). tests/unit/test_fuzz.py runs the same checks without it.",
+            file=sys.stderr,
+        )
         return 2
     atheris.Setup(sys.argv if argv is None else argv, check)
     atheris.Fuzz()

@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     out, source = Path(args[0]), Path(args[1]) if len(args) == 2 else RFC4475
     torture = {path.name: path.read_bytes() for path in sorted(source.glob("*.dat"))}
     if not torture:
-        print(f"seed_corpus.py: no *.dat files in {source} (the RFC 4475 corpus of tests/data/rfc4475)",
-              file=sys.stderr)
+        print(
+            f"seed_corpus.py: no *.dat files in {source} (the RFC 4475 corpus of tests/data/rfc4475)", file=sys.stderr
+        )
         return 1
     out.mkdir(parents=True, exist_ok=True)
     seeds = {**torture, **framing_seeds(torture)}

@@ -31,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="find why a federation would fail: certificates, names, routes")
     doctor.add_argument("--config", required=True, help="TOML config file")
     doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list, for scripts")
-    doctor.add_argument("--live", action="store_true",
-                        help="also probe each static route: TCP, TLS with our certificate, the peer's chain, OPTIONS")
+    doctor.add_argument(
+        "--live",
+        action="store_true",
+        help="also probe each static route: TCP, TLS with our certificate, the peer's chain, OPTIONS",
+    )
     return parser
 
 
@@ -75,11 +78,15 @@ def describe(config: object) -> str:
     lines = [f"{config.path}: OK", f"proxy fqdn {config.fqdn}, Record-Route maddr {config.federation_fqdn}"]
     for lst in config.listeners:
         mtls = ", client certificate required" if lst.transport == "tls" and lst.require_client_cert else ""
-        lines.append(f"listener {lst.name}: {lst.transport} {lst.address}:{lst.port} as {lst.fqdn} "
-                     f"(maddr {lst.federation_fqdn}){mtls}")
+        lines.append(
+            f"listener {lst.name}: {lst.transport} {lst.address}:{lst.port} as {lst.fqdn} "
+            f"(maddr {lst.federation_fqdn}){mtls}"
+        )
     for route in config.routes:
-        lines.append(f"route {route.name}: {route.match_uri} -> {route.destination}:{route.port} {route.transport} "
-                     f"(certificate name {route.tls_name}, via listener {route.listener or 'inbound'})")
+        lines.append(
+            f"route {route.name}: {route.match_uri} -> {route.destination}:{route.port} {route.transport} "
+            f"(certificate name {route.tls_name}, via listener {route.listener or 'inbound'})"
+        )
     for rewrite in config.maddr_rewrites:
         lines.append(f"maddr rewrite: {rewrite.internal} <-> {rewrite.external}")
     lines.append(describe_connection_limits(config.limits))
@@ -92,11 +99,15 @@ def describe_connection_limits(limits: LimitsConfig) -> str:
     """What [limits] allows inbound connections before they prove who they are (issue 14)."""
     per_source = limits.max_connections_per_source
     rate = limits.handshakes_per_source_per_second
-    parts = [f"at most {limits.max_connections} inbound (fewer if the open-files limit is lower)",
-             f"{per_source} unproven per source address" if per_source else "no per-source cap",
-             f"{rate:g} TLS handshakes per source per second" if rate else "no handshake rate limit"]
-    return (f"connections: {', '.join(parts)}; one bound to no peer is closed after "
-            f"{limits.unauthenticated_idle_seconds:g} s without a valid SIP message")
+    parts = [
+        f"at most {limits.max_connections} inbound (fewer if the open-files limit is lower)",
+        f"{per_source} unproven per source address" if per_source else "no per-source cap",
+        f"{rate:g} TLS handshakes per source per second" if rate else "no handshake rate limit",
+    ]
+    return (
+        f"connections: {', '.join(parts)}; one bound to no peer is closed after "
+        f"{limits.unauthenticated_idle_seconds:g} s without a valid SIP message"
+    )
 
 
 def describe_trust(config: object) -> list[str]:
@@ -119,11 +130,14 @@ def describe_trust(config: object) -> list[str]:
         lines.append(f"acl.outgoing[{i}] never forwarded a challenge: {entry.describe()}")
     for credential in trust.credentials:
         realm = credential.realm or "any realm"
-        lines.append(f"credentials: answers challenges from route {credential.route} ({realm}) "
-                     f"as {credential.username}")
+        lines.append(
+            f"credentials: answers challenges from route {credential.route} ({realm}) as {credential.username}"
+        )
     if trust.digest is not None:
-        lines.append(f"digest realm {trust.digest.realm}: {', '.join(trust.digest.algorithms)}, "
-                     f"{len(trust.digest.users)} user(s), nonces valid {trust.digest.nonce_ttl_seconds:g} s")
+        lines.append(
+            f"digest realm {trust.digest.realm}: {', '.join(trust.digest.algorithms)}, "
+            f"{len(trust.digest.users)} user(s), nonces valid {trust.digest.nonce_ttl_seconds:g} s"
+        )
     verbs = {"admit": "admitted", "challenge": "challenged (407)", "refuse": "refused (403)"}
     lines.extend(f"listener {lst.name}: untrusted sources are {verbs[lst.untrusted]}" for lst in config.listeners)
     return lines
@@ -149,13 +163,18 @@ def print_routes(config: object, resolve: bool) -> int:
             print(f"  resolves {route.resolve} by DNS (RFC 3263); add --resolve to look it up now")
             continue
         try:
-            found = (asyncio.run(resolver.candidates_for(route, time.monotonic())) if route.resolve
-                     else list(route.static_candidates))
+            found = (
+                asyncio.run(resolver.candidates_for(route, time.monotonic()))
+                if route.resolve
+                else list(route.static_candidates)
+            )
         except ResolutionError as exc:
             print(f"  DNS: {exc}")
             status = 1
             continue
         for i, candidate in enumerate(order(found, Health(), 0.0, random.Random()), 1):
-            print(f"  {i}. {candidate} (priority {candidate.priority}, weight {candidate.weight}, "
-                  f"certificate name {candidate.tls_name or '-'}, from {candidate.source})")
+            print(
+                f"  {i}. {candidate} (priority {candidate.priority}, weight {candidate.weight}, "
+                f"certificate name {candidate.tls_name or '-'}, from {candidate.source})"
+            )
     return status

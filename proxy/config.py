@@ -22,16 +22,37 @@ from routes.table import DOMAIN_RE, is_host
 
 TRANSPORTS = ("tls", "tcp", "udp")
 PROXY_KEYS = {
-    "fqdn", "federation_fqdn", "tolerated_option_tags", "transaction_timeout_seconds",
-    "invite_timeout_seconds", "connect_timeout_seconds", "max_message_bytes", "log_level",
-    "keepalive_seconds", "keepalive_timeout_seconds", "in_dialog_networks",
+    "fqdn",
+    "federation_fqdn",
+    "tolerated_option_tags",
+    "transaction_timeout_seconds",
+    "invite_timeout_seconds",
+    "connect_timeout_seconds",
+    "max_message_bytes",
+    "log_level",
+    "keepalive_seconds",
+    "keepalive_timeout_seconds",
+    "in_dialog_networks",
 }
 DNS_KEYS = {"nameservers", "port", "timeout_seconds"}
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
 TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
-TOP_KEYS = {"proxy", "tls", "listeners", "routes", "maddr_rewrite", "peers", "auth", "acl", "metrics", "limits",
-            "dns", "control", "hep"}
+TOP_KEYS = {
+    "proxy",
+    "tls",
+    "listeners",
+    "routes",
+    "maddr_rewrite",
+    "peers",
+    "auth",
+    "acl",
+    "metrics",
+    "limits",
+    "dns",
+    "control",
+    "hep",
+}
 #: [limits] keys: (lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off. The defaults
 #: and which keys are whole numbers (an ``int`` field) are LimitsConfig's.
 LIMIT_BOUNDS: dict[str, tuple[float, float]] = {
@@ -83,6 +104,8 @@ class LimitsConfig:
     """TLS handshakes per source address that proved nothing (0: off)."""
     unauthenticated_idle_seconds: float = 60.0
     """An inbound connection bound to no trusted peer closes after this long without a valid SIP message."""
+
+
 HEP_KEYS = {"address", "capture_id", "password"}
 CONTROL_KEYS = {"socket", "mode"}
 #: sockaddr_un.sun_path holds 108 bytes on Linux, the terminating NUL included.
@@ -262,8 +285,10 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     names = {listener.name for listener in listeners}
     for i, route in enumerate(routes):
         if route.listener is not None and route.listener not in names:
-            problems.append(f"routes[{i}].listener: no listener is named {route.listener!r} "
-                            f"(listeners: {', '.join(sorted(names)) or 'none'})")
+            problems.append(
+                f"routes[{i}].listener: no listener is named {route.listener!r} "
+                f"(listeners: {', '.join(sorted(names)) or 'none'})"
+            )
     needs_tls = any(lst.transport == "tls" for lst in listeners) or any(r.transport == "tls" for r in routes)
     tls = _tls(raw.get("tls"), path.parent, needs_tls, problems)
     settings = _settings(proxy, problems)
@@ -278,9 +303,22 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     listeners = _untrusted_policies(raw.get("listeners"), listeners, trust, problems, warnings)
     if problems:
         return None
-    return Config(path, fqdn, federation_fqdn, tuple(listeners), tls, tuple(routes), tuple(rewrites), **settings,
-                  limits=limits, metrics_listen=metrics_listen, control=control, hep=hep, trust=trust,
-                  warnings=tuple(warnings))
+    return Config(
+        path,
+        fqdn,
+        federation_fqdn,
+        tuple(listeners),
+        tls,
+        tuple(routes),
+        tuple(rewrites),
+        **settings,
+        limits=limits,
+        metrics_listen=metrics_listen,
+        control=control,
+        hep=hep,
+        trust=trust,
+        warnings=tuple(warnings),
+    )
 
 
 def _limits(raw: object, problems: list[str]) -> LimitsConfig:
@@ -303,8 +341,10 @@ def _limits(raw: object, problems: list[str]) -> LimitsConfig:
             given[key] = int(value) if whole else float(value)
     limits = dataclasses.replace(defaults, **given)
     if limits.max_connections_per_source > limits.max_connections:
-        problems.append(f"limits.max_connections_per_source: {limits.max_connections_per_source} is above "
-                        f"limits.max_connections ({limits.max_connections}); lower it (0: no per-source cap)")
+        problems.append(
+            f"limits.max_connections_per_source: {limits.max_connections_per_source} is above "
+            f"limits.max_connections ({limits.max_connections}); lower it (0: no per-source cap)"
+        )
     return limits
 
 
@@ -318,8 +358,12 @@ def _metrics(raw: object, problems: list[str]) -> tuple[str, int] | None:
     if listen == "off":
         return None
     host, _, port = str(listen).rpartition(":")
-    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) < 65536 \
-            or not is_host(host.strip("[]")):
+    if (
+        not host
+        or not (port.isascii() and port.isdigit() and len(port) <= 5)
+        or not 0 <= int(port) < 65536
+        or not is_host(host.strip("[]"))
+    ):
         problems.append(f"metrics.listen: {listen!r} must be ADDRESS:PORT (port 0: any free port) or 'off'")
         return None
     return host.strip("[]"), int(port)
@@ -339,11 +383,19 @@ def _hep(raw: object, problems: list[str]) -> HepConfig | None:
         host = host[1:-1] if ":" in host else ""
     elif ":" in host:
         host = ""  # an IPv6 address needs its brackets, or the port is ambiguous
-    valid = bool(host) and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536 \
+    valid = (
+        bool(host)
+        and port.isascii()
+        and port.isdigit()
+        and len(port) <= 5
+        and 0 < int(port) < 65536
         and is_host(host.lower())
+    )
     if address and not valid:
-        problems.append(f"hep.address: {address!r} must be HOST:PORT of the HEP receiver, e.g. '10.0.0.9:9060' "
-                        "or '[2001:db8::9]:9060' (UDP, port 1-65535)")
+        problems.append(
+            f"hep.address: {address!r} must be HOST:PORT of the HEP receiver, e.g. '10.0.0.9:9060' "
+            "or '[2001:db8::9]:9060' (UDP, port 1-65535)"
+        )
     capture_id = raw.get("capture_id")
     if capture_id is None:
         problems.append("hep.capture_id: missing (required): the capture agent ID Homer shows for this sipfed")
@@ -371,8 +423,10 @@ def parse_control(raw: object, base: Path, problems: list[str], warnings: list[s
     text = _string(raw, "socket", "control", problems, required=True)
     socket = base / text if text else Path()
     if text and len(os.fsencode(socket)) > UNIX_PATH_MAX:
-        problems.append(f"control.socket: {str(socket)!r} is longer than a Unix socket path may be "
-                        f"({UNIX_PATH_MAX} bytes); choose a shorter one, e.g. '/run/sipfed/ctl.sock'")
+        problems.append(
+            f"control.socket: {str(socket)!r} is longer than a Unix socket path may be "
+            f"({UNIX_PATH_MAX} bytes); choose a shorter one, e.g. '/run/sipfed/ctl.sock'"
+        )
     mode = raw.get("mode", 0o600)
     if isinstance(mode, str):  # '0660' as chmod writes it; TOML's own 0o660 arrives as an int
         digits = mode.removeprefix("0o")
@@ -382,16 +436,21 @@ def parse_control(raw: object, base: Path, problems: list[str], warnings: list[s
         problems.append(f"control.mode: {shown} must be permission bits 0o000-0o777, e.g. 0o600 or '0660'")
         return None
     if mode & 0o600 != 0o600:
-        problems.append(f"control.mode: {mode:#o} must let the owner read and write (0o600 at least), or not "
-                        "even sipfed's own user can connect")
+        problems.append(
+            f"control.mode: {mode:#o} must let the owner read and write (0o600 at least), or not "
+            "even sipfed's own user can connect"
+        )
     elif mode & 0o007:
-        warnings.append(f"control.mode {mode:#o} lets every local user connect to the control socket: reload, "
-                        "trace the decrypted SIP; prefer 0o600, or 0o660 and a group")
+        warnings.append(
+            f"control.mode {mode:#o} lets every local user connect to the control socket: reload, "
+            "trace the decrypted SIP; prefer 0o600, or 0o660 and a group"
+        )
     return ControlConfig(socket, mode) if text else None
 
 
-def _untrusted_policies(raw: object, listeners: list[ListenerConfig], trust: Trust, problems: list[str],
-                        warnings: list[str]) -> list[ListenerConfig]:
+def _untrusted_policies(
+    raw: object, listeners: list[ListenerConfig], trust: Trust, problems: list[str], warnings: list[str]
+) -> list[ListenerConfig]:
     """Resolve each listener's ``untrusted`` policy and check it can be carried out."""
     default = "challenge" if trust.digest else "refuse" if trust.peers else "admit"
     entries = raw if isinstance(raw, list) else []
@@ -404,8 +463,10 @@ def _untrusted_policies(raw: object, listeners: list[ListenerConfig], trust: Tru
         elif policy == "challenge" and trust.digest is None:
             problems.append(f"listeners[{i}].untrusted: 'challenge' needs an [auth] section with a realm and users")
         elif policy == "admit" and not trust.peers:
-            warnings.append(f"listener {listener.name!r} admits every source (no [[peers]], no [auth]): any client "
-                            "with a certificate from tls.ca_bundle may relay")
+            warnings.append(
+                f"listener {listener.name!r} admits every source (no [[peers]], no [auth]): any client "
+                "with a certificate from tls.ca_bundle may relay"
+            )
         out.append(replace(listener, untrusted=policy))
     return out
 
@@ -453,16 +514,19 @@ def _clashing_ports(listeners: list[ListenerConfig], problems: list[str]) -> Non
         kind = "udp" if listener.transport == "udp" else "stream"
         key = (kind, listener.address, listener.port)
         if listener.port and key in taken:
-            problems.append(f"listeners: {listener.name!r} and {taken[key]!r} both bind "
-                            f"{listener.address}:{listener.port}")
+            problems.append(
+                f"listeners: {listener.name!r} and {taken[key]!r} both bind {listener.address}:{listener.port}"
+            )
         taken[key] = listener.name
 
 
 def _tls(raw: object, base: Path, needed: bool, problems: list[str]) -> TlsConfig | None:
     if raw is None:
         if needed:
-            problems.append("tls: missing; a TLS listener or route needs cert_chain, key and ca_bundle "
-                            "(make lab certificates with 'sipfed certs')")
+            problems.append(
+                "tls: missing; a TLS listener or route needs cert_chain, key and ca_bundle "
+                "(make lab certificates with 'sipfed certs')"
+            )
         return None
     if not isinstance(raw, Mapping):
         problems.append("tls: must be a table")
@@ -486,8 +550,11 @@ def _tls(raw: object, base: Path, needed: bool, problems: list[str]) -> TlsConfi
 
 def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, default in (("transaction_timeout_seconds", 16.0), ("invite_timeout_seconds", 180.0),
-                         ("connect_timeout_seconds", 5.0)):
+    for key, default in (
+        ("transaction_timeout_seconds", 16.0),
+        ("invite_timeout_seconds", 180.0),
+        ("connect_timeout_seconds", 5.0),
+    ):
         value = proxy.get(key, default)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             problems.append(f"proxy.{key}: {value!r} must be a positive number of seconds")
@@ -502,11 +569,16 @@ def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
         tags = []
     out["tolerated_option_tags"] = frozenset(t.lower() for t in tags)
     out["in_dialog_networks"] = _networks(proxy.get("in_dialog_networks", []), "proxy.in_dialog_networks", problems)
-    for key, default, low, high in (("keepalive_seconds", 90.0, 1.0, 3600.0),
-                                    ("keepalive_timeout_seconds", 10.0, 0.5, 60.0)):
+    for key, default, low, high in (
+        ("keepalive_seconds", 90.0, 1.0, 3600.0),
+        ("keepalive_timeout_seconds", 10.0, 0.5, 60.0),
+    ):
         value = proxy.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not (
-                low <= value <= high or (key == "keepalive_seconds" and value == 0)):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not (low <= value <= high or (key == "keepalive_seconds" and value == 0))
+        ):
             off = " (0: off)" if key == "keepalive_seconds" else ""
             problems.append(f"proxy.{key}: {value!r} must be a number of seconds from {low:g} to {high:g}{off}")
             value = default
@@ -592,8 +664,9 @@ def _unknown(entry: Mapping[str, Any], known: set[str], where: str, problems: li
         problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
 
 
-def _string(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *,
-            required: bool = False, default: str = "") -> str:
+def _string(
+    entry: Mapping[str, Any], key: str, where: str, problems: list[str], *, required: bool = False, default: str = ""
+) -> str:
     value = entry.get(key)
     if value is None:
         if required:
@@ -605,8 +678,7 @@ def _string(entry: Mapping[str, Any], key: str, where: str, problems: list[str],
     return value.strip()
 
 
-def _domain(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *,
-            required: bool = False) -> str:
+def _domain(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *, required: bool = False) -> str:
     value = _string(entry, key, where, problems, required=required).lower()
     if value and not is_host(value):
         problems.append(f"{where}.{key}: {value!r} is not a valid FQDN")
@@ -621,8 +693,9 @@ def _port(entry: Mapping[str, Any], key: str, where: str, problems: list[str], *
     return value
 
 
-def _networks(raw: object, where: str, problems: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
-                                                                      ...]:
+def _networks(
+    raw: object, where: str, problems: list[str]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """A list of networks in CIDR notation (``["10.1.0.0/16", "192.0.2.7"]``)."""
     if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
         problems.append(f"{where}: must be a list of networks, e.g. ['10.1.0.0/16']")

@@ -30,8 +30,9 @@ class CtlError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--socket", help=f"the control socket (default: --config's [control] socket, else "
-                       f"{DEFAULT_SOCKET})")
+    where.add_argument(
+        "--socket", help=f"the control socket (default: --config's [control] socket, else {DEFAULT_SOCKET})"
+    )
     where.add_argument("--config", help="read the socket's path from this config file's [control] socket")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON, for scripts")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
@@ -75,9 +76,14 @@ def call_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.ctl_command == "trace":
         params: dict[str, Any] = {"on": args.state == "on"}
         if args.state == "on":
-            given = {"peer": args.peer, "call_id": args.call_id, "max_bytes": args.max_bytes, "files": args.files,
-                     # the proxy's working directory is not ours
-                     "file": os.path.abspath(args.file) if args.file else None}
+            given = {
+                "peer": args.peer,
+                "call_id": args.call_id,
+                "max_bytes": args.max_bytes,
+                "files": args.files,
+                # the proxy's working directory is not ours
+                "file": os.path.abspath(args.file) if args.file else None,
+            }
             params.update({k: v for k, v in given.items() if v is not None})
         return "trace", params
     if args.ctl_command == "log-level":
@@ -114,8 +120,9 @@ def ask(path: Path, method: str, params: dict[str, Any], timeout: float) -> Any:
         except ConnectionRefusedError:
             raise CtlError(f"nothing listens on {path}: sipfed is not running (a stale socket file)") from None
         except PermissionError:
-            raise CtlError(f"not allowed to connect to {path}: run as sipfed's user or root "
-                           "(see [control] mode)") from None
+            raise CtlError(
+                f"not allowed to connect to {path}: run as sipfed's user or root (see [control] mode)"
+            ) from None
         except OSError as exc:
             raise CtlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
         try:
@@ -166,11 +173,13 @@ def format_status(result: dict[str, Any]) -> str:
         f"config {config['file']}, loaded {config['loaded']}",
         f"{result['routes']} route(s), {result['peers']} peer(s), {result['connections']} connection(s), "
         f"{result['transactions_in_flight']} transaction(s) in flight, {result['subscriptions']} subscription(s)",
-        f"log level {result['log_level']}; trace " + (f"on: {trace['file']} ({trace['filter']})" if trace["on"]
-                                                     else "off"),
+        f"log level {result['log_level']}; trace "
+        + (f"on: {trace['file']} ({trace['filter']})" if trace["on"] else "off"),
         "",
-        table(["LISTENER", "TRANSPORT", "ADDRESS", "PORT", "FQDN"],
-              [[x["name"], x["transport"], x["address"], x["port"], x["fqdn"]] for x in result["listeners"]]),
+        table(
+            ["LISTENER", "TRANSPORT", "ADDRESS", "PORT", "FQDN"],
+            [[x["name"], x["transport"], x["address"], x["port"], x["fqdn"]] for x in result["listeners"]],
+        ),
     ]
     return "\n".join(lines)
 
@@ -178,20 +187,50 @@ def format_status(result: dict[str, Any]) -> str:
 def format_connections(result: list[dict[str, Any]]) -> str:
     if not result:
         return "no open connections"
-    return table(["ID", "LISTENER", "DIR", "TRANSPORT", "REMOTE", "PEER", "SUBJECT", "NAMES", "NOT AFTER", "IDLE"],
-                 [[c["id"], c["listener"], c["direction"], c["transport"], c["remote"], c["peer"], c["subject"],
-                   ",".join(c["names"]), c["not_after"], duration(c["idle_seconds"])] for c in result])
+    return table(
+        ["ID", "LISTENER", "DIR", "TRANSPORT", "REMOTE", "PEER", "SUBJECT", "NAMES", "NOT AFTER", "IDLE"],
+        [
+            [
+                c["id"],
+                c["listener"],
+                c["direction"],
+                c["transport"],
+                c["remote"],
+                c["peer"],
+                c["subject"],
+                ",".join(c["names"]),
+                c["not_after"],
+                duration(c["idle_seconds"]),
+            ]
+            for c in result
+        ],
+    )
 
 
 def format_routes(result: list[dict[str, Any]]) -> str:
     blocks = []
     for route in result:
         head = f"route {route['route']} ({route['match_uri']})" + (
-            ", health checks on" if route["health_checks"] else "")
-        rows = [[c["position"], c["destination"], "up" if c["up"] else "DOWN", c["priority"], c["weight"],
-                 c["tls_name"], c["source"], why(c)] for c in route["candidates"]]
-        body = table(["#", "DESTINATION", "STATE", "PRIORITY", "WEIGHT", "CERT NAME", "FROM", "WHY"], rows) \
-            if rows else f"  {route.get('note', 'no candidates')}"
+            ", health checks on" if route["health_checks"] else ""
+        )
+        rows = [
+            [
+                c["position"],
+                c["destination"],
+                "up" if c["up"] else "DOWN",
+                c["priority"],
+                c["weight"],
+                c["tls_name"],
+                c["source"],
+                why(c),
+            ]
+            for c in route["candidates"]
+        ]
+        body = (
+            table(["#", "DESTINATION", "STATE", "PRIORITY", "WEIGHT", "CERT NAME", "FROM", "WHY"], rows)
+            if rows
+            else f"  {route.get('note', 'no candidates')}"
+        )
         blocks.append(f"{head}:\n{body}")
     return "\n\n".join(blocks) or "no routes"
 
@@ -209,7 +248,8 @@ def why(candidate: dict[str, Any]) -> str:
 def format_subscriptions(result: dict[str, Any]) -> str:
     rows = [[c["peer"] or "(no trusted peer)", c["event"], c["count"]] for c in result["counts"]]
     return f"{result['total']} active subscription(s)" + (
-        "\n" + table(["PEER", "EVENT", "COUNT"], rows) if rows else "")
+        "\n" + table(["PEER", "EVENT", "COUNT"], rows) if rows else ""
+    )
 
 
 def format_reload(result: dict[str, Any]) -> str:
@@ -223,18 +263,25 @@ def format_reload(result: dict[str, Any]) -> str:
     if len(lines) == 1:
         lines.append("  nothing changed in routes, peers or settings (TLS files were read again)")
     conns = result["connections"]
-    lines.append(f"  open connections: {conns['rebound']} re-bound, {conns['closed']} closed (no longer bound to "
-                 f"their peer), {conns['kept']} kept")
+    lines.append(
+        f"  open connections: {conns['rebound']} re-bound, {conns['closed']} closed (no longer bound to "
+        f"their peer), {conns['kept']} kept"
+    )
     lines.extend(f"  warning: {w}" for w in result.get("warnings", []))
     return "\n".join(lines)
 
 
 def format_trace(result: dict[str, Any]) -> str:
     if not result["on"]:
-        return f"trace off ({result['file']}: {result['written']} message(s) written)" if result.get("file") \
+        return (
+            f"trace off ({result['file']}: {result['written']} message(s) written)"
+            if result.get("file")
             else "trace off (it was not on)"
-    return (f"trace on: {result['file']} ({result['filter']}), rotated at {size(result['max_bytes'])}, "
-            f"{result['files']} old file(s) kept")
+        )
+    return (
+        f"trace on: {result['file']} ({result['filter']}), rotated at {size(result['max_bytes'])}, "
+        f"{result['files']} old file(s) kept"
+    )
 
 
 def format_log_level(result: dict[str, Any]) -> str:
@@ -262,7 +309,11 @@ def duration(seconds: float) -> str:
 
 
 FORMATS: dict[str, Callable[[Any], str]] = {
-    "status": format_status, "connections": format_connections, "routes": format_routes,
-    "subscriptions": format_subscriptions, "reload": format_reload, "trace": format_trace,
+    "status": format_status,
+    "connections": format_connections,
+    "routes": format_routes,
+    "subscriptions": format_subscriptions,
+    "reload": format_reload,
+    "trace": format_trace,
     "log_level": format_log_level,
 }

@@ -68,11 +68,15 @@ def _chunk_header(type_id: int, value_bytes: int) -> bytes:
 # (sngrep before 1.4.7) need exactly this order with the payload right after the addresses (and the key):
 # so the correlation ID goes after the payload, which chunk-walking receivers (Homer, Kamailio, sngrep
 # 1.4.7+) read wherever it is. The chunk headers are made once: a packet is one pack and one join.
-_FIXED = struct.Struct("!4sH" "14s" "6sH" "6sH" "6sI" "6sI" "6sB" "6sI")
+_FIXED = struct.Struct("!4sH14s6sH6sH6sI6sI6sB6sI")
 _FAMILY_AND_PROTOCOL = {
-    (size, transport): _chunk_header(IP_FAMILY, 1) + bytes([family]) + _chunk_header(IP_PROTOCOL_ID, 1)
+    (size, transport): _chunk_header(IP_FAMILY, 1)
+    + bytes([family])
+    + _chunk_header(IP_PROTOCOL_ID, 1)
     + bytes([number])
-    for size, family in ((4, FAMILY_IPV4), (16, FAMILY_IPV6)) for transport, number in IP_PROTOCOLS.items()}
+    for size, family in ((4, FAMILY_IPV4), (16, FAMILY_IPV6))
+    for transport, number in IP_PROTOCOLS.items()
+}
 _PORTS = (_chunk_header(SOURCE_PORT, 2), _chunk_header(DESTINATION_PORT, 2))
 _TIMESTAMP = (_chunk_header(TIMESTAMP_SECONDS, 4), _chunk_header(TIMESTAMP_MICROSECONDS, 4))
 _AGENT = (_chunk_header(PROTOCOL_TYPE, 1), _chunk_header(CAPTURE_AGENT_ID, 4))
@@ -87,8 +91,17 @@ class HepTooLarge(ValueError):
     """The message does not fit in one HEP packet (the header's uint16 length)."""
 
 
-def encode(payload: bytes, transport: str, source: tuple[str, int], destination: tuple[str, int], seconds: int,
-           microseconds: int, capture_id: int, password: bytes = b"", correlation_id: bytes = b"") -> bytes:
+def encode(
+    payload: bytes,
+    transport: str,
+    source: tuple[str, int],
+    destination: tuple[str, int],
+    seconds: int,
+    microseconds: int,
+    capture_id: int,
+    password: bytes = b"",
+    correlation_id: bytes = b"",
+) -> bytes:
     """One HEP3 packet for a SIP message that went from ``source`` to ``destination`` over ``transport``
     (``udp``, ``tcp`` or ``tls``) at ``seconds``.``microseconds`` (Unix time). The key (chunk 0x000e) and
     the correlation ID (0x0011) are written only when given."""
@@ -97,20 +110,39 @@ def encode(payload: bytes, transport: str, source: tuple[str, int], destination:
         src, dst = _as_ipv6(src), _as_ipv6(dst)
     size = len(src)
     src_chunk, dst_chunk = _ADDRESS_CHUNKS[size]
-    total = _FIXED.size + 2 * (6 + size) + 6 + len(payload) + (6 + len(password) if password else 0) + (
-        6 + len(correlation_id) if correlation_id else 0)
+    total = (
+        _FIXED.size
+        + 2 * (6 + size)
+        + 6
+        + len(payload)
+        + (6 + len(password) if password else 0)
+        + (6 + len(correlation_id) if correlation_id else 0)
+    )
     if total > MAX_PACKET_BYTES:
-        raise HepTooLarge(f"a {len(payload)}-byte message makes a {total}-byte HEP packet (at most "
-                          f"{MAX_PACKET_BYTES})")
+        raise HepTooLarge(f"a {len(payload)}-byte message makes a {total}-byte HEP packet (at most {MAX_PACKET_BYTES})")
     parts = [b"", src_chunk, src, dst_chunk, dst]
     if password:
         parts += (_chunk_header(AUTH_KEY, len(password)), password)
     parts += (_chunk_header(PAYLOAD, len(payload)), payload)
     if correlation_id:
         parts += (_chunk_header(CORRELATION_ID, len(correlation_id)), correlation_id)
-    parts[0] = _FIXED.pack(MAGIC, total, _FAMILY_AND_PROTOCOL[size, transport], _PORTS[0], source[1], _PORTS[1],
-                           destination[1], _TIMESTAMP[0], seconds, _TIMESTAMP[1], microseconds, _AGENT[0],
-                           PROTOCOL_TYPE_SIP, _AGENT[1], capture_id)
+    parts[0] = _FIXED.pack(
+        MAGIC,
+        total,
+        _FAMILY_AND_PROTOCOL[size, transport],
+        _PORTS[0],
+        source[1],
+        _PORTS[1],
+        destination[1],
+        _TIMESTAMP[0],
+        seconds,
+        _TIMESTAMP[1],
+        microseconds,
+        _AGENT[0],
+        PROTOCOL_TYPE_SIP,
+        _AGENT[1],
+        capture_id,
+    )
     return b"".join(parts)
 
 

@@ -29,7 +29,9 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
             "msg": record.getMessage(),
         }
         out.update({k: getattr(record, k) for k in FIELDS if getattr(record, k, None)})

@@ -40,47 +40,74 @@ class Metrics(Observer):
         c = self._counter
         self.hot = HotCounters()
         registry.register(self.hot)
-        self.requests_refused = c("requests_refused_total", "Requests sipfed answered itself with an error",
-                                  ["method", "status"])
+        self.requests_refused = c(
+            "requests_refused_total", "Requests sipfed answered itself with an error", ["method", "status"]
+        )
         self.route_misses = c("route_misses_total", "Out-of-dialog requests for a domain with no route", [])
-        self.hop_failures = c("next_hop_failures_total", "Next hops that could not be reached or did not answer",
-                              ["route", "reason"])
+        self.hop_failures = c(
+            "next_hop_failures_total", "Next hops that could not be reached or did not answer", ["route", "reason"]
+        )
         self.tls = c("tls_handshakes_total", "TLS handshakes", ["listener", "direction", "outcome", "reason"])
-        self.connections = Gauge("sipfed_open_connections", "Open TCP/TLS connections", ["listener", "peer"],
-                                 registry=registry)
-        self.subscriptions = Gauge("sipfed_subscriptions_active", "Subscription dialogs through sipfed", ["event"],
-                                   registry=registry)
-        self.subscription_changes = c("subscription_changes_total", "Subscriptions created, refreshed, terminated",
-                                      ["event", "change"])
-        self.digest_outcomes = c("digest_total", "sipfed's own digest: challenged, passed, failed, stale, replayed",
-                                 ["outcome"])
-        self.digest_throttles = c("digest_throttled_total",
-                                  "Digest attempts refused unchecked by a lockout after failed attempts", ["scope"])
-        self.shield = c("challenges_shielded_total",
-                        "Next hops' 401/407 kept from sources that cannot answer: answered or blocked", ["action"])
+        self.connections = Gauge(
+            "sipfed_open_connections", "Open TCP/TLS connections", ["listener", "peer"], registry=registry
+        )
+        self.subscriptions = Gauge(
+            "sipfed_subscriptions_active", "Subscription dialogs through sipfed", ["event"], registry=registry
+        )
+        self.subscription_changes = c(
+            "subscription_changes_total", "Subscriptions created, refreshed, terminated", ["event", "change"]
+        )
+        self.digest_outcomes = c(
+            "digest_total", "sipfed's own digest: challenged, passed, failed, stale, replayed", ["outcome"]
+        )
+        self.digest_throttles = c(
+            "digest_throttled_total", "Digest attempts refused unchecked by a lockout after failed attempts", ["scope"]
+        )
+        self.shield = c(
+            "challenges_shielded_total",
+            "Next hops' 401/407 kept from sources that cannot answer: answered or blocked",
+            ["action"],
+        )
         self.malformed_total = c("malformed_messages_total", "Messages that did not parse", ["kind"])
-        self.security_drops = c("security_drops_total", "Messages or header values a security rule dropped "
-                                "without an answer", ["reason"])
+        self.security_drops = c(
+            "security_drops_total", "Messages or header values a security rule dropped without an answer", ["reason"]
+        )
         self.overloads = c("overload_total", "Requests refused with 503 by a limit", ["reason"])
-        self.slow_senders = c("slow_senders_total", "Connections closed for an incomplete message or handshake",
-                              ["listener", "stage"])
+        self.slow_senders = c(
+            "slow_senders_total", "Connections closed for an incomplete message or handshake", ["listener", "stage"]
+        )
         self.config_reloads = c("config_reloads_total", "Config reloads", ["outcome"])
-        self.health_checks = c("health_checks_total", "OPTIONS health checks of route destinations",
-                               ["route", "result"])
-        self.gc_pauses = Histogram("sipfed_gc_pause_seconds", "Passes of Python's cyclic garbage collector",
-                                   ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-                                   registry=registry)
-        self.keepalives = c("keepalives_total", "RFC 5626 CRLF keep-alives on connections sipfed opened",
-                            ["result"])
-        self.connections_refused = c("connections_refused_total", "Accepted connections closed at once by a "
-                                     "connection limit", ["listener", "reason"])
-        self.connections_closed = c("connections_closed_total", "Open connections closed by a rule (idle and "
-                                    "unauthenticated, unbound by a reload)", ["listener", "reason"])
+        self.health_checks = c(
+            "health_checks_total", "OPTIONS health checks of route destinations", ["route", "result"]
+        )
+        self.gc_pauses = Histogram(
+            "sipfed_gc_pause_seconds",
+            "Passes of Python's cyclic garbage collector",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.keepalives = c("keepalives_total", "RFC 5626 CRLF keep-alives on connections sipfed opened", ["result"])
+        self.connections_refused = c(
+            "connections_refused_total",
+            "Accepted connections closed at once by a connection limit",
+            ["listener", "reason"],
+        )
+        self.connections_closed = c(
+            "connections_closed_total",
+            "Open connections closed by a rule (idle and unauthenticated, unbound by a reload)",
+            ["listener", "reason"],
+        )
         self.hep_sent_total = c("hep_sent_total", "SIP messages copied to the [hep] receiver (HEP3 over UDP)", [])
-        self.hep_dropped_total = c("hep_dropped_total", "SIP messages not copied to the [hep] receiver: queue or "
-                                   "socket buffer full, too large for HEP, receiver unreachable", ["reason"])
+        self.hep_dropped_total = c(
+            "hep_dropped_total",
+            "SIP messages not copied to the [hep] receiver: queue or "
+            "socket buffer full, too large for HEP, receiver unreachable",
+            ["reason"],
+        )
         Info("sipfed_build", "Version information", registry=registry).info(
-            {"version": __version__, "python": platform.python_version()})
+            {"version": __version__, "python": platform.python_version()}
+        )
         Gauge("sipfed_start_time_seconds", "When sipfed started (Unix time)", registry=registry).set(time.time())
 
     def _counter(self, name: str, doc: str, labels: list[str]) -> Counter:
@@ -186,8 +213,12 @@ class Metrics(Observer):
             seconds = time.perf_counter() - started[0]
             self._child(self.gc_pauses, str(info.get("generation", -1))).observe(seconds)
             if seconds >= warn_seconds:
-                log.warning("garbage collector pass (generation %d) stalled the event loop for %.0f ms, "
-                            "freeing %d objects", info.get("generation", -1), seconds * 1000, info.get("collected", 0))
+                log.warning(
+                    "garbage collector pass (generation %d) stalled the event loop for %.0f ms, freeing %d objects",
+                    info.get("generation", -1),
+                    seconds * 1000,
+                    info.get("collected", 0),
+                )
 
         gc.callbacks.append(callback)
         return callback
@@ -235,7 +266,8 @@ class HotCounters(Collector):
         counters: list[tuple[str, dict[Any, int]]] = [
             ("sipfed_requests_received", data.received.copy() if data else {}),
             ("sipfed_requests_relayed", data.relayed.copy() if data else {}),
-            ("sipfed_responses", data.responses.copy() if data else {})]
+            ("sipfed_responses", data.responses.copy() if data else {}),
+        ]
         for name, values in counters:
             doc, labels = self.FAMILIES[name]
             family = CounterMetricFamily(name, doc, labels=labels)
@@ -261,12 +293,14 @@ class _DestinationCollector(Collector):
         self.states = states
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily("sipfed_destination_up", "Route destinations: 1 up, 0 marked down",
-                                labels=["route", "destination"])
+        yield GaugeMetricFamily(
+            "sipfed_destination_up", "Route destinations: 1 up, 0 marked down", labels=["route", "destination"]
+        )
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("sipfed_destination_up", "Route destinations: 1 up, 0 marked down",
-                                   labels=["route", "destination"])
+        family = GaugeMetricFamily(
+            "sipfed_destination_up", "Route destinations: 1 up, 0 marked down", labels=["route", "destination"]
+        )
         for state in self.states():
             family.add_metric([state.route, state.destination], 1.0 if state.up else 0.0)
         yield family

@@ -47,9 +47,15 @@ class Server:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.metrics = Metrics(CollectorRegistry())
-        self.driver = Driver(Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset())), self.loop,
-                             client_ssl=None, connect_timeout=config.connect_timeout_seconds,
-                             max_message_bytes=config.max_message_bytes, trust=config.trust, observer=self.metrics)
+        self.driver = Driver(
+            Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset())),
+            self.loop,
+            client_ssl=None,
+            connect_timeout=config.connect_timeout_seconds,
+            max_message_bytes=config.max_message_bytes,
+            trust=config.trust,
+            observer=self.metrics,
+        )
         self.driver.trace = Trace(trace) if trace is not None else None
         self.servers: list[asyncio.Server] = []
         self._dns_settings: tuple[object, ...] = ()
@@ -74,19 +80,23 @@ class Server:
             try:
                 await self._bind_listener(listener)
             except OSError as exc:
-                raise StartupError(f"cannot listen on {listener.address}:{listener.port} ({listener.transport}) "
-                                   f"for listener {listener.name!r}: {exc.strerror or exc}") from None
+                raise StartupError(
+                    f"cannot listen on {listener.address}:{listener.port} ({listener.transport}) "
+                    f"for listener {listener.name!r}: {exc.strerror or exc}"
+                ) from None
         self.apply(self.config)
         self.listening = True
-        line = " ".join(f"{lst.name}={lst.transport}:{lst.address}:{self.ports[lst.name]}"
-                        for lst in self.config.listeners)
+        line = " ".join(
+            f"{lst.name}={lst.transport}:{lst.address}:{self.ports[lst.name]}" for lst in self.config.listeners
+        )
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
             try:
                 self.status = StatusServer(host, port, self.metrics.registry, self.loop, self.readiness)
             except OSError as exc:
-                raise StartupError(f"cannot serve metrics on {host}:{port} ([metrics] listen): "
-                                   f"{exc.strerror or exc}") from None
+                raise StartupError(
+                    f"cannot serve metrics on {host}:{port} ([metrics] listen): {exc.strerror or exc}"
+                ) from None
             line += f" metrics=http:{host}:{self.status.port}"
         if self.config.control is not None:  # last: only a proxy that is up answers ``sipfed ctl``
             try:
@@ -97,8 +107,9 @@ class Server:
 
     def readiness(self) -> Readiness:
         """``/ready``, on the event loop (the status server's thread asks through ``on_loop``)."""
-        return readiness(self.listening, bool(self.driver.proxy.draining), self.driver.routes,
-                         self.driver.liveness.states())
+        return readiness(
+            self.listening, bool(self.driver.proxy.draining), self.driver.routes, self.driver.liveness.states()
+        )
 
     def summary(self) -> str:
         """systemd's STATUS= line."""
@@ -108,33 +119,52 @@ class Server:
         if listener.transport == "udp":
             endpoint = DatagramEndpoint(self.driver, listener.name)
             transport, _ = await self.loop.create_datagram_endpoint(
-                functools.partial(_same, endpoint), local_addr=(listener.address, listener.port))
+                functools.partial(_same, endpoint), local_addr=(listener.address, listener.port)
+            )
             self.driver.udp[listener.name] = endpoint
             self.ports[listener.name] = transport.get_extra_info("sockname")[1]
         else:
             # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
-            server = await self.loop.create_server(self.driver.stream_factory(listener.transport, listener.name),
-                                                   listener.address, listener.port, reuse_address=True)
+            server = await self.loop.create_server(
+                self.driver.stream_factory(listener.transport, listener.name),
+                listener.address,
+                listener.port,
+                reuse_address=True,
+            )
             self.servers.append(server)
             self.ports[listener.name] = server.sockets[0].getsockname()[1]
 
     def apply(self, config: Config) -> None:
         """Put a (new) config's routes, trust, timers and certificates into effect."""
-        identities = [Identity(lst.name, lst.transport, lst.address, self.ports[lst.name], lst.fqdn,
-                               lst.federation_fqdn, lst.untrusted) for lst in config.listeners]
+        identities = [
+            Identity(
+                lst.name, lst.transport, lst.address, self.ports[lst.name], lst.fqdn, lst.federation_fqdn, lst.untrusted
+            )
+            for lst in config.listeners
+        ]
         rewrites = {r.internal: r.external for r in config.maddr_rewrites}
         # In-dialog targets outside the routes: the opt-in networks, and those of peers bound by network alone
         # (a TCP/UDP peer's network is that peer: its Contacts are in it).
         dialog_networks = config.in_dialog_networks + tuple(
-            network for peer in config.trust.peers if not peer.subjects for network in peer.networks)
-        policy = RelayPolicy.build(identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags,
-                                   dialog_networks)
+            network for peer in config.trust.peers if not peer.subjects for network in peer.networks
+        )
+        policy = RelayPolicy.build(
+            identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags, dialog_networks
+        )
         lim = config.limits
         settings = RelaySettings(
-            config.transaction_timeout_seconds, config.invite_timeout_seconds,
-            Limits(lim.max_in_flight_transactions, lim.per_source_requests_per_second,
-                   lim.per_peer_requests_per_second, lim.burst_seconds, lim.retry_after_seconds),
-            lim.max_headers, lim.max_header_line_bytes)
+            config.transaction_timeout_seconds,
+            config.invite_timeout_seconds,
+            Limits(
+                lim.max_in_flight_transactions,
+                lim.per_source_requests_per_second,
+                lim.per_peer_requests_per_second,
+                lim.burst_seconds,
+                lim.retry_after_seconds,
+            ),
+            lim.max_headers,
+            lim.max_header_line_bytes,
+        )
         proxy = self.driver.proxy
         if not proxy.policy.identities:  # first time: a fresh core
             self.driver.proxy = Proxy(policy, settings, config.trust, self.metrics)
@@ -145,13 +175,18 @@ class Server:
         self.driver.routes = {route.name: route for route in config.routes}
         dns_settings = (config.dns_nameservers, config.dns_port, config.dns_timeout_seconds)
         if any(route.resolve for route in config.routes) and (
-                self.driver.resolver is None or dns_settings != self._dns_settings):
-            self.driver.resolver = Resolver(DnspythonSource(
-                config.dns_nameservers, config.dns_port, timeout_seconds=min(2.0, config.dns_timeout_seconds),
-                lifetime_seconds=config.dns_timeout_seconds))
+            self.driver.resolver is None or dns_settings != self._dns_settings
+        ):
+            self.driver.resolver = Resolver(
+                DnspythonSource(
+                    config.dns_nameservers,
+                    config.dns_port,
+                    timeout_seconds=min(2.0, config.dns_timeout_seconds),
+                    lifetime_seconds=config.dns_timeout_seconds,
+                )
+            )
             self._dns_settings = dns_settings
-        self.driver.liveness.configure(list(config.routes), config.keepalive_seconds,
-                                       config.keepalive_timeout_seconds)
+        self.driver.liveness.configure(list(config.routes), config.keepalive_seconds, config.keepalive_timeout_seconds)
         self.driver.connect_timeout = config.connect_timeout_seconds
         self.driver.handshake_timeout = config.limits.tls_handshake_timeout_seconds
         self.driver.incomplete_timeout = config.limits.incomplete_message_timeout_seconds
@@ -159,8 +194,9 @@ class Server:
         self._configure_hep(config)
         if config.tls is not None:
             self.driver.client_ssl = client_context(config.tls)
-            self.driver.server_contexts = {lst.name: server_context(config.tls, lst)
-                                           for lst in config.listeners if lst.transport == "tls"}
+            self.driver.server_contexts = {
+                lst.name: server_context(config.tls, lst) for lst in config.listeners if lst.transport == "tls"
+            }
         for warning in config.warnings:
             log.warning("config: %s", warning)
         self.config = config
@@ -177,8 +213,15 @@ class Server:
             self.driver.hep = None
             log.info("hep: stopped copying to %s:%d", current.host, current.port)
         if hep is not None:
-            self.driver.hep = HepExport(self.loop, hep.host, hep.port, hep.capture_id, password,
-                                        count_sent=self.metrics.hep_sent, count_dropped=self.metrics.hep_dropped)
+            self.driver.hep = HepExport(
+                self.loop,
+                hep.host,
+                hep.port,
+                hep.capture_id,
+                password,
+                count_sent=self.metrics.hep_sent,
+                count_dropped=self.metrics.hep_dropped,
+            )
             self.driver.hep.start()
 
     def _configure_gate(self, config: Config) -> None:
@@ -187,12 +230,22 @@ class Server:
         wanted = lim.max_connections
         cap = connection_cap(wanted, self.open_files)
         if cap < wanted and self._cap_warned != (wanted, cap):
-            log.warning("limits.max_connections %d lowered to %d: the open-files limit (RLIMIT_NOFILE) is %s and "
-                        "inbound connections leave the rest to outbound ones; raise it (ulimit -n, systemd "
-                        "LimitNOFILE=) for more", wanted, cap, self.open_files)
+            log.warning(
+                "limits.max_connections %d lowered to %d: the open-files limit (RLIMIT_NOFILE) is %s and "
+                "inbound connections leave the rest to outbound ones; raise it (ulimit -n, systemd "
+                "LimitNOFILE=) for more",
+                wanted,
+                cap,
+                self.open_files,
+            )
             self._cap_warned = (wanted, cap)
-        self.driver.gate.configure(cap, lim.max_connections_per_source, lim.handshakes_per_source_per_second,
-                                   lim.burst_seconds, lim.unauthenticated_idle_seconds)
+        self.driver.gate.configure(
+            cap,
+            lim.max_connections_per_source,
+            lim.handshakes_per_source_per_second,
+            lim.burst_seconds,
+            lim.unauthenticated_idle_seconds,
+        )
 
     def reload(self) -> Reloaded:
         """SIGHUP and ``sipfed ctl reload``: re-read the file; a bad one is refused and the running config
@@ -207,13 +260,23 @@ class Server:
         except (ConfigError, OSError, ssl.SSLError) as exc:
             log.error("reload refused, the running config stays: %s", exc)
             self.metrics.config_reloads.labels("refused").inc()
-            return Reloaded.refused(old.path, exc.problems if isinstance(exc, ConfigError) else
-                                    [f"tls: cannot load the certificate, key or CA bundle: {exc}"])
+            return Reloaded.refused(
+                old.path,
+                exc.problems
+                if isinstance(exc, ConfigError)
+                else [f"tls: cannot load the certificate, key or CA bundle: {exc}"],
+            )
         self.config_loaded_at = time.time()
         outcomes = [conn.rebind(config.trust) for conn in list(self.driver.connections.values())]
-        log.info("reloaded %s: %d route(s), %d peer(s); open connections: %d re-bound, %d closed (no longer bound "
-                 "to their peer)", config.path, len(config.routes), len(config.trust.peers),
-                 outcomes.count("rebound"), outcomes.count("closed"))
+        log.info(
+            "reloaded %s: %d route(s), %d peer(s); open connections: %d re-bound, %d closed (no longer bound "
+            "to their peer)",
+            config.path,
+            len(config.routes),
+            len(config.trust.peers),
+            outcomes.count("rebound"),
+            outcomes.count("closed"),
+        )
         self.metrics.config_reloads.labels("applied").inc()
         return Reloaded.applied(old, config, outcomes)
 
@@ -250,8 +313,12 @@ class Server:
                 break
             await asyncio.sleep(0.05)
         (log.warning if left else log.info)(
-            "stopped: %d transaction(s) answered by the drain, %d unanswered (drained %.1f s of %g s)", answered,
-            left, loop.time() - started, limit)
+            "stopped: %d transaction(s) answered by the drain, %d unanswered (drained %.1f s of %g s)",
+            answered,
+            left,
+            loop.time() - started,
+            limit,
+        )
 
 
 def raise_open_files() -> int | None:

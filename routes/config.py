@@ -31,8 +31,18 @@ from routes.table import (
 
 WHERE_KEYS = ("destination", "destinations", "resolve")
 DNS_KEYS = ("transports", "srv_services", "naptr", "tls_name_from")
-ROUTE_KEYS = {"name", "match_uri", "port", "transport", "tls_name", "listener", "down_seconds", "health",
-              *WHERE_KEYS, *DNS_KEYS}
+ROUTE_KEYS = {
+    "name",
+    "match_uri",
+    "port",
+    "transport",
+    "tls_name",
+    "listener",
+    "down_seconds",
+    "health",
+    *WHERE_KEYS,
+    *DNS_KEYS,
+}
 HEALTH_KEYS = {"interval_seconds": (0.5, 3600.0), "timeout_seconds": (0.1, 60.0)}
 HEALTH_COUNTS = ("failures_to_down", "successes_to_up")
 DESTINATION_KEYS = {"host", "port", "transport", "priority", "weight", "tls_name"}
@@ -81,8 +91,10 @@ def _parse_route(entry: Mapping[str, Any], path: str, problems: list[str]) -> St
         target = _parse_destination(entry, path, problems, required=kind is not None)
     down_seconds = entry.get("down_seconds", 30)
     if not _is_number(down_seconds) or not 0 < down_seconds <= MAX_DOWN_SECONDS:
-        problems.append(f"{path}.down_seconds: {down_seconds!r} must be a number of seconds, "
-                        f"more than 0 and at most {MAX_DOWN_SECONDS}")
+        problems.append(
+            f"{path}.down_seconds: {down_seconds!r} must be a number of seconds, "
+            f"more than 0 and at most {MAX_DOWN_SECONDS}"
+        )
     listener = entry.get("listener")
     if listener is not None and not isinstance(listener, str):
         problems.append(f"{path}.listener: must be a listener name (a string)")
@@ -100,8 +112,10 @@ def _parse_health(raw: object, path: str, problems: list[str]) -> HealthCheck | 
     if raw is True:
         return HealthCheck()
     if not isinstance(raw, Mapping):
-        problems.append(f"{path}: must be true, false or a table {{interval_seconds = …, timeout_seconds = …, "
-                        "failures_to_down = …, successes_to_up = …}")
+        problems.append(
+            f"{path}: must be true, false or a table {{interval_seconds = …, timeout_seconds = …, "
+            "failures_to_down = …, successes_to_up = …}"
+        )
         return None
     known = [*HEALTH_KEYS, *HEALTH_COUNTS]
     for key in sorted(set(raw) - set(known)):
@@ -120,8 +134,10 @@ def _parse_health(raw: object, path: str, problems: list[str]) -> HealthCheck | 
             value = getattr(default, key)
         values[key] = value
     if values["timeout_seconds"] > values["interval_seconds"]:
-        problems.append(f"{path}.timeout_seconds: {values['timeout_seconds']:g} is longer than interval_seconds "
-                        f"({values['interval_seconds']:g}); a check must end before the next one is due")
+        problems.append(
+            f"{path}.timeout_seconds: {values['timeout_seconds']:g} is longer than interval_seconds "
+            f"({values['interval_seconds']:g}); a check must end before the next one is due"
+        )
     return HealthCheck(**values)
 
 
@@ -129,8 +145,10 @@ def _where_kind(entry: Mapping[str, Any], path: str, problems: list[str]) -> str
     """Exactly one of destination, destinations, resolve; DNS-only keys only with resolve."""
     given = [key for key in WHERE_KEYS if key in entry]
     if len(given) > 1:
-        problems.append(f"{path}: {' and '.join(given)} cannot be combined — give one destination, a "
-                        "destinations list, or a domain to resolve")
+        problems.append(
+            f"{path}: {' and '.join(given)} cannot be combined — give one destination, a "
+            "destinations list, or a domain to resolve"
+        )
         return None
     kind = given[0] if given else "destination"
     if kind != "resolve":
@@ -155,8 +173,10 @@ def _parse_destinations(entry: Mapping[str, Any], path: str, problems: list[str]
     """Several next hops, like hand-written SRV records (RFC 2782 priority and weight)."""
     raw = entry["destinations"]
     if not isinstance(raw, list) or not raw:
-        problems.append(f"{path}.destinations: must be a non-empty list of tables "
-                        "({host = …, port = …, priority = …, weight = …})")
+        problems.append(
+            f"{path}.destinations: must be a non-empty list of tables "
+            "({host = …, port = …, priority = …, weight = …})"
+        )
         return {}
     transport = _transport(entry, path, problems)
     port = _port(entry, path, problems, None)
@@ -172,12 +192,18 @@ def _parse_destinations(entry: Mapping[str, Any], path: str, problems: list[str]
     if not pool:
         return {}
     first = min(pool, key=lambda c: c.priority)  # min() keeps the first written of the lowest priority
-    return {"destination": first.host, "port": first.port, "transport": first.transport,
-            "tls_name": first.tls_name, "destinations": tuple(pool)}
+    return {
+        "destination": first.host,
+        "port": first.port,
+        "transport": first.transport,
+        "tls_name": first.tls_name,
+        "destinations": tuple(pool),
+    }
 
 
-def _parse_candidate(item: object, path: str, problems: list[str], transport: str, port: int | None,
-                     tls_name: str) -> Candidate | None:
+def _parse_candidate(
+    item: object, path: str, problems: list[str], transport: str, port: int | None, tls_name: str
+) -> Candidate | None:
     if not isinstance(item, Mapping):
         problems.append(f"{path}: must be a table ({{host = …, port = …, priority = …, weight = …}})")
         return None
@@ -203,8 +229,10 @@ def _parse_resolve(entry: Mapping[str, Any], path: str, problems: list[str]) -> 
     if domain and (not DOMAIN_RE.fullmatch(domain) or is_ip(domain)):
         problems.append(f"{path}.resolve: {domain!r} is not a domain name (an address goes in destination)")
     if "port" in entry:
-        problems.append(f"{path}.port: does not apply with resolve — SRV records give ports, and without them "
-                        "the transport's default port is used (RFC 3263 §4.2)")
+        problems.append(
+            f"{path}.port: does not apply with resolve — SRV records give ports, and without them "
+            "the transport's default port is used (RFC 3263 §4.2)"
+        )
     transports = _transports(entry, path, problems)
     services = _srv_services(entry, path, problems, transports)
     naptr = entry.get("naptr", True)
@@ -214,13 +242,20 @@ def _parse_resolve(entry: Mapping[str, Any], path: str, problems: list[str]) -> 
     if tls_name_from not in TLS_NAME_FROM:
         problems.append(f"{path}.tls_name_from: {tls_name_from!r} must be one of {', '.join(TLS_NAME_FROM)}")
     elif tls_name_from == "target" and "tls_name" in entry:
-        problems.append(f"{path}.tls_name: a fixed certificate name contradicts tls_name_from = 'target'; "
-                        "remove one")
+        problems.append(f"{path}.tls_name: a fixed certificate name contradicts tls_name_from = 'target'; remove one")
     tls_name = _text(entry, "tls_name", path, problems, default=domain).lower()
     transport = transports[0] if transports else "tls"
-    return {"destination": domain, "port": DEFAULT_PORTS.get(transport, 5060), "transport": transport,
-            "tls_name": tls_name, "resolve": domain, "transports": transports, "srv_services": services,
-            "naptr": naptr is True, "tls_name_from": tls_name_from}
+    return {
+        "destination": domain,
+        "port": DEFAULT_PORTS.get(transport, 5060),
+        "transport": transport,
+        "tls_name": tls_name,
+        "resolve": domain,
+        "transports": transports,
+        "srv_services": services,
+        "naptr": naptr is True,
+        "tls_name_from": tls_name_from,
+    }
 
 
 def _transports(entry: Mapping[str, Any], path: str, problems: list[str]) -> tuple[str, ...]:
@@ -231,8 +266,9 @@ def _transports(entry: Mapping[str, Any], path: str, problems: list[str]) -> tup
         problems.append(f"{path}.transport: give transport or transports, not both")
     raw = entry["transports"]
     if not isinstance(raw, list) or not raw:
-        problems.append(f"{path}.transports: must be a non-empty list, most preferred first, of "
-                        f"{', '.join(TRANSPORTS)}")
+        problems.append(
+            f"{path}.transports: must be a non-empty list, most preferred first, of {', '.join(TRANSPORTS)}"
+        )
         return ()
     found: list[str] = []
     for i, value in enumerate(raw):
@@ -246,8 +282,9 @@ def _transports(entry: Mapping[str, Any], path: str, problems: list[str]) -> tup
     return tuple(found)
 
 
-def _srv_services(entry: Mapping[str, Any], path: str, problems: list[str],
-                  transports: tuple[str, ...]) -> tuple[str, ...]:
+def _srv_services(
+    entry: Mapping[str, Any], path: str, problems: list[str], transports: tuple[str, ...]
+) -> tuple[str, ...]:
     """SRV service names (``_sips._tcp``…); by default the TLS ones, plus ``_sip._tcp``/``_sip._udp``
     when those transports are accepted."""
     if "srv_services" not in entry:
@@ -265,8 +302,10 @@ def _srv_services(entry: Mapping[str, Any], path: str, problems: list[str],
         elif value.lower() in found:
             problems.append(f"{key}: {value!r} is listed twice")
         elif transports and service_transport(value) not in transports:
-            problems.append(f"{key}: {value!r} is a {service_transport(value)} service, but this route accepts "
-                            f"only {', '.join(transports)} (transports)")
+            problems.append(
+                f"{key}: {value!r} is a {service_transport(value)} service, but this route accepts "
+                f"only {', '.join(transports)} (transports)"
+            )
         else:
             found.append(value.lower())
     return tuple(found)
@@ -309,8 +348,9 @@ def is_ip(host: str) -> bool:
     return True
 
 
-def _text(entry: Mapping[str, Any], key: str, path: str, problems: list[str], *, required: bool = False,
-          default: str = "") -> str:
+def _text(
+    entry: Mapping[str, Any], key: str, path: str, problems: list[str], *, required: bool = False, default: str = ""
+) -> str:
     value = entry.get(key)
     if value is None:
         if required:

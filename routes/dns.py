@@ -188,8 +188,14 @@ def _naptr_services(result: Result, policy: LocatePolicy, problems: list[str]) -
         return []
     if isinstance(result, NoRecords):
         return []
-    usable = [r for r in result.records if isinstance(r, Naptr) and r.flags.lower() == "s"
-              and NAPTR_SERVICES.get(r.service.upper()) in policy.transports and r.replacement not in ("", ".")]
+    usable = [
+        r
+        for r in result.records
+        if isinstance(r, Naptr)
+        and r.flags.lower() == "s"
+        and NAPTR_SERVICES.get(r.service.upper()) in policy.transports
+        and r.replacement not in ("", ".")
+    ]
     if not usable and result.records:
         problems.append("NAPTR has no SIPS+D2T/SIP+D2T/SIP+D2U record for an accepted transport; trying SRV names")
 
@@ -197,9 +203,15 @@ def _naptr_services(result: Result, policy: LocatePolicy, problems: list[str]) -
         return (policy.transports.index(NAPTR_SERVICES[record.service.upper()]), record.order, record.preference)
 
     usable.sort(key=rank)
-    return [_Service(r.replacement.lower().rstrip("."), NAPTR_SERVICES[r.service.upper()], i,
-                     f"NAPTR {r.service.upper()} -> SRV {r.replacement.lower().rstrip('.')}")
-            for i, r in enumerate(usable)]
+    return [
+        _Service(
+            r.replacement.lower().rstrip("."),
+            NAPTR_SERVICES[r.service.upper()],
+            i,
+            f"NAPTR {r.service.upper()} -> SRV {r.replacement.lower().rstrip('.')}",
+        )
+        for i, r in enumerate(usable)
+    ]
 
 
 def _configured_services(domain: str, policy: LocatePolicy) -> list[_Service]:
@@ -209,8 +221,7 @@ def _configured_services(domain: str, policy: LocatePolicy) -> list[_Service]:
     return [_Service(f"{s}.{domain}", service_transport(s), i, f"SRV {s}.{domain}") for i, s in enumerate(accepted)]
 
 
-def _srv_targets(services: list[_Service], results: list[Result],
-                 problems: list[str]) -> list[tuple[_Service, Srv]]:
+def _srv_targets(services: list[_Service], results: list[Result], problems: list[str]) -> list[tuple[_Service, Srv]]:
     targets: list[tuple[_Service, Srv]] = []
     for service, result in zip(services, results, strict=True):
         if isinstance(result, DnsFailure):
@@ -223,8 +234,13 @@ def _srv_targets(services: list[_Service], results: list[Result],
     return targets
 
 
-def _address_candidates(domain: str, targets: list[tuple[_Service, Srv]], results: Mapping[Query, Result],
-                        policy: LocatePolicy, problems: list[str]) -> list[Candidate]:
+def _address_candidates(
+    domain: str,
+    targets: list[tuple[_Service, Srv]],
+    results: Mapping[Query, Result],
+    policy: LocatePolicy,
+    problems: list[str],
+) -> list[Candidate]:
     """§4.2: every address of every target, each as a candidate; the addresses of one target stay
     together in ``rfc2782_order`` (RFC 3263 §4.3: "try each in turn")."""
     candidates: list[Candidate] = []
@@ -237,8 +253,19 @@ def _address_candidates(domain: str, targets: list[tuple[_Service, Srv]], result
                 continue
             seen.add(key)
             tls_name = policy.tls_name or srv.target
-            candidates.append(Candidate(address, srv.port, service.transport, tls_name, srv.priority, srv.weight,
-                                        service.source, srv.target, service.rank))
+            candidates.append(
+                Candidate(
+                    address,
+                    srv.port,
+                    service.transport,
+                    tls_name,
+                    srv.priority,
+                    srv.weight,
+                    service.source,
+                    srv.target,
+                    service.rank,
+                )
+            )
     if not candidates:
         problems.append(f"no A/AAAA records for {', '.join(dict.fromkeys(t.target for _, t in targets)) or domain}")
     return candidates
@@ -262,8 +289,9 @@ class DnsCache:
 
     __slots__ = ("_entries", "max_entries", "max_ttl_seconds", "negative_seconds")
 
-    def __init__(self, max_entries: int = 4096, negative_seconds: float = 30.0,
-                 max_ttl_seconds: float = 86400.0) -> None:
+    def __init__(
+        self, max_entries: int = 4096, negative_seconds: float = 30.0, max_ttl_seconds: float = 86400.0
+    ) -> None:
         self.max_entries = max_entries
         self.negative_seconds = negative_seconds
         self.max_ttl_seconds = max_ttl_seconds

@@ -51,8 +51,14 @@ class DnspythonSource:
     """``dns.asyncresolver.Resolver`` (never blocks the event loop). ``nameservers=None`` reads the
     system's resolver configuration; tests give a loopback server and its ``port``."""
 
-    def __init__(self, nameservers: Sequence[str] | None = None, port: int = 53, *, timeout_seconds: float = 2.0,
-                 lifetime_seconds: float = 4.0) -> None:
+    def __init__(
+        self,
+        nameservers: Sequence[str] | None = None,
+        port: int = 53,
+        *,
+        timeout_seconds: float = 2.0,
+        lifetime_seconds: float = 4.0,
+    ) -> None:
         self._resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
         if nameservers is not None:
             self._resolver.nameservers = list(nameservers)
@@ -82,9 +88,12 @@ class DnspythonSource:
 
 def negative_ttl(responses: Iterable[dns.message.Message]) -> int | None:
     """RFC 2308 §5: a negative answer lives for min(SOA TTL, SOA MINIMUM); None without a SOA."""
-    ttls = [min(rrset.ttl, cast(dns.rdtypes.ANY.SOA.SOA, rrset[0]).minimum)
-            for response in responses for rrset in response.authority
-            if rrset.rdtype == dns.rdatatype.SOA and len(rrset)]
+    ttls = [
+        min(rrset.ttl, cast(dns.rdtypes.ANY.SOA.SOA, rrset[0]).minimum)
+        for response in responses
+        for rrset in response.authority
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset)
+    ]
     return min(ttls) if ttls else None
 
 
@@ -92,8 +101,13 @@ def _rdata(rdata: dns.rdata.Rdata) -> Rdata:
     if isinstance(rdata, dns.rdtypes.IN.SRV.SRV):
         return Srv(rdata.priority, rdata.weight, rdata.port, _name(rdata.target))
     if isinstance(rdata, dns.rdtypes.IN.NAPTR.NAPTR):
-        return Naptr(rdata.order, rdata.preference, rdata.flags.decode(errors="replace"),
-                     rdata.service.decode(errors="replace"), _name(rdata.replacement))
+        return Naptr(
+            rdata.order,
+            rdata.preference,
+            rdata.flags.decode(errors="replace"),
+            rdata.service.decode(errors="replace"),
+            _name(rdata.replacement),
+        )
     return str(rdata.to_text())  # A and AAAA: the address
 
 
@@ -106,8 +120,9 @@ class Resolver:
     """Candidates for a route: its static destinations, or RFC 3263 resolution through the cache.
     Concurrent lookups of one question share one query. Time is passed in (monotonic seconds)."""
 
-    def __init__(self, source: DnsSource, cache: DnsCache | None = None,
-                 address_types: tuple[str, ...] = ("A", "AAAA")) -> None:
+    def __init__(
+        self, source: DnsSource, cache: DnsCache | None = None, address_types: tuple[str, ...] = ("A", "AAAA")
+    ) -> None:
         self.source = source
         self.cache = cache if cache is not None else DnsCache()
         self.address_types = address_types

@@ -50,7 +50,7 @@ def staged_pyproject(text: str) -> str:
         raise RuntimeError("pyproject.toml: [tool.setuptools] packages = [...] not found on one line")
     names = [name.strip().strip('"') for name in match.group(1).split(",") if name.strip()]
     staged = ", ".join(f'"{NAMESPACE}.{name}"' for name in names)
-    text = text[:match.start()] + f'packages = ["{NAMESPACE}", {staged}]' + text[match.end():]
+    text = text[: match.start()] + f'packages = ["{NAMESPACE}", {staged}]' + text[match.end() :]
     return text.replace('sipfed = "proxy.cli:main"', f'sipfed = "{NAMESPACE}.proxy.cli:main"')
 
 
@@ -64,7 +64,8 @@ def stage(into: Path) -> None:
     (package / "__init__.py").write_text('"""sipfed: a SIP federation edge (proxy, routes, acl)."""\n')
     (package / "__main__.py").write_text(
         '"""``python -m sipfed``: the sipfed command."""\n\nimport sys\n\n'
-        f"from {NAMESPACE}.proxy.cli import main\n\nsys.exit(main())\n")
+        f"from {NAMESPACE}.proxy.cli import main\n\nsys.exit(main())\n"
+    )
     for name in PACKAGES:
         for path in sorted((ROOT / name).rglob("*.py")):
             target = package / path.relative_to(ROOT)
@@ -72,15 +73,15 @@ def stage(into: Path) -> None:
             target.write_text(rewrite_imports(path.read_text()))
 
 
-def build_wheel(wheel_directory: str, config_settings: dict[str, Any] | None = None,
-                metadata_directory: str | None = None) -> str:
+def build_wheel(
+    wheel_directory: str, config_settings: dict[str, Any] | None = None, metadata_directory: str | None = None
+) -> str:
     with tempfile.TemporaryDirectory(prefix="sipfed-wheel-") as tmp:
         staging = Path(tmp)
         stage(staging)
         here = os.getcwd()
         os.chdir(staging)
         try:
-            return str(_setuptools.build_wheel(os.path.abspath(os.path.join(here, wheel_directory)),
-                                               config_settings))
+            return str(_setuptools.build_wheel(os.path.abspath(os.path.join(here, wheel_directory)), config_settings))
         finally:
             os.chdir(here)

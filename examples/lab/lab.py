@@ -28,14 +28,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DBTEXT_SCHEMA = Path("/usr/share/kamailio/dbtext/kamailio")
 DB_TABLES = ("version", "subscriber", "address", "presentity", "active_watchers", "watchers", "xcap")
-KAMAILIO_MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/kamailio/modules",
-                        "/usr/lib/kamailio/modules")
+KAMAILIO_MODULE_DIRS = (
+    "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+    "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+    "/usr/lib/kamailio/modules",
+)
 CERT_NAMES = ("sipfed.tomt.local,sipfed.tomt.it", "cups.tomt.local", "lync01.tomt.it")
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "sipfed": "sipfed-pw"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 # --- addresses and ports ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Ports:
@@ -73,18 +77,34 @@ class Ports:
         """The same addresses with ports the kernel says are free now."""
         base = cls()
         return replace(
-            base, cisco_listener=free_port(base.sipfed), lync_listener=free_port(base.sipfed),
-            metrics=free_port(base.sipfed), cups_tls=free_port(base.cups), cups_users=free_port(base.cups, both=True),
-            lync_tls=free_port(base.lync), lync_users=free_port(base.lync, both=True),
-            user_sip=free_port(base.alice, base.bob, both=True), user_cons=free_port(base.alice, base.bob))
+            base,
+            cisco_listener=free_port(base.sipfed),
+            lync_listener=free_port(base.sipfed),
+            metrics=free_port(base.sipfed),
+            cups_tls=free_port(base.cups),
+            cups_users=free_port(base.cups, both=True),
+            lync_tls=free_port(base.lync),
+            lync_users=free_port(base.lync, both=True),
+            user_sip=free_port(base.alice, base.bob, both=True),
+            user_cons=free_port(base.alice, base.bob),
+        )
 
     def busy(self) -> list[str]:
         """The names of the fixed ports something else already holds on their address."""
         taken = []
-        for name, host in (("cisco_listener", self.sipfed), ("lync_listener", self.sipfed), ("metrics", self.sipfed),
-                           ("cups_tls", self.cups), ("cups_users", self.cups), ("lync_tls", self.lync),
-                           ("lync_users", self.lync), ("user_sip", self.alice), ("user_sip", self.bob),
-                           ("user_cons", self.alice), ("user_cons", self.bob)):
+        for name, host in (
+            ("cisco_listener", self.sipfed),
+            ("lync_listener", self.sipfed),
+            ("metrics", self.sipfed),
+            ("cups_tls", self.cups),
+            ("cups_users", self.cups),
+            ("lync_tls", self.lync),
+            ("lync_users", self.lync),
+            ("user_sip", self.alice),
+            ("user_sip", self.bob),
+            ("user_cons", self.alice),
+            ("user_cons", self.bob),
+        ):
             try:
                 for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
                     with socket.socket(socket.AF_INET, kind) as s:
@@ -95,9 +115,17 @@ class Ports:
 
     def instead_of(self, busy: list[str]) -> Ports:
         """The same ports, with a free one in place of each ``busy`` one."""
-        hosts = {"cisco_listener": (self.sipfed,), "lync_listener": (self.sipfed,), "metrics": (self.sipfed,),
-                 "cups_tls": (self.cups,), "cups_users": (self.cups,), "lync_tls": (self.lync,),
-                 "lync_users": (self.lync,), "user_sip": (self.alice, self.bob), "user_cons": (self.alice, self.bob)}
+        hosts = {
+            "cisco_listener": (self.sipfed,),
+            "lync_listener": (self.sipfed,),
+            "metrics": (self.sipfed,),
+            "cups_tls": (self.cups,),
+            "cups_users": (self.cups,),
+            "lync_tls": (self.lync,),
+            "lync_users": (self.lync,),
+            "user_sip": (self.alice, self.bob),
+            "user_cons": (self.alice, self.bob),
+        }
         return replace(self, **{name: free_port(*hosts[name], both=True) for name in busy})
 
 
@@ -121,6 +149,7 @@ def free_port(*hosts: str, both: bool = False) -> int:
 
 # --- rendering the templates --------------------------------------------------------------------
 
+
 def render(template: str, values: dict[str, object]) -> str:
     """Fill ``@NAME@`` placeholders; a placeholder left unfilled is an error, not a silent blank."""
     text = (HERE / template).read_text()
@@ -134,14 +163,17 @@ def render(template: str, values: dict[str, object]) -> str:
 
 def tls_cfg(certs: Path, name: str) -> str:
     """Kamailio's tls.cfg: our chain and key, the lab CA; mutual TLS both ways."""
-    return "\n".join(f"""[{side}:default]
+    return "\n".join(
+        f"""[{side}:default]
 method = TLSv1.2+
 verify_certificate = yes
 require_certificate = yes
 certificate = {certs}/{name}.pem
 private_key = {certs}/{name}.key
 ca_list = {certs}/ca.crt
-""" for side in ("server", "client"))
+"""
+        for side in ("server", "client")
+    )
 
 
 MADDR_TRANSPORT_FIX = """    if ($du =~ "^sip:sipfed[.]tomt[.](local|it):[0-9]+$") {
@@ -150,8 +182,9 @@ MADDR_TRANSPORT_FIX = """    if ($du =~ "^sip:sipfed[.]tomt[.](local|it):[0-9]+$
 MADDR_TRANSPORT_AS_IS = """    return;  # this run keeps the quirk: in-dialog requests toward sipfed leave over UDP"""
 
 
-def write_kamailio(workdir: Path, domain: str, ports: Ports, certs: Path, *, exempt_sipfed: bool = True,
-                   maddr_fix: bool = True) -> Path:
+def write_kamailio(
+    workdir: Path, domain: str, ports: Ports, certs: Path, *, exempt_sipfed: bool = True, maddr_fix: bool = True
+) -> Path:
     """Render ``DOMAIN.cfg`` with its tls.cfg and db_text tables into ``workdir``; return the config.
 
     ``exempt_sipfed``: tomt.local's Incoming ACL lists sipfed's address (else it challenges sipfed).
@@ -178,10 +211,20 @@ def write_kamailio(workdir: Path, domain: str, ports: Ports, certs: Path, *, exe
             subscribers.write(f"{i}:{user}:{domain}:{PASSWORDS[user]}:{ha1}:{ha1b}\n")
     (workdir / "tls.cfg").write_text(tls_cfg(certs, cert))
     config = workdir / "kamailio.cfg"
-    config.write_text(render(f"{domain}.cfg", {
-        "ADDRESS": address, "USER_PORT": user_port, "TLS_PORT": tls_port,
-        "FEDERATION": f"{ports.sipfed}:{federation}", "WORKDIR": workdir, "SIPFED_ADDRESS": ports.sipfed,
-        "MADDR_TRANSPORT_FIX": MADDR_TRANSPORT_FIX if maddr_fix else MADDR_TRANSPORT_AS_IS}))
+    config.write_text(
+        render(
+            f"{domain}.cfg",
+            {
+                "ADDRESS": address,
+                "USER_PORT": user_port,
+                "TLS_PORT": tls_port,
+                "FEDERATION": f"{ports.sipfed}:{federation}",
+                "WORKDIR": workdir,
+                "SIPFED_ADDRESS": ports.sipfed,
+                "MADDR_TRANSPORT_FIX": MADDR_TRANSPORT_FIX if maddr_fix else MADDR_TRANSPORT_AS_IS,
+            },
+        )
+    )
     return config
 
 
@@ -190,25 +233,45 @@ CREDENTIALS = f"""
 [[acl.credentials]]
 route = "cisco"
 username = "sipfed"
-password = "{PASSWORDS['sipfed']}"
+password = "{PASSWORDS["sipfed"]}"
 realm = "tomt.local"
 """
 
 
-def write_sipfed(path: Path, ports: Ports, certs: Path, *, credentials: bool = False,
-                 transaction_timeout_seconds: int = 8, lync_route: tuple[str, int] | None = None,
-                 in_dialog_networks: tuple[str, ...] = ()) -> Path:
+def write_sipfed(
+    path: Path,
+    ports: Ports,
+    certs: Path,
+    *,
+    credentials: bool = False,
+    transaction_timeout_seconds: int = 8,
+    lync_route: tuple[str, int] | None = None,
+    in_dialog_networks: tuple[str, ...] = (),
+) -> Path:
     """Render sipfed.toml; ``lync_route`` replaces the tomt.it Kamailio as the route's destination;
     ``in_dialog_networks`` opts in to in-dialog targets outside the routes (``[proxy] in_dialog_networks``)."""
     lync_address, lync_port = lync_route or (ports.lync, ports.lync_tls)
-    path.write_text(render("sipfed.toml", {
-        "SIPFED_ADDRESS": ports.sipfed, "CISCO_LISTENER_PORT": ports.cisco_listener,
-        "LYNC_LISTENER_PORT": ports.lync_listener, "METRICS_PORT": ports.metrics, "CERTS": certs,
-        "CUPS_ADDRESS": ports.cups, "CUPS_TLS_PORT": ports.cups_tls, "LYNC_ADDRESS": lync_address,
-        "LYNC_TLS_PORT": lync_port, "TRANSACTION_TIMEOUT": transaction_timeout_seconds,
-        "CREDENTIALS": CREDENTIALS if credentials else "",
-        "IN_DIALOG_NETWORKS": (f"in_dialog_networks = {list(in_dialog_networks)!r}".replace("'", '"')
-                               if in_dialog_networks else "")}))
+    path.write_text(
+        render(
+            "sipfed.toml",
+            {
+                "SIPFED_ADDRESS": ports.sipfed,
+                "CISCO_LISTENER_PORT": ports.cisco_listener,
+                "LYNC_LISTENER_PORT": ports.lync_listener,
+                "METRICS_PORT": ports.metrics,
+                "CERTS": certs,
+                "CUPS_ADDRESS": ports.cups,
+                "CUPS_TLS_PORT": ports.cups_tls,
+                "LYNC_ADDRESS": lync_address,
+                "LYNC_TLS_PORT": lync_port,
+                "TRANSACTION_TIMEOUT": transaction_timeout_seconds,
+                "CREDENTIALS": CREDENTIALS if credentials else "",
+                "IN_DIALOG_NETWORKS": (
+                    f"in_dialog_networks = {list(in_dialog_networks)!r}".replace("'", '"') if in_dialog_networks else ""
+                ),
+            },
+        )
+    )
     return path
 
 
@@ -218,10 +281,16 @@ def write_baresip(workdir: Path, user: str, ports: Ports) -> Path:
     alice = user == "alice"
     workdir.mkdir(parents=True, exist_ok=True)
     values: dict[str, object] = {
-        "ADDRESS": ports.alice if alice else ports.bob, "SIP_PORT": ports.user_sip, "CONS_PORT": ports.user_cons,
-        "USER": user, "DOMAIN": "tomt.local" if alice else "tomt.it", "PASSWORD": PASSWORDS[user],
+        "ADDRESS": ports.alice if alice else ports.bob,
+        "SIP_PORT": ports.user_sip,
+        "CONS_PORT": ports.user_cons,
+        "USER": user,
+        "DOMAIN": "tomt.local" if alice else "tomt.it",
+        "PASSWORD": PASSWORDS[user],
         "SERVER": f"{ports.cups}:{ports.cups_users}" if alice else f"{ports.lync}:{ports.lync_users}",
-        "PEER": "bob@tomt.it" if alice else "alice@tomt.local", "PEER_NAME": "Bob" if alice else "Alice"}
+        "PEER": "bob@tomt.it" if alice else "alice@tomt.local",
+        "PEER_NAME": "Bob" if alice else "Alice",
+    }
     for name in ("config", "accounts", "contacts"):
         (workdir / name).write_text(render(f"baresip/{name}", values))
     return workdir
@@ -242,18 +311,37 @@ def make_certs(out: Path, python: str) -> Path:
 
 # --- processes ----------------------------------------------------------------------------------
 
+
 def kamailio_module_dir() -> str:
     for candidate in KAMAILIO_MODULE_DIRS:
         if (Path(candidate) / "tm.so").exists():
             return candidate
-    raise RuntimeError("Kamailio modules not found: apt-get install kamailio kamailio-tls-modules "
-                       "kamailio-presence-modules")
+    raise RuntimeError(
+        "Kamailio modules not found: apt-get install kamailio kamailio-tls-modules kamailio-presence-modules"
+    )
 
 
 def kamailio_command(config: Path) -> list[str]:
     workdir = config.parent
-    return ["kamailio", "-DD", "-E", "-f", str(config), "-L", kamailio_module_dir(), "-Y", str(workdir),
-            "-P", str(workdir / "kamailio.pid"), "-w", str(workdir), "-m", "48", "-M", "8"]
+    return [
+        "kamailio",
+        "-DD",
+        "-E",
+        "-f",
+        str(config),
+        "-L",
+        kamailio_module_dir(),
+        "-Y",
+        str(workdir),
+        "-P",
+        str(workdir / "kamailio.pid"),
+        "-w",
+        str(workdir),
+        "-m",
+        "48",
+        "-M",
+        "8",
+    ]
 
 
 class Child:
@@ -265,8 +353,14 @@ class Child:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as out:
-            return subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            return subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
 
     def text(self) -> str:
         return ANSI.sub("", self.log.read_text(errors="replace")) if self.log.exists() else ""
@@ -279,11 +373,13 @@ class Child:
             if found:
                 return found
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode} before /{pattern}/:\n"
-                                   f"{self.text()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.name} exited {self.proc.returncode} before /{pattern}/:\n{self.text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no /{pattern}/ within {timeout:.0f} s:\n"
-                                   f"{self.text()[after:][-3000:]}")
+                raise TimeoutError(
+                    f"{self.name}: no /{pattern}/ within {timeout:.0f} s:\n{self.text()[after:][-3000:]}"
+                )
             time.sleep(0.05)
 
     def stop(self, timeout: float = 10) -> None:
@@ -328,8 +424,9 @@ class Baresip(Child):
                 self._console = socket.create_connection((self.address, self.cons_port), 1)
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name}: no console on {self.address}:{self.cons_port}:\n"
-                                       f"{self.text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"{self.name}: no console on {self.address}:{self.cons_port}:\n{self.text()[-2000:]}"
+                    ) from None
                 time.sleep(0.05)
             else:
                 threading.Thread(target=self._read, args=(self._console,), daemon=True).start()
@@ -365,15 +462,17 @@ class Baresip(Child):
         """Wait until this user's log or console, past ``since``, shows ``pattern``; return the line."""
         deadline = time.monotonic() + timeout
         while True:
-            for text in (self.text()[since[0]:], self.console()[since[1]:]):
+            for text in (self.text()[since[0] :], self.console()[since[1] :]):
                 found = re.search(pattern, text, re.MULTILINE)
                 if found:
                     start = text.rfind("\n", 0, found.start()) + 1
                     end = text.find("\n", found.end())
-                    return text[start:end if end >= 0 else None].strip()
+                    return text[start : end if end >= 0 else None].strip()
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no /{pattern}/ within {timeout:.0f} s; it reported:\n"
-                                   f"{self.text()[since[0]:][-2500:]}\n--- console ---\n{self.console()[since[1]:]}")
+                raise TimeoutError(
+                    f"{self.name}: no /{pattern}/ within {timeout:.0f} s; it reported:\n"
+                    f"{self.text()[since[0] :][-2500:]}\n--- console ---\n{self.console()[since[1] :]}"
+                )
             time.sleep(0.05)
 
     def contact_presence(self, peer: str, status: str, timeout: float) -> str:
@@ -386,8 +485,10 @@ class Baresip(Child):
                 return self.wait_view(rf"^.*{status} .*<sip:{re.escape(peer)}>", 0.5, since=since)
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.name}: {peer} not {status} after {timeout:.0f} s; baresip lists:\n"
-                                       f"{self.console()[since[1]:]}") from None
+                    raise TimeoutError(
+                        f"{self.name}: {peer} not {status} after {timeout:.0f} s; baresip lists:\n"
+                        f"{self.console()[since[1] :]}"
+                    ) from None
 
     def stop(self, timeout: float = 3) -> None:
         """SIGTERM makes baresip unregister and unsubscribe first; do not wait long for that."""
@@ -398,7 +499,8 @@ class Baresip(Child):
 # --- the ladder -------------------------------------------------------------------------------
 
 TRACE_LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:(\d\d:\d\d\.\d{3})\d*) (RECV|SEND) (\w+) ([\d.]+):(\d+) (->|<-) (\w+)$", re.MULTILINE)
+    r"^(\d{4}-\d\d-\d\dT\d\d:(\d\d:\d\d\.\d{3})\d*) (RECV|SEND) (\w+) ([\d.]+):(\d+) (->|<-) (\w+)$", re.MULTILINE
+)
 
 
 @dataclass(frozen=True)
@@ -452,8 +554,15 @@ def read_trace(path: Path, offset: int = 0) -> list[Hop]:
     hops = []
     for i, head in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-        hops.append(Hop(head.group(2), head.group(3) == "RECV", head.group(8), f"{head.group(5)}:{head.group(6)}",
-                        text[head.end() + 1:end].strip()))
+        hops.append(
+            Hop(
+                head.group(2),
+                head.group(3) == "RECV",
+                head.group(8),
+                f"{head.group(5)}:{head.group(6)}",
+                text[head.end() + 1 : end].strip(),
+            )
+        )
     return hops
 
 
@@ -462,7 +571,7 @@ LANE = 46
 
 def _arrow(label: str, rightwards: bool) -> str:
     inner = LANE - 1
-    label = label if len(label) <= inner - 6 else label[:inner - 7] + "…"
+    label = label if len(label) <= inner - 6 else label[: inner - 7] + "…"
     text = f" {label} "
     fill = inner - len(text) - 1
     return "--" + text + "-" * (fill - 2) + ">" if rightwards else "<--" + text + "-" * (fill - 2)

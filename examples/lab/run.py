@@ -52,14 +52,20 @@ class Lab:
             lab.wait_listening(host, port, kamailio)
             kamailio.wait_for("lab DNS: sipfed", 10)
         config = lab.write_sipfed(self.workdir / "sipfed.toml", p, certs)
-        sipfed = self._add(lab.Child("sipfed", [self.python, "-m", "proxy", "run", "--config", str(config),
-                                                "--trace", str(self.trace)], self.workdir / "sipfed.log",
-                                     cwd=lab.ROOT))
+        sipfed = self._add(
+            lab.Child(
+                "sipfed",
+                [self.python, "-m", "proxy", "run", "--config", str(config), "--trace", str(self.trace)],
+                self.workdir / "sipfed.log",
+                cwd=lab.ROOT,
+            )
+        )
         ready = sipfed.wait_for(r"^sipfed ready .*$", 20).group(0)
         self.metrics_url = "http://" + ready.split("metrics=http:")[1].split()[0] + "/metrics"
         for user, address in (("alice", p.alice), ("bob", p.bob)):
-            self.users[user] = self._add(lab.Baresip(lab.write_baresip(self.workdir / user, user, p), user, address,
-                                                     p.user_cons))
+            self.users[user] = self._add(
+                lab.Baresip(lab.write_baresip(self.workdir / user, user, p), user, address, p.user_cons)
+            )
         for baresip in self.users.values():
             baresip.open_console()
             baresip.wait_view(r"200 OK .*\[1 binding\]", 15)  # registered with its own domain's server
@@ -86,20 +92,40 @@ def presence(the_lab: Lab) -> None:
     alice, bob = the_lab.users["alice"], the_lab.users["bob"]
     for watcher, peer in ((bob, "alice@tomt.local"), (alice, "bob@tomt.it")):
         print(f"  {watcher.name} watches {peer}: {watcher.contact_presence(peer, 'Online', SCENARIO_SECONDS)}")
-    step(lambda: alice.command("/presence_offline"), bob,
-         r"<sip:alice@tomt.local> changed status from Online to Offline", "alice goes offline (PUBLISH to tomt.local)")
-    step(lambda: alice.command("/presence_online"), bob,
-         r"<sip:alice@tomt.local> changed status from Offline to Online", "alice comes back (PUBLISH to tomt.local)")
-    step(lambda: bob.command("/presence_offline"), alice,
-         r"<sip:bob@tomt.it> changed status from Online to Offline", "bob goes offline (PUBLISH to tomt.it)")
+    step(
+        lambda: alice.command("/presence_offline"),
+        bob,
+        r"<sip:alice@tomt.local> changed status from Online to Offline",
+        "alice goes offline (PUBLISH to tomt.local)",
+    )
+    step(
+        lambda: alice.command("/presence_online"),
+        bob,
+        r"<sip:alice@tomt.local> changed status from Offline to Online",
+        "alice comes back (PUBLISH to tomt.local)",
+    )
+    step(
+        lambda: bob.command("/presence_offline"),
+        alice,
+        r"<sip:bob@tomt.it> changed status from Online to Offline",
+        "bob goes offline (PUBLISH to tomt.it)",
+    )
 
 
 def messages(the_lab: Lab) -> None:
     alice, bob = the_lab.users["alice"], the_lab.users["bob"]
-    step(lambda: bob.command("/message Hello Alice, this is Bob on tomt.it"), alice,
-         r'sip:bob@tomt.it: "Hello Alice, this is Bob on tomt.it"', "bob -> alice: MESSAGE")
-    step(lambda: alice.command("/message Hi Bob, Alice here on tomt.local"), bob,
-         r'sip:alice@tomt.local: "Hi Bob, Alice here on tomt.local"', "alice -> bob: MESSAGE")
+    step(
+        lambda: bob.command("/message Hello Alice, this is Bob on tomt.it"),
+        alice,
+        r'sip:bob@tomt.it: "Hello Alice, this is Bob on tomt.it"',
+        "bob -> alice: MESSAGE",
+    )
+    step(
+        lambda: alice.command("/message Hi Bob, Alice here on tomt.local"),
+        bob,
+        r'sip:alice@tomt.local: "Hi Bob, Alice here on tomt.local"',
+        "alice -> bob: MESSAGE",
+    )
 
 
 def run_scenario(the_lab: Lab, title: str, scenario: Callable[[Lab], None]) -> bool:
@@ -152,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for tool in ("kamailio", "baresip"):
         if shutil.which(tool) is None:
-            print(f"{tool} is not installed: apt-get install kamailio kamailio-tls-modules "
-                  "kamailio-presence-modules baresip-core", file=sys.stderr)
+            print(
+                f"{tool} is not installed: apt-get install kamailio kamailio-tls-modules "
+                "kamailio-presence-modules baresip-core",
+                file=sys.stderr,
+            )
             return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sipfed-lab-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -166,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         describe(the_lab.ports)
         the_lab.start()
-        results = [run_scenario(the_lab, "Scenario 1: presence across the federation", presence),
-                   run_scenario(the_lab, "Scenario 2: instant messages", messages)]
+        results = [
+            run_scenario(the_lab, "Scenario 1: presence across the federation", presence),
+            run_scenario(the_lab, "Scenario 2: instant messages", messages),
+        ]
         print_metrics(the_lab.metrics_url)
         print(f"\nScenarios: {sum(results)} of {len(results)} passed.")
         if not args.once:

@@ -62,9 +62,7 @@ def new_key(key_type: str) -> PrivateKey:
     raise ValueError(f"key type {key_type!r}: must be one of {', '.join(KEY_TYPES)}")
 
 
-def _key_usage(
-    *, digital_signature: bool = False, key_encipherment: bool = False, ca: bool = False
-) -> x509.KeyUsage:
+def _key_usage(*, digital_signature: bool = False, key_encipherment: bool = False, ca: bool = False) -> x509.KeyUsage:
     """RFC 5280 §4.2.1.3 keyUsage; CA certificates get keyCertSign and cRLSign."""
     return x509.KeyUsage(
         digital_signature=digital_signature,

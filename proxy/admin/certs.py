@@ -218,14 +218,10 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
 
 
 def _leaf_files(out_dir: Path, stem: str) -> LeafFiles:
-    return LeafFiles(
-        key=out_dir / f"{stem}.key", cert=out_dir / f"{stem}.crt", chain=out_dir / f"{stem}.pem"
-    )
+    return LeafFiles(key=out_dir / f"{stem}.key", cert=out_dir / f"{stem}.crt", chain=out_dir / f"{stem}.pem")
 
 
-def _write_leaf(
-    files: LeafFiles, spec: LeafSpec, key_type: str, issuer: Authority
-) -> list[FileEvent]:
+def _write_leaf(files: LeafFiles, spec: LeafSpec, key_type: str, issuer: Authority) -> list[FileEvent]:
     """New key and leaf; key (0600) first, then the leaf, then the chain: leaf + intermediate."""
     key = new_key(key_type)
     cert = build_leaf(spec, key, issuer)
@@ -267,9 +263,7 @@ def _load_authority(cert_path: Path, key_path: Path, now: datetime) -> Authority
     return Authority(cert, key)
 
 
-def _ensure_authorities(
-    out_dir: Path, key_type: str, now: datetime, events: list[FileEvent]
-) -> Authority:
+def _ensure_authorities(out_dir: Path, key_type: str, now: datetime, events: list[FileEvent]) -> Authority:
     """Reuse the root and intermediate in `out_dir`, creating whichever is absent."""
     ca_paths = out_dir / "ca.crt", out_dir / "ca.key"
     int_paths = out_dir / "intermediate.crt", out_dir / "intermediate.key"
@@ -333,9 +327,7 @@ def issue_leaf(
     if problems:
         raise CertError(*problems)
     moment = _utc(now)
-    intermediate = _load_authority(
-        out_dir / "intermediate.crt", out_dir / "intermediate.key", moment
-    )
+    intermediate = _load_authority(out_dir / "intermediate.crt", out_dir / "intermediate.key", moment)
     if intermediate is None:
         raise CertError(f"{out_dir}: no intermediate CA; create the lab PKI first")
     end = min(moment + timedelta(days=days), intermediate.cert.not_valid_after_utc)

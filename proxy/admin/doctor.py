@@ -68,8 +68,9 @@ class _Material:
     """``tls.key``."""
 
 
-def run(config_path: str | Path, as_json: bool, *, live: bool = False, now: datetime | None = None,
-        width: int | None = None) -> int:
+def run(
+    config_path: str | Path, as_json: bool, *, live: bool = False, now: datetime | None = None, width: int | None = None
+) -> int:
     """`sipfed doctor`: print the findings; 0 without error findings, 1 with, 2 when the config fails to load.
 
     With ``live``, each static route is also probed over the network (``proxy.admin.live``), and the
@@ -133,12 +134,26 @@ def _load_certs(path: Path, key: str, label: Callable[[Path], str], out: list[Fi
     try:
         return load_certificates(path)
     except OSError as exc:
-        out.append(Finding("error", "cert.load", label(path), f"{key}: cannot read: {exc.strerror or exc}",
-                           "make the file readable by the user sipfed runs as"))
+        out.append(
+            Finding(
+                "error",
+                "cert.load",
+                label(path),
+                f"{key}: cannot read: {exc.strerror or exc}",
+                "make the file readable by the user sipfed runs as",
+            )
+        )
     except ValueError:
-        out.append(Finding("error", "cert.load", label(path), f"{key}: no PEM certificate in the file",
-                           "use PEM ('-----BEGIN CERTIFICATE-----'); convert DER with "
-                           "'openssl x509 -inform der -in FILE -out FILE.pem'"))
+        out.append(
+            Finding(
+                "error",
+                "cert.load",
+                label(path),
+                f"{key}: no PEM certificate in the file",
+                "use PEM ('-----BEGIN CERTIFICATE-----'); convert DER with "
+                "'openssl x509 -inform der -in FILE -out FILE.pem'",
+            )
+        )
     return ()
 
 
@@ -147,15 +162,35 @@ def _load_key(path: Path, label: Callable[[Path], str], out: list[Finding]) -> P
     try:
         return load_private_key(path)
     except OSError as exc:
-        out.append(Finding("error", "cert.key", subject, f"tls.key: cannot read: {exc.strerror or exc}",
-                           "make the key readable by the user sipfed runs as (and by no one else)"))
+        out.append(
+            Finding(
+                "error",
+                "cert.key",
+                subject,
+                f"tls.key: cannot read: {exc.strerror or exc}",
+                "make the key readable by the user sipfed runs as (and by no one else)",
+            )
+        )
     except TypeError:
-        out.append(Finding("error", "cert.key", subject,
-                           "tls.key is encrypted; sipfed starts unattended and has no passphrase",
-                           "store it unencrypted with mode 0600: 'openssl pkey -in KEY -out KEY.plain'"))
+        out.append(
+            Finding(
+                "error",
+                "cert.key",
+                subject,
+                "tls.key is encrypted; sipfed starts unattended and has no passphrase",
+                "store it unencrypted with mode 0600: 'openssl pkey -in KEY -out KEY.plain'",
+            )
+        )
     except (ValueError, UnsupportedAlgorithm) as exc:
-        out.append(Finding("error", "cert.key", subject, f"tls.key is not a PEM private key ({exc})",
-                           "point tls.key at the PEM private key of tls.cert_chain"))
+        out.append(
+            Finding(
+                "error",
+                "cert.key",
+                subject,
+                f"tls.key is not a PEM private key ({exc})",
+                "point tls.key at the PEM private key of tls.cert_chain",
+            )
+        )
     return None
 
 
@@ -163,22 +198,38 @@ def check_eku(cert: x509.Certificate, subject: str) -> list[Finding]:
     """RFC 5280 §4.2.1.12: a federation peer is TLS server and client, so it needs both purposes."""
     eku = key_purposes(cert)
     if eku is None:
-        return [Finding("ok", "cert.eku", subject,
-                        "no Extended Key Usage restriction: any purpose, serverAuth and clientAuth included")]
+        return [
+            Finding(
+                "ok",
+                "cert.eku",
+                subject,
+                "no Extended Key Usage restriction: any purpose, serverAuth and clientAuth included",
+            )
+        ]
     findings = []
     if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        findings.append(Finding(
-            "error", "cert.eku", subject,
-            "our certificate has no Client Authentication EKU (clientAuth): when sipfed connects out with "
-            "it, the peer answers TLS alert 43 unsupported_certificate (the field notes' Lync/CUP failure)",
-            "reissue it from a template that has Server Authentication and Client Authentication "
-            "(the default WebServer template lacks Client Authentication)"))
+        findings.append(
+            Finding(
+                "error",
+                "cert.eku",
+                subject,
+                "our certificate has no Client Authentication EKU (clientAuth): when sipfed connects out with "
+                "it, the peer answers TLS alert 43 unsupported_certificate (the field notes' Lync/CUP failure)",
+                "reissue it from a template that has Server Authentication and Client Authentication "
+                "(the default WebServer template lacks Client Authentication)",
+            )
+        )
     if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
-        findings.append(Finding(
-            "error", "cert.eku", subject,
-            "our certificate has no Server Authentication EKU (serverAuth): peers connecting to our "
-            "listeners refuse it (TLS alert 43 unsupported_certificate)",
-            "reissue it from a template that has Server Authentication and Client Authentication"))
+        findings.append(
+            Finding(
+                "error",
+                "cert.eku",
+                subject,
+                "our certificate has no Server Authentication EKU (serverAuth): peers connecting to our "
+                "listeners refuse it (TLS alert 43 unsupported_certificate)",
+                "reissue it from a template that has Server Authentication and Client Authentication",
+            )
+        )
     return findings or [Finding("ok", "cert.eku", subject, "EKU has serverAuth and clientAuth (mutual TLS)")]
 
 
@@ -187,26 +238,47 @@ def check_chain(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certifi
     path, anchor = build_path(chain, bundle)
     last = path[-1]
     if anchor is None and self_issued(last):
-        return [Finding("error", "cert.chain", subject,
-                        f"the chain ends at the root {short_name(last.subject)!r}, which is not in tls.ca_bundle",
-                        "put the CA that issued our certificate into tls.ca_bundle (or fix tls.cert_chain)")]
+        return [
+            Finding(
+                "error",
+                "cert.chain",
+                subject,
+                f"the chain ends at the root {short_name(last.subject)!r}, which is not in tls.ca_bundle",
+                "put the CA that issued our certificate into tls.ca_bundle (or fix tls.cert_chain)",
+            )
+        ]
     if anchor is None:
-        return [Finding("error", "cert.chain", subject,
-                        f"the chain stops at {short_name(last.subject)!r}: its issuer {short_name(last.issuer)!r} "
-                        f"is in neither the chain file nor tls.ca_bundle; peers that trust only the root fail with "
-                        f"'{NO_ISSUER}'", _append_fix(last))]
+        return [
+            Finding(
+                "error",
+                "cert.chain",
+                subject,
+                f"the chain stops at {short_name(last.subject)!r}: its issuer {short_name(last.issuer)!r} "
+                f"is in neither the chain file nor tls.ca_bundle; peers that trust only the root fail with "
+                f"'{NO_ISSUER}'",
+                _append_fix(last),
+            )
+        ]
     if not self_issued(anchor):
-        return [Finding("warning", "cert.chain", subject,
-                        f"the chain reaches the CA {short_name(anchor.subject)!r} only through tls.ca_bundle, which "
-                        f"is not a root; peers that trust only the root fail with '{NO_ISSUER}'",
-                        _append_fix(last))]
+        return [
+            Finding(
+                "warning",
+                "cert.chain",
+                subject,
+                f"the chain reaches the CA {short_name(anchor.subject)!r} only through tls.ca_bundle, which "
+                f"is not a root; peers that trust only the root fail with '{NO_ISSUER}'",
+                _append_fix(last),
+            )
+        ]
     steps = " -> ".join(short_name(cert.subject) for cert in [*path, anchor])
     return [Finding("ok", "cert.chain", subject, f"chain verifies to a CA in tls.ca_bundle: {steps}")]
 
 
 def _append_fix(last: x509.Certificate) -> str:
-    return (f"append the certificate of {short_name(last.issuer)!r} (the intermediate) after ours in the chain file, "
-            "e.g. 'cat ours.crt intermediate.crt > chain.pem'")
+    return (
+        f"append the certificate of {short_name(last.issuer)!r} (the intermediate) after ours in the chain file, "
+        "e.g. 'cat ours.crt intermediate.crt > chain.pem'"
+    )
 
 
 def check_validity(chain: Sequence[x509.Certificate], subject: str, now: datetime) -> list[Finding]:
@@ -218,36 +290,64 @@ def _validity(cert: x509.Certificate, subject: str, now: datetime) -> Finding:
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     state = validity(cert, now)
     if state == "not_yet_valid":
-        return Finding("error", "cert.validity", subject,
-                       f"not valid before {start:%Y-%m-%d %H:%M} UTC: peers refuse it (certificate is not yet valid)",
-                       "check this host's clock (and the CA's); or wait, or reissue with an earlier start")
+        return Finding(
+            "error",
+            "cert.validity",
+            subject,
+            f"not valid before {start:%Y-%m-%d %H:%M} UTC: peers refuse it (certificate is not yet valid)",
+            "check this host's clock (and the CA's); or wait, or reissue with an earlier start",
+        )
     if state == "expired":
-        return Finding("error", "cert.validity", subject,
-                       f"expired on {end:%Y-%m-%d %H:%M} UTC: peers refuse it (TLS alert 45 certificate_expired)",
-                       "renew the certificate and replace the file, then restart sipfed")
+        return Finding(
+            "error",
+            "cert.validity",
+            subject,
+            f"expired on {end:%Y-%m-%d %H:%M} UTC: peers refuse it (TLS alert 45 certificate_expired)",
+            "renew the certificate and replace the file, then restart sipfed",
+        )
     days = round((end - now) / timedelta(days=1))
     if state == "expiring":
-        return Finding("warning", "cert.validity", subject,
-                       f"expires on {end:%Y-%m-%d} ({days} days left); after that, peers refuse it",
-                       "renew it now, and replace the file before it expires")
+        return Finding(
+            "warning",
+            "cert.validity",
+            subject,
+            f"expires on {end:%Y-%m-%d} ({days} days left); after that, peers refuse it",
+            "renew it now, and replace the file before it expires",
+        )
     return Finding("ok", "cert.validity", subject, f"valid until {end:%Y-%m-%d} ({days} days)")
 
 
-def check_key(chain: Sequence[x509.Certificate], key: PrivateKeyTypes, subject: str, key_subject: str,
-              ) -> list[Finding]:
+def check_key(
+    chain: Sequence[x509.Certificate],
+    key: PrivateKeyTypes,
+    subject: str,
+    key_subject: str,
+) -> list[Finding]:
     """The private key's public half must be the certificate's (sipfed cannot start otherwise)."""
     mine = spki(key.public_key())
     if spki(chain[0].public_key()) == mine:
         return [Finding("ok", "cert.key", key_subject, f"the key matches the certificate in {subject}")]
     where = next((i for i, cert in enumerate(chain, 1) if spki(cert.public_key()) == mine), None)
     if where is not None:
-        return [Finding("error", "cert.key", key_subject,
-                        f"the key belongs to certificate #{where} of {subject}, not to the first one",
-                        "put our certificate first in the chain file, then its intermediates")]
-    return [Finding("error", "cert.key", key_subject,
-                    f"the key is not the private key of {short_name(chain[0].subject)!r} in {subject}: "
-                    "TLS cannot start with this pair",
-                    "point tls.key at the key the certificate was issued for (the CSR's key), or reissue")]
+        return [
+            Finding(
+                "error",
+                "cert.key",
+                key_subject,
+                f"the key belongs to certificate #{where} of {subject}, not to the first one",
+                "put our certificate first in the chain file, then its intermediates",
+            )
+        ]
+    return [
+        Finding(
+            "error",
+            "cert.key",
+            key_subject,
+            f"the key is not the private key of {short_name(chain[0].subject)!r} in {subject}: "
+            "TLS cannot start with this pair",
+            "point tls.key at the key the certificate was issued for (the CSR's key), or reissue",
+        )
+    ]
 
 
 def check_names(cert: x509.Certificate, listeners: Iterable[ListenerConfig], subject: str) -> list[Finding]:
@@ -258,23 +358,33 @@ def check_names(cert: x509.Certificate, listeners: Iterable[ListenerConfig], sub
     for listener in (lst for lst in listeners if lst.transport == "tls"):
         for name, role in _listener_names(listener):
             if name_matches(name, names):
-                findings.append(Finding("ok", "cert.names", f"listener {listener.name}",
-                                        f"{role} {name!r} is a name of our certificate"))
+                findings.append(
+                    Finding(
+                        "ok", "cert.names", f"listener {listener.name}", f"{role} {name!r} is a name of our certificate"
+                    )
+                )
                 continue
-            findings.append(Finding(
-                "error", "cert.names", f"listener {listener.name}",
-                f"{role} {name!r} is not a name of our certificate ({subject}: {shown}); the peer that "
-                "checks it (Lync's Trusted Application Pool, CUP's TLS peer subject) refuses",
-                f"reissue the certificate with {name!r} as a DNS subjectAltName, or set this listener's "
-                "fqdn/federation_fqdn to one of its names"))
+            findings.append(
+                Finding(
+                    "error",
+                    "cert.names",
+                    f"listener {listener.name}",
+                    f"{role} {name!r} is not a name of our certificate ({subject}: {shown}); the peer that "
+                    "checks it (Lync's Trusted Application Pool, CUP's TLS peer subject) refuses",
+                    f"reissue the certificate with {name!r} as a DNS subjectAltName, or set this listener's "
+                    "fqdn/federation_fqdn to one of its names",
+                )
+            )
     return findings
 
 
 def _listener_names(listener: ListenerConfig) -> list[tuple[str, str]]:
     if listener.fqdn == listener.federation_fqdn:
         return [(listener.fqdn, "fqdn (Via, Record-Route and its maddr)")]
-    return [(listener.fqdn, "fqdn (Via, Record-Route)"),
-            (listener.federation_fqdn, "federation_fqdn (Record-Route maddr)")]
+    return [
+        (listener.fqdn, "fqdn (Via, Record-Route)"),
+        (listener.federation_fqdn, "federation_fqdn (Record-Route maddr)"),
+    ]
 
 
 def check_routes(config: Config) -> list[Finding]:
@@ -288,12 +398,17 @@ def check_routes(config: Config) -> list[Finding]:
         if listener is None:
             findings.append(Finding("ok", "route.loop", f"route {route.name}", f"next hop {where} is not sipfed"))
             continue
-        findings.append(Finding(
-            "error", "route.loop", f"route {route.name}",
-            f"next hop {where} ({route.transport}) is sipfed's own listener {listener.name!r} "
-            f"({listener.address}:{listener.port}): requests loop until 482 Loop Detected or 483",
-            "point the route's destination and port at the peer's server (e.g. CUP's 5062 peer-auth "
-            "listener, Lync's 5061), not at sipfed"))
+        findings.append(
+            Finding(
+                "error",
+                "route.loop",
+                f"route {route.name}",
+                f"next hop {where} ({route.transport}) is sipfed's own listener {listener.name!r} "
+                f"({listener.address}:{listener.port}): requests loop until 482 Loop Detected or 483",
+                "point the route's destination and port at the peer's server (e.g. CUP's 5062 peer-auth "
+                "listener, Lync's 5061), not at sipfed",
+            )
+        )
     return findings
 
 
@@ -323,38 +438,60 @@ def check_lync_port(config: Config) -> list[Finding]:
     """
     facing = [lst for lst in config.listeners if _lync_facing(lst, config.routes)]
     if not facing:
-        return [Finding("ok", "listener.lync_port", "listeners", "no listener looks Lync-facing (no 'lync' in "
-                        "a listener's name or its routes), so the 5062 rule was not checked")]
+        return [
+            Finding(
+                "ok",
+                "listener.lync_port",
+                "listeners",
+                "no listener looks Lync-facing (no 'lync' in "
+                "a listener's name or its routes), so the 5062 rule was not checked",
+            )
+        ]
     findings = []
     for listener in facing:
         subject = f"listener {listener.name}"
         if listener.port in (0, PEER_AUTH_PORT):
-            findings.append(Finding("ok", "listener.lync_port", subject,
-                                    f"Lync-facing listener on port {listener.port or 'any (0)'}"))
+            findings.append(
+                Finding(
+                    "ok", "listener.lync_port", subject, f"Lync-facing listener on port {listener.port or 'any (0)'}"
+                )
+            )
             continue
-        findings.append(Finding(
-            "warning", "listener.lync_port", subject,
-            f"looks Lync-facing ('lync' in its name or routes) but listens on {listener.port}, not "
-            f"{PEER_AUTH_PORT}: the field notes' Lync static route (New-CsStaticRoute -Port {PEER_AUTH_PORT}) "
-            "points at the peer-auth listener port, so Lync would reach another listener or none",
-            f"set this listener's port to {PEER_AUTH_PORT}, or give the Lync static route -Port {listener.port}"))
+        findings.append(
+            Finding(
+                "warning",
+                "listener.lync_port",
+                subject,
+                f"looks Lync-facing ('lync' in its name or routes) but listens on {listener.port}, not "
+                f"{PEER_AUTH_PORT}: the field notes' Lync static route (New-CsStaticRoute -Port {PEER_AUTH_PORT}) "
+                "points at the peer-auth listener port, so Lync would reach another listener or none",
+                f"set this listener's port to {PEER_AUTH_PORT}, or give the Lync static route -Port {listener.port}",
+            )
+        )
     return findings
 
 
 def _lync_facing(listener: ListenerConfig, routes: Iterable[StaticRoute]) -> bool:
     bound = (r for r in routes if r.listener == listener.name)
     return "lync" in listener.name.lower() or any(
-        "lync" in text.lower() for r in bound for text in (r.name, r.destination, r.tls_name))
+        "lync" in text.lower() for r in bound for text in (r.name, r.destination, r.tls_name)
+    )
 
 
 def check_bundle(bundle: Sequence[x509.Certificate], subject: str) -> list[Finding]:
     """The bundle must hold a CA (basicConstraints cA TRUE, RFC 5280 §4.2.1.9) to verify peers with."""
     cas = [cert for cert in bundle if is_ca(cert)]
     if not cas:
-        return [Finding("error", "ca.bundle", subject,
-                        f"holds {len(bundle)} certificate(s) but no CA (basicConstraints CA:TRUE): "
-                        "no peer's chain can verify, every mutual-TLS handshake fails with unknown_ca",
-                        "point tls.ca_bundle at the CA certificates (roots) that issued the peers' and our "
-                        "certificates, not at a leaf")]
+        return [
+            Finding(
+                "error",
+                "ca.bundle",
+                subject,
+                f"holds {len(bundle)} certificate(s) but no CA (basicConstraints CA:TRUE): "
+                "no peer's chain can verify, every mutual-TLS handshake fails with unknown_ca",
+                "point tls.ca_bundle at the CA certificates (roots) that issued the peers' and our "
+                "certificates, not at a leaf",
+            )
+        ]
     names = ", ".join(short_name(cert.subject) for cert in cas)
     return [Finding("ok", "ca.bundle", subject, f"{len(cas)} CA certificate(s): {names}")]

@@ -88,9 +88,15 @@ def _prepare(config: Config, now: datetime) -> tuple[_Probe, list[Finding]]:
         try:
             fetch, verify = inspection_context(tls), client_context(tls)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            problems.append(Finding("error", "live.tls", "[tls]",
-                                    f"our certificate, key or CA bundle does not load ({exc}): TLS routes were "
-                                    "not probed", "fix the certificate findings above first"))
+            problems.append(
+                Finding(
+                    "error",
+                    "live.tls",
+                    "[tls]",
+                    f"our certificate, key or CA bundle does not load ({exc}): TLS routes were not probed",
+                    "fix the certificate findings above first",
+                )
+            )
         with contextlib.suppress(OSError, ValueError):
             bundle = load_certificates(tls.ca_bundle)
     return _Probe(config.connect_timeout_seconds, now, bundle, fetch, verify, config), problems
@@ -123,8 +129,11 @@ def _connect(route: StaticRoute, timeout: float) -> socket.socket:
     return socket.create_connection((route.destination.strip("[]"), route.port), timeout=timeout)
 
 
-def _fetch_chain(sock: socket.socket, route: StaticRoute, context: ssl.SSLContext,
-                 ) -> tuple[list[x509.Certificate], bool]:
+def _fetch_chain(
+    sock: socket.socket,
+    route: StaticRoute,
+    context: ssl.SSLContext,
+) -> tuple[list[x509.Certificate], bool]:
     """Step 2. A failed handshake still yields what the peer sent (TLS 1.2 refuses us after that)."""
     try:
         tls = context.wrap_socket(sock, server_hostname=route.tls_name, do_handshake_on_connect=False)
@@ -144,7 +153,8 @@ def peer_chain(tls: ssl.SSLSocket) -> tuple[list[x509.Certificate], bool]:
     chain cannot be judged: a missing intermediate would be a false alarm).
     """
     getter: Any = getattr(tls, "get_unverified_chain", None) or getattr(
-        getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+        getattr(tls, "_sslobj", None), "get_unverified_chain", None
+    )
     items: list[Any] = list(getter() or []) if getter is not None else []
     ders = [item if isinstance(item, bytes) else item.public_bytes(_ssl.ENCODING_DER) for item in items]
     whole = bool(ders)
@@ -159,8 +169,12 @@ def peer_chain(tls: ssl.SSLSocket) -> tuple[list[x509.Certificate], bool]:
     return certs, whole
 
 
-def _verified_exchange(route: StaticRoute, probe: _Probe, context: ssl.SSLContext, explained: bool,
-                       ) -> list[Finding]:
+def _verified_exchange(
+    route: StaticRoute,
+    probe: _Probe,
+    context: ssl.SSLContext,
+    explained: bool,
+) -> list[Finding]:
     """Steps 4 and 5: sipfed's own handshake, then OPTIONS on it."""
     try:
         sock = _connect(route, probe.timeout)
@@ -178,9 +192,13 @@ def _verified_exchange(route: StaticRoute, probe: _Probe, context: ssl.SSLContex
             if failure is not None:
                 return [failure]
             cipher = (tls.cipher() or ("?",))[0]
-            done = Finding("ok", "live.tls", route_subject(route),
-                           f"sipfed's own handshake works ({tls.version()}, {cipher}): the peer's certificate "
-                           f"verifies for {route.tls_name!r} and ours is accepted")
+            done = Finding(
+                "ok",
+                "live.tls",
+                route_subject(route),
+                f"sipfed's own handshake works ({tls.version()}, {cipher}): the peer's certificate "
+                f"verifies for {route.tls_name!r} and ours is accepted",
+            )
             return [done, ask_options(tls, route, our_fqdn(route, probe.config), probe.timeout, early)]
 
 
@@ -201,10 +219,14 @@ def _await_refusal(tls: ssl.SSLSocket, route: StaticRoute, timeout: float) -> tu
                 continue
             if data:
                 return data, None
-            return b"", Finding("error", "live.tls", route_subject(route),
-                                "the peer closed the connection right after the TLS 1.3 handshake, before any SIP "
-                                "and without a TLS alert: it most likely refused our certificate",
-                                f"{TRUST_OUR_CA}; {GIVE_CLIENT_AUTH}")
+            return b"", Finding(
+                "error",
+                "live.tls",
+                route_subject(route),
+                "the peer closed the connection right after the TLS 1.3 handshake, before any SIP "
+                "and without a TLS alert: it most likely refused our certificate",
+                f"{TRUST_OUR_CA}; {GIVE_CLIENT_AUTH}",
+            )
     except (ssl.SSLError, OSError) as exc:
         return b"", handshake_failure(route, exc, timeout)
     finally:
@@ -215,7 +237,11 @@ def _await_refusal(tls: ssl.SSLSocket, route: StaticRoute, timeout: float) -> tu
 def _verify_failure(route: StaticRoute, exc: ssl.SSLCertVerificationError, probe: _Probe) -> Finding:
     """A verification failure the certificate checks did not predict: OpenSSL's words, and where to look."""
     bundle = probe.config.tls.ca_bundle if probe.config.tls else "CA-BUNDLE"
-    return Finding("error", "live.tls", route_subject(route),
-                   f"sipfed refuses the peer's certificate: {describe_failure(exc, route.tls_name)}",
-                   f"inspect what the peer sends: 'openssl s_client -connect {route_address(route)} -servername "
-                   f"{route.tls_name} -CAfile {bundle} -showcerts'")
+    return Finding(
+        "error",
+        "live.tls",
+        route_subject(route),
+        f"sipfed refuses the peer's certificate: {describe_failure(exc, route.tls_name)}",
+        f"inspect what the peer sends: 'openssl s_client -connect {route_address(route)} -servername "
+        f"{route.tls_name} -CAfile {bundle} -showcerts'",
+    )

@@ -46,14 +46,22 @@ def ask_options(sock: socket.socket, route: StaticRoute, fqdn: str, timeout: flo
         alert = refusal(exc)
         if alert is not None:
             return refused(route, alert)
-        return Finding("warning", "live.sip", route_subject(route),
-                       f"the connection failed before an answer to OPTIONS: {describe_failure(exc, route.tls_name)}",
-                       "read the peer's log for why it dropped sipfed")
+        return Finding(
+            "warning",
+            "live.sip",
+            route_subject(route),
+            f"the connection failed before an answer to OPTIONS: {describe_failure(exc, route.tls_name)}",
+            "read the peer's log for why it dropped sipfed",
+        )
     if answer is None:
-        return Finding("warning", "live.sip", route_subject(route),
-                       "the peer closed the connection without answering OPTIONS",
-                       "read the peer's SIP log: it may refuse requests from sipfed (CUP: incoming ACL, TLS peer "
-                       "subjects; Lync: trusted application pool)")
+        return Finding(
+            "warning",
+            "live.sip",
+            route_subject(route),
+            "the peer closed the connection without answering OPTIONS",
+            "read the peer's SIP log: it may refuse requests from sipfed (CUP: incoming ACL, TLS peer "
+            "subjects; Lync: trusted application pool)",
+        )
     return _answer_finding(route, answer, time.monotonic() - started)
 
 
@@ -84,7 +92,8 @@ def udp_options(route: StaticRoute, fqdn: str, timeout: float) -> Finding:
     """Step 5 alone over UDP, retransmitted (Timer E: T1 doubling up to T2) until ``timeout``."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            route.destination.strip("[]"), route.port, type=socket.SOCK_DGRAM)[0]
+            route.destination.strip("[]"), route.port, type=socket.SOCK_DGRAM
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         return connect_failure(route, exc, timeout)
@@ -95,10 +104,14 @@ def udp_options(route: StaticRoute, fqdn: str, timeout: float) -> Finding:
         except NotSip as exc:
             return _not_sip(route, exc)
         except ConnectionRefusedError:
-            return Finding("error", "live.sip", route_subject(route),
-                           f"nothing listens on {route_address(route)} (udp): ICMP port unreachable",
-                           "is the static route pointing at the right listener and transport? (CUP's peer-auth "
-                           "listener is TLS 5062, Lync's TLS 5061)")
+            return Finding(
+                "error",
+                "live.sip",
+                route_subject(route),
+                f"nothing listens on {route_address(route)} (udp): ICMP port unreachable",
+                "is the static route pointing at the right listener and transport? (CUP's peer-auth "
+                "listener is TLS 5062, Lync's TLS 5061)",
+            )
         except OSError as exc:
             return connect_failure(route, exc, timeout)
 
@@ -122,36 +135,51 @@ def _udp_exchange(sock: socket.socket, route: StaticRoute, fqdn: str, timeout: f
             continue
         if answer is not None and answer[0] >= 200:
             return _answer_finding(route, answer, time.monotonic() - started)
-    return Finding("warning", "live.sip", route_subject(route),
-                   f"no SIP answer to OPTIONS over UDP from {route_address(route)} within {timeout:g} s: nothing "
-                   "listens, or a firewall drops it (UDP gives no other sign)",
-                   "check the destination and port, and that the peer accepts SIP over UDP from this host")
+    return Finding(
+        "warning",
+        "live.sip",
+        route_subject(route),
+        f"no SIP answer to OPTIONS over UDP from {route_address(route)} within {timeout:g} s: nothing "
+        "listens, or a firewall drops it (UDP gives no other sign)",
+        "check the destination and port, and that the peer accepts SIP over UDP from this host",
+    )
 
 
 def _answer_finding(route: StaticRoute, answer: tuple[int, str], seconds: float) -> Finding:
     status, reason = answer
     line = f"SIP/2.0 {status} {reason}".rstrip()
     if status in (401, 407):
-        return Finding("warning", "live.sip", route_subject(route),
-                       f"the peer answers OPTIONS with {line}: it challenges sipfed, so relayed requests will be "
-                       "challenged too", "make the peer trust sipfed (CUP: TLS peer subject and incoming ACL; Lync: "
-                       "trusted application pool), or give sipfed credentials for this route ([[acl.credentials]])")
-    return Finding("ok", "live.sip", route_subject(route),
-                   f"SIP answers OPTIONS: {line} ({seconds * 1000:.0f} ms)")
+        return Finding(
+            "warning",
+            "live.sip",
+            route_subject(route),
+            f"the peer answers OPTIONS with {line}: it challenges sipfed, so relayed requests will be challenged too",
+            "make the peer trust sipfed (CUP: TLS peer subject and incoming ACL; Lync: "
+            "trusted application pool), or give sipfed credentials for this route ([[acl.credentials]])",
+        )
+    return Finding("ok", "live.sip", route_subject(route), f"SIP answers OPTIONS: {line} ({seconds * 1000:.0f} ms)")
 
 
 def _not_sip(route: StaticRoute, exc: NotSip) -> Finding:
-    return Finding("error", "live.sip", route_subject(route),
-                   f"{route_address(route)} answers, but not in SIP sipfed can parse: {exc}",
-                   "point the route at the peer's SIP port (CUP's peer-auth listener 5062, Lync's 5061); if it is the "
-                   "SIP port, report the answer as a sipfed interop bug")
+    return Finding(
+        "error",
+        "live.sip",
+        route_subject(route),
+        f"{route_address(route)} answers, but not in SIP sipfed can parse: {exc}",
+        "point the route at the peer's SIP port (CUP's peer-auth listener 5062, Lync's 5061); if it is the "
+        "SIP port, report the answer as a sipfed interop bug",
+    )
 
 
 def _no_answer(route: StaticRoute, timeout: float) -> Finding:
-    return Finding("warning", "live.sip", route_subject(route),
-                   f"no SIP answer to OPTIONS within {timeout:g} s: the connection works but nothing answered",
-                   "read the peer's SIP log: some servers stay silent to sources they do not trust (CUP: "
-                   "incoming ACL, TLS peer subjects; Lync: trusted application pool)")
+    return Finding(
+        "warning",
+        "live.sip",
+        route_subject(route),
+        f"no SIP answer to OPTIONS within {timeout:g} s: the connection works but nothing answered",
+        "read the peer's SIP log: some servers stay silent to sources they do not trust (CUP: "
+        "incoming ACL, TLS peer subjects; Lync: trusted application pool)",
+    )
 
 
 def options_request(route: StaticRoute, fqdn: str, local: tuple[str, int], call_id: str) -> bytes:

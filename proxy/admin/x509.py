@@ -148,8 +148,10 @@ def self_issued(cert: x509.Certificate) -> bool:
     return issued_by(cert, cert)
 
 
-def build_path(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certificate],
-               ) -> tuple[list[x509.Certificate], x509.Certificate | None]:
+def build_path(
+    chain: Sequence[x509.Certificate],
+    bundle: Sequence[x509.Certificate],
+) -> tuple[list[x509.Certificate], x509.Certificate | None]:
     """Our certificate, then chain-file certificates each issuing the one before (by issuer name and
     signature), until a self-signed CA in the bundle issues the last; returns the path and that anchor.
 

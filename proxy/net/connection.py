@@ -65,8 +65,15 @@ class ConnectionGate:
        message (``StreamConnection._idle_check``); one bound to a trusted peer never is.
     """
 
-    def __init__(self, max_connections: int = 4096, per_source: int = 64, handshakes_per_second: float = 20.0,
-                 burst_seconds: float = 2.0, idle_seconds: float = 60.0, max_sources: int = 65_536) -> None:
+    def __init__(
+        self,
+        max_connections: int = 4096,
+        per_source: int = 64,
+        handshakes_per_second: float = 20.0,
+        burst_seconds: float = 2.0,
+        idle_seconds: float = 60.0,
+        max_sources: int = 65_536,
+    ) -> None:
         self.inbound = 0
         """Inbound connections open (rule 1)."""
         self.unproven: dict[str, int] = {}
@@ -78,8 +85,14 @@ class ConnectionGate:
         """A flood of refusals logs one line per reason each 10 s, with the count of the rest."""
         self.configure(max_connections, per_source, handshakes_per_second, burst_seconds, idle_seconds)
 
-    def configure(self, max_connections: int, per_source: int, handshakes_per_second: float,
-                  burst_seconds: float, idle_seconds: float) -> None:
+    def configure(
+        self,
+        max_connections: int,
+        per_source: int,
+        handshakes_per_second: float,
+        burst_seconds: float,
+        idle_seconds: float,
+    ) -> None:
         """Apply (new) limits; what is open stays open and counted."""
         self.max_connections = max_connections
         self.per_source = per_source
@@ -149,8 +162,9 @@ class StreamConnection(asyncio.Protocol):
     asyncio's TLS, whose failures arrive as exceptions in ``Driver._connect``.
     """
 
-    def __init__(self, driver: Driver, transport_name: str, listener: str, outbound: bool,
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, driver: Driver, transport_name: str, listener: str, outbound: bool, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.driver = driver
         self.transport_name = transport_name
         self.listener = listener
@@ -212,8 +226,15 @@ class StreamConnection(asyncio.Protocol):
         refused = gate.admit(source, self.session is not None, now)
         if refused is not None:
             driver.observer.connection_refused(self.listener, refused)
-            gate.warnings.warn(log, refused, now, "listener %s: closed a new connection from %s at once (%s)",
-                               self.listener, source, _REFUSALS[refused])
+            gate.warnings.warn(
+                log,
+                refused,
+                now,
+                "listener %s: closed a new connection from %s at once (%s)",
+                self.listener,
+                source,
+                _REFUSALS[refused],
+            )
             self.transport.close()
             return False
         self.source = source
@@ -254,10 +275,18 @@ class StreamConnection(asyncio.Protocol):
             return
         driver.observer.connection_closed(self.listener, "unauthenticated_idle")
         remote = transport.get_extra_info("peername") or ("?", 0)
-        driver.gate.warnings.warn(log, "unauthenticated_idle", now, "closing the connection from %s:%s: bound to "
-                                  "no trusted peer and no valid SIP message for %g s "
-                                  "(limits.unauthenticated_idle_seconds)", remote[0], remote[1], idle,
-                                  level=logging.INFO)
+        driver.gate.warnings.warn(
+            log,
+            "unauthenticated_idle",
+            now,
+            "closing the connection from %s:%s: bound to "
+            "no trusted peer and no valid SIP message for %g s "
+            "(limits.unauthenticated_idle_seconds)",
+            remote[0],
+            remote[1],
+            idle,
+            level=logging.INFO,
+        )
         transport.close()
 
     def rebind(self, trust: Trust) -> str:
@@ -279,14 +308,23 @@ class StreamConnection(asyncio.Protocol):
             return "kept"
         observer = self.driver.observer
         if name is None:
-            log.warning("reload: connection %s %s:%d closed: its certificate no longer binds it to peer %r "
-                        "(closed, not demoted; it may connect again)", "to" if self.outbound else "from",
-                        *flow.remote, flow.peer)
+            log.warning(
+                "reload: connection %s %s:%d closed: its certificate no longer binds it to peer %r "
+                "(closed, not demoted; it may connect again)",
+                "to" if self.outbound else "from",
+                *flow.remote,
+                flow.peer,
+            )
             observer.connection_closed(self.listener, "trust_reload")
             self.transport.close()
             return "closed"
-        log.info("reload: connection %s %s:%d now bound to peer %r (was %s)", "to" if self.outbound else "from",
-                 *flow.remote, name, repr(flow.peer) if flow.peer else "none")
+        log.info(
+            "reload: connection %s %s:%d now bound to peer %r (was %s)",
+            "to" if self.outbound else "from",
+            *flow.remote,
+            name,
+            repr(flow.peer) if flow.peer else "none",
+        )
         self.flow = replace(flow, peer=name)
         observer.connection(self.listener, flow.peer or "none", -1)
         observer.connection(self.listener, name, 1)
@@ -299,10 +337,18 @@ class StreamConnection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername") or ("0.0.0.0", 0)
         bound = self.driver.trust.bind(identity, peer[0])
         conn_id = self.driver.register(self, (self.transport_name, peer[0], peer[1]))
-        self.flow = Flow(self.transport_name, self.listener, (peer[0], peer[1]), conn_id, identity,
-                         bound.name if bound else None)
-        log.debug("connection %d %s %s:%d %s peer=%s", conn_id, "to" if self.outbound else "from", peer[0], peer[1],
-                  identity.describe(), self.flow.peer)
+        self.flow = Flow(
+            self.transport_name, self.listener, (peer[0], peer[1]), conn_id, identity, bound.name if bound else None
+        )
+        log.debug(
+            "connection %d %s %s:%d %s peer=%s",
+            conn_id,
+            "to" if self.outbound else "from",
+            peer[0],
+            peer[1],
+            identity.describe(),
+            self.flow.peer,
+        )
         observer = self.driver.observer
         if self.transport_name == "tls" and not self.outbound:
             observer.tls_handshake(self.listener, "inbound", "success", "none")
@@ -362,9 +408,13 @@ class StreamConnection(asyncio.Protocol):
         self._stall_timer = None
         if self.transport is None or self.flow is None or not self.framer.pending:
             return
-        log.warning("closing the connection from %s:%d: %d bytes of an incomplete message for %g s (a slow sender, "
-                    "or a Content-Length larger than the body)", *self.flow.remote, self.framer.pending,
-                    self.driver.incomplete_timeout)
+        log.warning(
+            "closing the connection from %s:%d: %d bytes of an incomplete message for %g s (a slow sender, "
+            "or a Content-Length larger than the body)",
+            *self.flow.remote,
+            self.framer.pending,
+            self.driver.incomplete_timeout,
+        )
         self.driver.observer.slow_sender(self.listener, "message")
         self.transport.close()
 
@@ -394,8 +444,9 @@ class StreamConnection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername") or ("?", 0)
         description = describe_inbound(exc, self.listener)
         # A handshake flood logs each kind of refusal once per 10 s, with the count of the rest.
-        self.driver.gate.warnings.warn(log, description, self.driver.loop.time(), "%s from %s:%s", description,
-                                       peer[0], peer[1])
+        self.driver.gate.warnings.warn(
+            log, description, self.driver.loop.time(), "%s from %s:%s", description, peer[0], peer[1]
+        )
         self.driver.observer.tls_handshake(self.listener, "inbound", "failure", classify(exc))
         self.transport.close()
 

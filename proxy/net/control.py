@@ -123,10 +123,13 @@ def answer_line(line: bytes, methods: Mapping[str, Method]) -> bytes | None:
 
 def answer(message: object, methods: Mapping[str, Method]) -> dict[str, Any] | None:
     """JSON-RPC 2.0 §4-§5 for one decoded request: its response object, or None for a notification."""
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"),
-                                                                                          str):
-        return _error(None, RpcError(INVALID_REQUEST, 'invalid request: expected {"jsonrpc": "2.0", "method": '
-                                     '…, "params": {…}, "id": …}'))
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
+        return _error(
+            None,
+            RpcError(
+                INVALID_REQUEST, 'invalid request: expected {"jsonrpc": "2.0", "method": …, "params": {…}, "id": …}'
+            ),
+        )
     request_id = message.get("id")
     if ("id" in message and not isinstance(request_id, str | int | None)) or isinstance(request_id, bool):
         return _error(None, RpcError(INVALID_REQUEST, "invalid request: id must be a string, a number or null"))
@@ -252,7 +255,7 @@ class ControlClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while (end := self.buffer.find(b"\n")) >= 0:
-            line, self.buffer = bytes(self.buffer[:end]), self.buffer[end + 1:]
+            line, self.buffer = bytes(self.buffer[:end]), self.buffer[end + 1 :]
             if len(line) > MAX_REQUEST_BYTES:
                 return self._too_large()
             self._arm()
@@ -288,8 +291,10 @@ class ControlClient(asyncio.Protocol):
 def bind_unix(path: Path, mode: int) -> socket.socket:
     """A Unix stream socket bound at ``path`` whose file has ``mode`` from its first moment."""
     if not path.parent.is_dir():
-        raise ControlError(f"cannot create the control socket {path} ([control] socket): the directory "
-                           f"{path.parent} does not exist; create it (systemd: RuntimeDirectory=sipfed)")
+        raise ControlError(
+            f"cannot create the control socket {path} ([control] socket): the directory "
+            f"{path.parent} does not exist; create it (systemd: RuntimeDirectory=sipfed)"
+        )
     remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)  # bind creates the file 0777 & ~umask: exactly ``mode``
@@ -297,8 +302,9 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
         sock.bind(os.fspath(path))
     except OSError as exc:
         sock.close()
-        raise ControlError(f"cannot create the control socket {path} ([control] socket): "
-                           f"{exc.strerror or exc}") from None
+        raise ControlError(
+            f"cannot create the control socket {path} ([control] socket): {exc.strerror or exc}"
+        ) from None
     finally:
         os.umask(old)
     os.chmod(path, mode)  # the same bits again: some file systems ignore the umask for sockets
@@ -326,8 +332,10 @@ def remove_stale(path: Path) -> None:
             return
         except OSError as exc:
             raise ControlError(f"cannot check the existing control socket {path}: {exc.strerror or exc}") from None
-    raise ControlError(f"another process listens on the control socket {path} (another sipfed?); stop it, or "
-                       "give this one its own [control] socket")
+    raise ControlError(
+        f"another process listens on the control socket {path} (another sipfed?); stop it, or "
+        "give this one its own [control] socket"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,8 +358,11 @@ class Reloaded:
         changes: dict[str, Any] = {
             "routes": _named_changes({r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
             "peers": _named_changes({p.name: p for p in old.trust.peers}, {p.name: p for p in new.trust.peers}),
-            "settings": sorted(f.name for f in fields(new) if f.name not in _NOT_SETTINGS
-                               and getattr(old, f.name) != getattr(new, f.name)),
+            "settings": sorted(
+                f.name
+                for f in fields(new)
+                if f.name not in _NOT_SETTINGS and getattr(old, f.name) != getattr(new, f.name)
+            ),
             "connections": {outcome: outcomes.count(outcome) for outcome in ("rebound", "closed", "kept")},
             "warnings": list(new.warnings),
         }
@@ -367,15 +378,24 @@ _NOT_SETTINGS = frozenset({"path", "routes", "trust", "warnings"})
 
 
 def _named_changes(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, list[str]]:
-    return {"added": [n for n in new if n not in old], "removed": [n for n in old if n not in new],
-            "changed": [n for n in new if n in old and new[n] != old[n]]}
+    return {
+        "added": [n for n in new if n not in old],
+        "removed": [n for n in old if n not in new],
+        "changed": [n for n in new if n in old and new[n] != old[n]],
+    }
 
 
 # -- the methods -------------------------------------------------------------------------------------------
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-TRACE_PARAMS: dict[str, type | tuple[type, ...]] = {"on": bool, "file": str, "peer": str, "call_id": str,
-                                                    "max_bytes": int, "files": int}
+TRACE_PARAMS: dict[str, type | tuple[type, ...]] = {
+    "on": bool,
+    "file": str,
+    "peer": str,
+    "call_id": str,
+    "max_bytes": int,
+    "files": int,
+}
 
 
 async def open_control(server: Server, control: ControlConfig) -> ControlServer:
@@ -427,22 +447,43 @@ class ServerMethods:
         self.watch = watch
 
     def table(self) -> dict[str, Method]:
-        return {"status": self.status, "connections": self.connections, "routes": self.routes,
-                "subscriptions": self.subscriptions, "reload": self.reload, "trace": self.trace,
-                "log_level": self.log_level}
+        return {
+            "status": self.status,
+            "connections": self.connections,
+            "routes": self.routes,
+            "subscriptions": self.subscriptions,
+            "reload": self.reload,
+            "trace": self.trace,
+            "log_level": self.log_level,
+        }
 
     def status(self, given: Params) -> dict[str, Any]:
         params(given, {})
         server, driver, config = self.server, self.driver, self.server.config
         return {
-            "version": __version__, "pid": os.getpid(), "started": _iso(server.started_at),
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": _iso(server.started_at),
             "uptime_seconds": round(time.time() - server.started_at, 1),
             "config": {"file": str(config.path), "loaded": _iso(server.config_loaded_at)},
-            "listeners": [{"name": lst.name, "transport": lst.transport, "address": lst.address,
-                           "port": server.ports.get(lst.name), "fqdn": lst.fqdn} for lst in config.listeners],
-            "routes": len(config.routes), "peers": len(config.trust.peers), "connections": len(driver.connections),
-            "transactions_in_flight": driver.proxy.pending(), "subscriptions": len(driver.proxy.subscriptions.active),
-            "draining": driver.proxy.draining > 0, "log_level": _log_level(), "trace": _trace_state(driver.trace),
+            "listeners": [
+                {
+                    "name": lst.name,
+                    "transport": lst.transport,
+                    "address": lst.address,
+                    "port": server.ports.get(lst.name),
+                    "fqdn": lst.fqdn,
+                }
+                for lst in config.listeners
+            ],
+            "routes": len(config.routes),
+            "peers": len(config.trust.peers),
+            "connections": len(driver.connections),
+            "transactions_in_flight": driver.proxy.pending(),
+            "subscriptions": len(driver.proxy.subscriptions.active),
+            "draining": driver.proxy.draining > 0,
+            "log_level": _log_level(),
+            "trace": _trace_state(driver.trace),
         }
 
     def connections(self, given: Params) -> list[dict[str, Any]]:
@@ -450,8 +491,11 @@ class ServerMethods:
         params(given, {})
         now = self.driver.loop.time()
         self.watch.sample(now)
-        return [_connection(conn, self.watch.idle_seconds(conn_id, now))
-                for conn_id, conn in sorted(self.driver.connections.items()) if conn.flow is not None]
+        return [
+            _connection(conn, self.watch.idle_seconds(conn_id, now))
+            for conn_id, conn in sorted(self.driver.connections.items())
+            if conn.flow is not None
+        ]
 
     def routes(self, given: Params) -> list[dict[str, Any]]:
         """Each route's candidates in the order a request tries them now (routes.candidates.order)."""
@@ -461,8 +505,13 @@ class ServerMethods:
         out = []
         for name, route in driver.routes.items():
             known = liveness.known.get(name)
-            entry: dict[str, Any] = {"route": name, "match_uri": route.match_uri, "resolve": route.resolve,
-                                     "health_checks": name in liveness.probers, "candidates": []}
+            entry: dict[str, Any] = {
+                "route": name,
+                "match_uri": route.match_uri,
+                "resolve": route.resolve,
+                "health_checks": name in liveness.probers,
+                "candidates": [],
+            }
             if route.resolve and not known:
                 entry["note"] = f"resolves {route.resolve} by DNS when a request needs it; not looked up yet"
                 known = []
@@ -477,17 +526,23 @@ class ServerMethods:
         """Active subscription dialogs by the subscriber's trusted peer (null: none) and event package."""
         params(given, {})
         counts = Counter((peer or "", event) for event, _, peer in self.driver.proxy.subscriptions.active.values())
-        return {"total": sum(counts.values()),
-                "counts": [{"peer": peer or None, "event": event, "count": n}
-                           for (peer, event), n in sorted(counts.items())]}
+        return {
+            "total": sum(counts.values()),
+            "counts": [
+                {"peer": peer or None, "event": event, "count": n} for (peer, event), n in sorted(counts.items())
+            ],
+        }
 
     def reload(self, given: Params) -> dict[str, Any]:
         """The same as SIGHUP; a refused reload is a RELOAD_REFUSED error listing the problems."""
         params(given, {})
         outcome = self.server.reload()
         if outcome.problems:
-            raise RpcError(RELOAD_REFUSED, f"reload refused, the running config stays: {len(outcome.problems)} "
-                           f"problem(s) in {outcome.file}", {"file": outcome.file, "problems": list(outcome.problems)})
+            raise RpcError(
+                RELOAD_REFUSED,
+                f"reload refused, the running config stays: {len(outcome.problems)} problem(s) in {outcome.file}",
+                {"file": outcome.file, "problems": list(outcome.problems)},
+            )
         return {"file": outcome.file, **outcome.changes}
 
     def trace(self, given: Params) -> dict[str, Any]:
@@ -509,8 +564,9 @@ class ServerMethods:
             raise RpcError(INVALID_PARAMS, f"no [[peers]] entry is named {only.peer!r} (peers: {names})")
         file = given.get("file") or (str(old.path) if old is not None else None)
         if file is None or not Path(file).is_absolute():
-            raise RpcError(INVALID_PARAMS, "parameter 'file': an absolute path is required when no trace is on, "
-                           f"got {file!r}")
+            raise RpcError(
+                INVALID_PARAMS, f"parameter 'file': an absolute path is required when no trace is on, got {file!r}"
+            )
         max_bytes, files = given.get("max_bytes", DEFAULT_MAX_BYTES), given.get("files", DEFAULT_FILES)
         if not 65536 <= max_bytes <= 1 << 40 or not 0 <= files <= 100:
             raise RpcError(INVALID_PARAMS, f"max_bytes {max_bytes} must be 65536 to 2^40, files {files} 0 to 100")
@@ -543,37 +599,63 @@ class ServerMethods:
 def _connection(conn: StreamConnection, idle: float) -> dict[str, Any]:
     flow = conn.flow
     assert flow is not None
-    cert = conn.session.obj.getpeercert() if conn.session is not None else (
-        conn.transport.get_extra_info("peercert") if conn.transport is not None else None)
+    cert = (
+        conn.session.obj.getpeercert()
+        if conn.session is not None
+        else (conn.transport.get_extra_info("peercert") if conn.transport is not None else None)
+    )
     not_after = cert.get("notAfter") if cert else None
     local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
-    return {"id": flow.conn_id, "listener": conn.listener, "transport": conn.transport_name,
-            "direction": "out" if conn.outbound else "in", "remote": _address(flow.remote),
-            "local": _address(local) if local else None, "peer": flow.peer,
-            "subject": ",".join(f"{k.upper()}={v}" for k, v in flow.identity.subject) or None,
-            "names": list(flow.identity.names),
-            "not_after": _iso(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None,
-            "route": conn.hop.route if conn.hop is not None else None, "idle_seconds": round(idle, 1)}
+    return {
+        "id": flow.conn_id,
+        "listener": conn.listener,
+        "transport": conn.transport_name,
+        "direction": "out" if conn.outbound else "in",
+        "remote": _address(flow.remote),
+        "local": _address(local) if local else None,
+        "peer": flow.peer,
+        "subject": ",".join(f"{k.upper()}={v}" for k, v in flow.identity.subject) or None,
+        "names": list(flow.identity.names),
+        "not_after": _iso(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None,
+        "route": conn.hop.route if conn.hop is not None else None,
+        "idle_seconds": round(idle, 1),
+    }
 
 
-def _candidate(position: int, candidate: Candidate, prober: Prober | None, driver: Driver,
-               now: float) -> dict[str, Any]:
+def _candidate(
+    position: int, candidate: Candidate, prober: Prober | None, driver: Driver, now: float
+) -> dict[str, Any]:
     probe = prober.state(candidate) if prober is not None else None
     until = driver.failover.down_until(candidate, now)
     up = until is None and (probe is None or probe.up)
     why = driver.failover.reason(candidate) if until is not None else probe.last_result if probe is not None else ""
-    return {"position": position, "destination": str(candidate), "tls_name": candidate.tls_name or None,
-            "priority": candidate.priority, "weight": candidate.weight, "source": candidate.source, "up": up,
-            "health_checked": probe is not None, "why": why,
-            "down_for_seconds": None if until is None or math.isinf(until) else round(until - now, 1)}
+    return {
+        "position": position,
+        "destination": str(candidate),
+        "tls_name": candidate.tls_name or None,
+        "priority": candidate.priority,
+        "weight": candidate.weight,
+        "source": candidate.source,
+        "up": up,
+        "health_checked": probe is not None,
+        "why": why,
+        "down_for_seconds": None if until is None or math.isinf(until) else round(until - now, 1),
+    }
 
 
 def _trace_state(trace: Trace | None) -> dict[str, Any]:
     if trace is None or not trace.active:
         return {"on": False}
-    return {"on": True, "file": str(trace.path), "peer": trace.only.peer, "call_id": trace.only.call_id,
-            "filter": trace.only.describe(), "max_bytes": trace.max_bytes, "files": trace.files,
-            "written": trace.written}
+    return {
+        "on": True,
+        "file": str(trace.path),
+        "peer": trace.only.peer,
+        "call_id": trace.only.call_id,
+        "filter": trace.only.describe(),
+        "max_bytes": trace.max_bytes,
+        "files": trace.files,
+        "written": trace.written,
+    }
 
 
 def _log_level() -> str:

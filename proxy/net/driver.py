@@ -42,9 +42,17 @@ HopKey = tuple[str, str, int, str | None]
 class Driver:
     """Owns the sockets and feeds the proxy core."""
 
-    def __init__(self, proxy: Proxy, loop: asyncio.AbstractEventLoop, *, client_ssl: ssl.SSLContext | None,
-                 connect_timeout: float, max_message_bytes: int, trust: Trust | None = None,
-                 observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        proxy: Proxy,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        client_ssl: ssl.SSLContext | None,
+        connect_timeout: float,
+        max_message_bytes: int,
+        trust: Trust | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.proxy = proxy
         self.trust = trust or Trust()
         self.observer = observer or Observer()
@@ -122,8 +130,9 @@ class Driver:
 
     def stream_factory(self, transport_name: str, listener: str) -> Callable[[], StreamConnection]:
         """Accepted connections; a TLS listener's context is looked up per connection (reload swaps it)."""
-        return lambda: StreamConnection(self, transport_name, listener, outbound=False,
-                                        tls=self.server_contexts.get(listener))
+        return lambda: StreamConnection(
+            self, transport_name, listener, outbound=False, tls=self.server_contexts.get(listener)
+        )
 
     # -- into the core ----------------------------------------------------------------------
 
@@ -218,11 +227,20 @@ class Driver:
             return
         hop = reply_hop(flow, via) if via else None
         if hop is None:
-            self.warnings.warn(log, f"lost {flow.remote[0]}", self.loop.time(),
-                               "response to %s:%d lost: its connection closed first", *flow.remote)
+            self.warnings.warn(
+                log,
+                f"lost {flow.remote[0]}",
+                self.loop.time(),
+                "response to %s:%d lost: its connection closed first",
+                *flow.remote,
+            )
             return
-        log.info("response to %s:%d: its connection closed; sent on a new connection to %s:%d (RFC 3261 §18.2.2)",
-                 *flow.remote, hop.host, hop.port)
+        log.info(
+            "response to %s:%d: its connection closed; sent on a new connection to %s:%d (RFC 3261 §18.2.2)",
+            *flow.remote,
+            hop.host,
+            hop.port,
+        )
         self._send_to_hop(hop, data, 0)
 
     def _send_to_hop(self, hop: NextHop, data: bytes, token: int) -> None:
@@ -265,8 +283,9 @@ class Driver:
 
     async def _resolve_and_send(self, udp: asyncio.DatagramTransport, hop: NextHop, data: bytes, token: int) -> None:
         try:
-            infos = await asyncio.wait_for(self.loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM),
-                                           self.connect_timeout)
+            infos = await asyncio.wait_for(
+                self.loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM), self.connect_timeout
+            )
         except (OSError, TimeoutError) as exc:
             reason = f"cannot resolve {hop.host}: {getattr(exc, 'strerror', None) or exc}"
             self.warnings.warn(log, f"unresolved {hop}", self.loop.time(), "next hop %s unreachable: %s", hop, reason)
@@ -301,11 +320,16 @@ class Driver:
 
     async def _open(self, hop: NextHop) -> StreamConnection:
         tls = hop.transport == "tls"
-        _, conn = await asyncio.wait_for(self.loop.create_connection(
-            lambda: StreamConnection(self, hop.transport, hop.listener, outbound=True),
-            hop.host.strip("[]"), hop.port, ssl=self.client_ssl if tls else None,
-            server_hostname=hop.tls_name if tls else None,
-        ), self.connect_timeout)
+        _, conn = await asyncio.wait_for(
+            self.loop.create_connection(
+                lambda: StreamConnection(self, hop.transport, hop.listener, outbound=True),
+                hop.host.strip("[]"),
+                hop.port,
+                ssl=self.client_ssl if tls else None,
+                server_hostname=hop.tls_name if tls else None,
+            ),
+            self.connect_timeout,
+        )
         return conn
 
     async def _connect_route(self, key: HopKey, hop: NextHop, route: StaticRoute) -> None:
@@ -316,8 +340,11 @@ class Driver:
         found: list[Candidate] = []
         dns_error = ""
         try:
-            found = (await self.resolver.candidates_for(route, self.loop.time()) if route.resolve and self.resolver
-                     else list(route.static_candidates))
+            found = (
+                await self.resolver.candidates_for(route, self.loop.time())
+                if route.resolve and self.resolver
+                else list(route.static_candidates)
+            )
         except ResolutionError as exc:
             dns_error = str(exc)
         else:
@@ -332,11 +359,19 @@ class Driver:
             try:
                 conn = await self._open(attempt)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
-                mark = failover.connect_failed(walk, candidate, describe_failure(exc, attempt.tls_name),
-                                               self.loop.time())
-                self.warnings.warn(log, f"candidate {candidate}", self.loop.time(),
-                                   "route %s: candidate %s failed (%s); marked down for %g s", route.name,
-                                   candidate, mark.reason, mark.seconds)
+                mark = failover.connect_failed(
+                    walk, candidate, describe_failure(exc, attempt.tls_name), self.loop.time()
+                )
+                self.warnings.warn(
+                    log,
+                    f"candidate {candidate}",
+                    self.loop.time(),
+                    "route %s: candidate %s failed (%s); marked down for %g s",
+                    route.name,
+                    candidate,
+                    mark.reason,
+                    mark.seconds,
+                )
                 self.observer.hop_failure(route.name, _failure_kind(exc))
                 continue
             failover.connected(candidate, held_down=self.liveness.is_down(route.name, candidate))
@@ -357,8 +392,16 @@ class Driver:
             reason = describe_failure(exc, hop.tls_name)
             where = f" (route {hop.route})" if hop.route else ""
             # One warning per next hop per 10 s, with the count of those suppressed (issue 14 row 15).
-            self.warnings.warn(log, f"unreachable {hop}", self.loop.time(), "next hop %s%s unreachable: %s",
-                               hop, where, reason, level=logging.DEBUG if hop.probe else logging.WARNING)
+            self.warnings.warn(
+                log,
+                f"unreachable {hop}",
+                self.loop.time(),
+                "next hop %s%s unreachable: %s",
+                hop,
+                where,
+                reason,
+                level=logging.DEBUG if hop.probe else logging.WARNING,
+            )
             kind = _failure_kind(exc)
             if kind == "tls_failure":
                 self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc))
@@ -390,8 +433,9 @@ class Driver:
             return
         candidate = self._candidate_of(route, conn.hop)
         mark = self.failover.unavailable(route, candidate, out.retry_after, out.reason, self.loop.time())
-        log.warning("route %s: candidate %s answered %s; marked down for %g s", route.name, candidate, mark.reason,
-                    mark.seconds)
+        log.warning(
+            "route %s: candidate %s answered %s; marked down for %g s", route.name, candidate, mark.reason, mark.seconds
+        )
         self.avoid(candidate)
 
     def avoid(self, candidate: Candidate) -> None:
@@ -412,10 +456,12 @@ class Driver:
             reason = describe_failure(exc, hop.tls_name)
         else:
             reason = "the peer closed the connection before answering" + (
-                " (after the TLS handshake: did it refuse our certificate?)" if hop.transport == "tls" else "")
+                " (after the TLS handshake: did it refuse our certificate?)" if hop.transport == "tls" else ""
+            )
         where = f" (route {hop.route})" if hop.route else ""
-        self.warnings.warn(log, f"dropped {hop}", self.loop.time(), "next hop %s%s dropped the connection: %s", hop,
-                           where, reason)
+        self.warnings.warn(
+            log, f"dropped {hop}", self.loop.time(), "next hop %s%s dropped the connection: %s", hop, where, reason
+        )
         if hop.transport == "tls":
             self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc) if exc else "other")
         now = self.loop.time()
@@ -465,8 +511,11 @@ class Driver:
             bound = self.trust.bind(CertIdentity(), remote[0]) if self.trust.peers else None
             return bound.name if bound is not None else None
         where = (transport, remote[0], remote[1])
-        conn = self.by_remote.get(where) or self.aliases.get(where) or next(
-            (c for key, c in self.by_hop.items() if key[:3] == where), None)
+        conn = (
+            self.by_remote.get(where)
+            or self.aliases.get(where)
+            or next((c for key, c in self.by_hop.items() if key[:3] == where), None)
+        )
         return conn.flow.peer if conn is not None and conn.flow is not None else None
 
     async def close(self) -> None:

@@ -130,8 +130,14 @@ class Liveness:
         listener = route.listener or _listener_for(proxy.policy.identities, candidate.transport)
         if listener is None:
             return
-        hop = NextHop(candidate.transport, candidate.host, candidate.port,
-                      candidate.tls_name if candidate.transport == "tls" else None, listener, probe=True)
+        hop = NextHop(
+            candidate.transport,
+            candidate.host,
+            candidate.port,
+            candidate.tls_name if candidate.transport == "tls" else None,
+            listener,
+            probe=True,
+        )
         prober = self.probers[route.name]
         token = proxy.probe(hop, self.driver.loop.time(), prober.check.timeout_seconds)
         self.sent[token] = (route.name, candidate)
@@ -156,13 +162,22 @@ class Liveness:
         now = self.driver.loop.time()
         change = prober.record(candidate, ok, now, result)
         if change == "down":
-            log.warning("route %s: destination %s is down after %d failed health checks (last: %s)", name,
-                        candidate, prober.check.failures_to_down, result)
+            log.warning(
+                "route %s: destination %s is down after %d failed health checks (last: %s)",
+                name,
+                candidate,
+                prober.check.failures_to_down,
+                result,
+            )
             self.driver.failover.check_failed(candidate, result, now)
             self.driver.avoid(candidate)
         elif change == "up":
-            log.warning("route %s: destination %s is up again (%d health checks passed)", name, candidate,
-                        prober.check.successes_to_up)
+            log.warning(
+                "route %s: destination %s is up again (%d health checks passed)",
+                name,
+                candidate,
+                prober.check.successes_to_up,
+            )
             self.driver.failover.check_passed(candidate)
         elif ok and not prober.is_down(candidate):
             self.driver.failover.check_passed(candidate)  # a failed request's mark ends when a check passes
@@ -218,8 +233,12 @@ class Liveness:
             elif now - conn.ping_sent_at >= self.keepalive_timeout:
                 conn.ping_sent_at = None
                 if conn.pongs:
-                    log.warning("connection to %s:%d: no keep-alive pong within %g s (RFC 5626 §4.4.1); closing "
-                                "it, the next request opens a new one", *_remote(conn), self.keepalive_timeout)
+                    log.warning(
+                        "connection to %s:%d: no keep-alive pong within %g s (RFC 5626 §4.4.1); closing "
+                        "it, the next request opens a new one",
+                        *_remote(conn),
+                        self.keepalive_timeout,
+                    )
                     observer.keepalive("unanswered")
                     assert conn.transport is not None
                     conn.transport.close()

@@ -32,10 +32,18 @@ RETRY_SECONDS = 30.0
 class HepExport:
     """One HEP receiver: ``capture`` on the hot path; ``start`` and ``close`` around it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, capture_id: int,
-                 password: bytes = b"", *, count_sent: Callable[[int], None] = lambda n: None,
-                 count_dropped: Callable[[str, int], None] = lambda reason, n: None,
-                 queue_messages: int = QUEUE_MESSAGES) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        capture_id: int,
+        password: bytes = b"",
+        *,
+        count_sent: Callable[[int], None] = lambda n: None,
+        count_dropped: Callable[[str, int], None] = lambda reason, n: None,
+        queue_messages: int = QUEUE_MESSAGES,
+    ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
@@ -73,11 +81,17 @@ class HepExport:
 
     async def _open(self) -> None:
         try:
-            transport, _ = await self.loop.create_datagram_endpoint(lambda: _Receiver(self),
-                                                                     remote_addr=(self.host, self.port))
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: _Receiver(self), remote_addr=(self.host, self.port)
+            )
         except OSError as exc:
-            log.warning("hep: cannot send to %s:%d (%s); copies are dropped, trying again in %g s", self.host,
-                        self.port, exc.strerror or exc, RETRY_SECONDS)
+            log.warning(
+                "hep: cannot send to %s:%d (%s); copies are dropped, trying again in %g s",
+                self.host,
+                self.port,
+                exc.strerror or exc,
+                RETRY_SECONDS,
+            )
             self._drop_queued("unreachable")
             self._publish_drops()
             self._retry = self.loop.call_later(RETRY_SECONDS, self.start)
@@ -86,8 +100,9 @@ class HepExport:
             transport.close()
             return
         self.transport = transport
-        log.info("hep: copying SIP messages to %s:%d (HEP3 over UDP, capture id %d)", self.host, self.port,
-                 self.capture_id)
+        log.info(
+            "hep: copying SIP messages to %s:%d (HEP3 over UDP, capture id %d)", self.host, self.port, self.capture_id
+        )
         self._flush()
 
     def _flush(self) -> None:
@@ -110,8 +125,17 @@ class HepExport:
                 stamp, kind, source, destination, data = queue.popleft()
                 seconds = int(stamp)
                 try:
-                    packet = encode(data, kind, source, destination, seconds, int((stamp - seconds) * 1e6),
-                                    capture_id, password, call_id(data))
+                    packet = encode(
+                        data,
+                        kind,
+                        source,
+                        destination,
+                        seconds,
+                        int((stamp - seconds) * 1e6),
+                        capture_id,
+                        password,
+                        call_id(data),
+                    )
                 except HepTooLarge:
                     self._dropped["too_large"] = self._dropped.get("too_large", 0) + 1
                     continue
@@ -136,8 +160,9 @@ class HepExport:
 
     def error_received(self, exc: Exception) -> None:
         """The kernel reported the receiver unreachable (ICMP port unreachable, ...): say so now and then."""
-        self.warnings.warn(log, "error", self.loop.time(), "hep: sending to %s:%d failed: %s", self.host, self.port,
-                           exc)
+        self.warnings.warn(
+            log, "error", self.loop.time(), "hep: sending to %s:%d failed: %s", self.host, self.port, exc
+        )
 
     def close(self) -> None:
         """Send what is queued, then close; copies captured after this are dropped."""

@@ -30,8 +30,11 @@ def notify(*states: str, environ: Mapping[str, str] | None = None) -> bool:
     elif target.startswith("/"):
         address = target
     else:  # vsock:CID:PORT (systemd 253+, for VMs) has no stdlib address form here
-        log.warning("NOTIFY_SOCKET=%s: only Unix socket paths and @abstract names are supported; systemd was "
-                    "not told %s", target, states[0] if states else "anything")
+        log.warning(
+            "NOTIFY_SOCKET=%s: only Unix socket paths and @abstract names are supported; systemd was not told %s",
+            target,
+            states[0] if states else "anything",
+        )
         return False
     message = "\n".join(states).encode()
     try:
@@ -40,8 +43,9 @@ def notify(*states: str, environ: Mapping[str, str] | None = None) -> bool:
             sock.connect(address)
             sock.sendall(message)
     except OSError as exc:
-        log.warning("could not notify systemd at NOTIFY_SOCKET=%s (%s): %s", target,
-                    exc.strerror or exc, " ".join(states))
+        log.warning(
+            "could not notify systemd at NOTIFY_SOCKET=%s (%s): %s", target, exc.strerror or exc, " ".join(states)
+        )
         return False
     return True
 

@@ -84,10 +84,15 @@ def on_loop(loop: asyncio.AbstractEventLoop, compute: Callable[[], T], timeout: 
 class StatusServer:
     """``/metrics``, ``/healthz``, ``/ready`` on one port, served from a daemon thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, loop: asyncio.AbstractEventLoop,
-                 ready: Callable[[], Readiness]) -> None:
-        handler = type("StatusHandler", (_Handler,),
-                       {"registry": registry, "loop": loop, "ready": staticmethod(ready)})
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        loop: asyncio.AbstractEventLoop,
+        ready: Callable[[], Readiness],
+    ) -> None:
+        handler = type("StatusHandler", (_Handler,), {"registry": registry, "loop": loop, "ready": staticmethod(ready)})
         self.httpd = _HTTPServer.bound(host, port, handler)
         self.port: int = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="sipfed-http", daemon=True)
@@ -139,8 +144,9 @@ class _Handler(MetricsHandler):
         try:
             state = on_loop(self.loop, self.ready)
         except (TimeoutError, RuntimeError) as exc:
-            self._text(503, f"not ready\nevent loop not answering within {LOOP_TIMEOUT_SECONDS:g} s "
-                            f"({exc or 'timeout'})\n")
+            self._text(
+                503, f"not ready\nevent loop not answering within {LOOP_TIMEOUT_SECONDS:g} s ({exc or 'timeout'})\n"
+            )
             return
         except Exception as exc:  # a bug in computing it: say so rather than drop the connection
             self._text(503, f"not ready\ninternal error computing readiness: {type(exc).__name__}\n")

@@ -56,8 +56,16 @@ def peer_identity(ssl_object: Any) -> CertIdentity:
 
 
 #: The fixed set of handshake failure reasons used in metric labels.
-REASONS = ("unknown_ca", "bad_certificate", "unsupported_certificate", "certificate_expired", "name_mismatch",
-           "no_client_certificate", "protocol", "other")
+REASONS = (
+    "unknown_ca",
+    "bad_certificate",
+    "unsupported_certificate",
+    "certificate_expired",
+    "name_mismatch",
+    "no_client_certificate",
+    "protocol",
+    "other",
+)
 
 
 def classify(exc: BaseException) -> str:
@@ -75,13 +83,20 @@ def classify(exc: BaseException) -> str:
             return "unsupported_certificate"
         return "bad_certificate"
     reason = (getattr(exc, "reason", None) or str(exc)).upper()
-    for needle, label in (("UNKNOWN_CA", "unknown_ca"), ("UNSUPPORTED_CERTIFICATE", "unsupported_certificate"),
-                          ("CERTIFICATE_EXPIRED", "certificate_expired"), ("BAD_CERTIFICATE", "bad_certificate"),
-                          ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_client_certificate"),
-                          ("CERTIFICATE_REQUIRED", "no_client_certificate"),
-                          ("CERTIFICATE_VERIFY_FAILED", "bad_certificate"), ("WRONG_VERSION", "protocol"),
-                          ("UNSUPPORTED_PROTOCOL", "protocol"), ("HTTP_REQUEST", "protocol"),
-                          ("NO_SHARED_CIPHER", "protocol"), ("VERSION_TOO_LOW", "protocol")):
+    for needle, label in (
+        ("UNKNOWN_CA", "unknown_ca"),
+        ("UNSUPPORTED_CERTIFICATE", "unsupported_certificate"),
+        ("CERTIFICATE_EXPIRED", "certificate_expired"),
+        ("BAD_CERTIFICATE", "bad_certificate"),
+        ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_client_certificate"),
+        ("CERTIFICATE_REQUIRED", "no_client_certificate"),
+        ("CERTIFICATE_VERIFY_FAILED", "bad_certificate"),
+        ("WRONG_VERSION", "protocol"),
+        ("UNSUPPORTED_PROTOCOL", "protocol"),
+        ("HTTP_REQUEST", "protocol"),
+        ("NO_SHARED_CIPHER", "protocol"),
+        ("VERSION_TOO_LOW", "protocol"),
+    ):
         if needle in reason:
             return label
     return "other"
@@ -93,11 +108,11 @@ def describe_inbound(exc: BaseException, listener: str) -> str:
     detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
     words = {
         "no_client_certificate": "the client sent no certificate; listener requires mutual TLS — configure the "
-                                 "peer to present its certificate (Lync: the default certificate; CUP: 'cup')",
+        "peer to present its certificate (Lync: the default certificate; CUP: 'cup')",
         "unknown_ca": "the client's certificate does not chain to tls.ca_bundle — add its CA, or make the peer "
-                      "send its intermediate certificate",
+        "send its intermediate certificate",
         "unsupported_certificate": "the client's certificate has no Client Authentication EKU — reissue it with "
-                                   "clientAuth",
+        "clientAuth",
         "certificate_expired": "the client's certificate has expired — renew it",
         "bad_certificate": "the client's certificate was rejected",
         "protocol": "not a TLS client we can talk to (plain SIP on a TLS port, or no common TLS version/cipher)",
@@ -112,22 +127,30 @@ def describe_failure(exc: BaseException, expected_name: str | None) -> str:
         code = getattr(exc, "verify_code", 0)
         message = getattr(exc, "verify_message", str(exc))
         if code == 62 or "hostname mismatch" in str(message).lower() or "IP address mismatch" in str(message):
-            return (f"certificate name mismatch: the route expects {expected_name!r} but the peer's "
-                    f"certificate does not carry that name ({message})")
+            return (
+                f"certificate name mismatch: the route expects {expected_name!r} but the peer's "
+                f"certificate does not carry that name ({message})"
+            )
         if code == 10:
             return f"the peer's certificate has expired ({message})"
         if code in (2, 20, 21):
-            return (f"the peer's certificate chain does not lead to our CA bundle ({message}); "
-                    "add its CA to tls.ca_bundle, or make the peer send its intermediate certificate")
+            return (
+                f"the peer's certificate chain does not lead to our CA bundle ({message}); "
+                "add its CA to tls.ca_bundle, or make the peer send its intermediate certificate"
+            )
         return f"the peer's certificate was rejected: {message}"
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or str(exc)).upper()
         if "UNSUPPORTED_CERTIFICATE" in reason:
-            return ("the peer refused our certificate (TLS alert 43 unsupported_certificate): our certificate "
-                    "has no Client Authentication EKU — reissue it with clientAuth")
+            return (
+                "the peer refused our certificate (TLS alert 43 unsupported_certificate): our certificate "
+                "has no Client Authentication EKU — reissue it with clientAuth"
+            )
         if "UNKNOWN_CA" in reason:
-            return ("the peer refused our certificate (TLS alert 48 unknown_ca): it does not trust our CA — add "
-                    "our CA to its trusted roots (Lync: Trusted Root store; CUP: cup-trust)")
+            return (
+                "the peer refused our certificate (TLS alert 48 unknown_ca): it does not trust our CA — add "
+                "our CA to its trusted roots (Lync: Trusted Root store; CUP: cup-trust)"
+            )
         if "CERTIFICATE_EXPIRED" in reason:
             return "the peer refused our certificate (TLS alert 45 certificate_expired): renew it"
         if "CERTIFICATE_REQUIRED" in reason:

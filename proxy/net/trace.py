@@ -65,8 +65,15 @@ def call_id_of(data: bytes) -> str | None:
 class Trace:
     """One trace file, rotated at ``max_bytes`` with ``files`` old ones kept, filtered by ``only``."""
 
-    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, files: int = DEFAULT_FILES,
-                 only: TraceFilter | None = None, peer_of: PeerOf | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        files: int = DEFAULT_FILES,
+        only: TraceFilter | None = None,
+        peer_of: PeerOf | None = None,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.files = files

@@ -21,8 +21,9 @@ def challenge_realm(challenge: str) -> str:
     return match.group(1) if match else ""
 
 
-def retried_request(forwarded: Request, old_branch: str, branch: str, status: int, challenge: str, username: str,
-                    password: str) -> Request:
+def retried_request(
+    forwarded: Request, old_branch: str, branch: str, status: int, challenge: str, username: str, password: str
+) -> Request:
     """The forwarded request again: a new branch on our Via, CSeq + 1, and (Proxy-)Authorization."""
     retry = with_branch(forwarded, old_branch, branch)
     number, method = retry.cseq

@@ -82,13 +82,16 @@ log = logging.getLogger("sipfed.relay")
 STATELESS_METHODS = frozenset({"ACK", "BENOTIFY"})
 
 
-
-
 class Proxy:
     """RFC 3261 §16 transaction-stateful proxy, one target per request (no forking)."""
 
-    def __init__(self, policy: RelayPolicy, settings: RelaySettings | None = None, trust: Trust | None = None,
-                 observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        policy: RelayPolicy,
+        settings: RelaySettings | None = None,
+        trust: Trust | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.policy = policy
         self.settings = settings or RelaySettings()
         self.trust = trust or Trust()
@@ -158,8 +161,13 @@ class Proxy:
         answered = 0
         for stx in list(self.server_txs.values()):
             if not stx.final_status:
-                self._respond(stx, 503, "Service Unavailable (sipfed is shutting down)", now,
-                              (("Retry-After", str(self.settings.limits.retry_after_seconds)),))
+                self._respond(
+                    stx,
+                    503,
+                    "Service Unavailable (sipfed is shutting down)",
+                    now,
+                    (("Retry-After", str(self.settings.limits.retry_after_seconds)),),
+                )
                 answered += 1
         return answered
 
@@ -194,8 +202,13 @@ class Proxy:
     def receive(self, flow: Flow, data: bytes, now: float, framed: bool = False) -> None:
         """One whole message from a flow (a stream message, ``framed`` when StreamFramer cut it, or a datagram)."""
         try:
-            message = parse_message(data, datagram=flow.transport == "udp", max_headers=self.settings.max_headers,
-                                    max_line_bytes=self.settings.max_header_line_bytes, framed=framed)
+            message = parse_message(
+                data,
+                datagram=flow.transport == "udp",
+                max_headers=self.settings.max_headers,
+                max_line_bytes=self.settings.max_header_line_bytes,
+                framed=framed,
+            )
         except SipError as exc:
             self.observer.malformed("response" if data.startswith(b"SIP/") else "request")
             self._reject_unparsed(flow, data, exc)
@@ -224,8 +237,9 @@ class Proxy:
         cid = next(self._ids)
         branch = new_branch("hc", cid)
         request = health_check(self.policy.identities[hop.listener], hop, branch, self._to_tag, cid)
-        ctx = ClientTx(cid, branch, "OPTIONS", hop, request.to_bytes(), request, None, deadline=now + timeout,
-                       probe=True)
+        ctx = ClientTx(
+            cid, branch, "OPTIONS", hop, request.to_bytes(), request, None, deadline=now + timeout, probe=True
+        )
         self._start_client(ctx, now)
         return cid
 
@@ -258,8 +272,13 @@ class Proxy:
             if ctx is None or ctx.final_status:
                 continue
             stx = ctx.server
-            retry = None if ctx.probe or stx is None or stx.final_status else self.failover.after_loss(
-                self.policy.routes.by_name.get(ctx.hop.route or ""), ctx.hop, ctx.attempt, ctx.provisional)
+            retry = (
+                None
+                if ctx.probe or stx is None or stx.final_status
+                else self.failover.after_loss(
+                    self.policy.routes.by_name.get(ctx.hop.route or ""), ctx.hop, ctx.attempt, ctx.provisional
+                )
+            )
             if stx is None or retry is None:
                 self.hop_failed(token, reason, now)
                 continue
@@ -321,13 +340,27 @@ class Proxy:
             self._on_cancel(stx, now)
             return
         if self.draining and (self.draining > 1 or "tag=" not in (request.headers.get("to") or "")):
-            self._refuse(stx, SipError("Service Unavailable (sipfed is shutting down)", 503,
-                                       (("Retry-After", str(self.settings.limits.retry_after_seconds)),)), now)
+            self._refuse(
+                stx,
+                SipError(
+                    "Service Unavailable (sipfed is shutting down)",
+                    503,
+                    (("Retry-After", str(self.settings.limits.retry_after_seconds)),),
+                ),
+                now,
+            )
             return
         overload = self._overloaded(flow, now)
         if overload:
-            self._refuse(stx, SipError(f"Service Unavailable ({overload})", 503,
-                                       (("Retry-After", str(self.settings.limits.retry_after_seconds)),)), now)
+            self._refuse(
+                stx,
+                SipError(
+                    f"Service Unavailable ({overload})",
+                    503,
+                    (("Retry-After", str(self.settings.limits.retry_after_seconds)),),
+                ),
+                now,
+            )
             return
         try:
             validate(request, self.policy)
@@ -336,8 +369,16 @@ class Proxy:
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped, self._peer_flows)
             # §16.3 step 5, once the route is known so that route-scoped exemptions apply.
-            admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
-                  hop.route if hop is not None else None, self.observer, now + self.wall_offset)
+            admit(
+                request,
+                flow,
+                self.trust,
+                self.policy.identities[flow.listener].untrusted,
+                now,
+                hop.route if hop is not None else None,
+                self.observer,
+                now + self.wall_offset,
+            )
         except SipError as exc:
             self._refuse(stx, exc, now)
             return
@@ -366,9 +407,15 @@ class Proxy:
         removed = screen_identities(request, self.trust.peer(flow.peer))
         if removed:
             self.observer.security_drop("identity_removed")
-            log.info("%s: removed %d asserted identit%s %s: %s may not assert them", request.method, len(removed),
-                     "y" if len(removed) == 1 else "ies", ", ".join(v[:80] for v in removed),
-                     flow.peer or f"{flow.remote[0]} (no trusted peer)", extra=log_fields(request.call_id, flow))
+            log.info(
+                "%s: removed %d asserted identit%s %s: %s may not assert them",
+                request.method,
+                len(removed),
+                "y" if len(removed) == 1 else "ies",
+                ", ".join(v[:80] for v in removed),
+                flow.peer or f"{flow.remote[0]} (no trusted peer)",
+                extra=log_fields(request.call_id, flow),
+            )
 
     def _overloaded(self, flow: Flow, now: float, rates_only: bool = False) -> str | None:
         """Which limit a new request hits, if any (checked before any work is done for it)."""
@@ -455,15 +502,30 @@ class Proxy:
             validate(request, self.policy)
             popped = process_routes(request, self.policy)
             hop = choose_next_hop(request, self.policy, flow, popped, self._peer_flows)
-            admit(request, flow, self.trust, self.policy.identities[flow.listener].untrusted, now,
-                  hop.route if hop is not None else None, self.observer, now + self.wall_offset)
+            admit(
+                request,
+                flow,
+                self.trust,
+                self.policy.identities[flow.listener].untrusted,
+                now,
+                hop.route if hop is not None else None,
+                self.observer,
+                now + self.wall_offset,
+            )
         except SipError as exc:
             self.observer.security_drop("stateless_refused")
             self.observer.request_refused(method_label(request.method), exc.status)
-            self._drop_log.warn(log, f"stateless {request.method} {flow.remote[0]}", now,
-                                "%s from %s:%d dropped (%d %s): it has no response to carry the refusal",
-                                request.method, *flow.remote, exc.status, exc.reason,
-                                extra=log_fields(request.call_id, flow))
+            self._drop_log.warn(
+                log,
+                f"stateless {request.method} {flow.remote[0]}",
+                now,
+                "%s from %s:%d dropped (%d %s): it has no response to carry the refusal",
+                request.method,
+                *flow.remote,
+                exc.status,
+                exc.reason,
+                extra=log_fields(request.call_id, flow),
+            )
             return
         if hop is None:
             return
@@ -523,9 +585,14 @@ class Proxy:
             # Issue 14: a response belongs to the flow its request went out on (RFC 3261 §18.1.2, RFC 5923);
             # a branch copied or guessed onto another connection answers nothing.
             self.observer.security_drop("response_off_flow")
-            self._drop_log.warn(log, f"off-flow {flow.remote[0]}", now,
-                                "response %d from %s:%d dropped: its transaction's request went out on another "
-                                "flow", response.status, *flow.remote)
+            self._drop_log.warn(
+                log,
+                f"off-flow {flow.remote[0]}",
+                now,
+                "response %d from %s:%d dropped: its transaction's request went out on another flow",
+                response.status,
+                *flow.remote,
+            )
             return
         if ctx.method == "CANCEL":
             self._end_client(ctx)  # the 200 to our CANCEL is for us alone
@@ -551,8 +618,10 @@ class Proxy:
             ctx.to(TxState.PROCEEDING)
             if ctx.method == "INVITE":
                 ctx.timers.cancel("retransmit")
-                ctx.timers.set("timeout", self.timers.schedule(
-                    now + self.settings.invite_timeout_seconds, lambda t: self._timer_c(ctx, t)))
+                ctx.timers.set(
+                    "timeout",
+                    self.timers.schedule(now + self.settings.invite_timeout_seconds, lambda t: self._timer_c(ctx, t)),
+                )
             if ctx.cancel_pending:
                 self._send_cancel(ctx, now)
         stx = ctx.server
@@ -621,8 +690,14 @@ class Proxy:
             self._timeout_log[route] = (last, quiet + 1)
             return
         more = f" ({quiet} more since the last warning)" if quiet else ""
-        log.warning("%s to %s: no final response in %g s%s", ctx.method, ctx.hop, waited, more,
-                    extra=log_fields(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route))
+        log.warning(
+            "%s to %s: no final response in %g s%s",
+            ctx.method,
+            ctx.hop,
+            waited,
+            more,
+            extra=log_fields(ctx.request.call_id, stx.flow if stx else None, ctx.hop.route),
+        )
         self._timeout_log[route] = (now, 0)
 
     def _timer_c(self, ctx: ClientTx, now: float) -> None:
@@ -648,8 +723,9 @@ class Proxy:
 
     # -- building and sending ---------------------------------------------------------------
 
-    def _respond(self, stx: ServerTx, status: int, reason: str, now: float,
-                 extra: tuple[tuple[str, str], ...] = ()) -> None:
+    def _respond(
+        self, stx: ServerTx, status: int, reason: str, now: float, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         reason = " ".join(reason.split())  # a Reason-Phrase holds no CR or LF (§25.1)
         peer = self.trust.peer(stx.flow.peer) if status >= 400 else None
         if peer is not None and peer.microsoft:  # Lync's Snooper shows why (proxy/relay/ms_diagnostics.py)
@@ -680,8 +756,13 @@ class Proxy:
             stx.quiet = True
         self.observer.request_refused(method_label(stx.request.method), exc.status)
         if exc.status >= 400 and exc.status != 407:
-            log.info("%s refused: %d %s", stx.request.method, exc.status, exc.reason,
-                     extra=log_fields(stx.request.call_id, stx.flow))
+            log.info(
+                "%s refused: %d %s",
+                stx.request.method,
+                exc.status,
+                exc.reason,
+                extra=log_fields(stx.request.call_id, stx.flow),
+            )
         if isinstance(exc, NoRoute):
             self.observer.route_miss()
         self._respond(stx, exc.status, exc.reason, now, exc.headers)
@@ -753,7 +834,6 @@ class Proxy:
         stx.client = None
         if self.server_txs.get(stx.key) is stx:
             del self.server_txs[stx.key]
-
 
 
 def _same_sender(first: Flow, second: Flow) -> bool:

@@ -88,8 +88,9 @@ class Failover:
 
     __slots__ = ("health", "max_attempts", "rng")
 
-    def __init__(self, health: Health | None = None, rng: random.Random | None = None,
-                 max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(
+        self, health: Health | None = None, rng: random.Random | None = None, max_attempts: int = MAX_ATTEMPTS
+    ) -> None:
         self.health = health or Health()
         """Candidates marked down, per endpoint and expected name (a DNS refresh keeps what was learnt)."""
         self.rng = rng or random.Random()
@@ -124,8 +125,9 @@ class Failover:
         match = _RETRY_AFTER_RE.match(retry_after or "")
         return Retry(attempt + 1, int(match.group(1)) if match else None)
 
-    def unavailable(self, route: StaticRoute, candidate: Candidate, retry_after: int | None, reason: str,
-                    now: float) -> Mark:
+    def unavailable(
+        self, route: StaticRoute, candidate: Candidate, retry_after: int | None, reason: str, now: float
+    ) -> Mark:
         """Rule 3 for the edge: ``candidate`` answered 503 ``reason``; left alone for Retry-After seconds."""
         seconds = float(retry_after) if retry_after else route.down_seconds
         return self._mark(candidate, seconds, f"503 {reason}", now)
@@ -178,8 +180,13 @@ class Failover:
 
 def candidate_hop(hop: NextHop, candidate: Candidate) -> NextHop:
     """The route's hop, pointed at one of its candidates (the name to verify only over TLS)."""
-    return replace(hop, transport=candidate.transport, host=candidate.host, port=candidate.port,
-                   tls_name=candidate.tls_name if candidate.transport == "tls" else None)
+    return replace(
+        hop,
+        transport=candidate.transport,
+        host=candidate.host,
+        port=candidate.port,
+        tls_name=candidate.tls_name if candidate.transport == "tls" else None,
+    )
 
 
 def is_candidate(candidate: Candidate, hop: NextHop) -> bool:
@@ -190,5 +197,6 @@ def is_candidate(candidate: Candidate, hop: NextHop) -> bool:
 def candidate_of(known: Sequence[Candidate], hop: NextHop) -> Candidate:
     """The candidate a connection to ``hop`` was opened to, as the health table knows it: one of ``known``
     (a route's candidates last resolved or configured), else one made from the hop itself."""
-    return next((c for c in known if is_candidate(c, hop)), Candidate(hop.host, hop.port, hop.transport,
-                                                                        hop.tls_name or ""))
+    return next(
+        (c for c in known if is_candidate(c, hop)), Candidate(hop.host, hop.port, hop.transport, hop.tls_name or "")
+    )

@@ -49,7 +49,7 @@ class _Entropy:
         if at + 16 > len(self._hex):
             self._hex, at = secrets.token_hex(4096), 0
         self._at = at + 16
-        return self._hex[at:at + 16]
+        return self._hex[at : at + 16]
 
 
 _ENTROPY = _Entropy()
@@ -88,16 +88,30 @@ class RelayPolicy:
     """The NextHop of each (route name, listener), made once: NextHop is immutable and the same every time."""
 
     @classmethod
-    def build(cls, identities: list[Identity], routes: RouteTable, maddr_out: dict[str, str],
-              tolerated: frozenset[str], dialog_networks: tuple[Network, ...] = ()) -> RelayPolicy:
+    def build(
+        cls,
+        identities: list[Identity],
+        routes: RouteTable,
+        maddr_out: dict[str, str],
+        tolerated: frozenset[str],
+        dialog_networks: tuple[Network, ...] = (),
+    ) -> RelayPolicy:
         names = {i.fqdn.lower() for i in identities} | {i.federation_fqdn.lower() for i in identities}
         addresses: set[tuple[str, int]] = set()
         for ident in identities:
             bound = ["127.0.0.1"] if ident.address in ("0.0.0.0", "::") else [ident.address]
             addresses.update((addr, ident.port) for addr in bound)
-        return cls({i.listener: i for i in identities}, routes, dict(maddr_out),
-                   {v: k for k, v in maddr_out.items()}, tolerated, frozenset(names),
-                   frozenset(addresses), frozenset(i.port for i in identities), tuple(dialog_networks))
+        return cls(
+            {i.listener: i for i in identities},
+            routes,
+            dict(maddr_out),
+            {v: k for k, v in maddr_out.items()},
+            tolerated,
+            frozenset(names),
+            frozenset(addresses),
+            frozenset(i.port for i in identities),
+            tuple(dialog_networks),
+        )
 
     def is_own_uri(self, uri: SipUri) -> bool:
         """§16.4: a URI that names this proxy, by FQDN, by address, or by maddr."""
@@ -124,8 +138,11 @@ def validate(request: Request, policy: RelayPolicy) -> None:
     if max_forwards is not None and digits(max_forwards, 3) == 0:
         raise SipError("Too Many Hops", 483)  # §16.3 step 3
     unsupported = [
-        tag for item in request.headers.items if item[0] == "proxy-require" for tag in
-        (t.strip() for t in item[2].split(",")) if tag and tag.lower() not in policy.tolerated_option_tags
+        tag
+        for item in request.headers.items
+        if item[0] == "proxy-require"
+        for tag in (t.strip() for t in item[2].split(","))
+        if tag and tag.lower() not in policy.tolerated_option_tags
     ]
     if unsupported:  # §16.3 step 6
         raise SipError("Bad Extension", 420, (("Unsupported", ", ".join(unsupported)),))
@@ -152,7 +169,7 @@ def detect_loop(request: Request, policy: RelayPolicy, hashed: str) -> None:
             via = parse_via(value)
             branch = via.branch or ""
             ours = via.host.lower() in policy.own_names or any(via.host == a for a, _ in policy.own_addresses)
-            if ours and branch.startswith(BRANCH_PREFIX) and branch[len(BRANCH_PREFIX):].split(".")[0] == hashed:
+            if ours and branch.startswith(BRANCH_PREFIX) and branch[len(BRANCH_PREFIX) :].split(".")[0] == hashed:
                 raise SipError("Loop Detected", 482)
 
 
@@ -174,8 +191,13 @@ def process_routes(request: Request, policy: RelayPolicy) -> bool:
     return popped
 
 
-def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_own: bool,
-                    peer_flows: Mapping[tuple[str, int], Flow] | None = None) -> NextHop | None:
+def choose_next_hop(
+    request: Request,
+    policy: RelayPolicy,
+    flow: Flow,
+    popped_own: bool,
+    peer_flows: Mapping[tuple[str, int], Flow] | None = None,
+) -> NextHop | None:
     """§16.5/§16.6 steps 6-7: the next hop; None when the request is for this proxy itself. Whatever the
     request says, the hop is one the configuration accounts for (``hop_for_uri``): no open relay."""
     first_route = request.headers.get("route")
@@ -189,8 +211,15 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
         listener = route.listener or flow.listener
         hop = policy.route_hops.get((route.name, listener))
         if hop is None:
-            hop = NextHop(route.transport, route.destination, route.port, route.tls_name, listener, route.name,
-                          failover=route.fails_over)
+            hop = NextHop(
+                route.transport,
+                route.destination,
+                route.port,
+                route.tls_name,
+                listener,
+                route.name,
+                failover=route.fails_over,
+            )
             if len(policy.route_hops) < 4096:
                 policy.route_hops[(route.name, listener)] = hop
         return hop
@@ -200,8 +229,13 @@ def choose_next_hop(request: Request, policy: RelayPolicy, flow: Flow, popped_ow
     raise NoRoute(f"Not Found (no route for domain {uri.host})")
 
 
-def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound: str = "tls",
-                peer_flows: Mapping[tuple[str, int], Flow] | None = None) -> NextHop:
+def hop_for_uri(
+    uri: SipUri,
+    policy: RelayPolicy,
+    default_listener: str,
+    inbound: str = "tls",
+    peer_flows: Mapping[tuple[str, int], Flow] | None = None,
+) -> NextHop:
     """RFC 3263 §4 for a URI with an explicit host (maddr first), held to the configuration.
 
     Rules (issue 14: no open relay, no downgrade):
@@ -232,8 +266,9 @@ def hop_for_uri(uri: SipUri, policy: RelayPolicy, default_listener: str, inbound
     if named is not None:
         transport = named.transport
         port = uri.port or DEFAULT_PORTS.get(transport, 5060)
-        return NextHop(transport, host, port, host if transport == "tls" else None,
-                       named.listener or default_listener, named.name)
+        return NextHop(
+            transport, host, port, host if transport == "tls" else None, named.listener or default_listener, named.name
+        )
     port = uri.port or DEFAULT_PORTS.get(uri.explicit_transport or "udp", 5060)
     if not _in_dialog_networks(host, policy.dialog_networks):
         raise SipError(f"Forbidden (next hop {host}:{port} is not a configured destination)", 403)
@@ -338,7 +373,7 @@ def mark_received(request: Request, flow: Flow) -> None:
     changed = value
     if "received" in value.lower() and via.param("received") is not None:
         kept = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in via.params if k.lower() != "received")
-        changed = value[:value.index(";")] + kept
+        changed = value[: value.index(";")] + kept
     if via.host != source_ip and (via.param("received") is None or changed is not value):
         changed += f";received={source_ip}"
     if via.param("rport") == "":

@@ -73,8 +73,16 @@ class WarnLimiter:
             self._last.popitem(last=False)
         return quiet
 
-    def warn(self, logger: logging.Logger, kind: str, now: float, message: str, *args: object,
-             level: int = logging.WARNING, extra: dict[str, str] | None = None) -> None:
+    def warn(
+        self,
+        logger: logging.Logger,
+        kind: str,
+        now: float,
+        message: str,
+        *args: object,
+        level: int = logging.WARNING,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         """``logger.log(level, message, *args)`` unless suppressed; with the count of suppressed ones."""
         quiet = self.allow(kind, now)
         if quiet is None:

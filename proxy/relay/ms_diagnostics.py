@@ -44,21 +44,42 @@ class Diagnostic:
 TABLE: tuple[Diagnostic, ...] = (
     Diagnostic(frozenset({404}), ("no route for domain",), 1005, "Cannot route to destination domain"),
     Diagnostic(frozenset({503}), ("shutting down",), 52003, "The federation proxy is shutting down; retry later"),
-    Diagnostic(frozenset({503}), ("overloaded", "rate limit"), 52002,
-               "The federation proxy is overloaded; retry later"),
-    Diagnostic(frozenset({503}), ("certificate", "tls handshake"), 1010,
-               "Certificate trust with next-hop server could not be established"),
+    Diagnostic(
+        frozenset({503}), ("overloaded", "rate limit"), 52002, "The federation proxy is overloaded; retry later"
+    ),
+    Diagnostic(
+        frozenset({503}),
+        ("certificate", "tls handshake"),
+        1010,
+        "Certificate trust with next-hop server could not be established",
+    ),
     Diagnostic(frozenset({503}), (), 1007, "Temporarily cannot route"),
     Diagnostic(frozenset({408}), (), 52001, "The next hop did not answer in time"),
-    Diagnostic(frozenset({403}), ("may not speak for domain",), 52010,
-               "The sending server may not send requests for this From domain"),
-    Diagnostic(frozenset({403}), ("not a configured destination",), 52011,
-               "The Request-URI or Route leads to a host the federation proxy does not route to"),
-    Diagnostic(frozenset({403}), ("demanded digest",), 52012,
-               "The next hop demanded authentication the federation proxy cannot answer for this sender"),
+    Diagnostic(
+        frozenset({403}),
+        ("may not speak for domain",),
+        52010,
+        "The sending server may not send requests for this From domain",
+    ),
+    Diagnostic(
+        frozenset({403}),
+        ("not a configured destination",),
+        52011,
+        "The Request-URI or Route leads to a host the federation proxy does not route to",
+    ),
+    Diagnostic(
+        frozenset({403}),
+        ("demanded digest",),
+        52012,
+        "The next hop demanded authentication the federation proxy cannot answer for this sender",
+    ),
     Diagnostic(frozenset({403}), (), 52013, "The federation proxy's trust policy refused the request"),
-    Diagnostic(frozenset({404}), ("addressed to the proxy itself",), 52014,
-               "The request is addressed to the federation proxy itself"),
+    Diagnostic(
+        frozenset({404}),
+        ("addressed to the proxy itself",),
+        52014,
+        "The request is addressed to the federation proxy itself",
+    ),
 )
 #: Any other status of 400 and above: this id, with the status's own phrase (``Loop Detected``, …).
 FALLBACK_ID = 52000

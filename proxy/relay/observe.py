@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from proxy.sip.message import KNOWN_METHODS
 
-KNOWN_EVENTS = frozenset({
-    "presence", "presence.winfo", "dialog", "message-summary", "reg", "refer", "conference",
-    "vnd-microsoft-roaming-contacts", "vnd-microsoft-roaming-self", "vnd-microsoft-provisioning-v2",
-})
+KNOWN_EVENTS = frozenset(
+    {
+        "presence",
+        "presence.winfo",
+        "dialog",
+        "message-summary",
+        "reg",
+        "refer",
+        "conference",
+        "vnd-microsoft-roaming-contacts",
+        "vnd-microsoft-roaming-self",
+        "vnd-microsoft-provisioning-v2",
+    }
+)
 
 
 def method_label(method: str) -> str:

@@ -43,16 +43,34 @@ def next_try(ctx: ClientTx, stx: ServerTx, cid: int, attempt: int, why: str) -> 
     """RFC 3263 §4.3: ``ctx``'s request for the route's next candidate: try ``attempt`` as client
     transaction ``cid`` with a new branch, the first try's deadline kept (so the sender still gets its
     final response before its own Timer F)."""
-    branch = new_branch(ctx.branch[len(BRANCH_PREFIX):].split(".", 1)[0], cid)
+    branch = new_branch(ctx.branch[len(BRANCH_PREFIX) :].split(".", 1)[0], cid)
     retry = with_branch(ctx.request, ctx.branch, branch)
-    log.info("%s: %s; trying the next candidate of route %s (attempt %d)", ctx.method, why, ctx.hop.route,
-             attempt, extra=log_fields(retry.call_id, stx.flow, ctx.hop.route))
-    return ClientTx(cid, branch, ctx.method, ctx.hop, retry.to_bytes(), retry, stx, original_cseq=ctx.original_cseq,
-                    challenged=ctx.challenged, attempt=attempt, deadline=ctx.deadline)
+    log.info(
+        "%s: %s; trying the next candidate of route %s (attempt %d)",
+        ctx.method,
+        why,
+        ctx.hop.route,
+        attempt,
+        extra=log_fields(retry.call_id, stx.flow, ctx.hop.route),
+    )
+    return ClientTx(
+        cid,
+        branch,
+        ctx.method,
+        ctx.hop,
+        retry.to_bytes(),
+        retry,
+        stx,
+        original_cseq=ctx.original_cseq,
+        challenged=ctx.challenged,
+        attempt=attempt,
+        deadline=ctx.deadline,
+    )
 
 
-def shield_challenge(ctx: ClientTx, stx: ServerTx, response: Response, trust: Trust,
-                     observer: Observer) -> Credentials | str | None:
+def shield_challenge(
+    ctx: ClientTx, stx: ServerTx, response: Response, trust: Trust, observer: Observer
+) -> Credentials | str | None:
     """A 401/407 for a source that cannot answer digest never reaches it (trust rule 4).
 
     Returns None when the sender may see the challenge; the ``Credentials`` to answer it with (RFC 3261
@@ -67,28 +85,44 @@ def shield_challenge(ctx: ClientTx, stx: ServerTx, response: Response, trust: Tr
     realm = challenge_realm(challenge)
     credential = trust.credential_for(ctx.hop.route, realm)
     if credential is None or ctx.challenged or not challenge:
-        why = "sipfed's own credentials were refused" if ctx.challenged else (
-            f"no [[acl.credentials]] for route {ctx.hop.route or ctx.hop.host} realm {realm or '?'}")
-        log.warning("%s: next hop %s challenged (%d) on behalf of %s, which cannot answer digest; %s",
-                    request.method, ctx.hop, response.status, flow.peer or flow.remote[0], why,
-                    extra=log_fields(request.call_id, flow, ctx.hop.route))
+        why = (
+            "sipfed's own credentials were refused"
+            if ctx.challenged
+            else (f"no [[acl.credentials]] for route {ctx.hop.route or ctx.hop.host} realm {realm or '?'}")
+        )
+        log.warning(
+            "%s: next hop %s challenged (%d) on behalf of %s, which cannot answer digest; %s",
+            request.method,
+            ctx.hop,
+            response.status,
+            flow.peer or flow.remote[0],
+            why,
+            extra=log_fields(request.call_id, flow, ctx.hop.route),
+        )
         observer.shielded("blocked")
         return f"Forbidden (next hop demanded digest authentication the sender cannot answer: {why})"
     observer.shielded("answered")
     return Credentials(response.status, challenge, credential.username, credential.password)
 
 
-def with_credentials(ctx: ClientTx, stx: ServerTx, answer: Credentials, cseq_shifts: CSeqShifts,
-                     cid: int) -> ClientTx:
+def with_credentials(ctx: ClientTx, stx: ServerTx, answer: Credentials, cseq_shifts: CSeqShifts, cid: int) -> ClientTx:
     """RFC 3261 §22.2, §8.1.3.5: ``ctx``'s request again as client transaction ``cid``, with the next
     CSeq and an Authorization (or Proxy-Authorization) answering the challenge; ``cseq_shifts`` remembers
     the shift for the rest of the dialog."""
-    branch = new_branch(ctx.branch[len(BRANCH_PREFIX):].split(".", 1)[0], cid)
-    retry = retried_request(ctx.request, ctx.branch, branch, answer.status, answer.challenge, answer.username,
-                            answer.password)
+    branch = new_branch(ctx.branch[len(BRANCH_PREFIX) :].split(".", 1)[0], cid)
+    retry = retried_request(
+        ctx.request, ctx.branch, branch, answer.status, answer.challenge, answer.username, answer.password
+    )
     cseq_shifts.shift(retry.call_id, retry.from_.param("tag") or "")
     original = ctx.original_cseq or stx.request.headers.get("cseq")
-    log.info("%s: answered the %d of %s as %s", retry.method, answer.status, ctx.hop, answer.username,
-             extra=log_fields(retry.call_id, stx.flow, ctx.hop.route))
-    return ClientTx(cid, branch, retry.method, ctx.hop, retry.to_bytes(), retry, stx, original_cseq=original,
-                    challenged=True)
+    log.info(
+        "%s: answered the %d of %s as %s",
+        retry.method,
+        answer.status,
+        ctx.hop,
+        answer.username,
+        extra=log_fields(retry.call_id, stx.flow, ctx.hop.route),
+    )
+    return ClientTx(
+        cid, branch, retry.method, ctx.hop, retry.to_bytes(), retry, stx, original_cseq=original, challenged=True
+    )

@@ -74,13 +74,15 @@ class IllegalTransition(RuntimeError):
     """A transaction was asked to move to a state §17 does not allow from where it is (a bug, not input)."""
 
 
-def _move(table: dict[tuple[bool, TxState], frozenset[TxState]], kind: str, invite: bool, state: TxState,
-          new: TxState) -> TxState:
+def _move(
+    table: dict[tuple[bool, TxState], frozenset[TxState]], kind: str, invite: bool, state: TxState, new: TxState
+) -> TxState:
     if new is state:
         return state
     if new not in table.get((invite, state), ()):
-        raise IllegalTransition(f"{'INVITE' if invite else 'non-INVITE'} {kind} transaction: "
-                                f"{state.value} -> {new.value}")
+        raise IllegalTransition(
+            f"{'INVITE' if invite else 'non-INVITE'} {kind} transaction: {state.value} -> {new.value}"
+        )
     return new
 
 
@@ -150,4 +152,5 @@ class ClientTx:
     def to(self, new: TxState) -> None:
         """Move to ``new`` if §17.1 allows it from here; ``IllegalTransition`` otherwise."""
         self.state = _move(CLIENT_NEXT, "client", self.method == "INVITE", self.state, new)
+
     timers: TimerSet = field(default_factory=TimerSet)

@@ -20,8 +20,16 @@ from proxy.sip.errors import SipError
 from proxy.sip.message import Request
 
 
-def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float, route: str | None = None,
-          observer: Observer | None = None, wall: float | None = None) -> None:
+def admit(
+    request: Request,
+    flow: Flow,
+    trust: Trust,
+    untrusted: str,
+    now: float,
+    route: str | None = None,
+    observer: Observer | None = None,
+    wall: float | None = None,
+) -> None:
     """Raise SipError (403 or 407) unless the request may be relayed (toward ``route``, if known); ``wall`` is
     the wall-clock time that dates our digest nonces (RFC 7616 §3.3), so no restart revives an old one."""
     observer = observer or Observer()
@@ -45,8 +53,11 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
         return
     if untrusted == "challenge" and trust.digest is not None:
         if stateless:
-            raise SipError(f"Forbidden ({request.method} cannot be challenged, and the source is neither a "
-                           "trusted peer nor exempt)", 403)
+            raise SipError(
+                f"Forbidden ({request.method} cannot be challenged, and the source is neither a "
+                "trusted peer nor exempt)",
+                403,
+            )
         if trust.shield(flow.remote[0], flow.identity, flow.peer, request.method, route):
             raise SipError("Forbidden (source cannot answer a digest challenge and is not exempt)", 403)
         challenges = tuple(("Proxy-Authenticate", c) for c in trust.digest.challenges(now, wall=wall))
@@ -55,8 +66,9 @@ def admit(request: Request, flow: Flow, trust: Trust, untrusted: str, now: float
     raise SipError("Forbidden (not a trusted peer, not exempt, no credentials)", 403)
 
 
-def _credentials_ok(request: Request, trust: Trust, now: float, observer: Observer, source: str | None = None,
-                    wall: float | None = None) -> bool:
+def _credentials_ok(
+    request: Request, trust: Trust, now: float, observer: Observer, source: str | None = None, wall: float | None = None
+) -> bool:
     """§22.3: check our realm's Proxy-Authorization; consume it when good, raise on bad/stale/replay/locked out.
 
     ``source`` (the flow's address) adds the per-source throttle to the per-user one; ``wall`` (wall-clock
@@ -72,8 +84,9 @@ def _credentials_ok(request: Request, trust: Trust, now: float, observer: Observ
         observer.digest(_OUTCOMES.get(verdict, "failed"))
         if verdict is Verdict.OK:
             _check_from(request, trust, user)
-            request.headers.items = [item for item in request.headers.items
-                                     if not (item[0] == "proxy-authorization" and item[2] == value)]
+            request.headers.items = [
+                item for item in request.headers.items if not (item[0] == "proxy-authorization" and item[2] == value)
+            ]
             return True
         if verdict is Verdict.STALE:  # RFC 7616 §3.3: expired, or issued before a restart or reload
             challenges = tuple(("Proxy-Authenticate", c) for c in digest.challenges(now, stale=True, wall=wall))

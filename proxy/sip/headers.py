@@ -174,8 +174,9 @@ def parse_name_addr(value: str, *, any_scheme: bool = False) -> NameAddr:
     lt = _unquoted_index(value, "<")
     if lt < 0:
         uri_text, _, rest = value.partition(";")
-        return NameAddr("", parse_uri(uri_text.strip(), any_scheme=any_scheme),
-                        parse_params(";" + rest if rest else ""), False)
+        return NameAddr(
+            "", parse_uri(uri_text.strip(), any_scheme=any_scheme), parse_params(";" + rest if rest else ""), False
+        )
     gt = value.find(">", lt)
     if gt < 0:
         raise SipSyntaxError(f"unclosed '<' in {value!r}")

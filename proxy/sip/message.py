@@ -22,10 +22,26 @@ SINGLE_VALUE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
 #: The methods sipfed knows (RFC 3261 and its extensions, and Microsoft's BENOTIFY and SERVICE, [MS-SIPRE]):
 #: the one list, for the 400/501 choice below and for the bounded ``method`` label of the metrics.
-KNOWN_METHODS = frozenset({
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE",
-    "INFO", "REFER", "UPDATE", "PRACK", "BENOTIFY", "SERVICE",
-})
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "MESSAGE",
+        "INFO",
+        "REFER",
+        "UPDATE",
+        "PRACK",
+        "BENOTIFY",
+        "SERVICE",
+    }
+)
 
 
 class Headers:
@@ -238,8 +254,9 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return sequence, method
 
 
-def parse_message(data: bytes, *, datagram: bool = False, max_headers: int = 256,
-                  max_line_bytes: int = 8192, framed: bool = False) -> Request | Response:
+def parse_message(
+    data: bytes, *, datagram: bool = False, max_headers: int = 256, max_line_bytes: int = 8192, framed: bool = False
+) -> Request | Response:
     """Parse one complete message.
 
     On a stream the framer has already cut the body by Content-Length (``framed``: and checked
@@ -364,7 +381,11 @@ def _has_tag(value: str) -> bool:
 
 
 def make_response(
-    request: Request, status: int, reason: str, *, to_tag: str | None = None,
+    request: Request,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str | None = None,
     extra: Iterable[tuple[str, str]] = (),
 ) -> Response:
     """RFC 3261 §8.2.6.2: a response copies Via, From, To, Call-ID and CSeq from the request."""

@@ -167,8 +167,12 @@ def _plain_content_length(head: bytes) -> bytes | None:
     """
     lowered = head.lower()
     at = lowered.find(b"\ncontent-length")
-    if (at < 0 or b"\nl" in lowered or lowered.startswith((b"l", b"content-length"))
-            or lowered.find(b"\ncontent-length", at + 15) >= 0):
+    if (
+        at < 0
+        or b"\nl" in lowered
+        or lowered.startswith((b"l", b"content-length"))
+        or lowered.find(b"\ncontent-length", at + 15) >= 0
+    ):
         return None
     start = at + 15
     end = head.find(b"\n", start)

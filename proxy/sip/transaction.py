@@ -44,8 +44,14 @@ def server_key(request: Request) -> ServerKey:
     # RFC 2543 peers (§17.2.3 last paragraph): match on the request's identity instead.
     number, _ = request.cseq
     return (
-        "2543", request.uri, request.call_id, str(number), request.from_.param("tag") or "",
-        request.to.param("tag") or "" if request.method != "ACK" else "", via.sent_by.lower(), method,
+        "2543",
+        request.uri,
+        request.call_id,
+        str(number),
+        request.from_.param("tag") or "",
+        request.to.param("tag") or "" if request.method != "ACK" else "",
+        via.sent_by.lower(),
+        method,
     )
 
 

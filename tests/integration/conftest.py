@@ -47,8 +47,12 @@ class Sipfed:
     def __init__(self, config: Path, timeout: float = 15.0, args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config), *args], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [sys.executable, "-m", "proxy", "run", "--config", str(config), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.log: list[str] = []
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -124,8 +128,17 @@ def start_sipfed() -> Iterator[object]:
         proc.stop()
 
 
-def lab_config(path: Path, certs: Path, *, cups_port: int, lync_port: int, extra: str = "",
-               cisco_port: int = 0, lync_listener_port: int = 0, transport: str = "tls") -> Path:
+def lab_config(
+    path: Path,
+    certs: Path,
+    *,
+    cups_port: int,
+    lync_port: int,
+    extra: str = "",
+    cisco_port: int = 0,
+    lync_listener_port: int = 0,
+    transport: str = "tls",
+) -> Path:
     """The two-domain lab of examples/lab.toml with the test's ports."""
     path.write_text(f"""
 [proxy]

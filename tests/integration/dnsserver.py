@@ -28,8 +28,10 @@ class TinyAuthoritativeServer:
     """Authoritative DNS over UDP and TCP on one loopback port, from zone text; counts questions."""
 
     def __init__(self, zones: dict[str, str]) -> None:
-        self.zones = {dns.name.from_text(origin): dns.zone.from_text(text, origin, relativize=False)
-                      for origin, text in zones.items()}
+        self.zones = {
+            dns.name.from_text(origin): dns.zone.from_text(text, origin, relativize=False)
+            for origin, text in zones.items()
+        }
         self.asked: Counter[tuple[str, str, str]] = Counter()
         self.udp, self.tcp = _bind_pair()
         self.port = int(self.udp.getsockname()[1])

@@ -14,8 +14,11 @@ from pathlib import Path
 
 from tests.integration.processes import stop_process
 
-MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/kamailio/modules",
-               "/usr/lib/kamailio/modules")
+MODULE_DIRS = (
+    "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+    "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+    "/usr/lib/kamailio/modules",
+)
 
 
 def module_dir() -> str:
@@ -35,15 +38,26 @@ require_certificate = yes
 certificate = {certs}/{name}.pem
 private_key = {certs}/{name}.key
 ca_list = {certs}/ca.crt
-""" for side in ("server", "client"))
+"""
+        for side in ("server", "client")
+    )
 
 
 class Kamailio:
     """One Kamailio process listening on ``host:port`` over TLS, running ``routing`` as its script body."""
 
-    def __init__(self, workdir: Path, certs: Path, *, name: str, host: str, port: int, routing: str,
-                 modules: tuple[str, ...] = ("tls", "tm", "sl", "rr", "pv", "textops", "siputils", "auth", "xlog"),
-                 extra: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        certs: Path,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        routing: str,
+        modules: tuple[str, ...] = ("tls", "tm", "sl", "rr", "pv", "textops", "siputils", "auth", "xlog"),
+        extra: str = "",
+    ) -> None:
         if shutil.which("kamailio") is None:
             raise RuntimeError("kamailio is not installed: apt-get install kamailio kamailio-tls-modules")
         self.workdir = workdir / f"kamailio-{port}"
@@ -72,9 +86,29 @@ request_route {{
         self.log = self.workdir / "kamailio.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                ["kamailio", "-DD", "-E", "-f", str(self.workdir / "kamailio.cfg"), "-L", module_dir(),
-                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"), "-w", str(self.workdir),
-                 "-m", "32", "-M", "8"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    "kamailio",
+                    "-DD",
+                    "-E",
+                    "-f",
+                    str(self.workdir / "kamailio.cfg"),
+                    "-L",
+                    module_dir(),
+                    "-Y",
+                    str(self.workdir),
+                    "-P",
+                    str(self.workdir / "kamailio.pid"),
+                    "-w",
+                    str(self.workdir),
+                    "-m",
+                    "32",
+                    "-M",
+                    "8",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self._wait_listening(15)
 
     def _wait_listening(self, timeout: float) -> None:
@@ -103,8 +137,9 @@ class KamailioConfig(Kamailio):
 
     def __init__(self, config: Path, *, host: str, port: int) -> None:  # no super(): nothing to write
         if shutil.which("kamailio") is None:
-            raise RuntimeError("kamailio is not installed: apt-get install kamailio kamailio-tls-modules "
-                               "kamailio-presence-modules")
+            raise RuntimeError(
+                "kamailio is not installed: apt-get install kamailio kamailio-tls-modules kamailio-presence-modules"
+            )
         self.config, self.workdir = config, config.parent
         self.host, self.port = host, port
         self.log = self.workdir / "kamailio.log"
@@ -113,9 +148,29 @@ class KamailioConfig(Kamailio):
     def _spawn(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                ["kamailio", "-DD", "-E", "-f", str(self.config), "-L", module_dir(), "-Y", str(self.workdir),
-                 "-P", str(self.workdir / "kamailio.pid"), "-w", str(self.workdir), "-m", "48", "-M", "8"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    "kamailio",
+                    "-DD",
+                    "-E",
+                    "-f",
+                    str(self.config),
+                    "-L",
+                    module_dir(),
+                    "-Y",
+                    str(self.workdir),
+                    "-P",
+                    str(self.workdir / "kamailio.pid"),
+                    "-w",
+                    str(self.workdir),
+                    "-m",
+                    "48",
+                    "-M",
+                    "8",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self._wait_listening(15)
 
     def restart(self) -> None:

@@ -55,28 +55,45 @@ class Lab:
             kamailio.stop()
 
 
-def start_lab(workdir: Path, certs: Path, *, domains: tuple[str, ...] = ("tomt.local", "tomt.it"),
-              users: tuple[str, ...] = ("alice", "bob"), exempt_sipfed: bool = True, credentials: bool = False,
-              maddr_fix: bool = True, lync_route: tuple[str, int] | None = None,
-              transaction_timeout_seconds: int = 8, in_dialog_networks: tuple[str, ...] = ()) -> Lab:
+def start_lab(
+    workdir: Path,
+    certs: Path,
+    *,
+    domains: tuple[str, ...] = ("tomt.local", "tomt.it"),
+    users: tuple[str, ...] = ("alice", "bob"),
+    exempt_sipfed: bool = True,
+    credentials: bool = False,
+    maddr_fix: bool = True,
+    lync_route: tuple[str, int] | None = None,
+    transaction_timeout_seconds: int = 8,
+    in_dialog_networks: tuple[str, ...] = (),
+) -> Lab:
     """Start the lab's Kamailios, sipfed (with ``--trace``) and baresip users on free ports."""
     ports = lab.Ports.free()
     the_lab = Lab(workdir, ports, trace=workdir / "sipfed.trace")
     try:
         for domain in domains:
-            config = lab.write_kamailio(workdir / domain, domain, ports, certs, exempt_sipfed=exempt_sipfed,
-                                        maddr_fix=maddr_fix)
+            config = lab.write_kamailio(
+                workdir / domain, domain, ports, certs, exempt_sipfed=exempt_sipfed, maddr_fix=maddr_fix
+            )
             host, port = (ports.cups, ports.cups_tls) if domain == "tomt.local" else (ports.lync, ports.lync_tls)
             the_lab.kamailio[domain] = KamailioConfig(config, host=host, port=port)
             wait_for_kamailio_log(the_lab.kamailio[domain], "lab DNS: sipfed", 10)  # sipfed's names resolve
-        config = lab.write_sipfed(workdir / "sipfed.toml", ports, certs, credentials=credentials,
-                                  lync_route=lync_route, transaction_timeout_seconds=transaction_timeout_seconds,
-                                  in_dialog_networks=in_dialog_networks)
+        config = lab.write_sipfed(
+            workdir / "sipfed.toml",
+            ports,
+            certs,
+            credentials=credentials,
+            lync_route=lync_route,
+            transaction_timeout_seconds=transaction_timeout_seconds,
+            in_dialog_networks=in_dialog_networks,
+        )
         the_lab.sipfed = Sipfed(config, args=("--trace", str(the_lab.trace)))
         for user in users:
             address = ports.alice if user == "alice" else ports.bob
-            the_lab.users[user] = lab.Baresip(lab.write_baresip(workdir / user, user, ports), user, address,
-                                              ports.user_cons)
+            the_lab.users[user] = lab.Baresip(
+                lab.write_baresip(workdir / user, user, ports), user, address, ports.user_cons
+            )
         for baresip in the_lab.users.values():
             baresip.open_console()
             baresip.wait_view(r"200 OK .*\[1 binding\]", WAIT)  # registered with its own domain's server
@@ -87,27 +104,67 @@ def start_lab(workdir: Path, certs: Path, *, domains: tuple[str, ...] = ("tomt.l
 
 
 def wait_for_kamailio_log(kamailio: KamailioConfig, text: str, timeout: float) -> None:
-    wait_until(lambda: text in kamailio.log_text(), timeout,
-               lambda: f"kamailio never logged {text!r}:\n{kamailio.log_text()[-2000:]}")
+    wait_until(
+        lambda: text in kamailio.log_text(),
+        timeout,
+        lambda: f"kamailio never logged {text!r}:\n{kamailio.log_text()[-2000:]}",
+    )
 
 
-def sipp(scenario: str, target: tuple[str, int], workdir: Path, *keys: str, local_ip: str = "127.0.0.6",
-         local_port: int = 0, transport: str = "u1", service: str = "alice", auth: tuple[str, str] | None = None,
-         recv_timeout_seconds: float = 10, timeout: float = 30) -> tuple[int, str]:
+def sipp(
+    scenario: str,
+    target: tuple[str, int],
+    workdir: Path,
+    *keys: str,
+    local_ip: str = "127.0.0.6",
+    local_port: int = 0,
+    transport: str = "u1",
+    service: str = "alice",
+    auth: tuple[str, str] | None = None,
+    recv_timeout_seconds: float = 10,
+    timeout: float = 30,
+) -> tuple[int, str]:
     """Run a SIPp UAC scenario once (bounded) from ``local_ip``; return its exit code and what it
     logged (``-log_file``) and reported as errors. ``auth``: digest username and password."""
     local_port = local_port or lab.free_port(local_ip, both=True)
     log, err = workdir / f"{Path(scenario).stem}.log", workdir / f"{Path(scenario).stem}.err"
-    args = ["sipp", f"{target[0]}:{target[1]}", "-sf", str(SIPP / scenario), "-t", transport, "-i", local_ip,
-            "-p", str(local_port), "-s", service, "-m", "1", "-nostdin",
-            "-recv_timeout", str(int(recv_timeout_seconds * 1000)),
-            "-timeout", f"{int(timeout) - 5}s", "-timeout_error", "-trace_logs", "-log_file", str(log),
-            "-trace_err", "-error_file", str(err), "-trace_msg", "-message_file", str(workdir / "sipp.msg")]
+    args = [
+        "sipp",
+        f"{target[0]}:{target[1]}",
+        "-sf",
+        str(SIPP / scenario),
+        "-t",
+        transport,
+        "-i",
+        local_ip,
+        "-p",
+        str(local_port),
+        "-s",
+        service,
+        "-m",
+        "1",
+        "-nostdin",
+        "-recv_timeout",
+        str(int(recv_timeout_seconds * 1000)),
+        "-timeout",
+        f"{int(timeout) - 5}s",
+        "-timeout_error",
+        "-trace_logs",
+        "-log_file",
+        str(log),
+        "-trace_err",
+        "-error_file",
+        str(err),
+        "-trace_msg",
+        "-message_file",
+        str(workdir / "sipp.msg"),
+    ]
     for i in range(0, len(keys), 2):
         args += ["-key", keys[i], keys[i + 1]]
     if auth:
         args += ["-au", auth[0], "-ap", auth[1]]
-    result = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir, timeout=timeout,
-                            check=False)
+    result = subprocess.run(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir, timeout=timeout, check=False
+    )
     report = "\n".join(p.read_text(errors="replace")[-3000:] for p in (log, err) if p.exists())
     return result.returncode, report + result.stderr.decode(errors="replace")

@@ -39,8 +39,9 @@ async def _reading_off_the_loop(sipfed: Sipfed, name: str, labels: dict[str, str
     return sample(await asyncio.to_thread(scrape, sipfed.ports["metrics"]), name, **labels)
 
 
-async def metric_reaches(sipfed: Sipfed, name: str, value: float, *, timeout: float = METRIC_SECONDS,
-                         **labels: str) -> float:
+async def metric_reaches(
+    sipfed: Sipfed, name: str, value: float, *, timeout: float = METRIC_SECONDS, **labels: str
+) -> float:
     """Wait until a counter is at least ``value`` (scraped off the event loop); its reading then."""
     seen: list[float] = []
 
@@ -48,13 +49,17 @@ async def metric_reaches(sipfed: Sipfed, name: str, value: float, *, timeout: fl
         seen.append(await _reading_off_the_loop(sipfed, name, labels))
         return seen[-1] >= value
 
-    await async_wait_until(reached, timeout, lambda: f"{name}{labels} stayed at {seen[-1] if seen else None}, "
-                                                     f"expected {value}; log:\n{sipfed.log_text()}")
+    await async_wait_until(
+        reached,
+        timeout,
+        lambda: f"{name}{labels} stayed at {seen[-1] if seen else None}, expected {value}; log:\n{sipfed.log_text()}",
+    )
     return seen[-1]
 
 
-async def metric_equals(sipfed: Sipfed, name: str, value: float, *, timeout: float = METRIC_SECONDS,
-                        **labels: str) -> None:
+async def metric_equals(
+    sipfed: Sipfed, name: str, value: float, *, timeout: float = METRIC_SECONDS, **labels: str
+) -> None:
     """Wait until a series (a gauge: it goes down too) reads exactly ``value``."""
     seen: list[float] = []
 
@@ -62,5 +67,8 @@ async def metric_equals(sipfed: Sipfed, name: str, value: float, *, timeout: flo
         seen.append(await _reading_off_the_loop(sipfed, name, labels))
         return seen[-1] == value
 
-    await async_wait_until(equal, timeout, lambda: f"{name}{labels} is {seen[-1] if seen else None}, expected "
-                                                   f"{value}; log:\n{sipfed.log_text()}")
+    await async_wait_until(
+        equal,
+        timeout,
+        lambda: f"{name}{labels} is {seen[-1] if seen else None}, expected {value}; log:\n{sipfed.log_text()}",
+    )

@@ -13,8 +13,15 @@ from tests.integration.conftest import free_port
 SCENARIOS = Path(__file__).parent / "sipp"
 
 
-def sipp_config(path: Path, certs: Path, *, transport: str, uas_port: int, uas_host: str = "127.0.0.1",
-                route_transport: str | None = None) -> Path:
+def sipp_config(
+    path: Path,
+    certs: Path,
+    *,
+    transport: str,
+    uas_port: int,
+    uas_host: str = "127.0.0.1",
+    route_transport: str | None = None,
+) -> Path:
     """sipfed between SIPp's UAC (on the lync listener) and SIPp's UAS (the tomt.local route)."""
     route_transport = route_transport or transport
     path.write_text(f"""
@@ -65,9 +72,29 @@ class SippUas:
 
     def __init__(self, scenario: str, port: int, calls: int, transport: str, workdir: Path) -> None:
         self.proc = subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIOS / scenario), "-t", transport, "-i", "127.0.0.1", "-p", str(port),
-             "-m", str(calls), "-nostdin", "-timeout", "60s", "-trace_err", "-error_file", str(workdir / "uas.err")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir)
+            [
+                "sipp",
+                "-sf",
+                str(SCENARIOS / scenario),
+                "-t",
+                transport,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                str(calls),
+                "-nostdin",
+                "-timeout",
+                "60s",
+                "-trace_err",
+                "-error_file",
+                str(workdir / "uas.err"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+        )
 
     def wait(self, timeout: float = 30) -> int:
         try:
@@ -78,19 +105,51 @@ class SippUas:
             return -1
 
 
-def run_uac(scenario: str, target: int, transport: str, calls: int, rate: int, workdir: Path,
-            *keys: str) -> tuple[int, list[float]]:
+def run_uac(
+    scenario: str, target: int, transport: str, calls: int, rate: int, workdir: Path, *keys: str
+) -> tuple[int, list[float]]:
     """Run the SIPp UAC to completion (bounded); return its exit code and per-call latencies in ms."""
     local = free_port(kind=socket.SOCK_DGRAM if transport == "u1" else socket.SOCK_STREAM)
-    args = ["sipp", f"127.0.0.1:{target}", "-sf", str(SCENARIOS / scenario), "-t", transport, "-i", "127.0.0.1",
-            "-p", str(local), "-s", "alice", "-key", "from_domain", "tomt.it", "-m", str(calls), "-r", str(rate),
-            "-l", "100", "-nostdin", "-recv_timeout", "5000", "-timeout", "60s", "-timeout_error",
-            "-trace_logs", "-log_file", str(workdir / "uac.log"), "-trace_err", "-error_file",
-            str(workdir / "uac.err")]
+    args = [
+        "sipp",
+        f"127.0.0.1:{target}",
+        "-sf",
+        str(SCENARIOS / scenario),
+        "-t",
+        transport,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(local),
+        "-s",
+        "alice",
+        "-key",
+        "from_domain",
+        "tomt.it",
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        "100",
+        "-nostdin",
+        "-recv_timeout",
+        "5000",
+        "-timeout",
+        "60s",
+        "-timeout_error",
+        "-trace_logs",
+        "-log_file",
+        str(workdir / "uac.log"),
+        "-trace_err",
+        "-error_file",
+        str(workdir / "uac.err"),
+    ]
     for i in range(0, len(keys), 2):
         args += ["-key", keys[i], keys[i + 1]]
-    result = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir, timeout=90,
-                            check=False)
+    result = subprocess.run(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir, timeout=90, check=False
+    )
     log = (workdir / "uac.log").read_text() if (workdir / "uac.log").exists() else ""
     latencies = [float(m.group(1)) / 1000 for m in re.finditer(r"lat_us;\d+;([\d.]+)", log)]
     return result.returncode, latencies

@@ -82,12 +82,14 @@ async def at_eof(conn: Conn, timeout: float) -> bool:
 
 
 def message(lync: Peer, n: int) -> Msg:
-    return lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", from_user="bob@tomt.it",
-                        body=f"message {n}")
+    return lync.request(
+        "MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", from_user="bob@tomt.it", body=f"message {n}"
+    )
 
 
-async def started_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], extra: str,
-                      cups_answers: bool = True) -> tuple[Sipfed, Peer, Peer, Path]:
+async def started_lab(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], extra: str, cups_answers: bool = True
+) -> tuple[Sipfed, Peer, Peer, Path]:
     cups = Peer("cups.tomt.local", "127.0.0.2", certs, auto_answer=cups_answers)
     lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
     await cups.start()
@@ -122,8 +124,9 @@ async def handshake_flood(port: int, count: int, per_second: float) -> int:
 
     async def one() -> bool:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, local_addr=(FLOOD_ATTACKER, 0)), 3)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=context, local_addr=(FLOOD_ATTACKER, 0)), 3
+            )
         except (OSError, ssl.SSLError, TimeoutError):
             return False
         writer.write(b"\r\n\r\n")
@@ -148,14 +151,14 @@ unauthenticated_idle_seconds = 60
 
 
 def test_idle_connections_and_handshake_flood_leave_the_trusted_peer_served(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """450 idle anonymous TCP connections under a 400 file-descriptor limit, and a certificate-less handshake
     flood at ~100/s on the mutual-TLS listener: sipfed closes the excess at once, and the trusted lync peer
     keeps connecting (a new handshake each time) and every one of its MESSAGEs is answered 200."""
 
     async def main() -> tuple[Sipfed, list[int], int, int, int]:
-        sipfed, _cups, lync, _ = await started_lab(tmp_path, certs, start_sipfed,
-                                                    peers() + TCP_LISTENER + LIMITS_ROW7)
+        sipfed, _cups, lync, _ = await started_lab(tmp_path, certs, start_sipfed, peers() + TCP_LISTENER + LIMITS_ROW7)
         resource.prlimit(sipfed.proc.pid, resource.RLIMIT_NOFILE, (400, 400))  # the issue's `ulimit -n 400`
         held, failed = await asyncio.to_thread(open_idle, sipfed.ports["lab"], 450, time.monotonic() + 20)
         try:
@@ -191,19 +194,22 @@ def test_idle_connections_and_handshake_flood_leave_the_trusted_peer_served(
 
 
 def test_anonymous_connection_that_sends_nothing_valid_is_closed(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """unauthenticated_idle_seconds: a silent connection and one sending only keep-alives and garbage are
     closed; the trusted peer's connection, idle for longer, stays and is served."""
 
     async def main() -> Sipfed:
         sipfed, _cups, lync, _ = await started_lab(
-            tmp_path, certs, start_sipfed,
-            peers() + TCP_LISTENER + "\n[limits]\nunauthenticated_idle_seconds = 1\n")
+            tmp_path, certs, start_sipfed, peers() + TCP_LISTENER + "\n[limits]\nunauthenticated_idle_seconds = 1\n"
+        )
         trusted = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
-        silent_reader, silent = await asyncio.open_connection("127.0.0.1", sipfed.ports["lab"],
-                                                              local_addr=(IDLE_ATTACKER, 0))
-        noisy_reader, noisy = await asyncio.open_connection("127.0.0.1", sipfed.ports["lab"],
-                                                            local_addr=(IDLE_ATTACKER, 0))
+        silent_reader, silent = await asyncio.open_connection(
+            "127.0.0.1", sipfed.ports["lab"], local_addr=(IDLE_ATTACKER, 0)
+        )
+        noisy_reader, noisy = await asyncio.open_connection(
+            "127.0.0.1", sipfed.ports["lab"], local_addr=(IDLE_ATTACKER, 0)
+        )
         closed = False
         for _ in range(40):  # keep-alives and a line of garbage every 0.1 s, at most 4 s
             noisy.write(b"\r\n\r\n" if _ % 2 else b"hello sipfed\r\n\r\n")
@@ -229,7 +235,8 @@ def test_anonymous_connection_that_sends_nothing_valid_is_closed(
 
 
 def test_reload_rebinds_and_closes_connections_whose_certificate_no_longer_binds(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """SIGHUP renaming the lync peer moves its open connection to the new name; SIGHUP changing its
     subjects closes the connection (its certificate no longer binds it to the peer it was bound to)."""
 
@@ -246,8 +253,13 @@ def test_reload_rebinds_and_closes_connections_whose_certificate_no_longer_binds
         await conn.send(message(lync, 2))
         assert (await lync.next())[0].status == 200  # the same connection, bound to the renamed peer
 
-        lab_config(config, certs, cups_port=cups.port, lync_port=lync.port,
-                   extra=peers(lync_name="pool", lync_subject="lync02.tomt.it"))
+        lab_config(
+            config,
+            certs,
+            cups_port=cups.port,
+            lync_port=lync.port,
+            extra=peers(lync_name="pool", lync_subject="lync02.tomt.it"),
+        )
         sipfed.proc.send_signal(signal.SIGHUP)
         assert await at_eof(conn, 5), "the connection whose certificate no longer binds stayed"
         return sipfed
@@ -256,8 +268,12 @@ def test_reload_rebinds_and_closes_connections_whose_certificate_no_longer_binds
     text = scrape(sipfed.ports["metrics"])
     assert sample(text, "sipfed_connections_closed_total", listener="lync", reason="trust_reload") == 1
     assert sample(text, "sipfed_config_reloads_total", outcome="applied") == 2
-    sipfed.wait_for_log(re.compile(r"connection from 127\.0\.0\.3:\d+ closed: its certificate no longer binds it "
-                                   r"to peer 'pool'"))
+    sipfed.wait_for_log(
+        re.compile(
+            r"connection from 127\.0\.0\.3:\d+ closed: its certificate no longer binds it "
+            r"to peer 'pool'"
+        )
+    )
 
 
 # -- row 9: drain loses nothing ---------------------------------------------------------------------------------
@@ -297,8 +313,9 @@ async def collect_finals(peer: Peer, finals: dict[str, Msg], stop: asyncio.Event
             finals.setdefault(msg.get("call-id") or "", msg)
 
 
-def test_sigterm_drain_answers_every_request(tmp_path: Path, certs: Path,
-                                             start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_sigterm_drain_answers_every_request(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """SIGTERM during ~100 requests/s toward a next hop that takes 0.5 s to answer, and an INVITE that only
     rings: new requests on the open connection get 503 with Retry-After, every request sent gets a final
     response (the INVITE a 503 at the drain's deadline), and the last log line says 0 unanswered."""

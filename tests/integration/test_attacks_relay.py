@@ -87,8 +87,7 @@ class Lab:
     async def legit_message(self, body: str) -> Msg:
         """A MESSAGE from the trusted Lync side; returns what tomt.local received first."""
         conn = await self.lync_conn()
-        await conn.send(self.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                          body=body))
+        await conn.send(self.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", body=body))
         first = await self.first_at_cups()
         answer, _ = await self.lync.next(DEADLINE)
         assert answer.status == 200
@@ -96,16 +95,22 @@ class Lab:
         return first
 
 
-def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed],
-            scenario: Callable[[Lab], Coroutine[Any, Any, None]], extra: str = "") -> None:
+def run_lab(
+    tmp_path: Path,
+    certs: Path,
+    start_sipfed: Callable[[Path], Sipfed],
+    scenario: Callable[[Lab], Coroutine[Any, Any, None]],
+    extra: str = "",
+) -> None:
     async def main() -> None:
         cups = Peer("cups.tomt.local", "127.0.0.2", certs)
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
         stranger = Peer("wrong.example", "127.0.0.4", certs)  # CA-valid, in no [[peers]] entry
         for peer in (cups, lync, stranger):
             await peer.start()
-        sipfed = start_sipfed(lab_config(tmp_path / "attack.toml", certs, cups_port=cups.port, lync_port=lync.port,
-                                         extra=trust(extra)))
+        sipfed = start_sipfed(
+            lab_config(tmp_path / "attack.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=trust(extra))
+        )
         try:
             await scenario(Lab(sipfed, cups, lync, stranger))
         finally:
@@ -115,12 +120,30 @@ def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed],
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def raw_request(method: str, uri: str, *, transport: str, sent_by: str, from_: str = "<sip:eve@tomt.it>",
-                to: str = "<sip:alice@tomt.local>", via_params: str = "", extra: tuple[str, ...] = ()) -> bytes:
-    lines = [f"{method} {uri} SIP/2.0",
-             f"Via: SIP/2.0/{transport} {sent_by};branch=z9hG4bK{uuid.uuid4().hex[:16]}{via_params}",
-             "Max-Forwards: 70", f"From: {from_};tag=atk{uuid.uuid4().hex[:6]}", f"To: {to}",
-             f"Call-ID: {uuid.uuid4().hex}@attacker", f"CSeq: 1 {method}", *extra, "Content-Length: 0", "", ""]
+def raw_request(
+    method: str,
+    uri: str,
+    *,
+    transport: str,
+    sent_by: str,
+    from_: str = "<sip:eve@tomt.it>",
+    to: str = "<sip:alice@tomt.local>",
+    via_params: str = "",
+    extra: tuple[str, ...] = (),
+) -> bytes:
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: SIP/2.0/{transport} {sent_by};branch=z9hG4bK{uuid.uuid4().hex[:16]}{via_params}",
+        "Max-Forwards: 70",
+        f"From: {from_};tag=atk{uuid.uuid4().hex[:6]}",
+        f"To: {to}",
+        f"Call-ID: {uuid.uuid4().hex}@attacker",
+        f"CSeq: 1 {method}",
+        *extra,
+        "Content-Length: 0",
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode()
 
 
@@ -130,8 +153,9 @@ async def open_plain(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWri
 
 async def open_anon_tls(port: int, certs: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    return await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="sipfed.tomt.local",
-                                         local_addr=("127.0.0.9", 0))
+    return await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="sipfed.tomt.local", local_addr=("127.0.0.9", 0)
+    )
 
 
 async def read_status(reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
@@ -144,8 +168,9 @@ async def read_status(reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
 
 
 @pytest.mark.parametrize("method", ["ACK", "BENOTIFY"])
-def test_stateless_methods_pass_admission(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed],
-                                          method: str) -> None:
+def test_stateless_methods_pass_admission(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], method: str
+) -> None:
     """An out-of-dialog ACK/BENOTIFY from an anonymous TCP client, an anonymous TLS client, a CA-valid
     certificate in no [[peers]] entry, and the trusted peer speaking for a foreign domain: none reaches
     tomt.local; each is dropped and counted (nobody can be told)."""
@@ -160,12 +185,16 @@ def test_stateless_methods_pass_admission(tmp_path: Path, certs: Path, start_sip
         anon.write(raw_request(method, "sip:alice@tomt.local", transport="TLS", sent_by="127.0.0.9:5061"))
         sent += 1
         stranger = await lab.stranger.connect("127.0.0.1", ports["cisco"], "sipfed.tomt.local")
-        await stranger.send(lab.stranger.request(method, "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                                 from_user="eve@tomt.it"))
+        await stranger.send(
+            lab.stranger.request(method, "sip:alice@tomt.local", to="<sip:alice@tomt.local>", from_user="eve@tomt.it")
+        )
         sent += 1
         lync = await lab.lync_conn()
-        await lync.send(lab.lync.request(method, "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                         from_user="mallory@evil.example"))
+        await lync.send(
+            lab.lync.request(
+                method, "sip:alice@tomt.local", to="<sip:alice@tomt.local>", from_user="mallory@evil.example"
+            )
+        )
         sent += 1
         await metric_reaches(lab.sipfed, "sipfed_security_drops_total", sent, reason="stateless_refused")
         first = await lab.legit_message("after the attack")
@@ -178,28 +207,44 @@ def test_stateless_methods_pass_admission(tmp_path: Path, certs: Path, start_sip
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_stateless_methods_obey_the_rate_limit(tmp_path: Path, certs: Path,
-                                               start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_stateless_methods_obey_the_rate_limit(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """1000 of 1000 BENOTIFYs passed a 5/s per-source limit: now the bucket's worth pass, the rest are dropped."""
-    extra = ('[[listeners]]\nname = "open-tcp"\ntransport = "tcp"\naddress = "127.0.0.1"\nport = 0\n'
-             'untrusted = "admit"\n\n[limits]\nper_source_requests_per_second = 5\nburst_seconds = 1\n')
+    extra = (
+        '[[listeners]]\nname = "open-tcp"\ntransport = "tcp"\naddress = "127.0.0.1"\nport = 0\n'
+        'untrusted = "admit"\n\n[limits]\nper_source_requests_per_second = 5\nburst_seconds = 1\n'
+    )
 
     async def scenario(lab: Lab) -> None:
         _, writer = await open_plain(lab.sipfed.ports["open-tcp"])
         count = 60
-        writer.write(b"".join(raw_request("BENOTIFY", "sip:alice@tomt.local", transport="TCP",
-                                          sent_by="127.0.0.9:5060", from_="<sip:eve@tomt.it>")
-                              for _ in range(count)))
+        writer.write(
+            b"".join(
+                raw_request(
+                    "BENOTIFY",
+                    "sip:alice@tomt.local",
+                    transport="TCP",
+                    sent_by="127.0.0.9:5060",
+                    from_="<sip:eve@tomt.it>",
+                )
+                for _ in range(count)
+            )
+        )
         await writer.drain()
-        refused = await metric_reaches(lab.sipfed, "sipfed_security_drops_total", count - 10,
-                                       reason="stateless_refused")
+        refused = await metric_reaches(
+            lab.sipfed, "sipfed_security_drops_total", count - 10, reason="stateless_refused"
+        )
         relayed = 0
         while relayed + refused < count:  # bounded: each message is either relayed or refused
             msg, _ = await lab.cups.next(DEADLINE)
             assert msg.method == "BENOTIFY"
             relayed += 1
-            refused = sample(await asyncio.to_thread(scrape, lab.sipfed.ports["metrics"]),
-                             "sipfed_security_drops_total", reason="stateless_refused")
+            refused = sample(
+                await asyncio.to_thread(scrape, lab.sipfed.ports["metrics"]),
+                "sipfed_security_drops_total",
+                reason="stateless_refused",
+            )
         assert relayed <= 10, f"{relayed} of {count} BENOTIFYs passed a 5/s limit"
         writer.close()
 
@@ -210,20 +255,30 @@ def test_stateless_methods_obey_the_rate_limit(tmp_path: Path, certs: Path,
 
 
 def test_route_or_request_uri_cannot_steer_sipfed_to_an_unconfigured_host(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(lab: Lab) -> None:
         trap = socket.create_server(("127.0.22.99", 0))
         trap.setblocking(False)
         port = trap.getsockname()[1]
         try:
             conn = await lab.lync_conn()
-            await conn.send(lab.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                             extra=[("Route", f"<sip:127.0.22.99:{port};transport=tcp;lr>")]))
+            await conn.send(
+                lab.lync.request(
+                    "MESSAGE",
+                    "sip:alice@tomt.local",
+                    to="<sip:alice@tomt.local>",
+                    extra=[("Route", f"<sip:127.0.22.99:{port};transport=tcp;lr>")],
+                )
+            )
             answer, _ = await lab.lync.next(DEADLINE)
             assert answer.status == 403
             assert f"127.0.22.99:{port} is not a configured destination" in answer.reason
-            await conn.send(lab.lync.request("MESSAGE", f"sip:x@127.0.22.99:{port};transport=tcp",
-                                             to="<sip:alice@tomt.local>;tag=guessed"))
+            await conn.send(
+                lab.lync.request(
+                    "MESSAGE", f"sip:x@127.0.22.99:{port};transport=tcp", to="<sip:alice@tomt.local>;tag=guessed"
+                )
+            )
             answer, _ = await lab.lync.next(DEADLINE)
             assert answer.status == 403
             with pytest.raises(BlockingIOError):
@@ -234,8 +289,9 @@ def test_route_or_request_uri_cannot_steer_sipfed_to_an_unconfigured_host(
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_in_dialog_networks_is_the_documented_opt_in(tmp_path: Path, certs: Path,
-                                                     start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_in_dialog_networks_is_the_documented_opt_in(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """With ``[proxy] in_dialog_networks`` an in-dialog target no route names is allowed (a Contact straight
     at a client behind CUP), and still over TLS with its certificate checked: no downgrade."""
 
@@ -244,8 +300,11 @@ def test_in_dialog_networks_is_the_documented_opt_in(tmp_path: Path, certs: Path
         await other.start()
         try:
             conn = await lab.lync_conn()
-            await conn.send(lab.lync.request("MESSAGE", f"sip:alice@127.0.0.2:{other.port};transport=tcp",
-                                             to="<sip:alice@tomt.local>;tag=t1"))
+            await conn.send(
+                lab.lync.request(
+                    "MESSAGE", f"sip:alice@127.0.0.2:{other.port};transport=tcp", to="<sip:alice@tomt.local>;tag=t1"
+                )
+            )
             got, _ = await other.next(DEADLINE)
             assert got.method == "MESSAGE"
             assert (got.get("via") or "").startswith("SIP/2.0/TLS sipfed.tomt.local:")
@@ -265,16 +324,21 @@ def test_in_dialog_networks_is_the_documented_opt_in(tmp_path: Path, certs: Path
 # -- row 3: no downgrade --------------------------------------------------------------------------------
 
 
-def test_a_tcp_contact_does_not_take_a_tls_dialog_off_tls(tmp_path: Path, certs: Path,
-                                                          start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_a_tcp_contact_does_not_take_a_tls_dialog_off_tls(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """A dialog set up over TLS whose far end's Contact says transport=TCP: the un-SUBSCRIBE goes to CUP over
     TLS through the cisco listener, with the cisco side's identity in Via."""
 
     async def scenario(lab: Lab) -> None:
         lab.cups.extra_answer_headers = []
         conn = await lab.lync_conn()
-        subscribe = lab.lync.request("SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     extra=[("Event", "presence"), ("Expires", "600")])
+        subscribe = lab.lync.request(
+            "SUBSCRIBE",
+            "sip:alice@tomt.local",
+            to="<sip:alice@tomt.local>",
+            extra=[("Event", "presence"), ("Expires", "600")],
+        )
         await conn.send(subscribe)
         got, _ = await lab.cups.next(DEADLINE)
         assert got.method == "SUBSCRIBE"
@@ -283,8 +347,9 @@ def test_a_tcp_contact_does_not_take_a_tls_dialog_off_tls(tmp_path: Path, certs:
         # The far end's Contact, as a CUP that writes transport=TCP would have it.
         contact = f"<sip:alice@127.0.0.2:{lab.cups.port};transport=tcp>"
         ok.headers = [(k, contact if k.lower() == "contact" else v) for k, v in ok.headers]
-        unsubscribe = lab.lync.in_dialog("SUBSCRIBE", ok, uas=False, cseq=2,
-                                         extra=[("Event", "presence"), ("Expires", "0")])
+        unsubscribe = lab.lync.in_dialog(
+            "SUBSCRIBE", ok, uas=False, cseq=2, extra=[("Event", "presence"), ("Expires", "0")]
+        )
         await conn.send(unsubscribe)
         got, _ = await lab.cups.next(DEADLINE)
         assert (got.method, got.get("expires")) == ("SUBSCRIBE", "0")
@@ -299,8 +364,9 @@ def test_a_tcp_contact_does_not_take_a_tls_dialog_off_tls(tmp_path: Path, certs:
 # -- row 4: responses belong to their hop ------------------------------------------------------------------
 
 
-def test_a_forged_response_on_another_connection_is_dropped(tmp_path: Path, certs: Path,
-                                                            start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_a_forged_response_on_another_connection_is_dropped(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """The attacker knows the branch exactly (the best case for it) and writes a 200 on an anonymous TCP
     connection: dropped; the trusted peer gets the real answer."""
 
@@ -329,8 +395,11 @@ def test_branches_are_not_predictable(tmp_path: Path, certs: Path, start_sipfed:
         conn = await lab.lync_conn()
         branches = []
         for _ in range(2):
-            await conn.send(lab.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                             call_id="same@tomt.it", cseq=1))
+            await conn.send(
+                lab.lync.request(
+                    "MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", call_id="same@tomt.it", cseq=1
+                )
+            )
             got, _ = await lab.cups.next(DEADLINE)
             await lab.lync.next(DEADLINE)
             match = re.search(r"branch=(z9hG4bKsf[0-9a-f]+)\.([0-9a-f]+)", got.get("via") or "")
@@ -345,17 +414,31 @@ def test_branches_are_not_predictable(tmp_path: Path, certs: Path, start_sipfed:
 # -- row 5: RFC 5923 aliases only after admission, only over TLS ---------------------------------------
 
 
-def test_alias_from_a_refused_sender_is_not_registered(tmp_path: Path, certs: Path,
-                                                       start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_alias_from_a_refused_sender_is_not_registered(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(lab: Lab) -> None:
         reader, writer = await open_plain(lab.sipfed.ports["lab-tcp"])
-        writer.write(raw_request("MESSAGE", "sip:alice@tomt.local", transport="TCP",
-                                 sent_by=f"127.0.0.2:{lab.cups.port}", via_params=";alias"))
+        writer.write(
+            raw_request(
+                "MESSAGE",
+                "sip:alice@tomt.local",
+                transport="TCP",
+                sent_by=f"127.0.0.2:{lab.cups.port}",
+                via_params=";alias",
+            )
+        )
         status, _, _ = await read_status(reader)
         assert status in (403, 407)
         conn = await lab.lync_conn()
-        await conn.send(lab.lync.request("MESSAGE", f"sip:alice@127.0.0.2:{lab.cups.port};transport=tcp",
-                                         to="<sip:alice@tomt.local>;tag=d1", body="for cups only"))
+        await conn.send(
+            lab.lync.request(
+                "MESSAGE",
+                f"sip:alice@127.0.0.2:{lab.cups.port};transport=tcp",
+                to="<sip:alice@tomt.local>;tag=d1",
+                body="for cups only",
+            )
+        )
         got = await lab.first_at_cups()
         assert got.body == "for cups only"  # the one copy went to CUP over TLS, not down the attacker's connection
         answer, _ = await lab.lync.next(DEADLINE)
@@ -368,14 +451,23 @@ def test_alias_from_a_refused_sender_is_not_registered(tmp_path: Path, certs: Pa
 # -- row 10: asserted identities ---------------------------------------------------------------------------
 
 
-def test_an_identity_the_peer_may_not_assert_is_removed(tmp_path: Path, certs: Path,
-                                                        start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_an_identity_the_peer_may_not_assert_is_removed(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(lab: Lab) -> None:
         conn = await lab.lync_conn()
-        await conn.send(lab.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                         from_user="bob@tomt.it",
-                                         extra=[("P-Asserted-Identity", "<sip:ceo@tomt.local>, <sip:bob@tomt.it>"),
-                                                ("P-Preferred-Identity", "<sip:ceo@tomt.local>")]))
+        await conn.send(
+            lab.lync.request(
+                "MESSAGE",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                from_user="bob@tomt.it",
+                extra=[
+                    ("P-Asserted-Identity", "<sip:ceo@tomt.local>, <sip:bob@tomt.it>"),
+                    ("P-Preferred-Identity", "<sip:ceo@tomt.local>"),
+                ],
+            )
+        )
         got = await lab.first_at_cups()
         assert got.all("p-asserted-identity") == ["<sip:bob@tomt.it>"]
         assert got.all("p-preferred-identity") == []
@@ -389,13 +481,22 @@ def test_an_identity_the_peer_may_not_assert_is_removed(tmp_path: Path, certs: P
 
 
 def test_a_received_the_sender_wrote_does_not_steer_the_response(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(lab: Lab) -> None:
         lab.cups.auto_answer = False
         conn = await lab.lync_conn()
         request = lab.lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>")
-        request.headers = [(k, f"SIP/2.0/TLS lync01.tomt.it:{lab.lync.port};branch=z9hG4bK{uuid.uuid4().hex[:10]}"
-                               ";received=127.0.22.99") if k == "Via" else (k, v) for k, v in request.headers]
+        request.headers = [
+            (
+                k,
+                f"SIP/2.0/TLS lync01.tomt.it:{lab.lync.port};branch=z9hG4bK{uuid.uuid4().hex[:10]}"
+                ";received=127.0.22.99",
+            )
+            if k == "Via"
+            else (k, v)
+            for k, v in request.headers
+        ]
         await conn.send(request)
         got, cups_conn = await lab.cups.next(DEADLINE)
         vias = got.all("via")
@@ -413,8 +514,9 @@ def test_a_received_the_sender_wrote_does_not_steer_the_response(
 # -- row 14: no amplification over UDP ---------------------------------------------------------------------
 
 
-def test_a_refused_udp_invite_is_answered_once(tmp_path: Path, certs: Path,
-                                               start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_a_refused_udp_invite_is_answered_once(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """A spoofable UDP source's INVITE that is never ACKed: one answer back, not Timer G's dozen. Absence can
     only be watched over a window: 2.5 s covers Timer G's first three firings (0.5, 1.5, 3.5 s would be four)."""
 
@@ -445,8 +547,9 @@ def test_a_refused_udp_invite_is_answered_once(tmp_path: Path, certs: Path,
 # -- row 15: rate-limited warnings ------------------------------------------------------------------------
 
 
-def test_an_unreachable_next_hop_is_warned_once_with_a_count(tmp_path: Path, certs: Path,
-                                                             start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_an_unreachable_next_hop_is_warned_once_with_a_count(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(lab: Lab) -> None:
         await lab.cups.stop()  # tomt.local's next hop goes away: every request now fails to connect
         conn = await lab.lync_conn()

@@ -63,8 +63,13 @@ destinations = [
 """
 
 
-def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], scenario: Scenario,
-            extra: Callable[[Peer, Peer], str] = lambda cups, lync: "") -> Sipfed:
+def run_lab(
+    tmp_path: Path,
+    certs: Path,
+    start_sipfed: Callable[[Path], Sipfed],
+    scenario: Scenario,
+    extra: Callable[[Peer, Peer], str] = lambda cups, lync: "",
+) -> Sipfed:
     """Both peers and sipfed with a control socket in tmp_path; the scenario bounded to 90 s."""
 
     async def main() -> Sipfed:
@@ -73,8 +78,13 @@ def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed],
         await cups.start()
         await lync.start()
         sock = tmp_path / "ctl.sock"
-        config = lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups.port, lync_port=lync.port,
-                            extra=PEERS + extra(cups, lync) + control_section(sock))
+        config = lab_config(
+            tmp_path / "sipfed.toml",
+            certs,
+            cups_port=cups.port,
+            lync_port=lync.port,
+            extra=PEERS + extra(cups, lync) + control_section(sock),
+        )
         sipfed = start_sipfed(config)
         try:
             await asyncio.wait_for(scenario(sipfed, cups, lync, sock), 90)
@@ -89,8 +99,17 @@ def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed],
 async def ctl(sock: Path, *args: str) -> tuple[int, str, str]:
     """The real client in its own process: (exit status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "ctl", "--socket", str(sock), *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "proxy",
+        "ctl",
+        "--socket",
+        str(sock),
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -111,8 +130,16 @@ async def answer_to(peer: Peer, call_id: str) -> Msg:
 
 
 async def message(lync_conn: Any, lync: Peer, domain: str, call_id: str) -> int:
-    await lync_conn.send(lync.request("MESSAGE", f"sip:x@{domain}", to=f"<sip:x@{domain}>", call_id=call_id,
-                                      extra=[("Content-Type", "text/plain")], body=f"hello {call_id}"))
+    await lync_conn.send(
+        lync.request(
+            "MESSAGE",
+            f"sip:x@{domain}",
+            to=f"<sip:x@{domain}>",
+            call_id=call_id,
+            extra=[("Content-Type", "text/plain")],
+            body=f"hello {call_id}",
+        )
+    )
     return (await answer_to(lync, call_id)).status
 
 
@@ -120,15 +147,18 @@ def not_after(pem: Path) -> str:
     return x509.load_pem_x509_certificate(pem.read_bytes()).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_status_connections_routes_and_subscriptions(tmp_path: Path, certs: Path,
-                                                     start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_status_connections_routes_and_subscriptions(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     dead = free_port("127.0.0.2")
 
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer, sock: Path) -> None:
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         status = await ctl_json(sock, "status")
-        assert {x["name"]: x["port"] for x in status["listeners"]} == {"cisco": sipfed.ports["cisco"],
-                                                                        "lync": sipfed.ports["lync"]}
+        assert {x["name"]: x["port"] for x in status["listeners"]} == {
+            "cisco": sipfed.ports["cisco"],
+            "lync": sipfed.ports["lync"],
+        }
         assert status["config"]["file"] == str(sipfed.config)
         assert status["version"]
         assert status["pid"] == sipfed.proc.pid
@@ -136,8 +166,9 @@ def test_status_connections_routes_and_subscriptions(tmp_path: Path, certs: Path
         code, out, _ = await ctl(sock, "status")
         assert code == 0
         assert f"config {sipfed.config}, loaded {status['config']['loaded']}" in out
-        assert any(line.split()[:4] == ["lync", "tls", "127.0.0.1", str(sipfed.ports["lync"])]
-                   for line in out.splitlines())
+        assert any(
+            line.split()[:4] == ["lync", "tls", "127.0.0.1", str(sipfed.ports["lync"])] for line in out.splitlines()
+        )
 
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
         assert await message(conn, lync, "tomt.local", "ctl-message-1") == 200
@@ -164,8 +195,10 @@ def test_status_connections_routes_and_subscriptions(tmp_path: Path, certs: Path
         assert [c["destination"] for c in routes["cisco"]["candidates"]] == [f"tls:127.0.0.2:{cups.port}"]
         assert routes["cisco"]["candidates"][0]["up"] is True
         pool = routes["pool"]["candidates"]
-        assert [(c["destination"], c["up"]) for c in pool] == [(f"tls:127.0.0.2:{cups.port}", True),
-                                                               (f"tls:127.0.0.2:{dead}", False)]
+        assert [(c["destination"], c["up"]) for c in pool] == [
+            (f"tls:127.0.0.2:{cups.port}", True),
+            (f"tls:127.0.0.2:{dead}", False),
+        ]
         assert "refused" in pool[1]["why"]
         assert 0 < pool[1]["down_for_seconds"] <= 300
         code, out, _ = await ctl(sock, "routes")
@@ -175,8 +208,15 @@ def test_status_connections_routes_and_subscriptions(tmp_path: Path, certs: Path
         assert "refused" in down
 
         assert (await ctl_json(sock, "subscriptions"))["total"] == 0
-        await conn.send(lync.request("SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     call_id="ctl-subscribe-1", extra=[("Event", "presence"), ("Expires", "600")]))
+        await conn.send(
+            lync.request(
+                "SUBSCRIBE",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                call_id="ctl-subscribe-1",
+                extra=[("Event", "presence"), ("Expires", "600")],
+            )
+        )
         assert (await answer_to(lync, "ctl-subscribe-1")).status == 200
         subscriptions = await ctl_json(sock, "subscriptions")
         assert subscriptions["total"] == 1
@@ -200,8 +240,19 @@ def test_trace_by_call_id_and_log_level(tmp_path: Path, certs: Path, start_sipfe
 
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer, sock: Path) -> None:
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
-        code, out, err = await ctl(sock, "trace", "on", "--call-id", "trace-keep", "--file", str(trace),
-                                   "--max-bytes", "1000000", "--files", "2")
+        code, out, err = await ctl(
+            sock,
+            "trace",
+            "on",
+            "--call-id",
+            "trace-keep",
+            "--file",
+            str(trace),
+            "--max-bytes",
+            "1000000",
+            "--files",
+            "2",
+        )
         assert code == 0, err
         assert out.strip() == f"trace on: {trace} (Call-ID trace-keep), rotated at 976.6 KiB, 2 old file(s) kept"
         for call_id in ("trace-drop", "trace-keep", "trace-drop-2"):
@@ -210,10 +261,15 @@ def test_trace_by_call_id_and_log_level(tmp_path: Path, certs: Path, start_sipfe
         assert (state["on"], state["call_id"], state["written"]) == (True, "trace-keep", 4)
         assert (await ctl_json(sock, "trace", "off")) == {"on": False, "file": str(trace), "written": 4}
         text = trace.read_text()
-        heads = [[*line.split()[1:3], line.split()[-1]] for line in text.splitlines() if " -> " in line or " <- "
-                 in line]
-        assert heads == [["RECV", "tls", "lync"], ["SEND", "tls", "cisco"], ["RECV", "tls", "cisco"],
-                         ["SEND", "tls", "lync"]]
+        heads = [
+            [*line.split()[1:3], line.split()[-1]] for line in text.splitlines() if " -> " in line or " <- " in line
+        ]
+        assert heads == [
+            ["RECV", "tls", "lync"],
+            ["SEND", "tls", "cisco"],
+            ["RECV", "tls", "cisco"],
+            ["SEND", "tls", "lync"],
+        ]
         assert {line for line in text.splitlines() if line.lower().startswith("call-id")} == {"Call-ID: trace-keep"}
         assert stat.S_IMODE(os.stat(trace).st_mode) == 0o600
         assert await message(conn, lync, "tomt.local", "trace-keep") == 200  # off: nothing more is written
@@ -237,17 +293,23 @@ def test_trace_by_call_id_and_log_level(tmp_path: Path, certs: Path, start_sipfe
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_reload_returns_the_problems_or_what_changed(tmp_path: Path, certs: Path,
-                                                     start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_reload_returns_the_problems_or_what_changed(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer, sock: Path) -> None:
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
         loaded = (await ctl_json(sock, "status"))["config"]["loaded"]
 
         def rewrite(extra: str, peers: str = PEERS) -> None:
-            lab_config(sipfed.config, certs, cups_port=cups.port, lync_port=lync.port,
-                       extra=peers + extra + control_section(sock))
+            lab_config(
+                sipfed.config,
+                certs,
+                cups_port=cups.port,
+                lync_port=lync.port,
+                extra=peers + extra + control_section(sock),
+            )
 
-        rewrite("\n[limits]\nmax_headers = 5\n\n[[routes]]\nmatch_uri = \"extra.example\"\nport = 70000\n")
+        rewrite('\n[limits]\nmax_headers = 5\n\n[[routes]]\nmatch_uri = "extra.example"\nport = 70000\n')
         code, out, err = await ctl(sock, "reload")
         assert code == 1
         assert out == ""
@@ -294,29 +356,50 @@ listener = "cisco"
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_the_socket_at_start_stale_live_and_missing(tmp_path: Path, certs: Path,
-                                                    start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_the_socket_at_start_stale_live_and_missing(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     sock = tmp_path / "ctl.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(sock))
     stale.close()  # a socket file nothing listens on, as a killed sipfed leaves it
-    config = lab_config(tmp_path / "a.toml", certs, cups_port=free_port("127.0.0.2"),
-                        lync_port=free_port("127.0.0.3"), extra=control_section(sock))
+    config = lab_config(
+        tmp_path / "a.toml",
+        certs,
+        cups_port=free_port("127.0.0.2"),
+        lync_port=free_port("127.0.0.3"),
+        extra=control_section(sock),
+    )
     first = start_sipfed(config)
 
     async def status() -> Any:
         return await ctl_json(sock, "status")
 
     assert asyncio.run(status())["pid"] == first.proc.pid
-    second = subprocess.run([sys.executable, "-m", "proxy", "run", "--config", str(config)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    second = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert second.returncode == 2
     assert f"another process listens on the control socket {sock}" in second.stderr
     assert asyncio.run(status())["pid"] == first.proc.pid  # the live socket was left alone
 
-    missing = lab_config(tmp_path / "b.toml", certs, cups_port=free_port("127.0.0.2"),
-                         lync_port=free_port("127.0.0.3"), extra=control_section(tmp_path / "no-dir" / "ctl.sock"))
-    third = subprocess.run([sys.executable, "-m", "proxy", "run", "--config", str(missing)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=30)
+    missing = lab_config(
+        tmp_path / "b.toml",
+        certs,
+        cups_port=free_port("127.0.0.2"),
+        lync_port=free_port("127.0.0.3"),
+        extra=control_section(tmp_path / "no-dir" / "ctl.sock"),
+    )
+    third = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(missing)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert third.returncode == 2
     assert f"the directory {tmp_path / 'no-dir'} does not exist; create it" in third.stderr

@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 SOA = "@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.53\n"
 BIG_TARGETS = 80
 ZONES = {
-    "tomt.it.": SOA + """
+    "tomt.it.": SOA
+    + """
 @ IN NAPTR 10 10 "s" "SIPS+D2T" "" _sips._tcp
 @ IN NAPTR 20 10 "s" "SIP+D2U" "" _sip._udp
 @ IN NAPTR 30 10 "u" "E2U+sip" "!^.*$!sip:info@tomt.it!" .
@@ -44,13 +45,17 @@ pool1 IN A 127.0.0.12
 pool2 IN A 127.0.0.13
 backup IN A 127.0.0.14
 """,
-    "tomt.local.": SOA + """
+    "tomt.local.": SOA
+    + """
 _sipfederationtls._tcp 600 IN SRV 0 0 5062 cups
 cups 600 IN A 127.0.0.2
 """,
-    "example.": SOA + "plain IN A 127.0.0.3\n" + "".join(
+    "example.": SOA
+    + "plain IN A 127.0.0.3\n"
+    + "".join(
         f"_sips._tcp.big IN SRV 0 1 5061 host{i:02d}.big\nhost{i:02d}.big IN A 127.0.1.{i + 1}\n"
-        for i in range(BIG_TARGETS)),
+        for i in range(BIG_TARGETS)
+    ),
 }
 
 
@@ -78,8 +83,11 @@ TOMT_IT = route('[[routes]]\nmatch_uri = "tomt.it"\nresolve = "tomt.it"\ndown_se
 def test_naptr_srv_a_gives_the_rfc_2782_order(server: TinyAuthoritativeServer) -> None:
     candidates = asyncio.run(resolver_for(server).candidates_for(TOMT_IT, 0.0))
     assert {(c.host, c.port, c.transport, c.tls_name) for c in candidates} == {
-        ("127.0.0.11", 5061, "tls", "tomt.it"), ("127.0.0.12", 5061, "tls", "tomt.it"),
-        ("127.0.0.13", 5061, "tls", "tomt.it"), ("127.0.0.14", 5071, "tls", "tomt.it")}
+        ("127.0.0.11", 5061, "tls", "tomt.it"),
+        ("127.0.0.12", 5061, "tls", "tomt.it"),
+        ("127.0.0.13", 5061, "tls", "tomt.it"),
+        ("127.0.0.14", 5071, "tls", "tomt.it"),
+    }
     firsts: Counter[str] = Counter()
     rng = random.Random(2782)
     for _ in range(2000):
@@ -109,7 +117,8 @@ def test_second_lookup_comes_from_the_cache_until_the_ttl(server: TinyAuthoritat
     before = server.total()
     first = asyncio.run(resolver.candidates_for(local, 1000.0))
     assert [(c.host, c.port, c.tls_name, c.source) for c in first] == [
-        ("127.0.0.2", 5062, "tomt.local", "SRV _sipfederationtls._tcp.tomt.local")]
+        ("127.0.0.2", 5062, "tomt.local", "SRV _sipfederationtls._tcp.tomt.local")
+    ]
     asked = server.total() - before
     assert asked == resolver.queries_sent == 6  # NAPTR, three SRV names, A and AAAA of cups
     assert asyncio.run(resolver.candidates_for(local, 1029.0)) == first
@@ -143,20 +152,25 @@ def test_no_srv_uses_the_domain_on_5061(server: TinyAuthoritativeServer) -> None
     plain = route('[[routes]]\nmatch_uri = "plain.example"\nresolve = "plain.example"')
     candidates = asyncio.run(resolver_for(server).candidates_for(plain, 0.0))
     assert [(c.host, c.port, c.transport, c.tls_name) for c in candidates] == [
-        ("127.0.0.3", 5061, "tls", "plain.example")]
+        ("127.0.0.3", 5061, "tls", "plain.example")
+    ]
 
 
 def test_target_names_for_certificates(server: TinyAuthoritativeServer) -> None:
     by_target = route('[[routes]]\nmatch_uri = "tomt.it"\nresolve = "tomt.it"\ntls_name_from = "target"')
     candidates = asyncio.run(resolver_for(server).candidates_for(by_target, 0.0))
     assert {c.host: c.tls_name for c in candidates} == {
-        "127.0.0.11": "pool1.tomt.it", "127.0.0.12": "pool1.tomt.it", "127.0.0.13": "pool2.tomt.it",
-        "127.0.0.14": "backup.tomt.it"}
+        "127.0.0.11": "pool1.tomt.it",
+        "127.0.0.12": "pool1.tomt.it",
+        "127.0.0.13": "pool2.tomt.it",
+        "127.0.0.14": "backup.tomt.it",
+    }
 
 
 def test_truncated_answer_is_asked_again_over_tcp(server: TinyAuthoritativeServer) -> None:
-    big = route('[[routes]]\nmatch_uri = "big.example"\nresolve = "big.example"\nnaptr = false\n'
-                'srv_services = ["_sips._tcp"]')
+    big = route(
+        '[[routes]]\nmatch_uri = "big.example"\nresolve = "big.example"\nnaptr = false\nsrv_services = ["_sips._tcp"]'
+    )
     candidates = asyncio.run(resolver_for(server).candidates_for(big, 0.0))
     assert len(candidates) == BIG_TARGETS
     assert server.count("_sips._tcp.big.example", "SRV", "udp") == 1
@@ -208,4 +222,4 @@ def test_a_silent_server_fails_within_the_lifetime() -> None:
     assert all(1 <= count <= 3 for count in Counter(heard).values()), heard
     first_srv = min(heard.index(name) for name in srv)
     assert first_srv > max(i for i, q in enumerate(heard) if q == "tomt.it NAPTR"), heard  # the NAPTR first
-    assert sorted(heard[first_srv:first_srv + 3]) == sorted(srv), heard  # each SRV name before any again: parallel
+    assert sorted(heard[first_srv : first_srv + 3]) == sorted(srv), heard  # each SRV name before any again: parallel

@@ -36,8 +36,9 @@ IO_TIMEOUT = 5.0
 def answer_ok(request: bytes) -> bytes:
     """RFC 3261 §8.2.6: 200 OK copying Via, From, To (with a tag), Call-ID and CSeq."""
     lines = request.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-    copied = [line for line in lines[1:] if line.split(":", 1)[0].strip().lower() in
-              ("via", "from", "to", "call-id", "cseq")]
+    copied = [
+        line for line in lines[1:] if line.split(":", 1)[0].strip().lower() in ("via", "from", "to", "call-id", "cseq")
+    ]
     copied = [f"{line};tag=peer" if line.lower().startswith("to:") else line for line in copied]
     return "\r\n".join(["SIP/2.0 200 OK", *copied, "Content-Length: 0", "", ""]).encode()
 
@@ -147,9 +148,9 @@ fqdn = "sipfed.tomt.local"
 connect_timeout_seconds = {TIMEOUT}
 
 [tls]
-cert_chain = "{certs / 'sipfed.tomt.local.pem'}"
-key = "{certs / 'sipfed.tomt.local.key'}"
-ca_bundle = "{certs / 'ca.crt'}"
+cert_chain = "{certs / "sipfed.tomt.local.pem"}"
+key = "{certs / "sipfed.tomt.local.key"}"
+ca_bundle = "{certs / "ca.crt"}"
 
 [[listeners]]
 name = "cisco"
@@ -160,7 +161,7 @@ port = 0
         text += f"""
 [[routes]]
 name = "{route.name}"
-match_uri = "{route.name.replace('_', '-')}.test"
+match_uri = "{route.name.replace("_", "-")}.test"
 destination = "{route.destination}"
 port = {route.port}
 transport = "{route.transport}"
@@ -172,8 +173,14 @@ listener = "cisco"
 
 
 def doctor(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", "doctor", "--config", str(config), "--live", *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "doctor", "--config", str(config), "--live", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +192,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     now = datetime.now(UTC)
     good, strange = pki.leaves[PEER], stranger.leaves[PEER]
     wrong = issue_leaf(certs, ["wrong.example"], key_type="ec", file_stem="wrong")
-    expired = issue_leaf(certs, [PEER], key_type="ec", file_stem="expired",
-                         not_before=now - timedelta(days=30), not_after=now - timedelta(days=1))
+    expired = issue_leaf(
+        certs,
+        [PEER],
+        key_type="ec",
+        file_stem="expired",
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
     server_only = issue_leaf(certs, [PEER], key_type="ec", file_stem="server-only", eku=("serverAuth",))
     ca, other_ca = pki.ca_cert, stranger.ca_cert
     peers = {
@@ -208,8 +221,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         config = write_config(tmp_path_factory.mktemp("conf") / "sipfed.toml", certs, routes)
         result = doctor(config, "--json")
         assert result.stdout, result.stderr
-        yield {"certs": certs, "routes": routes, "result": result, "findings": json.loads(result.stdout),
-               "good_port": peers["good"].port, "tmp": tmp_path_factory.mktemp("good-only")}
+        yield {
+            "certs": certs,
+            "routes": routes,
+            "result": result,
+            "findings": json.loads(result.stdout),
+            "good_port": peers["good"].port,
+            "tmp": tmp_path_factory.mktemp("good-only"),
+        }
     finally:
         for peer in [*peers.values(), udp]:
             peer.close()
@@ -226,24 +245,35 @@ def problems(lab: dict[str, Any], name: str) -> list[dict[str, str]]:
 def test_a_good_peer_has_no_problem_and_answers_options_200(lab: dict[str, Any]) -> None:
     assert problems(lab, "good") == []
     checks = {f["check"]: f["cause"] for f in of_route(lab, "good") if f["check"].startswith("live.")}
-    assert set(checks) == {"live.connect", "live.peer_chain", "live.peer_name", "live.peer_validity",
-                           "live.peer_eku", "live.tls", "live.sip"}
+    assert set(checks) == {
+        "live.connect",
+        "live.peer_chain",
+        "live.peer_name",
+        "live.peer_validity",
+        "live.peer_eku",
+        "live.tls",
+        "live.sip",
+    }
     assert "SIP/2.0 200 OK" in checks["live.sip"]
     assert "cups.tomt.local" in checks["live.tls"]
 
 
-@pytest.mark.parametrize(("route", "check", "words"), [
-    ("wrong_name", "live.peer_name", "does not carry the route's tls_name 'cups.tomt.local' (it names: "),
-    ("no_intermediate", "live.peer_chain", "the peer does not send its intermediate certificate"),
-    ("unknown_ca", "live.peer_chain", "does not lead to our CA bundle"),
-    ("expired", "live.peer_validity", "expired on"),
-    ("no_client_auth", "live.peer_eku", "no Client Authentication EKU (clientAuth)"),
-    ("distrusts_us", "live.tls", "the peer refused our certificate: TLS alert 48 unknown_ca"),
-    ("distrusts_us_tls12", "live.tls", "the peer refused our certificate: TLS alert 48 unknown_ca"),
-    ("refused", "live.connect", "nothing listens on 127.0.0.3:"),
-])
-def test_each_broken_peer_gets_one_error_naming_its_cause(lab: dict[str, Any], route: str, check: str,
-                                                          words: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "check", "words"),
+    [
+        ("wrong_name", "live.peer_name", "does not carry the route's tls_name 'cups.tomt.local' (it names: "),
+        ("no_intermediate", "live.peer_chain", "the peer does not send its intermediate certificate"),
+        ("unknown_ca", "live.peer_chain", "does not lead to our CA bundle"),
+        ("expired", "live.peer_validity", "expired on"),
+        ("no_client_auth", "live.peer_eku", "no Client Authentication EKU (clientAuth)"),
+        ("distrusts_us", "live.tls", "the peer refused our certificate: TLS alert 48 unknown_ca"),
+        ("distrusts_us_tls12", "live.tls", "the peer refused our certificate: TLS alert 48 unknown_ca"),
+        ("refused", "live.connect", "nothing listens on 127.0.0.3:"),
+    ],
+)
+def test_each_broken_peer_gets_one_error_naming_its_cause(
+    lab: dict[str, Any], route: str, check: str, words: str
+) -> None:
     [error] = problems(lab, route)
     assert (error["severity"], error["check"]) == ("error", check)
     assert words in error["cause"]

@@ -43,15 +43,19 @@ incoming = ["Allow from 127.0.0.0/8"]
 """
 
 
-def test_slow_sender_stalled_handshake_and_garbage(tmp_path: Path, certs: Path,
-                                                   start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_slow_sender_stalled_handshake_and_garbage(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def main() -> Sipfed:
         cups = Peer("cups.tomt.local", "127.0.0.2", certs)
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
         await cups.start()
         await lync.start()
-        sipfed = start_sipfed(lab_config(tmp_path / "h.toml", certs, cups_port=cups.port, lync_port=lync.port,
-                                         extra=LIMITS.format(rate=0)))
+        sipfed = start_sipfed(
+            lab_config(
+                tmp_path / "h.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=LIMITS.format(rate=0)
+            )
+        )
         port = sipfed.ports["lync"]
         # A TCP client that never starts its TLS handshake: closed by the configured 1 s, not the default 10 s
         # (the deadline of the read; the log line below names the 1 s).
@@ -66,8 +70,9 @@ def test_slow_sender_stalled_handshake_and_garbage(tmp_path: Path, certs: Path,
         # A trusted peer that sends half a message and stalls (Content-Length past the body).
         context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
         context.load_cert_chain(str(certs / "lync01.tomt.it.pem"), str(certs / "lync01.tomt.it.key"))
-        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port, ssl=context,
-                                                                 server_hostname="sipfed.tomt.it")
+        slow_reader, slow_writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="sipfed.tomt.it"
+        )
         half = lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", body="0123456789").text()
         slow_writer.write(half.encode()[:-5])
         await slow_writer.drain()
@@ -81,8 +86,9 @@ def test_slow_sender_stalled_handshake_and_garbage(tmp_path: Path, certs: Path,
         assert await asyncio.wait_for(slow_reader.read(), 5) == b""  # the stalled one was closed (1 s, not 10 s)
         # The half message was never relayed: had it been, at the close, it would reach tomt.local before a
         # MESSAGE sent after the close on the same path.
-        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     body="after the close"))
+        await conn.send(
+            lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", body="after the close")
+        )
         got, _ = await cups.next()
         assert got.body == "after the close"
         assert (await lync.next())[0].status == 200
@@ -90,8 +96,12 @@ def test_slow_sender_stalled_handshake_and_garbage(tmp_path: Path, certs: Path,
 
     sipfed = asyncio.run(asyncio.wait_for(main(), 40))
     sipfed.wait_for_log(re.compile(r"refused \(other\): .*no TLS handshake within 1 s"))
-    sipfed.wait_for_log(re.compile(r"incomplete message for 1 s \(a slow sender, or a Content-Length larger than "
-                                   r"the body\)"))
+    sipfed.wait_for_log(
+        re.compile(
+            r"incomplete message for 1 s \(a slow sender, or a Content-Length larger than "
+            r"the body\)"
+        )
+    )
     text = scrape(sipfed.ports["metrics"])
     assert sample(text, "sipfed_slow_senders_total", listener="lync", stage="handshake") == 1
     assert sample(text, "sipfed_slow_senders_total", listener="lync", stage="message") == 1
@@ -100,7 +110,8 @@ def test_slow_sender_stalled_handshake_and_garbage(tmp_path: Path, certs: Path,
 
 
 def test_flood_is_refused_with_503_while_a_trusted_peer_is_served(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """SIPp floods over TCP from an unbound source at ~10x the configured 100/s; the excess gets 503,
     the process stays up with bounded memory, and the trusted Lync peer's MESSAGEs all get 200."""
     flood_calls, rate = 3000, 1000
@@ -112,7 +123,9 @@ def test_flood_is_refused_with_503_while_a_trusted_peer_is_served(
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
         await cups.start()
         await lync.start()
-        extra = LIMITS.format(rate=100) + f"""
+        extra = (
+            LIMITS.format(rate=100)
+            + f"""
 [[listeners]]
 name = "lab"
 transport = "tcp"
@@ -126,17 +139,29 @@ destination = "127.0.0.1"
 port = {uas_port}
 transport = "tcp"
 """
-        sipfed = start_sipfed(lab_config(tmp_path / "f.toml", certs, cups_port=cups.port, lync_port=lync.port,
-                                         extra=extra))
+        )
+        sipfed = start_sipfed(
+            lab_config(tmp_path / "f.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=extra)
+        )
         before = rss_kib(sipfed.proc.pid)
         flood = asyncio.get_running_loop().run_in_executor(
-            None, lambda: run_uac("uac_message.xml", sipfed.ports["lab"], "t1", flood_calls, rate, tmp_path,
-                                  "domain", "flood.example"))
+            None,
+            lambda: run_uac(
+                "uac_message.xml", sipfed.ports["lab"], "t1", flood_calls, rate, tmp_path, "domain", "flood.example"
+            ),
+        )
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
         served = []
         for i in range(20):
-            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                         from_user="bob@tomt.it", body=f"during the flood {i}"))
+            await conn.send(
+                lync.request(
+                    "MESSAGE",
+                    "sip:alice@tomt.local",
+                    to="<sip:alice@tomt.local>",
+                    from_user="bob@tomt.it",
+                    body=f"during the flood {i}",
+                )
+            )
             answer, _ = await lync.next(timeout=10)
             served.append(answer.status)
             await asyncio.sleep(0.1)  # pacing: the trusted MESSAGEs spread over the flood, not synchronisation
@@ -162,8 +187,9 @@ transport = "tcp"
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")  # the attacker's
-def test_old_tls_refused_and_certificates_reread_on_reload(tmp_path: Path, certs: Path,
-                                                           start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_old_tls_refused_and_certificates_reread_on_reload(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """A TLS 1.1 client never gets in (tls.min_version 1.2); after the certificate files are replaced
     and SIGHUP is sent, new connections see the new certificate while the old connection keeps working."""
     import shutil
@@ -189,16 +215,20 @@ def test_old_tls_refused_and_certificates_reread_on_reload(tmp_path: Path, certs
         old.set_ciphers("DEFAULT:@SECLEVEL=0")
         old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=old,
-                                                           server_hostname="sipfed.tomt.it"), 5)
+            await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=old, server_hostname="sipfed.tomt.it"), 5
+            )
 
         def serial_seen() -> int:
             context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
             context.load_cert_chain(str(pki / "lync01.tomt.it.pem"), str(pki / "lync01.tomt.it.key"))
-            with socket.create_connection(("127.0.0.1", port), 5) as raw, \
-                    context.wrap_socket(raw, server_hostname="sipfed.tomt.it") as tls:
+            with (
+                socket.create_connection(("127.0.0.1", port), 5) as raw,
+                context.wrap_socket(raw, server_hostname="sipfed.tomt.it") as tls,
+            ):
                 der = tls.getpeercert(binary_form=True)
             from cryptography import x509
+
             return x509.load_der_x509_certificate(der).serial_number
 
         before = await asyncio.to_thread(serial_seen)

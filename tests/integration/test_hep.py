@@ -55,8 +55,11 @@ class Captured:
 
     def header(self, name: str) -> str | None:
         head = self.payload.split(b"\r\n\r\n", 1)[0].decode()
-        values = [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
-                  if line.split(":", 1)[0].strip().lower() == name.lower()]
+        values = [
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")[1:]
+            if line.split(":", 1)[0].strip().lower() == name.lower()
+        ]
         return values[0] if values else None
 
 
@@ -66,14 +69,15 @@ def read_pcap(path: Path) -> list[Captured]:
     if len(data) < 24:
         return []
     magic = data[:4]
-    endian = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<",
-              b"\xa1\xb2\x3c\x4d": ">"}[magic]
+    endian = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}[
+        magic
+    ]
     fraction = 1e9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e6
     assert struct.unpack(endian + "I", data[20:24])[0] == 1, "expected Ethernet frames (DLT_EN10MB)"
     out, at = [], 24
     while at + 16 <= len(data):
-        seconds, fractional, length, _ = struct.unpack(endian + "IIII", data[at:at + 16])
-        frame = data[at + 16:at + 16 + length]
+        seconds, fractional, length, _ = struct.unpack(endian + "IIII", data[at : at + 16])
+        frame = data[at + 16 : at + 16 + length]
         at += 16 + length
         if len(frame) < length or frame[12:14] != b"\x08\x00":
             continue  # a record cut short (still being written), or not IPv4
@@ -83,8 +87,14 @@ def read_pcap(path: Path) -> list[Captured]:
             continue
         udp = ip[header_bytes:]
         sport, dport = struct.unpack("!HH", udp[:4])
-        out.append(Captured((socket.inet_ntoa(ip[12:16]), sport), (socket.inet_ntoa(ip[16:20]), dport),
-                            seconds + fractional / fraction, bytes(udp[8:])))
+        out.append(
+            Captured(
+                (socket.inet_ntoa(ip[12:16]), sport),
+                (socket.inet_ntoa(ip[16:20]), dport),
+                seconds + fractional / fraction,
+                bytes(udp[8:]),
+            )
+        )
     return out
 
 
@@ -106,7 +116,11 @@ class Sngrep:
         rc.write_text(f"set eep.listen.pass {password}\n")
         self.proc = subprocess.Popen(
             ["sngrep", "-N", "-q", "-F", "-f", str(rc), "-L", f"udp:127.0.0.1:{self.port}", "-O", str(self.pcap)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 10
         while not (udp_bound(self.port) and self.pcap.exists()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -144,7 +158,8 @@ def legs(conn: Conn) -> tuple[Address, Address]:
 
 
 def test_every_message_of_both_legs_reaches_sngrep_decrypted_with_its_legs_addresses(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], sngrep: Sngrep) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], sngrep: Sngrep
+) -> None:
     began = time.time()
 
     async def main() -> tuple[Sipfed, list[tuple[str, str, list[tuple[Address, Address, str]]]]]:
@@ -153,28 +168,42 @@ def test_every_message_of_both_legs_reaches_sngrep_decrypted_with_its_legs_addre
         await cups.start()
         await lync.start()
         hep = f'\n[hep]\naddress = "127.0.0.1:{sngrep.port}"\ncapture_id = 2002\npassword = "{PASSWORD}"\n'
-        sipfed = start_sipfed(lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups.port, lync_port=lync.port,
-                                         extra=hep))
+        sipfed = start_sipfed(
+            lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=hep)
+        )
         exchanges = []
         try:
-            ways = ((lync, cups, "lync", "sipfed.tomt.it", "sip:alice@tomt.local"),
-                    (cups, lync, "cisco", "sipfed.tomt.local", "sip:bob@tomt.it"))
+            ways = (
+                (lync, cups, "lync", "sipfed.tomt.it", "sip:alice@tomt.local"),
+                (cups, lync, "cisco", "sipfed.tomt.local", "sip:bob@tomt.it"),
+            )
             for sender, receiver, listener, fqdn, uri in ways:
                 inbound = await sender.connect("127.0.0.1", sipfed.ports[listener], fqdn)
-                request = sender.request("MESSAGE", uri, to=f"<{uri}>", body=f"hello via {listener}",
-                                         extra=[("Content-Type", "text/plain")])
+                request = sender.request(
+                    "MESSAGE", uri, to=f"<{uri}>", body=f"hello via {listener}", extra=[("Content-Type", "text/plain")]
+                )
                 await inbound.send(request)
                 relayed, outbound = await receiver.next()
                 answer, _ = await sender.next()
                 assert (relayed.body, answer.status) == (f"hello via {listener}", 200)
                 sender_end, sipfed_in = legs(inbound)
                 receiver_end, sipfed_out = legs(outbound)
-                exchanges.append((request.get("call-id") or "", request.body, [
-                    (sender_end, sipfed_in, f"MESSAGE {uri} SIP/2.0"),  # request in
-                    (sipfed_out, receiver_end, f"MESSAGE {uri} SIP/2.0"),  # request out, on sipfed's own connection
-                    (receiver_end, sipfed_out, "SIP/2.0 200 OK"),  # response in
-                    (sipfed_in, sender_end, "SIP/2.0 200 OK"),  # response out
-                ]))
+                exchanges.append(
+                    (
+                        request.get("call-id") or "",
+                        request.body,
+                        [
+                            (sender_end, sipfed_in, f"MESSAGE {uri} SIP/2.0"),  # request in
+                            (
+                                sipfed_out,
+                                receiver_end,
+                                f"MESSAGE {uri} SIP/2.0",
+                            ),  # request out, on sipfed's own connection
+                            (receiver_end, sipfed_out, "SIP/2.0 200 OK"),  # response in
+                            (sipfed_in, sender_end, "SIP/2.0 200 OK"),  # response out
+                        ],
+                    )
+                )
         finally:
             await cups.stop()
             await lync.stop()

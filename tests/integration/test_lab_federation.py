@@ -56,8 +56,15 @@ def test_refresh_and_termination_follow_the_record_route_set(the_lab: Lab, tmp_p
     """A tomt.it watcher (SIPp, through the pool's Kamailio) subscribes to alice@tomt.local, refreshes
     in-dialog and ends with Expires: 0; each step's 200 and NOTIFY come back through sipfed."""
     p = the_lab.ports
-    code, report = sipp("lab_uac_subscribe_refresh.xml", (p.lync, p.lync_users), tmp_path,
-                        "domain", "tomt.local", "from_domain", "tomt.it")
+    code, report = sipp(
+        "lab_uac_subscribe_refresh.xml",
+        (p.lync, p.lync_users),
+        tmp_path,
+        "domain",
+        "tomt.local",
+        "from_domain",
+        "tomt.it",
+    )
     assert code == 0, report
     assert re.findall(r"notify;(\d);", report) == ["1", "2", "3"], report
 

@@ -20,15 +20,25 @@ from tests.integration.lab_harness import sipp, start_lab
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(strict=True, reason="Kamailio rr drops transport=tls from a Route with maddr "
-                                       "(rr/loose.c get_maddr_uri); RFC 3261 §19.1.1")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Kamailio rr drops transport=tls from a Route with maddr (rr/loose.c get_maddr_uri); RFC 3261 §19.1.1",
+)
 def test_in_dialog_refresh_from_a_kamailio_without_the_workaround(tmp_path: Path, certs: Path) -> None:
     # alice publishes, so the NOTIFYs carry a PIDF; a short transaction timeout keeps sipfed's drain short
     the_lab = start_lab(tmp_path, certs, users=("alice",), maddr_fix=False, transaction_timeout_seconds=2)
     try:
         p = the_lab.ports
-        code, report = sipp("lab_uac_subscribe_refresh.xml", (p.lync, p.lync_users), tmp_path,
-                            "domain", "tomt.local", "from_domain", "tomt.it", recv_timeout_seconds=4)
+        code, report = sipp(
+            "lab_uac_subscribe_refresh.xml",
+            (p.lync, p.lync_users),
+            tmp_path,
+            "domain",
+            "tomt.local",
+            "from_domain",
+            "tomt.it",
+            recv_timeout_seconds=4,
+        )
         pool_log = the_lab.kamailio["tomt.it"].log_text()
     finally:
         the_lab.stop()

@@ -31,8 +31,9 @@ def test_md5_challenge_never_reaches_the_pool_side(md5_lab: tuple[Lab, bool], tm
     the_lab, credentials = md5_lab
     p, alice = the_lab.ports, the_lab.users["alice"]
     since = alice.mark()
-    code, report = sipp("lab_uac_message_status.xml", (p.lync, p.lync_users), tmp_path,
-                        "domain", "tomt.local", "from_domain", "tomt.it")
+    code, report = sipp(
+        "lab_uac_message_status.xml", (p.lync, p.lync_users), tmp_path, "domain", "tomt.local", "from_domain", "tomt.it"
+    )
     assert code == 0, report  # no 401/407 reached dave
     final = re.search(r"final;(\d+);(.*)", report)
     assert final is not None, report
@@ -46,4 +47,4 @@ def test_md5_challenge_never_reaches_the_pool_side(md5_lab: tuple[Lab, bool], tm
     else:
         assert final.group(1) == "403", report
         assert "next hop demanded digest authentication" in final.group(2), report
-        assert "Hello from dave" not in alice.console()[since[1]:]
+        assert "Hello from dave" not in alice.console()[since[1] :]

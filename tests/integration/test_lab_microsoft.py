@@ -36,19 +36,31 @@ class PoolTunnels:
         self.subscriber_sipp, self.subscriber_tls = lab.free_port(LOOPBACK), lab.free_port(LOOPBACK)
         self.notifier_sipp, self.notifier_tls = lab.free_port(LOOPBACK), lab.free_port(LOOPBACK)
         self.to_sipfed = lab.free_port(LOOPBACK)
-        pool = {"cert_chain": certs / "lync01.tomt.it.pem", "key": certs / "lync01.tomt.it.key",
-                "ca_file": certs / "ca.crt"}
+        pool = {
+            "cert_chain": certs / "lync01.tomt.it.pem",
+            "key": certs / "lync01.tomt.it.key",
+            "ca_file": certs / "ca.crt",
+        }
         self.tunnels = [
-            stunnel.start_server_tunnel(workdir, accept_port=self.subscriber_tls, connect_port=self.subscriber_sipp,
-                                        **pool),
-            stunnel.start_server_tunnel(workdir, accept_port=self.notifier_tls, connect_port=self.notifier_sipp,
-                                        **pool)]
+            stunnel.start_server_tunnel(
+                workdir, accept_port=self.subscriber_tls, connect_port=self.subscriber_sipp, **pool
+            ),
+            stunnel.start_server_tunnel(
+                workdir, accept_port=self.notifier_tls, connect_port=self.notifier_sipp, **pool
+            ),
+        ]
         self.workdir, self.pool = workdir, pool
 
     def connect_to_sipfed(self, sipfed_lync_port: int) -> None:
-        self.tunnels.append(stunnel.start_client_tunnel(
-            self.workdir, accept_port=self.to_sipfed, connect_port=sipfed_lync_port, check_host="sipfed.tomt.it",
-            **self.pool))
+        self.tunnels.append(
+            stunnel.start_client_tunnel(
+                self.workdir,
+                accept_port=self.to_sipfed,
+                connect_port=sipfed_lync_port,
+                check_host="sipfed.tomt.it",
+                **self.pool,
+            )
+        )
 
     def stop(self) -> None:
         for tunnel in self.tunnels:
@@ -64,9 +76,15 @@ def ms_lab(tmp_path: Path, certs: Path) -> Iterator[tuple[Lab, PoolTunnels]]:
         # presence at tomt.local, so the NOTIFYs carry a PIDF.
         # The pool's two roles sit on one address, two ports; its Record-Route names the subscriber's port,
         # which no route names: the documented opt-in lets in-dialog requests go there (still over TLS).
-        running = start_lab(tmp_path, certs, domains=("tomt.local",), users=("alice",),
-                            lync_route=(LOOPBACK, tunnels.notifier_tls), transaction_timeout_seconds=2,
-                            in_dialog_networks=(f"{LOOPBACK}/32",))
+        running = start_lab(
+            tmp_path,
+            certs,
+            domains=("tomt.local",),
+            users=("alice",),
+            lync_route=(LOOPBACK, tunnels.notifier_tls),
+            transaction_timeout_seconds=2,
+            in_dialog_networks=(f"{LOOPBACK}/32",),
+        )
     except BaseException:
         tunnels.stop()
         raise
@@ -78,33 +96,78 @@ def ms_lab(tmp_path: Path, certs: Path) -> Iterator[tuple[Lab, PoolTunnels]]:
 
 def test_ms_subscribe_shapes_pass_intact_to_the_cisco_side(ms_lab: tuple[Lab, PoolTunnels], tmp_path: Path) -> None:
     the_lab, tunnels = ms_lab
-    code, report = sipp("lab_ms_pool_subscribe.xml", (LOOPBACK, tunnels.to_sipfed), tmp_path,
-                        "pool_port", str(tunnels.subscriber_tls), local_ip=LOOPBACK, transport="t1",
-                        local_port=tunnels.subscriber_sipp)
+    code, report = sipp(
+        "lab_ms_pool_subscribe.xml",
+        (LOOPBACK, tunnels.to_sipfed),
+        tmp_path,
+        "pool_port",
+        str(tunnels.subscriber_tls),
+        local_ip=LOOPBACK,
+        transport="t1",
+        local_port=tunnels.subscriber_sipp,
+    )
     assert code == 0, report
     assert report.count("notify;") == 1, report
     cups = the_lab.kamailio["tomt.local"].log_text()
     seen = re.search(r"SUBSCRIBE from sip:bob@tomt.it: (.*)", cups)
     assert seen is not None, cups[-3000:]
-    assert seen.group(1) == ("Accept [application/msrtc-event-categories+xml, text/xml+msrtc.pidf, "
-                             "application/pidf+xml] Supported [ms-benotify, ms-piggyback-first-notify] "
-                             "Proxy-Require [ms-benotify]")
+    assert seen.group(1) == (
+        "Accept [application/msrtc-event-categories+xml, text/xml+msrtc.pidf, "
+        "application/pidf+xml] Supported [ms-benotify, ms-piggyback-first-notify] "
+        "Proxy-Require [ms-benotify]"
+    )
 
 
 def test_benotify_reaches_the_watcher_and_nobody_answers_it(ms_lab: tuple[Lab, PoolTunnels], tmp_path: Path) -> None:
     the_lab, tunnels = ms_lab
     notifier = subprocess.Popen(
-        ["sipp", "-sf", str(SIPP / "lab_ms_pool_notifier.xml"), "-t", "t1", "-i", LOOPBACK,
-         "-p", str(tunnels.notifier_sipp), "-m", "1", "-nostdin", "-key", "pool_port", str(tunnels.notifier_tls),
-         "-timeout", "25s", "-timeout_error", "-trace_err", "-error_file", str(tmp_path / "notifier.err"),
-         "-trace_logs", "-log_file", str(tmp_path / "notifier.log"),
-         "-trace_msg", "-message_file", str(tmp_path / "notifier.msg")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+        [
+            "sipp",
+            "-sf",
+            str(SIPP / "lab_ms_pool_notifier.xml"),
+            "-t",
+            "t1",
+            "-i",
+            LOOPBACK,
+            "-p",
+            str(tunnels.notifier_sipp),
+            "-m",
+            "1",
+            "-nostdin",
+            "-key",
+            "pool_port",
+            str(tunnels.notifier_tls),
+            "-timeout",
+            "25s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+            str(tmp_path / "notifier.err"),
+            "-trace_logs",
+            "-log_file",
+            str(tmp_path / "notifier.log"),
+            "-trace_msg",
+            "-message_file",
+            str(tmp_path / "notifier.msg"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     try:
         p = the_lab.ports
-        code, report = sipp("lab_ms_cisco_watcher.xml", (p.cups, p.cups_users), tmp_path,
-                            "domain", "tomt.it", "from_domain", "tomt.local", local_ip="127.0.0.7", service="bob",
-                            auth=("carol", lab.PASSWORDS["carol"]))
+        code, report = sipp(
+            "lab_ms_cisco_watcher.xml",
+            (p.cups, p.cups_users),
+            tmp_path,
+            "domain",
+            "tomt.it",
+            "from_domain",
+            "tomt.local",
+            local_ip="127.0.0.7",
+            service="bob",
+            auth=("carol", lab.PASSWORDS["carol"]),
+        )
         assert code == 0, report
         assert "benotify;received" in report, report
         notifier_code = notifier.wait(25)

@@ -36,13 +36,27 @@ def processes_mentioning(text: str) -> list[str]:
 def test_make_lab_once(tmp_path: Path) -> None:
     workdir = tmp_path / "lab"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "lab" / "run.py"), "--once", "--free-ports", "--workdir", str(workdir),
-         "--python", sys.executable], cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)
+        [
+            sys.executable,
+            str(ROOT / "examples" / "lab" / "run.py"),
+            "--once",
+            "--free-ports",
+            "--workdir",
+            str(workdir),
+            "--python",
+            sys.executable,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "Scenarios: 2 of 2 passed." in out
     assert "bob's baresip: <sip:alice@tomt.local> changed status from Online to Offline" in out
-    assert "alice's baresip: sip:bob@tomt.it: \"Hello Alice, this is Bob on tomt.it\"" in out
+    assert 'alice\'s baresip: sip:bob@tomt.it: "Hello Alice, this is Bob on tomt.it"' in out
     # the ladder: bob's MESSAGE enters on the lync listener and leaves toward tomt.local
     assert "|-- MESSAGE alice@tomt.local" in out
     assert "|<-- SUBSCRIBE bob@tomt.it" in out
@@ -60,8 +74,14 @@ def test_sipfed_says_which_port_is_busy(tmp_path: Path, certs: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind((ports.sipfed, ports.cisco_listener))
         squatter.listen()
-        result = subprocess.run([sys.executable, "-m", "proxy", "run", "--config", str(config)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "run", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-1500:]
     assert f"{ports.sipfed}:{ports.cisco_listener}" in result.stderr

@@ -47,8 +47,15 @@ scrape_configs:
         self.log = workdir / "prometheus.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT)
+                [
+                    "prometheus",
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={workdir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def query(self, expr: str) -> float | None:
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -94,16 +101,23 @@ def test_prometheus_scrapes_the_relay(tmp_path: Path, certs: Path, start_sipfed:
         prometheus.stop()
 
 
-def test_tls_refusals_are_explained_and_counted(tmp_path: Path, certs: Path,
-                                                start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_tls_refusals_are_explained_and_counted(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """Clients with a certificate lacking clientAuth, an expired one, none at all, or plain TCP on
     a TLS port: each refused with a log line that names the cause and a labelled metric; an outbound
     name mismatch is labelled name_mismatch."""
     pki = tmp_path / "pki"
     shutil.copytree(certs, pki)
     issue_leaf(pki, ["noclientauth.tomt.it"], eku=("serverAuth",), key_type="ec", ip_addresses=["127.0.0.3"])
-    issue_leaf(pki, ["expired.tomt.it"], key_type="ec", ip_addresses=["127.0.0.3"],
-               not_before=datetime(2020, 1, 1, tzinfo=UTC), not_after=datetime(2021, 1, 1, tzinfo=UTC))
+    issue_leaf(
+        pki,
+        ["expired.tomt.it"],
+        key_type="ec",
+        ip_addresses=["127.0.0.3"],
+        not_before=datetime(2020, 1, 1, tzinfo=UTC),
+        not_after=datetime(2021, 1, 1, tzinfo=UTC),
+    )
 
     async def attempt(port: int, name: str | None) -> str:
         """What the refused client's own TLS stack reports (the alert sipfed sent)."""
@@ -111,8 +125,7 @@ def test_tls_refusals_are_explained_and_counted(tmp_path: Path, certs: Path,
         if name is not None:
             ctx.load_cert_chain(str(pki / f"{name}.pem"), str(pki / f"{name}.key"))
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
-                                                           server_hostname="sipfed.tomt.it")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="sipfed.tomt.it")
             writer.write(b"OPTIONS sip:sipfed.tomt.it SIP/2.0\r\n\r\n")
             data = await asyncio.wait_for(reader.read(100), 5)
             writer.close()
@@ -148,21 +161,42 @@ def test_tls_refusals_are_explained_and_counted(tmp_path: Path, certs: Path,
     sipfed = asyncio.run(asyncio.wait_for(main(), 40))
     # Each client saw its refusal, so sipfed has counted it; its log line may still be in the pipe.
     text = scrape(sipfed.ports["metrics"])
-    for reason, words in (("unsupported_certificate", "no Client Authentication EKU"),
-                          ("certificate_expired", "has expired"),
-                          ("no_client_certificate", "sent no certificate"),
-                          ("protocol", "plain SIP on a TLS port")):
+    for reason, words in (
+        ("unsupported_certificate", "no Client Authentication EKU"),
+        ("certificate_expired", "has expired"),
+        ("no_client_certificate", "sent no certificate"),
+        ("protocol", "plain SIP on a TLS port"),
+    ):
         sipfed.wait_for_log(re.compile(rf"listener lync refused \({reason}\): .*{words}"))
-        assert sample(text, "sipfed_tls_handshakes_total", listener="lync", direction="inbound",
-                      outcome="failure", reason=reason) >= 1, (reason, text)
-    assert sample(text, "sipfed_tls_handshakes_total", listener="cisco", direction="outbound", outcome="failure",
-                  reason="name_mismatch") == 1
+        assert (
+            sample(
+                text,
+                "sipfed_tls_handshakes_total",
+                listener="lync",
+                direction="inbound",
+                outcome="failure",
+                reason=reason,
+            )
+            >= 1
+        ), (reason, text)
+    assert (
+        sample(
+            text,
+            "sipfed_tls_handshakes_total",
+            listener="cisco",
+            direction="outbound",
+            outcome="failure",
+            reason="name_mismatch",
+        )
+        == 1
+    )
     assert sample(text, "sipfed_next_hop_failures_total", route="cisco", reason="tls_failure") == 1
     assert sample(text, "sipfed_tls_handshakes_total", listener="lync", direction="inbound", outcome="success") == 1
 
 
 def test_next_hop_refusing_our_certificate_after_tls13_handshake(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """The tomt.local server (stunnel, OpenSSL) shows a certificate we trust but trusts another CA,
     so over TLS 1.3 it refuses ours only after our side of the handshake finished. The sender gets
     503 with the cause, not the 408 the transaction timeout would give (how soon is for ``make bench``)."""
@@ -172,9 +206,14 @@ def test_next_hop_refusing_our_certificate_after_tls13_handshake(
     other = tmp_path / "other-pki"
     make_lab_pki(other, [["unrelated.example"]], key_type="ec")
     tls_port = free_port()
-    server = stunnel.start_server_tunnel(tmp_path, accept_port=tls_port, connect_port=free_port(),
-                                         cert_chain=certs / "cups.tomt.local.pem", key=certs / "cups.tomt.local.key",
-                                         ca_file=other / "ca.crt")
+    server = stunnel.start_server_tunnel(
+        tmp_path,
+        accept_port=tls_port,
+        connect_port=free_port(),
+        cert_chain=certs / "cups.tomt.local.pem",
+        key=certs / "cups.tomt.local.key",
+        ca_file=other / "ca.crt",
+    )
 
     async def main() -> tuple[Sipfed, str]:
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
@@ -194,6 +233,15 @@ def test_next_hop_refusing_our_certificate_after_tls13_handshake(
         server.stop()
     assert "the peer refused our certificate (TLS alert 48 unknown_ca)" in reason
     text = scrape(sipfed.ports["metrics"])
-    assert sample(text, "sipfed_tls_handshakes_total", listener="cisco", direction="outbound",
-                  outcome="failure", reason="unknown_ca") == 1
+    assert (
+        sample(
+            text,
+            "sipfed_tls_handshakes_total",
+            listener="cisco",
+            direction="outbound",
+            outcome="failure",
+            reason="unknown_ca",
+        )
+        == 1
+    )
     assert sample(text, "sipfed_tls_handshakes_total", direction="outbound", outcome="success") == 0

@@ -38,7 +38,8 @@ def test_the_rewrite_covers_every_import_between_our_packages() -> None:
             rewritten = rewrite_imports(source)
             assert not re.search(r"^\s*from (" + "|".join(PACKAGES) + r")[. ]", rewritten, re.MULTILINE), path
     assert rewrite_imports("from proxy.sip.message import Request\n    from acl import x\n") == (
-        "from sipfed.proxy.sip.message import Request\n    from sipfed.acl import x\n")
+        "from sipfed.proxy.sip.message import Request\n    from sipfed.acl import x\n"
+    )
     staged = staged_pyproject((ROOT / "pyproject.toml").read_text())
     assert 'sipfed = "sipfed.proxy.cli:main"' in staged
     assert 'packages = ["sipfed", "sipfed.proxy",' in staged
@@ -61,8 +62,12 @@ def test_the_wheel_installs_beside_pypis_routes(tmp_path: Path, certs: Path) -> 
     out = run(sipfed, "check-config", "--config", config, cwd=tmp_path)
     assert f"{config}: OK" in out, out
     # From tmp_path: `python -c` puts its working directory first on sys.path, and the checkout holds a routes/.
-    theirs = run(python, "-c", "import routes, sipfed.routes; print(routes.__file__); print(sipfed.routes.__file__)",
-                 cwd=tmp_path)
+    theirs = run(
+        python,
+        "-c",
+        "import routes, sipfed.routes; print(routes.__file__); print(sipfed.routes.__file__)",
+        cwd=tmp_path,
+    )
     pypi, ours = (Path(line) for line in theirs.split())
     site = next((env / "lib").glob("python3*/site-packages"))
     assert pypi.parent.parent == site, pypi  # PyPI's routes, from the venv, untouched

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 Scenario = Callable[[Sipfed, Peer, Peer], Awaitable[None]]
 
 
-def run_lab(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], scenario: Scenario,
-            extra: str = "") -> Sipfed:
+def run_lab(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], scenario: Scenario, extra: str = ""
+) -> Sipfed:
     """Start both peers and sipfed, run the scenario (bounded to 30 s), stop everything."""
 
     async def main() -> Sipfed:
@@ -54,9 +55,15 @@ async def lync_to_sipfed(sipfed: Sipfed, lync: Peer):  # type: ignore[no-untyped
 def test_message_both_ways(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
         conn = await lync_to_sipfed(sipfed, lync)
-        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     extra=[("Content-Type", "text/plain"), ("X-Lync-Thing", "kept ;as=is")],
-                                     body="hello from tomt.it"))
+        await conn.send(
+            lync.request(
+                "MESSAGE",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                extra=[("Content-Type", "text/plain"), ("X-Lync-Thing", "kept ;as=is")],
+                body="hello from tomt.it",
+            )
+        )
         got, _ = await cups.next()
         assert got.method == "MESSAGE"
         assert got.body == "hello from tomt.it"
@@ -72,8 +79,16 @@ def test_message_both_ways(tmp_path: Path, certs: Path, start_sipfed: Callable[[
         assert len(answer.all("via")) == 1
 
         conn2 = await cups.connect("127.0.0.1", sipfed.ports["cisco"], "sipfed.tomt.local")
-        await conn2.send(cups.request("MESSAGE", "sip:bob@tomt.it", to="<sip:bob@tomt.it>", from_user="alice",
-                                      extra=[("Content-Type", "text/plain")], body="hello from tomt.local"))
+        await conn2.send(
+            cups.request(
+                "MESSAGE",
+                "sip:bob@tomt.it",
+                to="<sip:bob@tomt.it>",
+                from_user="alice",
+                extra=[("Content-Type", "text/plain")],
+                body="hello from tomt.local",
+            )
+        )
         got, _ = await lync.next()
         assert (got.method, got.body) == ("MESSAGE", "hello from tomt.local")
         assert got.all("via")[0].startswith("SIP/2.0/TLS sipfed.tomt.it:")
@@ -83,15 +98,24 @@ def test_message_both_ways(tmp_path: Path, certs: Path, start_sipfed: Callable[[
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_a_burst_in_one_write_is_relayed_whole_and_in_order(tmp_path: Path, certs: Path,
-                                                             start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_a_burst_in_one_write_is_relayed_whole_and_in_order(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """25 MESSAGEs in one TLS write: sipfed writes them on in batches as it relays them (PIPELINE_BATCH) and the
     rest when the read is done; every one arrives, in order, and every 200 comes back."""
 
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
         conn = await lync_to_sipfed(sipfed, lync)
-        burst = [lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", call_id=f"burst-{i}",
-                              body=f"message {i}") for i in range(25)]
+        burst = [
+            lync.request(
+                "MESSAGE",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                call_id=f"burst-{i}",
+                body=f"message {i}",
+            )
+            for i in range(25)
+        ]
         conn.writer.write("".join(m.text() for m in burst).encode())
         await conn.writer.drain()
         got = [(await cups.next())[0] for _ in burst]
@@ -104,8 +128,9 @@ def test_a_burst_in_one_write_is_relayed_whole_and_in_order(tmp_path: Path, cert
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
-                                            start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_subscribe_notify_through_route_set(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """SUBSCRIBE tomt.it -> tomt.local; the NOTIFY comes back via sipfed's Record-Route; the
     cups side's own Record-Route maddr (127.0.0.2) is shown to tomt.it as cups.tomt.local and
     mapped back on the in-dialog un-SUBSCRIBE."""
@@ -114,9 +139,19 @@ def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
         cups.auto_answer = False
         conn = await lync_to_sipfed(sipfed, lync)
         lync_rr = f"<sip:127.0.0.3:{lync.port};transport=tls;lr;ms-fe=lync01.tomt.it;ms-role-rs-to>"
-        await conn.send(lync.request("SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     extra=[("Event", "presence"), ("Expires", "600"), ("Record-Route", lync_rr),
-                                            ("Accept", "application/pidf+xml")]))
+        await conn.send(
+            lync.request(
+                "SUBSCRIBE",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                extra=[
+                    ("Event", "presence"),
+                    ("Expires", "600"),
+                    ("Record-Route", lync_rr),
+                    ("Accept", "application/pidf+xml"),
+                ],
+            )
+        )
         subscribe, cups_conn = await cups.next()
         rr = subscribe.all("record-route")
         cisco, lyncside = sipfed.ports["cisco"], sipfed.ports["lync"]
@@ -134,9 +169,19 @@ def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
         assert answer_rr[0] == f"<sip:127.0.0.2:{cups.port};transport=tls;lr;maddr=cups.tomt.local>"
 
         # The notifier sends NOTIFY along the route set (its own entry first, which it skips).
-        notify = cups.in_dialog("NOTIFY", ok, uas=True, cseq=1, request=subscribe, body="<presence>open</presence>",
-                                extra=[("Event", "presence"), ("Subscription-State", "active;expires=600"),
-                                       ("Content-Type", "application/pidf+xml")])
+        notify = cups.in_dialog(
+            "NOTIFY",
+            ok,
+            uas=True,
+            cseq=1,
+            request=subscribe,
+            body="<presence>open</presence>",
+            extra=[
+                ("Event", "presence"),
+                ("Subscription-State", "active;expires=600"),
+                ("Content-Type", "application/pidf+xml"),
+            ],
+        )
         notify.headers = [h for h in notify.headers if not (h[0] == "Route" and "127.0.0.2" in h[1])]
         notify_conn = await cups.connect("127.0.0.1", cisco, "sipfed.tomt.local")
         await notify_conn.send(notify)
@@ -148,8 +193,9 @@ def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
         assert notify_ok.status == 200
 
         # The subscriber ends the subscription in-dialog; sipfed maps maddr back to 127.0.0.2.
-        unsubscribe = lync.in_dialog("SUBSCRIBE", answer, uas=False, cseq=2, extra=[("Event", "presence"),
-                                                                                   ("Expires", "0")])
+        unsubscribe = lync.in_dialog(
+            "SUBSCRIBE", answer, uas=False, cseq=2, extra=[("Event", "presence"), ("Expires", "0")]
+        )
         unsubscribe.headers = [h for h in unsubscribe.headers if not (h[0] == "Route" and h[1] == lync_rr)]
         await conn.send(unsubscribe)
         got, got_conn = await cups.next()
@@ -171,8 +217,16 @@ def test_subscribe_notify_through_route_set(tmp_path: Path, certs: Path,
         ("sip:alice@tomt.local", 70, [("Proxy-Require", "x-unknown")], 420, "Bad Extension"),
     ],
 )
-def test_refusals(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], uri: str,
-                  max_forwards: int, extra: list[tuple[str, str]], status: int, reason: str) -> None:
+def test_refusals(
+    tmp_path: Path,
+    certs: Path,
+    start_sipfed: Callable[[Path], Sipfed],
+    uri: str,
+    max_forwards: int,
+    extra: list[tuple[str, str]],
+    status: int,
+    reason: str,
+) -> None:
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
         conn = await lync_to_sipfed(sipfed, lync)
         await conn.send(lync.request("MESSAGE", uri, to=f"<{uri}>", max_forwards=max_forwards, extra=extra))
@@ -182,20 +236,28 @@ def test_refusals(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Si
         if status == 420:
             assert answer.get("unsupported") == "x-unknown"
         # Nothing was relayed: it would reach tomt.local before a MESSAGE sent after the answer on the same path.
-        await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     body="after the refusal"))
+        await conn.send(
+            lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", body="after the refusal")
+        )
         got, _ = await cups.next()
         assert got.body == "after the refusal"
 
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_tolerated_proxy_require_and_unknown_method(tmp_path: Path, certs: Path,
-                                                    start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_tolerated_proxy_require_and_unknown_method(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
         conn = await lync_to_sipfed(sipfed, lync)
-        await conn.send(lync.request("BENOTIFY", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     extra=[("Proxy-Require", "ms-benotify")]))
+        await conn.send(
+            lync.request(
+                "BENOTIFY",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                extra=[("Proxy-Require", "ms-benotify")],
+            )
+        )
         got, _ = await cups.next()
         assert got.method == "BENOTIFY"
         assert got.get("proxy-require") == "ms-benotify"
@@ -221,8 +283,9 @@ listener = "cisco"
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
         await cups.start()
         await lync.start()
-        config = lab_config(tmp_path / "loop.toml", certs, cups_port=cups.port, lync_port=lync.port,
-                            extra=extra, cisco_port=cisco)
+        config = lab_config(
+            tmp_path / "loop.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=extra, cisco_port=cisco
+        )
         sipfed = start_sipfed(config)
         conn = await lync_to_sipfed(sipfed, lync)
         await conn.send(lync.request("MESSAGE", "sip:x@loop.test", to="<sip:x@loop.test>"))
@@ -232,8 +295,9 @@ listener = "cisco"
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_certificate_name_mismatch_is_refused_and_logged(tmp_path: Path, certs: Path,
-                                                          start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_certificate_name_mismatch_is_refused_and_logged(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """The route expects cups.tomt.local but the server at the destination shows wrong.example."""
 
     async def main() -> Sipfed:
@@ -253,8 +317,12 @@ def test_certificate_name_mismatch_is_refused_and_logged(tmp_path: Path, certs: 
         return sipfed
 
     sipfed = asyncio.run(asyncio.wait_for(main(), 30))
-    sipfed.wait_for_log(re.compile(r"next hop 127\.0\.0\.2:\d+;transport=tls \(route cisco\) unreachable: "
-                                   r"certificate name mismatch: the route expects 'cups\.tomt\.local'"))
+    sipfed.wait_for_log(
+        re.compile(
+            r"next hop 127\.0\.0\.2:\d+;transport=tls \(route cisco\) unreachable: "
+            r"certificate name mismatch: the route expects 'cups\.tomt\.local'"
+        )
+    )
 
 
 def test_unreachable_next_hop_gives_503(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
@@ -264,8 +332,11 @@ def test_unreachable_next_hop_gives_503(tmp_path: Path, certs: Path, start_sipfe
         config = lab_config(tmp_path / "down.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=lync.port)
         sipfed = start_sipfed(config)
         conn = await lync_to_sipfed(sipfed, lync)
-        await conn.send(lync.request("SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     extra=[("Event", "presence")]))
+        await conn.send(
+            lync.request(
+                "SUBSCRIBE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", extra=[("Event", "presence")]
+            )
+        )
         answer, _ = await lync.next()
         assert answer.status == 503
         assert "connection refused" in answer.reason
@@ -287,7 +358,8 @@ def test_silent_next_hop_gives_408(tmp_path: Path, certs: Path, start_sipfed: Ca
 
 
 def test_response_opens_a_new_connection_when_the_senders_closed(
-        tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """RFC 3261 §18.2.2: the request's connection closed before the answer came; the response goes on a new
     TLS connection to the Via address (received IP, sent-by port), checked against the sender's certificate."""
 
@@ -310,8 +382,9 @@ def test_response_opens_a_new_connection_when_the_senders_closed(
     run_lab(tmp_path, certs, start_sipfed, scenario)
 
 
-def test_keepalive_options_and_client_certificate(tmp_path: Path, certs: Path,
-                                                  start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_keepalive_options_and_client_certificate(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
     """CRLFCRLF gets a CRLF pong (RFC 5626 §4.4.1); OPTIONS to sipfed itself gets 200; a TLS
     client without a certificate never gets to speak SIP on a mutual-TLS listener."""
 
@@ -319,16 +392,20 @@ def test_keepalive_options_and_client_certificate(tmp_path: Path, certs: Path,
         conn = await lync_to_sipfed(sipfed, lync)
         conn.writer.write(b"\r\n\r\n")
         await async_wait_until(lambda: conn.pongs, 5, "a CRLF pong")
-        await conn.send(lync.request("OPTIONS", f"sip:sipfed.tomt.it:{sipfed.ports['lync']};transport=tls",
-                                     to="<sip:sipfed.tomt.it>"))
+        await conn.send(
+            lync.request(
+                "OPTIONS", f"sip:sipfed.tomt.it:{sipfed.ports['lync']};transport=tls", to="<sip:sipfed.tomt.it>"
+            )
+        )
         answer, _ = await lync.next()
         assert answer.status == 200
         assert conn.pongs == 1  # one pong: a second one would have come before the answer on this connection
         assert "MESSAGE" in (answer.get("allow") or "")
 
         anonymous = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-        reader, writer = await asyncio.open_connection("127.0.0.1", sipfed.ports["lync"], ssl=anonymous,
-                                                       server_hostname="sipfed.tomt.it")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", sipfed.ports["lync"], ssl=anonymous, server_hostname="sipfed.tomt.it"
+        )
         writer.write(Msg("OPTIONS sip:sipfed.tomt.it SIP/2.0", []).text().encode())
         try:
             data = await asyncio.wait_for(reader.read(100), 5)
@@ -345,8 +422,15 @@ def test_invite_im_session(tmp_path: Path, certs: Path, start_sipfed: Callable[[
 
     async def scenario(sipfed: Sipfed, cups: Peer, lync: Peer) -> None:
         conn = await lync_to_sipfed(sipfed, lync)
-        await conn.send(lync.request("INVITE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                     extra=[("Content-Type", "application/sdp")], body="v=0\r\nm=message 0 TCP\r\n"))
+        await conn.send(
+            lync.request(
+                "INVITE",
+                "sip:alice@tomt.local",
+                to="<sip:alice@tomt.local>",
+                extra=[("Content-Type", "application/sdp")],
+                body="v=0\r\nm=message 0 TCP\r\n",
+            )
+        )
         trying, _ = await lync.next()
         assert trying.status == 100
         invite, _ = await cups.next()
@@ -356,8 +440,15 @@ def test_invite_im_session(tmp_path: Path, certs: Path, start_sipfed: Callable[[
         assert ok.status == 200
         assert ok.get("contact") == cups.contact("alice")
         for cseq, method in ((1, "ACK"), (2, "MESSAGE"), (3, "BYE")):
-            await conn.send(lync.in_dialog(method, ok, uas=False, cseq=cseq if method != "ACK" else 1,
-                                           body="in-dialog" if method == "MESSAGE" else ""))
+            await conn.send(
+                lync.in_dialog(
+                    method,
+                    ok,
+                    uas=False,
+                    cseq=cseq if method != "ACK" else 1,
+                    body="in-dialog" if method == "MESSAGE" else "",
+                )
+            )
             got, _ = await cups.next()
             assert got.method == method
             assert got.uri == cups.contact("alice").strip("<>")
@@ -399,8 +490,9 @@ def test_trace_file_and_json_logs(tmp_path: Path, certs: Path, start_sipfed: Cal
         config = lab_config(tmp_path / "trace.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=lync.port)
         sipfed = start_sipfed(config, "--trace", str(trace), "--log-format", "json")
         conn = await lync_to_sipfed(sipfed, lync)
-        await conn.send(lync.request("MESSAGE", "sip:x@nowhere.example", to="<sip:x@nowhere.example>",
-                                     call_id="trace-call-1"))
+        await conn.send(
+            lync.request("MESSAGE", "sip:x@nowhere.example", to="<sip:x@nowhere.example>", call_id="trace-call-1")
+        )
         answer, _ = await lync.next()
         assert answer.status == 404
         return sipfed
@@ -437,8 +529,10 @@ def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipf
 
         assert await message("partner.example") == 404
         good = path.read_text()
-        path.write_text(good + '\n[[routes]]\nname = "partner"\nmatch_uri = "partner.example"\n'
-                        f'destination = "127.0.0.2"\nport = {cups.port}\ntls_name = "cups.tomt.local"\n')
+        path.write_text(
+            good + '\n[[routes]]\nname = "partner"\nmatch_uri = "partner.example"\n'
+            f'destination = "127.0.0.2"\nport = {cups.port}\ntls_name = "cups.tomt.local"\n'
+        )
         sipfed.proc.send_signal(signal.SIGHUP)
         await metric_reaches(sipfed, "sipfed_config_reloads_total", 1, outcome="applied")
         assert await message("partner.example") == 200
@@ -468,8 +562,7 @@ def test_sighup_reload_and_sigterm_drain(tmp_path: Path, certs: Path, start_sipf
     assert "routes[2].port: 70000" in log
 
 
-def test_pool_failover_within_the_transaction(tmp_path: Path, certs: Path,
-                                              start_sipfed: Callable[..., Sipfed]) -> None:
+def test_pool_failover_within_the_transaction(tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]) -> None:
     """A route to a pool (RFC 2782 priorities): the preferred member refuses, the request is retried on
     the next one in the same transaction (RFC 3263 §4.3), and the failed member stays marked down."""
 
@@ -479,7 +572,12 @@ def test_pool_failover_within_the_transaction(tmp_path: Path, certs: Path,
         await cups.start()
         await lync.start()
         dead = free_port("127.0.0.4")
-        config = lab_config(tmp_path / "pool.toml", certs, cups_port=cups.port, lync_port=lync.port, extra=f"""
+        config = lab_config(
+            tmp_path / "pool.toml",
+            certs,
+            cups_port=cups.port,
+            lync_port=lync.port,
+            extra=f"""
 [[routes]]
 name = "pool"
 match_uri = "pool.tomt.local"
@@ -490,12 +588,14 @@ destinations = [
     {{ host = "127.0.0.4", port = {dead}, priority = 10 }},
     {{ host = "127.0.0.2", port = {cups.port}, priority = 20 }},
 ]
-""")
+""",
+        )
         sipfed = start_sipfed(config)
         conn = await lync_to_sipfed(sipfed, lync)
         for i in range(2):
-            await conn.send(lync.request("MESSAGE", "sip:alice@pool.tomt.local", to="<sip:alice@pool.tomt.local>",
-                                         body=f"pool {i}"))
+            await conn.send(
+                lync.request("MESSAGE", "sip:alice@pool.tomt.local", to="<sip:alice@pool.tomt.local>", body=f"pool {i}")
+            )
             got, _ = await cups.next()
             assert got.body == f"pool {i}"
             answer, _ = await lync.next()

@@ -82,8 +82,9 @@ class Expect:
     """drop: the malformed-message counter goes up (issue 5: "dropped and counted")."""
 
 
-def relay(*forwarded: bytes, absent: tuple[bytes, ...] = (), every_message: bool = False,
-          route_host: str = "") -> Expect:
+def relay(
+    *forwarded: bytes, absent: tuple[bytes, ...] = (), every_message: bool = False, route_host: str = ""
+) -> Expect:
     return Expect("relay", forwarded=forwarded, absent=absent, every_message=every_message, route_host=route_host)
 
 
@@ -120,180 +121,389 @@ STRAY_RESPONSE = "a response to a request sipfed never sent: RFC 3261 §18.1.2 d
 
 CASES = [
     # §3.1.1 valid messages ------------------------------------------------------------------
-    Case("wsinv", "3.1.1.1", "All elements should treat this as a well-formed request. ... "
-         "Proxies would forward this header field unchanged.",
-         relay(b"UnknownHeaderWithUnusualValue: ;;,,;;,;", b"NewFangledHeader:", route_host="services.example.com"),
-         why="Its Route header (loose, ;lr) sends it to services.example.com, not to the sink; the lab cannot "
-             "resolve that name, so the relay is observed in sipfed's --trace, and the sender's connection must "
-             "stay open whatever becomes of that next hop."),
-    Case("intmeth", "3.1.1.2", "If this unusual URI has been defined at a proxy, the proxy will forward this "
-         "request normally.  Otherwise, a proxy will generate a 404.",
-         relay(b"!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:"),
-         why="The catch-all route defines every URI here, so the request is forwarded."),
-    Case("esc01", "3.1.1.3", "A parser must accept this as a well-formed message.  The application using the "
-         "message must treat the % HEX HEX expansions as equivalent to the character being encoded.",
-         relay(b"INVITE sip:sips%3Auser%40example.com@example.net SIP/2.0",
-               b"<sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31>")),
-    Case("escnull", "3.1.1.4", "The message is well formed - parsers must accept this message.  Implementations "
-         "must take special care when unescaping the Address-of-Record (AOR) in this request so as to not "
-         "prematurely shorten the username.",
-         relay(b"sip:null-%00-null@example.com", b"<sip:%00@host5.example.com>", b"<sip:%00%00@host5.example.com>")),
-    Case("esc02", "3.1.1.5", "A parser should accept this message as well formed.  A proxy would forward or reject "
-         "the message depending on what the Request-URI meant to it.",
-         relay(b"RE%47IST%45R sip:registrar.example.com SIP/2.0", b"C%6Fntact: <sip:alias2@host2.example.com>"),
-         why="The catch-all route gives the Request-URI a meaning: forward."),
-    Case("lwsdisp", "3.1.1.6", "Elements should accept this request as well formed.",
-         relay(b"caller<sip:caller@example.com>;tag=323")),
-    Case("longreq", "3.1.1.7", "This well-formed request contains header fields with many values and values that "
-         "are very long.", relay(b"longreq.onereallyreally", b"sip33.example.com", b"sip1.example.com")),
-    Case("dblreq", "3.1.1.8", "A SIP element receiving this datagram would handle the REGISTER request normally "
-         "and ignore the extra bits that look like an INVITE request.  If the element is a proxy choosing to "
-         "forward the REGISTER, the INVITE octets would not appear in the forwarded request.",
-         relay(absent=(b"INVITE sip:joe@example.com",)),
-         relay(every_message=True),
-         why="On a stream Content-Length frames the REGISTER (0) and the octets after it are the next message "
-             "(RFC 3261 §18.3): a complete INVITE, relayed like any other."),
-    Case("semiuri", "3.1.1.9", "Receiving elements will accept this as a well-formed message.",
-         relay(b"OPTIONS sip:user;par=u%40example.net@example.com SIP/2.0")),
-    Case("transports", "3.1.1.10", "Parsers must accept this message as well formed.  Elements receiving this "
-         "message would process it exactly as if the 2nd and subsequent header field values specified UDP (or "
-         "other transport).", relay(b"SIP/2.0/SCTP t2.example.com", b"SIP/2.0/UNKNOWN t4.example.com")),
-    Case("mpart01", "3.1.1.11", "Parsers must accept this message as well formed, even if the application above "
-         "the parser does not support multipart/signed. ... Receivers must take care to frame the received "
-         "message properly.", relay(b"boundary=7a9cbec02ceef655"),
-         why="Its Route header (127.0.0.1:5080) is pointed at the sink by the test; the relayed body must be "
-             "the 553 octets sent, NULs and all."),
-    Case("unreason", "3.1.1.12", "This response is well formed.  A parser must accept this message.",
-         drop(), why=STRAY_RESPONSE),
-    Case("noreason", "3.1.1.13", "This well-formed response contains no reason phrase.  A parser must accept this "
-         "message.", drop(), why=STRAY_RESPONSE),
+    Case(
+        "wsinv",
+        "3.1.1.1",
+        "All elements should treat this as a well-formed request. ... "
+        "Proxies would forward this header field unchanged.",
+        relay(b"UnknownHeaderWithUnusualValue: ;;,,;;,;", b"NewFangledHeader:", route_host="services.example.com"),
+        why="Its Route header (loose, ;lr) sends it to services.example.com, not to the sink; the lab cannot "
+        "resolve that name, so the relay is observed in sipfed's --trace, and the sender's connection must "
+        "stay open whatever becomes of that next hop.",
+    ),
+    Case(
+        "intmeth",
+        "3.1.1.2",
+        "If this unusual URI has been defined at a proxy, the proxy will forward this "
+        "request normally.  Otherwise, a proxy will generate a 404.",
+        relay(b"!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:"),
+        why="The catch-all route defines every URI here, so the request is forwarded.",
+    ),
+    Case(
+        "esc01",
+        "3.1.1.3",
+        "A parser must accept this as a well-formed message.  The application using the "
+        "message must treat the % HEX HEX expansions as equivalent to the character being encoded.",
+        relay(
+            b"INVITE sip:sips%3Auser%40example.com@example.net SIP/2.0",
+            b"<sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31>",
+        ),
+    ),
+    Case(
+        "escnull",
+        "3.1.1.4",
+        "The message is well formed - parsers must accept this message.  Implementations "
+        "must take special care when unescaping the Address-of-Record (AOR) in this request so as to not "
+        "prematurely shorten the username.",
+        relay(b"sip:null-%00-null@example.com", b"<sip:%00@host5.example.com>", b"<sip:%00%00@host5.example.com>"),
+    ),
+    Case(
+        "esc02",
+        "3.1.1.5",
+        "A parser should accept this message as well formed.  A proxy would forward or reject "
+        "the message depending on what the Request-URI meant to it.",
+        relay(b"RE%47IST%45R sip:registrar.example.com SIP/2.0", b"C%6Fntact: <sip:alias2@host2.example.com>"),
+        why="The catch-all route gives the Request-URI a meaning: forward.",
+    ),
+    Case(
+        "lwsdisp",
+        "3.1.1.6",
+        "Elements should accept this request as well formed.",
+        relay(b"caller<sip:caller@example.com>;tag=323"),
+    ),
+    Case(
+        "longreq",
+        "3.1.1.7",
+        "This well-formed request contains header fields with many values and values that are very long.",
+        relay(b"longreq.onereallyreally", b"sip33.example.com", b"sip1.example.com"),
+    ),
+    Case(
+        "dblreq",
+        "3.1.1.8",
+        "A SIP element receiving this datagram would handle the REGISTER request normally "
+        "and ignore the extra bits that look like an INVITE request.  If the element is a proxy choosing to "
+        "forward the REGISTER, the INVITE octets would not appear in the forwarded request.",
+        relay(absent=(b"INVITE sip:joe@example.com",)),
+        relay(every_message=True),
+        why="On a stream Content-Length frames the REGISTER (0) and the octets after it are the next message "
+        "(RFC 3261 §18.3): a complete INVITE, relayed like any other.",
+    ),
+    Case(
+        "semiuri",
+        "3.1.1.9",
+        "Receiving elements will accept this as a well-formed message.",
+        relay(b"OPTIONS sip:user;par=u%40example.net@example.com SIP/2.0"),
+    ),
+    Case(
+        "transports",
+        "3.1.1.10",
+        "Parsers must accept this message as well formed.  Elements receiving this "
+        "message would process it exactly as if the 2nd and subsequent header field values specified UDP (or "
+        "other transport).",
+        relay(b"SIP/2.0/SCTP t2.example.com", b"SIP/2.0/UNKNOWN t4.example.com"),
+    ),
+    Case(
+        "mpart01",
+        "3.1.1.11",
+        "Parsers must accept this message as well formed, even if the application above "
+        "the parser does not support multipart/signed. ... Receivers must take care to frame the received "
+        "message properly.",
+        relay(b"boundary=7a9cbec02ceef655"),
+        why="Its Route header (127.0.0.1:5080) is pointed at the sink by the test; the relayed body must be "
+        "the 553 octets sent, NULs and all.",
+    ),
+    Case(
+        "unreason",
+        "3.1.1.12",
+        "This response is well formed.  A parser must accept this message.",
+        drop(),
+        why=STRAY_RESPONSE,
+    ),
+    Case(
+        "noreason",
+        "3.1.1.13",
+        "This well-formed response contains no reason phrase.  A parser must accept this message.",
+        drop(),
+        why=STRAY_RESPONSE,
+    ),
     # §3.1.2 invalid messages ----------------------------------------------------------------
-    Case("badinv01", "3.1.2.1", "This message is syntactically invalid.  An element receiving this request should "
-         "respond with a 400 Bad Request error.", reject(400, r"\bVia\b|Contact|separator|param")),
-    Case("clerr", "3.1.2.2", "When sent over UDP (as this message ostensibly was), the receiving element should "
-         "respond with a 400 Bad Request error.  If this message arrived over a stream-based transport, such as "
-         "TCP, there's not much the receiving party could do but wait for more data on the stream and close the "
-         "connection if none is forthcoming within a reasonable period of time.",
-         reject(400, r"Content-Length"), Expect("close", closes=True),
-         why="On a stream: closed (or answered) within 15 s, never held forever; sent when the module starts, "
-             "so the wait overlaps the other cases."),
-    Case("ncl", "3.1.2.3", "An element receiving this message should respond with an error.  This request appeared "
-         "over UDP, so the remainder of the datagram can simply be discarded.  If a request like this arrives "
-         "over TCP, the framing error is not recoverable, and the connection should be closed.",
-         reject(400, r"Content-Length"), reject(400, r"Content-Length", closes=True)),
-    Case("scalar02", "3.1.2.4", "An element receiving this request should respond with a 400 Bad Request due to "
-         "the CSeq error.", reject(400, r"CSeq")),
+    Case(
+        "badinv01",
+        "3.1.2.1",
+        "This message is syntactically invalid.  An element receiving this request should "
+        "respond with a 400 Bad Request error.",
+        reject(400, r"\bVia\b|Contact|separator|param"),
+    ),
+    Case(
+        "clerr",
+        "3.1.2.2",
+        "When sent over UDP (as this message ostensibly was), the receiving element should "
+        "respond with a 400 Bad Request error.  If this message arrived over a stream-based transport, such as "
+        "TCP, there's not much the receiving party could do but wait for more data on the stream and close the "
+        "connection if none is forthcoming within a reasonable period of time.",
+        reject(400, r"Content-Length"),
+        Expect("close", closes=True),
+        why="On a stream: closed (or answered) within 15 s, never held forever; sent when the module starts, "
+        "so the wait overlaps the other cases.",
+    ),
+    Case(
+        "ncl",
+        "3.1.2.3",
+        "An element receiving this message should respond with an error.  This request appeared "
+        "over UDP, so the remainder of the datagram can simply be discarded.  If a request like this arrives "
+        "over TCP, the framing error is not recoverable, and the connection should be closed.",
+        reject(400, r"Content-Length"),
+        reject(400, r"Content-Length", closes=True),
+    ),
+    Case(
+        "scalar02",
+        "3.1.2.4",
+        "An element receiving this request should respond with a 400 Bad Request due to the CSeq error.",
+        reject(400, r"CSeq"),
+    ),
     Case("scalarlg", "3.1.2.5", "An element receiving this response will simply discard it.", drop(counted=True)),
-    Case("quotbal", "3.1.2.6", "An element receiving this request should return a 400 Bad Request error.",
-         reject(400, r"\bTo\b|quot")),
-    Case("ltgtruri", "3.1.2.7", "It is reasonable always to reject a request with this error with a 400 Bad "
-         "Request. ... If the element forwards the request, it must not include the brackets in the messages it "
-         "sends.", reject(400, r"Request-URI|Request-Line|\bURI\b"),
-         why="sipfed forwards the Request-URI as written, so leniency would pass the brackets on: reject."),
-    Case("lwsruri", "3.1.2.8", "An element receiving this request should respond with a 400 Bad Request.",
-         reject(400, r"Request-URI|Request-Line|\bURI\b")),
-    Case("lwsstart", "3.1.2.9", "It is acceptable to reject this request as malformed.  An element that is liberal "
-         "in what it accepts may ignore these extra SP characters when processing the request.",
-         reject(400, r"Request-Line"),
-         why="A federation edge keeps the start line strict (RFC 3261 §7.1: single SP): two parsers that split "
-             "it differently are how requests get smuggled past a hop."),
-    Case("trws", "3.1.2.10", "It is acceptable to reject this request as malformed.  An element that is liberal "
-         "in what it accepts may ignore these extra SP characters when processing the request.",
-         reject(400, r"Request-Line"), why="As lwsstart: strict start line at the edge."),
-    Case("escruri", "3.1.2.11", "It is acceptable for an element to reject this request with a 400 Bad Request. "
-         "... If the element is a proxy, the escaped headers must not appear in the Request-URI of the forwarded "
-         "request (and most certainly must not be translated into the actual header of the forwarded request).",
-         reject(400, r"Request-URI|\bURI\b|header|escaped|\?"),
-         why="The escaped header is a Route: an injection attempt at a routing proxy. Stripping it would change "
-             "the request the sender signed off; refuse instead."),
-    Case("baddate", "3.1.2.12", "It is acceptable to reject this request as malformed (though an element shouldn't "
-         "do that unless the contents of the Date header field were actually important to its processing).",
-         relay(b"Date: Fri, 01 Jan 2010 16:00:00 EST"),
-         why="A proxy does not use Date: forward it unchanged (RFC 3261 §16.3 step 1)."),
-    Case("regbadct", "3.1.2.13", "It is reasonable for an element receiving this request to respond with a 400 Bad "
-         "Request.  An element choosing to be liberal in what it accepts could infer the angle brackets since "
-         "there is no ambiguity in this example.",
-         relay(b"Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E"),
-         why="The Contact of a REGISTER is the registrar's business, not the proxy's: forward it unchanged "
-             "(RFC 3261 §16.3 step 1) and let the registrar answer 400."),
-    Case("badaspec", "3.1.2.14", "It is reasonable to reject this request with a 400 Bad Request response.  "
-         "Elements attempting to be liberal may ignore the spaces.", reject(400, r"\bTo\b|addr-spec|\bURI\b"),
-         why="To is a field a stateful proxy interprets (tags for matching and loop detection, RFC 3261 §16.3 "
-             "step 4, §17.2.3), and an edge should not hand a malformed identity header to another domain."),
-    Case("baddn", "3.1.2.15", "It is reasonable always to reject this kind of error with a 400 Bad Request "
-         "response. ... If this element were a proxy, it must not propagate the error into the request it "
-         "forwards.", reject(400, r"\bTo\b|\bFrom\b|display"),
-         why="sipfed forwards From/To as written, so it cannot be liberal without propagating the error: reject."),
-    Case("badvers", "3.1.2.16", "The element should respond to the request with a 505 Version Not Supported error.",
-         reject(505, r"version|SIP/7\.0")),
-    Case("mismatch01", "3.1.2.17", "Any element receiving this request will respond with a 400 Bad Request.",
-         reject(400, r"CSeq|method")),
-    Case("mismatch02", "3.1.2.18", "Any element receiving this response should respond with a 501 Not Implemented.  "
-         "A 400 Bad Request is also acceptable, but choosing a 501 (particularly at proxies) has better "
-         "future-proof characteristics.", reject(501, r"CSeq|method|NEWMETHOD|implemented"),
-         why="The RFC prefers 501 at proxies in so many words."),
+    Case(
+        "quotbal",
+        "3.1.2.6",
+        "An element receiving this request should return a 400 Bad Request error.",
+        reject(400, r"\bTo\b|quot"),
+    ),
+    Case(
+        "ltgtruri",
+        "3.1.2.7",
+        "It is reasonable always to reject a request with this error with a 400 Bad "
+        "Request. ... If the element forwards the request, it must not include the brackets in the messages it "
+        "sends.",
+        reject(400, r"Request-URI|Request-Line|\bURI\b"),
+        why="sipfed forwards the Request-URI as written, so leniency would pass the brackets on: reject.",
+    ),
+    Case(
+        "lwsruri",
+        "3.1.2.8",
+        "An element receiving this request should respond with a 400 Bad Request.",
+        reject(400, r"Request-URI|Request-Line|\bURI\b"),
+    ),
+    Case(
+        "lwsstart",
+        "3.1.2.9",
+        "It is acceptable to reject this request as malformed.  An element that is liberal "
+        "in what it accepts may ignore these extra SP characters when processing the request.",
+        reject(400, r"Request-Line"),
+        why="A federation edge keeps the start line strict (RFC 3261 §7.1: single SP): two parsers that split "
+        "it differently are how requests get smuggled past a hop.",
+    ),
+    Case(
+        "trws",
+        "3.1.2.10",
+        "It is acceptable to reject this request as malformed.  An element that is liberal "
+        "in what it accepts may ignore these extra SP characters when processing the request.",
+        reject(400, r"Request-Line"),
+        why="As lwsstart: strict start line at the edge.",
+    ),
+    Case(
+        "escruri",
+        "3.1.2.11",
+        "It is acceptable for an element to reject this request with a 400 Bad Request. "
+        "... If the element is a proxy, the escaped headers must not appear in the Request-URI of the forwarded "
+        "request (and most certainly must not be translated into the actual header of the forwarded request).",
+        reject(400, r"Request-URI|\bURI\b|header|escaped|\?"),
+        why="The escaped header is a Route: an injection attempt at a routing proxy. Stripping it would change "
+        "the request the sender signed off; refuse instead.",
+    ),
+    Case(
+        "baddate",
+        "3.1.2.12",
+        "It is acceptable to reject this request as malformed (though an element shouldn't "
+        "do that unless the contents of the Date header field were actually important to its processing).",
+        relay(b"Date: Fri, 01 Jan 2010 16:00:00 EST"),
+        why="A proxy does not use Date: forward it unchanged (RFC 3261 §16.3 step 1).",
+    ),
+    Case(
+        "regbadct",
+        "3.1.2.13",
+        "It is reasonable for an element receiving this request to respond with a 400 Bad "
+        "Request.  An element choosing to be liberal in what it accepts could infer the angle brackets since "
+        "there is no ambiguity in this example.",
+        relay(b"Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E"),
+        why="The Contact of a REGISTER is the registrar's business, not the proxy's: forward it unchanged "
+        "(RFC 3261 §16.3 step 1) and let the registrar answer 400.",
+    ),
+    Case(
+        "badaspec",
+        "3.1.2.14",
+        "It is reasonable to reject this request with a 400 Bad Request response.  "
+        "Elements attempting to be liberal may ignore the spaces.",
+        reject(400, r"\bTo\b|addr-spec|\bURI\b"),
+        why="To is a field a stateful proxy interprets (tags for matching and loop detection, RFC 3261 §16.3 "
+        "step 4, §17.2.3), and an edge should not hand a malformed identity header to another domain.",
+    ),
+    Case(
+        "baddn",
+        "3.1.2.15",
+        "It is reasonable always to reject this kind of error with a 400 Bad Request "
+        "response. ... If this element were a proxy, it must not propagate the error into the request it "
+        "forwards.",
+        reject(400, r"\bTo\b|\bFrom\b|display"),
+        why="sipfed forwards From/To as written, so it cannot be liberal without propagating the error: reject.",
+    ),
+    Case(
+        "badvers",
+        "3.1.2.16",
+        "The element should respond to the request with a 505 Version Not Supported error.",
+        reject(505, r"version|SIP/7\.0"),
+    ),
+    Case(
+        "mismatch01",
+        "3.1.2.17",
+        "Any element receiving this request will respond with a 400 Bad Request.",
+        reject(400, r"CSeq|method"),
+    ),
+    Case(
+        "mismatch02",
+        "3.1.2.18",
+        "Any element receiving this response should respond with a 501 Not Implemented.  "
+        "A 400 Bad Request is also acceptable, but choosing a 501 (particularly at proxies) has better "
+        "future-proof characteristics.",
+        reject(501, r"CSeq|method|NEWMETHOD|implemented"),
+        why="The RFC prefers 501 at proxies in so many words.",
+    ),
     Case("bigcode", "3.1.2.19", "An element receiving this response should simply drop it.", drop(counted=True)),
     # §3.2 transaction layer -----------------------------------------------------------------
-    Case("badbranch", "3.2.1", "An element receiving this request could reject the request with a 400 Response "
-         "(preferably statelessly, as other requests from the source are likely also to have a malformed branch "
-         "parameter), or it could fall back to the RFC 2543-style transaction identifier.",
-         relay(b"SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK"),
-         why="Fall back to RFC 2543 matching and relay: sipfed already serves RFC 2543 peers (inv2543), and the "
-             "request is otherwise well formed. Either RFC choice keeps requests that differ only in Call-ID "
-             "apart; taking the bare cookie as a transaction id does not."),
+    Case(
+        "badbranch",
+        "3.2.1",
+        "An element receiving this request could reject the request with a 400 Response "
+        "(preferably statelessly, as other requests from the source are likely also to have a malformed branch "
+        "parameter), or it could fall back to the RFC 2543-style transaction identifier.",
+        relay(b"SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK"),
+        why="Fall back to RFC 2543 matching and relay: sipfed already serves RFC 2543 peers (inv2543), and the "
+        "request is otherwise well formed. Either RFC choice keeps requests that differ only in Call-ID "
+        "apart; taking the bare cookie as a transaction id does not.",
+    ),
     # §3.3 application layer -----------------------------------------------------------------
-    Case("insuf", "3.3.1", "An element receiving this message must not break because of the missing information.  "
-         "Ideally, it will respond with a 400 Bad Request error.", reject(400, r"Call-ID|From|\bTo\b|missing")),
-    Case("unkscm", "3.3.2", "An element receiving this request will reject it with a 416 Unsupported URI Scheme "
-         "response.", reject(416, r"scheme")),
-    Case("novelsc", "3.3.3", "If an element will never accept this scheme as meaningful in a Request-URI, it is "
-         "appropriate to treat it as unknown and return a 416 Unsupported URI Scheme response.",
-         reject(416, r"scheme"), why="sipfed routes only sip: and sips: Request-URIs."),
-    Case("unksm2", "3.3.4", "Proxies should treat this message as they would any other request for this URI.",
-         relay(b"To: isbn:2983792873", b"From: <http://www.example.com>;tag=3234233", b"<name:John_Smith>")),
-    Case("bext01", "3.3.5", "Any element receiving this request will respond with a 420 Bad Extension response, "
-         "containing an Unsupported header field listing these features from either the Require or "
-         "Proxy-Require header field, depending on the role in which the element is responding.",
-         reject(420, r"extension|Proxy-Require")),
-    Case("invut", "3.3.6", "A proxy receiving this request would process it just as it would any other INVITE.",
-         relay(b"Content-Type: application/unknownformat")),
-    Case("regaut01", "3.3.7", "A proxy will treat this request as it would any other REGISTER.  If it forwards the "
-         "request, it will include this Authorization header field unmodified in the forwarded messages.",
-         relay(b"Authorization: NoOneKnowsThisScheme opaque-data=here")),
-    Case("multi01", "3.3.8", "An element receiving this request would respond with a 400 Bad Request error.",
-         reject(400, r"multiple|Call-ID|CSeq|From|\bTo\b|Max-Forwards")),
-    Case("mcl01", "3.3.9", "Multiple conflicting Content-Length header field values appear in this request. ... If "
-         "a request like this arrives over TCP, the framing error is not recoverable, and the connection should "
-         "be closed.", reject(400, r"Content-Length"), reject(400, r"Content-Length", closes=True)),
-    Case("bcast", "3.3.10", "If a proxy followed normal response processing rules blindly, it would forward this "
-         "response to the broadcast address.  To protect against this as an avenue of attack, proxies should "
-         "drop such responses.", drop()),
-    Case("zeromf", "3.3.11", "A proxy should not forward the request and should respond 483 (Too Many Hops).",
-         reject(483, r"hops|Max-Forwards")),
-    Case("cparam01", "3.3.12", "This REGISTER should succeed.  The response must not include \"unknownparam\" as a "
-         "url-parameter for this binding.", relay(b"Contact: sip:+19725552222@gw1.example.net;unknownparam"),
-         why="Registrar semantics: a proxy forwards the Contact unchanged."),
-    Case("cparam02", "3.3.13", "The register should succeed, and a subsequent retrieval of the registration must "
-         "include \"unknownparam\" as a url-parameter.",
-         relay(b"Contact: <sip:+19725552222@gw1.example.net;unknownparam>"),
-         why="Registrar semantics: a proxy forwards the Contact unchanged."),
-    Case("regescrt", "3.3.14", "The register should succeed, and a subsequent retrieval of the registration must "
-         "include the escaped Route header in the contact URI for this binding.",
-         relay(b"M: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>"),
-         why="Registrar semantics: the escaped header is in a Contact, which a proxy forwards unchanged."),
-    Case("sdp01", "3.3.15", "The recipient of this request could respond with a 406 Not Acceptable ... It is also "
-         "appropriate to respond with a 400 Bad Request, since all SIP User-Agents (UAs) supporting INVITE are "
-         "required to support application/sdp.", relay(b"Accept: text/nobodyKnowsThis"),
-         why="That is the UAS's answer; Accept means nothing to a proxy, which forwards it (RFC 3261 §16.3)."),
+    Case(
+        "insuf",
+        "3.3.1",
+        "An element receiving this message must not break because of the missing information.  "
+        "Ideally, it will respond with a 400 Bad Request error.",
+        reject(400, r"Call-ID|From|\bTo\b|missing"),
+    ),
+    Case(
+        "unkscm",
+        "3.3.2",
+        "An element receiving this request will reject it with a 416 Unsupported URI Scheme response.",
+        reject(416, r"scheme"),
+    ),
+    Case(
+        "novelsc",
+        "3.3.3",
+        "If an element will never accept this scheme as meaningful in a Request-URI, it is "
+        "appropriate to treat it as unknown and return a 416 Unsupported URI Scheme response.",
+        reject(416, r"scheme"),
+        why="sipfed routes only sip: and sips: Request-URIs.",
+    ),
+    Case(
+        "unksm2",
+        "3.3.4",
+        "Proxies should treat this message as they would any other request for this URI.",
+        relay(b"To: isbn:2983792873", b"From: <http://www.example.com>;tag=3234233", b"<name:John_Smith>"),
+    ),
+    Case(
+        "bext01",
+        "3.3.5",
+        "Any element receiving this request will respond with a 420 Bad Extension response, "
+        "containing an Unsupported header field listing these features from either the Require or "
+        "Proxy-Require header field, depending on the role in which the element is responding.",
+        reject(420, r"extension|Proxy-Require"),
+    ),
+    Case(
+        "invut",
+        "3.3.6",
+        "A proxy receiving this request would process it just as it would any other INVITE.",
+        relay(b"Content-Type: application/unknownformat"),
+    ),
+    Case(
+        "regaut01",
+        "3.3.7",
+        "A proxy will treat this request as it would any other REGISTER.  If it forwards the "
+        "request, it will include this Authorization header field unmodified in the forwarded messages.",
+        relay(b"Authorization: NoOneKnowsThisScheme opaque-data=here"),
+    ),
+    Case(
+        "multi01",
+        "3.3.8",
+        "An element receiving this request would respond with a 400 Bad Request error.",
+        reject(400, r"multiple|Call-ID|CSeq|From|\bTo\b|Max-Forwards"),
+    ),
+    Case(
+        "mcl01",
+        "3.3.9",
+        "Multiple conflicting Content-Length header field values appear in this request. ... If "
+        "a request like this arrives over TCP, the framing error is not recoverable, and the connection should "
+        "be closed.",
+        reject(400, r"Content-Length"),
+        reject(400, r"Content-Length", closes=True),
+    ),
+    Case(
+        "bcast",
+        "3.3.10",
+        "If a proxy followed normal response processing rules blindly, it would forward this "
+        "response to the broadcast address.  To protect against this as an avenue of attack, proxies should "
+        "drop such responses.",
+        drop(),
+    ),
+    Case(
+        "zeromf",
+        "3.3.11",
+        "A proxy should not forward the request and should respond 483 (Too Many Hops).",
+        reject(483, r"hops|Max-Forwards"),
+    ),
+    Case(
+        "cparam01",
+        "3.3.12",
+        'This REGISTER should succeed.  The response must not include "unknownparam" as a '
+        "url-parameter for this binding.",
+        relay(b"Contact: sip:+19725552222@gw1.example.net;unknownparam"),
+        why="Registrar semantics: a proxy forwards the Contact unchanged.",
+    ),
+    Case(
+        "cparam02",
+        "3.3.13",
+        "The register should succeed, and a subsequent retrieval of the registration must "
+        'include "unknownparam" as a url-parameter.',
+        relay(b"Contact: <sip:+19725552222@gw1.example.net;unknownparam>"),
+        why="Registrar semantics: a proxy forwards the Contact unchanged.",
+    ),
+    Case(
+        "regescrt",
+        "3.3.14",
+        "The register should succeed, and a subsequent retrieval of the registration must "
+        "include the escaped Route header in the contact URI for this binding.",
+        relay(b"M: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>"),
+        why="Registrar semantics: the escaped header is in a Contact, which a proxy forwards unchanged.",
+    ),
+    Case(
+        "sdp01",
+        "3.3.15",
+        "The recipient of this request could respond with a 406 Not Acceptable ... It is also "
+        "appropriate to respond with a 400 Bad Request, since all SIP User-Agents (UAs) supporting INVITE are "
+        "required to support application/sdp.",
+        relay(b"Accept: text/nobodyKnowsThis"),
+        why="That is the UAS's answer; Accept means nothing to a proxy, which forwards it (RFC 3261 §16.3).",
+    ),
     # §3.4 backward compatibility ------------------------------------------------------------
-    Case("inv2543", "3.4.1", "This is a legal message per RFC 2543 (and several bis versions) that should be "
-         "accepted by RFC 3261 elements that want to maintain backwards compatibility.",
-         relay(b"Record-Route: <sip:UserB@example.com;maddr=ss1.example.com>", b"m=audio 49217 RTP/AVP 0"),
-         reject(400, r"Content-Length", closes=True),
-         why="It has no Content-Length, which is fine in a datagram but not on a stream (RFC 3261 §18.3: \"The "
-             "Content-Length header field MUST be used with stream oriented transports\"). On TCP/TLS the SDP "
-             "after the headers cannot be framed: relaying a body-less INVITE would silently cut it, so answer "
-             "400 and close."),
+    Case(
+        "inv2543",
+        "3.4.1",
+        "This is a legal message per RFC 2543 (and several bis versions) that should be "
+        "accepted by RFC 3261 elements that want to maintain backwards compatibility.",
+        relay(b"Record-Route: <sip:UserB@example.com;maddr=ss1.example.com>", b"m=audio 49217 RTP/AVP 0"),
+        reject(400, r"Content-Length", closes=True),
+        why='It has no Content-Length, which is fine in a datagram but not on a stream (RFC 3261 §18.3: "The '
+        'Content-Length header field MUST be used with stream oriented transports"). On TCP/TLS the SDP '
+        "after the headers cannot be framed: relaying a body-less INVITE would silently cut it, so answer "
+        "400 and close.",
+    ),
 ]
 CASES_BY_FILE = {case.file: case for case in CASES}
 
@@ -306,7 +516,7 @@ def header_blocks(data: bytes) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     pos = 0
     while pos < len(data):
-        while data[pos:pos + 2] == b"\r\n":
+        while data[pos : pos + 2] == b"\r\n":
             pos += 2
         end = data.find(b"\r\n\r\n", pos)
         if end < 0:
@@ -329,7 +539,7 @@ def personalise(data: bytes, tag: str) -> bytes:
         via = VIA_LINE_RE.search(head)
         if via is not None:
             tagged = COOKIE_BRANCH_RE.sub(lambda m: m.group(1) + tag.encode() + b"-", via.group(0), count=1)
-            head = head[:via.start()] + tagged + head[via.end():]
+            head = head[: via.start()] + tagged + head[via.end() :]
         out += data[last:start] + head
         last = end
     return bytes(out + data[last:])
@@ -396,8 +606,8 @@ def cut_messages(buffer: bytearray) -> Iterator[bytes]:
         length = int(lengths[0]) if lengths and lengths[0].isdigit() else 0
         if len(buffer) < end + 4 + length:
             return
-        message = bytes(buffer[:end + 4 + length])
-        del buffer[:end + 4 + length]
+        message = bytes(buffer[: end + 4 + length])
+        del buffer[: end + 4 + length]
         yield message
 
 
@@ -551,18 +761,24 @@ class Lab:
         """(remote, message) of every message sipfed's --trace shows it sending that contains ``needle``."""
         text = self.trace.read_bytes().decode("utf-8", "replace")  # keep CRLF: read_text would fold it
         parts = re.split(r"^\S+ (SEND|RECV) \S+ (\S+) (?:<-|->) \S+\n", text, flags=re.MULTILINE)
-        return [(parts[i + 1], parts[i + 2]) for i in range(1, len(parts) - 2, 3)
-                if parts[i] == "SEND" and needle in parts[i + 2]]
+        return [
+            (parts[i + 1], parts[i + 2])
+            for i in range(1, len(parts) - 2, 3)
+            if parts[i] == "SEND" and needle in parts[i + 2]
+        ]
 
 
 def write_config(path: Path, certs: Path, sink_port: int) -> Path:
-    listeners = "".join(f"""
+    listeners = "".join(
+        f"""
 [[listeners]]
 name = "{t}"
 transport = "{t}"
 address = "127.0.0.1"
 port = 0
-""" for t in TRANSPORTS)
+"""
+        for t in TRANSPORTS
+    )
     path.write_text(f"""
 [proxy]
 fqdn = "{FQDN}"
@@ -638,10 +854,12 @@ def start_clerr_probe(lab: Lab, transport: str) -> StreamProbe:
 def options(transport: str) -> tuple[str, bytes]:
     """An ordinary OPTIONS through sipfed to the sink: (its Call-ID, its bytes)."""
     call_id = f"alive-{uuid.uuid4().hex}"
-    return call_id, (f"OPTIONS sip:alive@example.com SIP/2.0\r\n"
-                     f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:9;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
-                     f"Max-Forwards: 70\r\nFrom: <sip:probe@example.org>;tag=1\r\nTo: <sip:alive@example.com>\r\n"
-                     f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    return call_id, (
+        f"OPTIONS sip:alive@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:9;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:probe@example.org>;tag=1\r\nTo: <sip:alive@example.com>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def options_through(lab: Lab, sender: Sender) -> list[Reply]:
@@ -649,11 +867,11 @@ def options_through(lab: Lab, sender: Sender) -> list[Reply]:
     is back, the sink holds it and sipfed's trace shows it sent: whatever came before it is there too."""
     call_id, data = options(sender.transport)
     sender.send(data)
-    replies = sender.replies(ANSWER_SECONDS, lambda got: any(r.header("call-id", "i") == call_id
-                                                             for r in finals(got)))
+    replies = sender.replies(ANSWER_SECONDS, lambda got: any(r.header("call-id", "i") == call_id for r in finals(got)))
     mine = [r.status for r in finals(replies) if r.header("call-id", "i") == call_id]
-    assert mine[:1] == [200], (f"no 200 for an OPTIONS over {sender.transport}: "
-                               f"{[(r.status, r.reason) for r in replies]}")
+    assert mine[:1] == [200], (
+        f"no 200 for an OPTIONS over {sender.transport}: {[(r.status, r.reason) for r in replies]}"
+    )
     wait_until(lambda: lab.sent(call_id), ANSWER_SECONDS, f"sipfed's trace shows the OPTIONS {call_id} sent")
     return [r for r in replies if r.header("call-id", "i") != call_id]
 
@@ -708,19 +926,23 @@ def expect_relay(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expe
     replies = sender.replies(ANSWER_SECONDS, lambda got: len(finals(got)) >= len(relayed_ids))
     for call_id in relayed_ids:
         relayed = lab.sink.wait_for(call_id, max(0.2, deadline - time.monotonic()))
-        assert relayed is not None, (f"{case.file} over {sender.transport}: not relayed; sipfed answered "
-                                     f"{[(r.status, r.reason) for r in replies]} — RFC 4475 §{case.section}: "
-                                     f"{case.says}")
-        block = next(sent[s:e + 4] for s, e in header_blocks(sent) if call_id in call_ids(sent[s:e + 4]))
+        assert relayed is not None, (
+            f"{case.file} over {sender.transport}: not relayed; sipfed answered "
+            f"{[(r.status, r.reason) for r in replies]} — RFC 4475 §{case.section}: "
+            f"{case.says}"
+        )
+        block = next(sent[s : e + 4] for s, e in header_blocks(sent) if call_id in call_ids(sent[s : e + 4]))
         check_relayed(lab, case, block, relayed, expect)
         answer = [r for r in finals(replies) if r.header("call-id", "i") == call_id]
         got = [(r.status, r.header("server")) for r in answer[:1]]
-        assert got == [(200, "rfc4475-sink")], (f"{case.file}: the sender did not get the sink's 200 for "
-                                                f"{call_id}: {[(r.status, r.reason) for r in replies]}")
+        assert got == [(200, "rfc4475-sink")], (
+            f"{case.file}: the sender did not get the sink's 200 for "
+            f"{call_id}: {[(r.status, r.reason) for r in replies]}"
+        )
     assert not sender.closed, f"{case.file} over {sender.transport}: sipfed closed the sender's connection"
-    if ids[len(relayed_ids):]:
+    if ids[len(relayed_ids) :]:
         relayed_so_far(lab, sender.transport)
-    for call_id in ids[len(relayed_ids):]:
+    for call_id in ids[len(relayed_ids) :]:
         assert lab.sink.wait_for(call_id, 0) is None, f"{case.file}: {call_id} was relayed ({case.says})"
     if case.file == "mpart01":
         body = sent.split(b"\r\n\r\n", 1)[1]
@@ -733,15 +955,20 @@ def expect_relay_via_route(lab: Lab, case: Case, sender: Sender, sent: bytes, ex
     replies = sender.replies(1.0, lambda got: bool(finals(got)))
     refused = [r for r in finals(replies) if 400 <= r.status < 500]
     assert not refused, f"{case.file}: refused {[(r.status, r.reason) for r in refused]} — {case.says}"
-    out = wait_until(lambda: [m for r, m in lab.sent(call_id) if r.startswith(expect.route_host + ":")],
-                     ANSWER_SECONDS, f"{case.file}: sent toward {expect.route_host} — {case.says}")
+    out = wait_until(
+        lambda: [m for r, m in lab.sent(call_id) if r.startswith(expect.route_host + ":")],
+        ANSWER_SECONDS,
+        f"{case.file}: sent toward {expect.route_host} — {case.says}",
+    )
     check_relayed(lab, case, sent, out[0].encode("utf-8", "surrogateescape"), expect)
     # Whatever becomes of the next hop, the sender's connection is not the one to pay for it: it still serves.
     if sender.transport != "udp":
         later = options_through(lab, sender)
-        assert not sender.closed, (f"{case.file} over {sender.transport}: sipfed closed the sender's connection "
-                                   f"after {[(r.status, r.reason) for r in replies + later]} while relaying toward "
-                                   f"{expect.route_host}")
+        assert not sender.closed, (
+            f"{case.file} over {sender.transport}: sipfed closed the sender's connection "
+            f"after {[(r.status, r.reason) for r in replies + later]} while relaying toward "
+            f"{expect.route_host}"
+        )
 
 
 def expect_reject(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expect) -> None:
@@ -750,25 +977,33 @@ def expect_reject(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Exp
     ids = call_ids(sent)
     relayed_so_far(lab, sender.transport)
     relayed = [m for i in ids if (m := lab.sink.wait_for(i, 0)) is not None]
-    assert not relayed, (f"{case.file} over {sender.transport}: relayed, expected {expect.status} — "
-                         f"RFC 4475 §{case.section}: {case.says}\nsipfed answered "
-                         f"{[(r.status, r.reason) for r in answered]} and relayed:\n{describe(relayed[0])}")
-    assert answered, (f"{case.file} over {sender.transport}: no final response in {ANSWER_SECONDS:g} s "
-                      f"(closed={sender.closed}), expected {expect.status} — RFC 4475 §{case.section}: {case.says}")
+    assert not relayed, (
+        f"{case.file} over {sender.transport}: relayed, expected {expect.status} — "
+        f"RFC 4475 §{case.section}: {case.says}\nsipfed answered "
+        f"{[(r.status, r.reason) for r in answered]} and relayed:\n{describe(relayed[0])}"
+    )
+    assert answered, (
+        f"{case.file} over {sender.transport}: no final response in {ANSWER_SECONDS:g} s "
+        f"(closed={sender.closed}), expected {expect.status} — RFC 4475 §{case.section}: {case.says}"
+    )
     final = answered[0]
     named = re.search(expect.reason, final.reason, re.IGNORECASE) is not None
     assert (final.status, named) == (expect.status, True), (
         f"{case.file} over {sender.transport}: got {final.status} {final.reason!r}, expected {expect.status} "
-        f"with a reason naming the fault (/{expect.reason}/) — RFC 4475 §{case.section}: {case.says}")
+        f"with a reason naming the fault (/{expect.reason}/) — RFC 4475 §{case.section}: {case.says}"
+    )
     if case.file == "bext01":
         unsupported = final.header("unsupported") or ""
         tags = {t.strip() for t in unsupported.split(",")}
         assert tags == {"noProxiesSupportThis", "norDoAnyProxiesSupportThis"}, (
-            f"bext01: Unsupported must list the Proxy-Require tags (a proxy's role): {unsupported!r}")
+            f"bext01: Unsupported must list the Proxy-Require tags (a proxy's role): {unsupported!r}"
+        )
     if expect.closes:
         sender.replies(STREAM_BOUND_SECONDS)
-        assert sender.closed, (f"{case.file} over {sender.transport}: connection still open after "
-                               f"{STREAM_BOUND_SECONDS:g} s — RFC 4475 §{case.section}: {case.says}")
+        assert sender.closed, (
+            f"{case.file} over {sender.transport}: connection still open after "
+            f"{STREAM_BOUND_SECONDS:g} s — RFC 4475 §{case.section}: {case.says}"
+        )
 
 
 def expect_drop(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expect, counted_before: float) -> None:
@@ -779,19 +1014,23 @@ def expect_drop(lab: Lab, case: Case, sender: Sender, sent: bytes, expect: Expec
     if expect.counted:
         assert lab.metric("sipfed_malformed_messages_total") > counted_before, (
             f"{case.file} over {sender.transport}: dropped but not counted in sipfed_malformed_messages_total "
-            f"(issue 5: invalid responses are dropped and counted)")
+            f"(issue 5: invalid responses are dropped and counted)"
+        )
 
 
 def expect_stream_close(lab: Lab, case: Case, transport: str) -> None:
     probe = lab.probes[transport]
     assert probe.done.wait(STREAM_BOUND_SECONDS + 5), f"{case.file} over {transport}: the probe never finished"
-    print(f"\n{case.file} over {transport}: answered after {probe.answered_after}, closed after "
-          f"{probe.closed_after} s; replies {[(r.status, r.reason) for r in probe.replies]}")
+    print(
+        f"\n{case.file} over {transport}: answered after {probe.answered_after}, closed after "
+        f"{probe.closed_after} s; replies {[(r.status, r.reason) for r in probe.replies]}"
+    )
     relayed_so_far(lab, transport)
     assert lab.sink.wait_for(probe.call_id, 0) is None, f"{case.file} over {transport}: relayed a partial message"
     assert probe.closed_after is not None or probe.answered_after is not None, (
         f"{case.file} over {transport}: connection neither closed nor answered within {STREAM_BOUND_SECONDS:g} s "
-        f"— RFC 4475 §{case.section}: {case.says}")
+        f"— RFC 4475 §{case.section}: {case.says}"
+    )
 
 
 def assert_alive(lab: Lab, transport: str) -> None:
@@ -810,8 +1049,11 @@ def assert_alive(lab: Lab, transport: str) -> None:
 # -- the test ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "transport"), [(c.file, t) for c in CASES for t in TRANSPORTS],
-                         ids=[f"{c.file}-{t}" for c in CASES for t in TRANSPORTS])
+@pytest.mark.parametrize(
+    ("name", "transport"),
+    [(c.file, t) for c in CASES for t in TRANSPORTS],
+    ids=[f"{c.file}-{t}" for c in CASES for t in TRANSPORTS],
+)
 def test_rfc4475(lab: Lab, name: str, transport: str) -> None:
     case = CASES_BY_FILE[name]
     expect = case.expect(transport)
@@ -852,8 +1094,10 @@ def _outcome(expect: Expect) -> str:
 def test_the_corpus_index_matches_the_expectations() -> None:
     """tests/data/rfc4475/README.md maps each file to its section and outcome; it must say what CASES asserts."""
     index = (IN_REPO / "README.md").read_text()
-    rows = {m[1]: (m[2], m[3], m[4]) for m in re.finditer(
-        r"^\| (\w+)\.dat \| §(\S+) \| [^|]+ \| ([^|]+?) \| ([^|]+?) \|$", index, re.MULTILINE)}
+    rows = {
+        m[1]: (m[2], m[3], m[4])
+        for m in re.finditer(r"^\| (\w+)\.dat \| §(\S+) \| [^|]+ \| ([^|]+?) \| ([^|]+?) \|$", index, re.MULTILINE)
+    }
     assert sorted(rows) == sorted(CASES_BY_FILE)
     for name, case in CASES_BY_FILE.items():
         stream = case.stream if case.stream is not None else case.datagram
@@ -865,4 +1109,4 @@ def test_no_internal_error_logged(lab: Lab) -> None:
     log = lab.sipfed.log_text()
     for marker in ("internal error", "Traceback"):
         at = log.find(marker)
-        assert at < 0, "sipfed logged an exception:\n" + log[max(0, log.rfind("\n", 0, at - 200)):at + 2500]
+        assert at < 0, "sipfed logged an exception:\n" + log[max(0, log.rfind("\n", 0, at - 200)) : at + 2500]

@@ -63,14 +63,20 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert text.count(INSTALLED) == 2
     unit = tmp_path / "sipfed.service"
     unit.write_text(text.replace(INSTALLED, str(sipfed)))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
     ours = [line for line in (result.stdout + result.stderr).splitlines() if "sipfed" in line]
     assert result.returncode == 0, result.stdout + result.stderr
     assert ours == [], ours
     # systemd's own reading of the hardening: 0 (locked down) to 10 (exposed); the unit scores 1.8 today.
-    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True,
-                              text=True, timeout=60, check=False)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     score = re.search(r"Overall exposure level for sipfed\.service: (\d+\.\d+)", security.stdout + security.stderr)
     assert score is not None, security.stdout + security.stderr
     assert float(score.group(1)) <= 2.5, security.stdout
@@ -83,8 +89,9 @@ def test_the_shipped_path_is_what_verify_would_refuse_if_missing(tmp_path: Path)
         pytest.skip(f"{INSTALLED} exists here")
     unit = tmp_path / "sipfed.service"
     unit.write_text(UNIT.read_text())
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode != 0
     assert INSTALLED in result.stdout + result.stderr
 
@@ -96,10 +103,15 @@ def test_the_unit_says_what_the_readme_promises() -> None:
     assert settings["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
     assert settings["AmbientCapabilities"] == settings["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     assert settings["User"] == ["sipfed"]
-    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes"), ("RuntimeDirectory", "sipfed"),
-                       ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
-                       ("SystemCallFilter", "@system-service")]:
+    for key, value in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("RuntimeDirectory", "sipfed"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("SystemCallFilter", "@system-service"),
+    ]:
         assert settings[key] == [value], key
 
 
@@ -132,8 +144,9 @@ def next_notice(sock: socket.socket, wanted: str, seconds: float = 15) -> list[s
     raise AssertionError(f"no {wanted} within {seconds:g} s; got {seen}")
 
 
-def test_ready_reloading_and_stopping_reach_the_notify_socket(tmp_path: Path, certs: Path, notify_socket: socket.socket,
-                                                               start_sipfed: Callable[..., Sipfed]) -> None:
+def test_ready_reloading_and_stopping_reach_the_notify_socket(
+    tmp_path: Path, certs: Path, notify_socket: socket.socket, start_sipfed: Callable[..., Sipfed]
+) -> None:
     config = lab_config(tmp_path / "sipfed.toml", certs, cups_port=5, lync_port=5)
     sipfed = start_sipfed(config)
     ready = next_notice(notify_socket, "READY=1")
@@ -160,8 +173,13 @@ def get(url: str) -> tuple[int, str]:
 
 def curl(url: str) -> tuple[int, str]:
     """curl's own reading of an endpoint: (status, body)."""
-    result = subprocess.run(["curl", "--silent", "--show-error", "--max-time", "5", "--write-out", "\n%{http_code}",
-                             url], capture_output=True, text=True, timeout=30, check=True)
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "5", "--write-out", "\n%{http_code}", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     body, _, code = result.stdout.rpartition("\n")  # the body, then the "\n%{http_code}" we asked for
     return int(code), body
 
@@ -178,8 +196,9 @@ async def until_status(url: str, status: int, seconds: float, what: str) -> str:
     raise AssertionError(f"not within {seconds:g} s: {what}; last answer {last}")
 
 
-def test_healthz_and_ready_follow_the_next_hop(tmp_path: Path, certs: Path,
-                                               start_sipfed: Callable[..., Sipfed]) -> None:
+def test_healthz_and_ready_follow_the_next_hop(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
     """/ready is 200 while the cisco route's only destination passes its health checks, 503 naming the route
     once they mark it down, 200 again when it is back; /healthz stays 200 and /metrics keeps working."""
 
@@ -225,8 +244,9 @@ def test_healthz_and_ready_follow_the_next_hop(tmp_path: Path, certs: Path,
 # -- ms-diagnostics-public toward the Lync peer --------------------------------------------------------
 
 
-def test_refusals_to_the_microsoft_peer_carry_ms_diagnostics_public(tmp_path: Path, certs: Path,
-                                                                   start_sipfed: Callable[..., Sipfed]) -> None:
+def test_refusals_to_the_microsoft_peer_carry_ms_diagnostics_public(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
     async def refusal(peer: Peer, port: int, server_name: str, uri: str, from_user: str = "bob") -> Msg:
         conn = await peer.connect("127.0.0.1", port, server_name)
         await conn.send(peer.request("MESSAGE", uri, to=f"<{uri}>", from_user=from_user))
@@ -248,13 +268,16 @@ def test_refusals_to_the_microsoft_peer_carry_ms_diagnostics_public(tmp_path: Pa
             no_route = await refusal(lync, lync_port, "sipfed.tomt.it", "sip:carol@nowhere.example")
             assert no_route.status == 404
             assert no_route.all("ms-diagnostics-public") == ['1005;reason="Cannot route to destination domain"']
-            spoofed = await refusal(lync, lync_port, "sipfed.tomt.it", "sip:alice@tomt.local",
-                                    from_user="bob@evil.example")
+            spoofed = await refusal(
+                lync, lync_port, "sipfed.tomt.it", "sip:alice@tomt.local", from_user="bob@evil.example"
+            )
             assert spoofed.status == 403
             assert spoofed.all("ms-diagnostics-public") == [
-                '52010;reason="The sending server may not send requests for this From domain"']
-            from_cisco = await refusal(cups, cisco_port, "sipfed.tomt.local", "sip:carol@nowhere.example",
-                                       from_user="alice")
+                '52010;reason="The sending server may not send requests for this From domain"'
+            ]
+            from_cisco = await refusal(
+                cups, cisco_port, "sipfed.tomt.local", "sip:carol@nowhere.example", from_user="alice"
+            )
             assert from_cisco.status == 404
             assert from_cisco.get("ms-diagnostics-public") is None  # cisco is no Microsoft peer
             await cups.stop()

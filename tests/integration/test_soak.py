@@ -89,9 +89,16 @@ async def run_soak(certs: Path, sipfed: Sipfed, uas_port: int, seconds: float) -
             await asyncio.sleep(3)  # the outage itself: load keeps coming while the next hop is away
             await uas.start()
             reader, writer = await asyncio.open_connection("127.0.0.1", sipfed.ports["lab"])
-            bad = Msg("MESSAGE sip:x@tomt.local SIP/2.0", [("Via", "SIP/2.0/TCP 127.0.0.9;branch=z9hG4bKbad"),
-                                                           ("CSeq", "one MESSAGE"), ("Call-ID", "bad"),
-                                                           ("From", "<sip:a@b>;tag=1"), ("To", "<sip:x@tomt.local>")])
+            bad = Msg(
+                "MESSAGE sip:x@tomt.local SIP/2.0",
+                [
+                    ("Via", "SIP/2.0/TCP 127.0.0.9;branch=z9hG4bKbad"),
+                    ("CSeq", "one MESSAGE"),
+                    ("Call-ID", "bad"),
+                    ("From", "<sip:a@b>;tag=1"),
+                    ("To", "<sip:x@tomt.local>"),
+                ],
+            )
             writer.write(bad.text().encode())
             answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             malformed_answers.append(int(answer.split(b" ")[1]))
@@ -109,8 +116,11 @@ async def run_soak(certs: Path, sipfed: Sipfed, uas_port: int, seconds: float) -
     while time.monotonic() < deadline:  # bounded in time
         call_id = f"soak-{uuid.uuid4().hex}"
         sent.append(call_id)
-        await conn.send(client.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>",
-                                       call_id=call_id, body=f"soak {i}"))
+        await conn.send(
+            client.request(
+                "MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>", call_id=call_id, body=f"soak {i}"
+            )
+        )
         i += 1
         if i % RATE == 0:
             rss.append(rss_kib(sipfed.proc.pid))
@@ -123,8 +133,7 @@ async def run_soak(certs: Path, sipfed: Sipfed, uas_port: int, seconds: float) -
     return {"sent": sent, "finals": finals, "rss": rss, "malformed": malformed_answers, "slow": slow_closed}
 
 
-def test_soak_without_losing_a_transaction(tmp_path: Path, certs: Path,
-                                           start_sipfed: Callable[[Path], Sipfed]) -> None:
+def test_soak_without_losing_a_transaction(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:
     uas_port = free_port("127.0.0.2")
     sipfed = start_sipfed(soak_config(tmp_path / "soak.toml", certs, uas_port))
     result = asyncio.run(asyncio.wait_for(run_soak(certs, sipfed, uas_port, SOAK_SECONDS), SOAK_SECONDS + 60))
@@ -134,9 +143,11 @@ def test_soak_without_losing_a_transaction(tmp_path: Path, certs: Path,
     doubled = [c for c, statuses in finals.items() if len(statuses) != 1]
     statuses = [s[0] for s in finals.values()]
     rss: list[int] = result["rss"]  # type: ignore[assignment]
-    print(f"\nsoak {SOAK_SECONDS:g} s: {len(sent)} MESSAGEs, lost {len(lost)}, 200: {statuses.count(200)}, "
-          f"503: {statuses.count(503)}, 408: {statuses.count(408)}, malformed answered {result['malformed']}, "
-          f"RSS {min(rss[3:] or rss)}-{max(rss[3:] or rss)} KiB")
+    print(
+        f"\nsoak {SOAK_SECONDS:g} s: {len(sent)} MESSAGEs, lost {len(lost)}, 200: {statuses.count(200)}, "
+        f"503: {statuses.count(503)}, 408: {statuses.count(408)}, malformed answered {result['malformed']}, "
+        f"RSS {min(rss[3:] or rss)}-{max(rss[3:] or rss)} KiB"
+    )
     assert len(sent) > RATE * SOAK_SECONDS * 0.8
     assert lost == []
     assert doubled == []

@@ -32,8 +32,7 @@ def wait_until(check: Callable[[], T], timeout: float, what: str | Callable[[], 
         time.sleep(POLL_SECONDS)
 
 
-async def async_wait_until(check: Callable[[], T | Awaitable[T]], timeout: float,
-                           what: str | Callable[[], str]) -> T:
+async def async_wait_until(check: Callable[[], T | Awaitable[T]], timeout: float, what: str | Callable[[], str]) -> T:
     """``wait_until`` inside an event loop: the loop keeps running between polls; ``check`` may be a
     coroutine function (e.g. one that scrapes in a thread, off the loop)."""
     deadline = time.monotonic() + timeout

@@ -48,7 +48,10 @@ class Msg:
         for key, value in self.headers:
             if key.lower() == name.lower():
                 out.extend(v.strip() for v in re.split(r",(?![^<]*>)", value)) if name.lower() in (
-                    "via", "route", "record-route") else out.append(value)
+                    "via",
+                    "route",
+                    "record-route",
+                ) else out.append(value)
         return out
 
     def get(self, name: str) -> str | None:
@@ -139,7 +142,8 @@ class Peer:
     async def connect(self, host: str, port: int, server_hostname: str) -> Conn:
         ctx = self._context(ssl.Purpose.SERVER_AUTH) if self.transport == "tls" else None
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=ctx, server_hostname=server_hostname if ctx else None, local_addr=(self.host, 0))
+            host, port, ssl=ctx, server_hostname=server_hostname if ctx else None, local_addr=(self.host, 0)
+        )
         conn = Conn(reader, writer)
         asyncio.get_running_loop().create_task(self._serve(conn))
         return conn
@@ -155,8 +159,13 @@ class Peer:
                 if msg.is_request and self.auto_answer and msg.method != "ACK":
                     await conn.send(self.answer(msg, 200, "OK"))
                 await self.received.put((msg, conn))
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, asyncio.LimitOverrunError,
-                asyncio.CancelledError):
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ssl.SSLError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
             return
 
     async def next(self, timeout: float = 5.0) -> tuple[Msg, Conn]:
@@ -178,9 +187,19 @@ class Peer:
         headers += self.extra_answer_headers
         return Msg(f"SIP/2.0 {status} {reason}", headers)
 
-    def request(self, method: str, uri: str, *, to: str, from_user: str = "bob", call_id: str | None = None,
-                cseq: int = 1, extra: list[tuple[str, str]] | None = None, body: str = "",
-                max_forwards: int = 70) -> Msg:
+    def request(
+        self,
+        method: str,
+        uri: str,
+        *,
+        to: str,
+        from_user: str = "bob",
+        call_id: str | None = None,
+        cseq: int = 1,
+        extra: list[tuple[str, str]] | None = None,
+        body: str = "",
+        max_forwards: int = 70,
+    ) -> Msg:
         """An out-of-dialog request from this peer (a UA behind it, really)."""
         headers = [
             ("Via", f"SIP/2.0/{self.transport.upper()} {self.host}:{self.port};branch=z9hG4bK{uuid.uuid4().hex[:12]}"),
@@ -194,8 +213,17 @@ class Peer:
         ]
         return Msg(f"{method} {uri} SIP/2.0", headers, body)
 
-    def in_dialog(self, method: str, dialog_response: Msg, *, uas: bool, cseq: int,
-                  extra: list[tuple[str, str]] | None = None, body: str = "", request: Msg | None = None) -> Msg:
+    def in_dialog(
+        self,
+        method: str,
+        dialog_response: Msg,
+        *,
+        uas: bool,
+        cseq: int,
+        extra: list[tuple[str, str]] | None = None,
+        body: str = "",
+        request: Msg | None = None,
+    ) -> Msg:
         """§12.2.1.1: an in-dialog request; the route set comes from Record-Route (reversed for the UAC)."""
         rr = dialog_response.all("record-route") if request is None else request.all("record-route")
         route = rr if uas else list(reversed(rr))
@@ -222,8 +250,9 @@ class Peer:
         return Msg(f"{method} {target} SIP/2.0", headers, body)
 
 
-def digest_answer(challenge: str, method: str, uri: str, username: str, password: str, nc: int = 1,
-                  cnonce: str = "0a4f113b") -> str:
+def digest_answer(
+    challenge: str, method: str, uri: str, username: str, password: str, nc: int = 1, cnonce: str = "0a4f113b"
+) -> str:
     """A Proxy-Authorization for a Digest challenge (RFC 7616 §3.4), written here from the RFC so the
     tests do not lean on sipfed's own digest code."""
     import hashlib
@@ -239,5 +268,7 @@ def digest_answer(challenge: str, method: str, uri: str, username: str, password
     ha2 = hx(f"{method}:{uri}")
     nc_text = f"{nc:08x}"
     response = hx(f"{ha1}:{fields['nonce']}:{nc_text}:{cnonce}:auth:{ha2}")
-    return (f'Digest username="{username}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", uri="{uri}", '
-            f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc={nc_text}')
+    return (
+        f'Digest username="{username}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", uri="{uri}", '
+        f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc={nc_text}'
+    )

@@ -19,32 +19,58 @@ PACKAGES = ("proxy", "routes", "acl")
 
 #: layer -> the other layers it may import. Read top down: each layer may lean on those above it.
 LAYERS: dict[str, frozenset[str]] = {
-    "proxy.sip": frozenset(),                                           # the SIP grammar: stdlib only
-    "acl": frozenset(),                                                 # trust, digest, ACLs: a leaf
-    "routes": frozenset(),                                              # routes, DNS, candidates: a leaf
-    "proxy.hep": frozenset(),                                           # the HEP3 encoder: pure
-    "proxy.relay": frozenset({"proxy.sip", "routes", "acl"}),            # the proxy's decisions (§16, §17)
-    "proxy.config": frozenset({"routes", "acl"}),                       # the TOML file, typed and checked
-    "proxy.logs": frozenset(),                                          # log formatting
+    "proxy.sip": frozenset(),  # the SIP grammar: stdlib only
+    "acl": frozenset(),  # trust, digest, ACLs: a leaf
+    "routes": frozenset(),  # routes, DNS, candidates: a leaf
+    "proxy.hep": frozenset(),  # the HEP3 encoder: pure
+    "proxy.relay": frozenset({"proxy.sip", "routes", "acl"}),  # the proxy's decisions (§16, §17)
+    "proxy.config": frozenset({"routes", "acl"}),  # the TOML file, typed and checked
+    "proxy.logs": frozenset(),  # log formatting
     "proxy.net": frozenset({"proxy", "proxy.sip", "proxy.relay", "proxy.hep", "proxy.config", "routes", "acl"}),
     "proxy.metrics": frozenset({"proxy", "proxy.relay", "proxy.net"}),  # the Observer, for Prometheus
-    "proxy.server": frozenset({"proxy.relay", "proxy.net", "proxy.config", "proxy.metrics", "routes", "acl",
-                               "proxy.logs", "proxy.hep"}),
-    "proxy.ctl": frozenset({"proxy.config", "proxy.net"}),              # the control socket's client
-    "proxy.cli": frozenset({"proxy", "proxy.config", "proxy.server", "proxy.ctl", "proxy.logs", "proxy.net",
-                            "routes", "acl", "proxy.admin"}),
+    "proxy.server": frozenset(
+        {"proxy.relay", "proxy.net", "proxy.config", "proxy.metrics", "routes", "acl", "proxy.logs", "proxy.hep"}
+    ),
+    "proxy.ctl": frozenset({"proxy.config", "proxy.net"}),  # the control socket's client
+    "proxy.cli": frozenset(
+        {
+            "proxy",
+            "proxy.config",
+            "proxy.server",
+            "proxy.ctl",
+            "proxy.logs",
+            "proxy.net",
+            "routes",
+            "acl",
+            "proxy.admin",
+        }
+    ),
     "proxy.__main__": frozenset({"proxy.cli"}),
     # The admin tools (certs, doctor): they read the config and probe with the proxy's own TLS and SIP code;
     # nothing runs them but cli, and nothing of the running proxy imports them.
     "proxy.admin": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "routes", "acl"}),
-    "proxy": frozenset(),                                               # proxy/__init__.py: the version
+    "proxy": frozenset(),  # proxy/__init__.py: the version
 }
 #: Edges allowed for type hints only: the control socket drives ``Server.reload`` through duck typing.
 TYPE_ONLY: dict[str, frozenset[str]] = {"proxy.net": frozenset({"proxy.server"})}
 #: Layers that do no I/O and read no clock (time is a parameter), and what that forbids.
 SANS_IO = ("proxy.sip", "proxy.relay", "acl", "routes", "proxy.hep")
-FORBIDDEN = frozenset({"asyncio", "ssl", "socket", "time", "prometheus_client", "selectors", "threading",
-                       "subprocess", "http", "urllib.request", "dns.asyncresolver", "uvloop"})
+FORBIDDEN = frozenset(
+    {
+        "asyncio",
+        "ssl",
+        "socket",
+        "time",
+        "prometheus_client",
+        "selectors",
+        "threading",
+        "subprocess",
+        "http",
+        "urllib.request",
+        "dns.asyncresolver",
+        "uvloop",
+    }
+)
 #: ``logging`` is placed on purpose: the relay logs its decisions where it makes them; the grammar, trust and
 #: route leaves raise or return instead.
 NO_LOGGING = ("proxy.sip", "acl", "routes", "proxy.hep")
@@ -141,19 +167,22 @@ def test_the_table_names_only_real_layers() -> None:
 # -- the check can fail ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("module", "line", "why"), [
-    ("proxy.relay.core", "from proxy.net.driver import Driver", "proxy.relay may import"),
-    ("proxy.relay.forwarding", "import asyncio", "sans-IO"),
-    ("proxy.relay.forwarding", "from time import monotonic", "sans-IO"),
-    ("proxy.sip.message", "from proxy.relay.types import Flow", "proxy.sip may import nothing"),
-    ("proxy.sip.parser", "import logging", "raises or returns"),
-    ("routes.table", "from proxy.config import Config", "routes may import nothing"),
-    ("acl.peers", "from proxy.relay.types import Flow", "acl may import nothing"),
-    ("proxy.relay.core", "from proxy.metrics import Metrics", "proxy.relay may import"),
-    ("proxy.relay.trust", "from proxy.server import Server", "proxy.relay may import"),
-    ("proxy.net.driver", "from proxy.server import Server", "proxy.net may import"),  # at run time: no
-    ("proxy.config", "from proxy.net.tls import client_context", "proxy.config may import"),
-])
+@pytest.mark.parametrize(
+    ("module", "line", "why"),
+    [
+        ("proxy.relay.core", "from proxy.net.driver import Driver", "proxy.relay may import"),
+        ("proxy.relay.forwarding", "import asyncio", "sans-IO"),
+        ("proxy.relay.forwarding", "from time import monotonic", "sans-IO"),
+        ("proxy.sip.message", "from proxy.relay.types import Flow", "proxy.sip may import nothing"),
+        ("proxy.sip.parser", "import logging", "raises or returns"),
+        ("routes.table", "from proxy.config import Config", "routes may import nothing"),
+        ("acl.peers", "from proxy.relay.types import Flow", "acl may import nothing"),
+        ("proxy.relay.core", "from proxy.metrics import Metrics", "proxy.relay may import"),
+        ("proxy.relay.trust", "from proxy.server import Server", "proxy.relay may import"),
+        ("proxy.net.driver", "from proxy.server import Server", "proxy.net may import"),  # at run time: no
+        ("proxy.config", "from proxy.net.tls import client_context", "proxy.config may import"),
+    ],
+)
 def test_a_forbidden_import_is_caught(module: str, line: str, why: str) -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
     source = path.read_text()

@@ -29,8 +29,18 @@ def test_ladder_doubles_retries_once_then_bisects() -> None:
 
 def test_a_disturbed_failure_is_run_again_and_does_not_end_the_climb() -> None:
     ladder = _Ladder(start=500, max_steps=10)
-    assert climb(ladder, limit=3000, disturbed={2000}) == [500, 1000, 2000, 2000, 4000, 4000, 3000, 3500, 3500,
-                                                               3250]  # max_steps
+    assert climb(ladder, limit=3000, disturbed={2000}) == [
+        500,
+        1000,
+        2000,
+        2000,
+        4000,
+        4000,
+        3000,
+        3500,
+        3500,
+        3250,
+    ]  # max_steps
     assert ladder.best == 3000
     undisturbed = _Ladder(start=500, max_steps=10)
     climb(undisturbed, limit=3000)

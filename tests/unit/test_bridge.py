@@ -13,9 +13,11 @@ from proxy.net.driver import Driver
 from proxy.relay.state import RelaySettings
 from proxy.relay.types import Flow, NextHop, Output, SendOnFlow, SendToHop
 
-MESSAGE = (b"MESSAGE sip:alice@tomt.local SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKb1\r\n"
-           b"From: <sip:bob@tomt.it>;tag=1\r\nTo: <sip:alice@tomt.local>\r\nCall-ID: bridge@test\r\n"
-           b"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 5\r\n\r\nhello")
+MESSAGE = (
+    b"MESSAGE sip:alice@tomt.local SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKb1\r\n"
+    b"From: <sip:bob@tomt.it>;tag=1\r\nTo: <sip:alice@tomt.local>\r\nCall-ID: bridge@test\r\n"
+    b"CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 5\r\n\r\nhello"
+)
 
 
 @dataclass
@@ -76,8 +78,13 @@ async def until(predicate: object, what: str, timeout: float = 5.0) -> None:
 
 
 def bridge(core: FakeCore) -> Driver:
-    return Driver(core, asyncio.get_running_loop(), client_ssl=None,  # type: ignore[arg-type]
-                  connect_timeout=2.0, max_message_bytes=65535)
+    return Driver(
+        core,
+        asyncio.get_running_loop(),
+        client_ssl=None,  # type: ignore[arg-type]
+        connect_timeout=2.0,
+        max_message_bytes=65535,
+    )
 
 
 def test_a_message_in_reaches_the_core_framed_and_the_answer_goes_back_on_its_flow() -> None:

@@ -37,9 +37,7 @@ TIMEOUT_SECONDS = 5.0
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> LabPki:
     out_dir = tmp_path_factory.mktemp("pki")
-    pki = make_lab_pki(
-        out_dir, [[SERVER, "a.example"], [CLIENT]], ip_addresses=("127.0.0.1", "::1")
-    )
+    pki = make_lab_pki(out_dir, [[SERVER, "a.example"], [CLIENT]], ip_addresses=("127.0.0.1", "::1"))
     issue_leaf(out_dir, [CLIENT], eku=("serverAuth",), key_type="ec", file_stem="no-client-auth")
     return pki
 
@@ -77,9 +75,7 @@ def test_every_file_is_written_and_keys_are_private(pki: LabPki) -> None:
     out_dir = pki.ca_cert.parent
     assert set(pki.leaves) == {SERVER, CLIENT}
     leaf = pki.leaves[SERVER]
-    assert leaf == LeafFiles(
-        out_dir / f"{SERVER}.key", out_dir / f"{SERVER}.crt", out_dir / f"{SERVER}.pem"
-    )
+    assert leaf == LeafFiles(out_dir / f"{SERVER}.key", out_dir / f"{SERVER}.crt", out_dir / f"{SERVER}.pem")
     for key in (out_dir / "ca.key", out_dir / "intermediate.key", leaf.key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert pki.intermediate_cert == out_dir / "intermediate.crt"
@@ -165,9 +161,7 @@ def test_issue_leaf_honours_validity_and_stem(pki_copy: Path) -> None:
     assert files.cert == pki_copy / "expired.crt"
     assert load(files.cert).not_valid_after_utc == now - timedelta(days=1)
     with pytest.raises(CertError, match="is not after"):
-        issue_leaf(
-            pki_copy, ["x.example"], key_type="ec", now=now, not_after=now - timedelta(hours=2)
-        )
+        issue_leaf(pki_copy, ["x.example"], key_type="ec", now=now, not_after=now - timedelta(hours=2))
     with pytest.raises(CertError, match="eku 'codeSigning'"):
         issue_leaf(pki_copy, ["x.example"], eku=("codeSigning",))
 
@@ -195,9 +189,7 @@ def _serve(listener: socket.socket, context: ssl.SSLContext, result: list[str | 
         result.append(exc)
 
 
-def handshake(
-    ca: Path, server: tuple[Path, Path], client: LeafFiles, server_hostname: str
-) -> Outcome:
+def handshake(ca: Path, server: tuple[Path, Path], client: LeafFiles, server_hostname: str) -> Outcome:
     """Mutual TLS on 127.0.0.1; `server` is (certificate file, key file)."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(*server)
@@ -233,9 +225,7 @@ def test_mutual_tls_succeeds_with_chain_files(pki: LabPki) -> None:
 
 def test_mutual_tls_fails_for_a_wrong_name(pki: LabPki) -> None:
     server = pki.leaves[SERVER]
-    outcome = handshake(
-        pki.ca_cert, (server.chain, server.key), pki.leaves[CLIENT], "other.example"
-    )
+    outcome = handshake(pki.ca_cert, (server.chain, server.key), pki.leaves[CLIENT], "other.example")
     assert isinstance(outcome.client, ssl.SSLCertVerificationError)
     assert "other.example" in str(outcome.client)
 
@@ -299,17 +289,13 @@ def test_cli_keeps_then_force_reissues(pki_copy: Path, capsys: pytest.CaptureFix
         ("ok.example,", ""),
     ],
 )
-def test_cli_rejects_a_bad_name(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, bad: str
-) -> None:
+def test_cli_rejects_a_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, bad: str) -> None:
     assert run_cli(["--out", str(tmp_path / "pki"), f"--name={value}"]) == 2
     assert f"--name {bad!r}" in capsys.readouterr().err
     assert not (tmp_path / "pki").exists()
 
 
-def test_cli_reports_every_problem_at_once(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_reports_every_problem_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--out", str(tmp_path), "--name", "a.example", "--name", "A.example"]
     assert run_cli([*argv, "--ip", "1.2.3", "--days", "0"]) == 2
     err = capsys.readouterr().err
@@ -318,9 +304,7 @@ def test_cli_reports_every_problem_at_once(
     assert "--days 0" in err
 
 
-def test_cli_reports_an_unwritable_directory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_reports_an_unwritable_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("not a directory")
     assert run_cli(["--out", str(tmp_path / "file" / "pki"), "--name", "a.example"]) == 2
     assert "cannot write" in capsys.readouterr().err

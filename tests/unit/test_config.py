@@ -220,7 +220,8 @@ def test_keepalive_and_dns_settings(tmp_path: Path) -> None:
     assert (config.keepalive_seconds, config.keepalive_timeout_seconds) == (90.0, 10.0)  # RFC 5626 §4.4.1's 10 s
     assert (config.dns_nameservers, config.dns_port) == (None, 53)  # the system's resolvers
     text = GOOD.replace("[proxy]\n", "[proxy]\nkeepalive_seconds = 0\n") + (
-        '[dns]\nnameservers = ["127.0.0.53", "::1"]\nport = 5353\ntimeout_seconds = 1.5\n')
+        '[dns]\nnameservers = ["127.0.0.53", "::1"]\nport = 5353\ntimeout_seconds = 1.5\n'
+    )
     config = load_config(write(tmp_path, text))
     assert config.keepalive_seconds == 0.0
     assert (config.dns_nameservers, config.dns_port, config.dns_timeout_seconds) == (("127.0.0.53", "::1"), 5353, 1.5)
@@ -228,15 +229,18 @@ def test_keepalive_and_dns_settings(tmp_path: Path) -> None:
 
 def test_keepalive_and_dns_problems(tmp_path: Path) -> None:
     text = GOOD.replace("[proxy]\n", "[proxy]\nkeepalive_seconds = 0.2\nkeepalive_timeout_seconds = 99\n") + (
-        '[dns]\nnameservers = ["ns1.example"]\nport = 0\nretries = 3\n')
+        '[dns]\nnameservers = ["ns1.example"]\nport = 0\nretries = 3\n'
+    )
     problems = problems_of(write(tmp_path, text))
-    assert sorted(problems) == sorted([
-        "dns.nameservers: 'ns1.example' is not an IP address",
-        "dns.port: 0 must be a whole number 1-65535",
-        "dns.retries: unknown key (known: nameservers, port, timeout_seconds)",
-        "proxy.keepalive_seconds: 0.2 must be a number of seconds from 1 to 3600 (0: off)",
-        "proxy.keepalive_timeout_seconds: 99 must be a number of seconds from 0.5 to 60",
-    ])
+    assert sorted(problems) == sorted(
+        [
+            "dns.nameservers: 'ns1.example' is not an IP address",
+            "dns.port: 0 must be a whole number 1-65535",
+            "dns.retries: unknown key (known: nameservers, port, timeout_seconds)",
+            "proxy.keepalive_seconds: 0.2 must be a number of seconds from 1 to 3600 (0: off)",
+            "proxy.keepalive_timeout_seconds: 99 must be a number of seconds from 0.5 to 60",
+        ]
+    )
 
 
 def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:

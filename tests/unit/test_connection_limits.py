@@ -63,8 +63,7 @@ def test_handshakes_per_source_are_a_token_bucket_that_gives_back_proven_handsha
 
 
 def test_handshake_buckets_are_bounded_in_number() -> None:
-    gate = ConnectionGate(max_connections=10_000, per_source=0, handshakes_per_second=1, burst_seconds=1,
-                          max_sources=3)
+    gate = ConnectionGate(max_connections=10_000, per_source=0, handshakes_per_second=1, burst_seconds=1, max_sources=3)
     for n in range(10):
         assert gate.admit(f"192.0.2.{n}", True, 0.0) is None
     assert len(gate._handshakes) == 3
@@ -110,9 +109,14 @@ def test_connection_limits_have_defaults(tmp_path: Path) -> None:
 
 def test_connection_limits_are_checked_all_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(config_with(tmp_path, "max_connections = 10\nmax_connections_per_source = 20\n"
-                                          "handshakes_per_source_per_second = -1\nunauthenticated_idle_seconds = 0\n"
-                                          "max_headers = 100.5\n"))
+        load_config(
+            config_with(
+                tmp_path,
+                "max_connections = 10\nmax_connections_per_source = 20\n"
+                "handshakes_per_source_per_second = -1\nunauthenticated_idle_seconds = 0\n"
+                "max_headers = 100.5\n",
+            )
+        )
     assert info.value.problems == [
         "limits.max_headers: 100.5 must be a whole number",
         "limits.handshakes_per_source_per_second: -1 must be a number from 0 to 1e+06",
@@ -213,14 +217,22 @@ def peer(name: str, subject: str) -> TrustedPeer:
 def driver(trust: Trust, loop: Loop) -> tuple[Driver, Recorder]:
     recorder = Recorder()
     proxy = Proxy(RelayPolicy.build([], RouteTable(()), {}, frozenset()))
-    drv = Driver(proxy, loop, client_ssl=None, connect_timeout=1, max_message_bytes=65535,  # type: ignore[arg-type]
-                 trust=trust, observer=recorder)
+    drv = Driver(
+        proxy,
+        loop,
+        client_ssl=None,
+        connect_timeout=1,
+        max_message_bytes=65535,  # type: ignore[arg-type]
+        trust=trust,
+        observer=recorder,
+    )
     drv.gate.configure(10, 2, 0, 1, idle_seconds=5)
     return drv, recorder
 
 
-def accepted(drv: Driver, remote: tuple[str, int] = ("192.0.2.7", 5555),
-             certificate: bool = False) -> tuple[StreamConnection, Transport]:
+def accepted(
+    drv: Driver, remote: tuple[str, int] = ("192.0.2.7", 5555), certificate: bool = False
+) -> tuple[StreamConnection, Transport]:
     """An accepted connection; with ``certificate``, one whose TLS (asyncio's, in the transport) showed LYNC."""
     conn = StreamConnection(drv, "tcp", "lab", outbound=False)
     transport = Transport(remote, certificate)
@@ -228,9 +240,11 @@ def accepted(drv: Driver, remote: tuple[str, int] = ("192.0.2.7", 5555),
     return conn, transport
 
 
-OPTIONS = (b"OPTIONS sip:sipfed.tomt.local SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.7:5555;branch=z9hG4bK1\r\n"
-           b"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:sipfed.tomt.local>\r\n"
-           b"Call-ID: idle-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+OPTIONS = (
+    b"OPTIONS sip:sipfed.tomt.local SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.7:5555;branch=z9hG4bK1\r\n"
+    b"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:sipfed.tomt.local>\r\n"
+    b"Call-ID: idle-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
 
 
 def test_unbound_connection_is_closed_after_the_idle_time_without_a_valid_message() -> None:

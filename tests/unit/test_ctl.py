@@ -84,8 +84,15 @@ def test_hostile_lines_are_parse_errors_too(line: bytes) -> None:
     assert answered(line)["error"]["code"] == PARSE_ERROR
 
 
-@pytest.mark.parametrize("line", [b'{"method": "echo", "id": 1}', b'{"jsonrpc": "2.0", "method": 3, "id": 1}',
-                                  b"42", b'{"jsonrpc": "2.0", "method": "echo", "id": [1]}'])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"method": "echo", "id": 1}',
+        b'{"jsonrpc": "2.0", "method": 3, "id": 1}',
+        b"42",
+        b'{"jsonrpc": "2.0", "method": "echo", "id": [1]}',
+    ],
+)
 def test_json_that_is_no_request_is_an_invalid_request(line: bytes) -> None:
     assert answered(line)["error"]["code"] == INVALID_REQUEST
 
@@ -109,7 +116,9 @@ def test_params_are_named_and_typed() -> None:
 
 def test_a_method_error_is_answered_as_is_and_a_bug_as_an_internal_error() -> None:
     assert answered(request("refusing"))["error"] == {
-        "code": FAILED, "message": "cannot open the trace file /x: Permission denied"}
+        "code": FAILED,
+        "message": "cannot open the trace file /x: Permission denied",
+    }
     error = answered(request("broken"))["error"]
     assert error["code"] == INTERNAL_ERROR
     assert "KeyError('oops')" in error["message"]
@@ -118,8 +127,15 @@ def test_a_method_error_is_answered_as_is_and_a_bug_as_an_internal_error() -> No
 
 def test_notifications_are_not_answered_and_batches_are_answered_by_arrays() -> None:
     assert answer_line(request("echo", {"text": "x"}, None), METHODS) is None
-    batch = b"[" + request("echo", {"text": "a"}, 1).strip() + b"," + request("echo", {}, None).strip() + b"," + \
-        request("nope", {}, 2).strip() + b"]"
+    batch = (
+        b"["
+        + request("echo", {"text": "a"}, 1).strip()
+        + b","
+        + request("echo", {}, None).strip()
+        + b","
+        + request("nope", {}, 2).strip()
+        + b"]"
+    )
     got = answered(batch)
     assert [a["id"] for a in got] == [1, 2]
     assert got[0]["result"] == {"text": "a"}
@@ -128,8 +144,13 @@ def test_notifications_are_not_answered_and_batches_are_answered_by_arrays() -> 
 
 
 def test_the_client_raises_the_error_with_its_data() -> None:
-    line = json.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "reload refused",
-                                                          "data": {"problems": ["routes[0].port: 0"]}}}).encode()
+    line = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "error": {"code": -32000, "message": "reload refused", "data": {"problems": ["routes[0].port: 0"]}},
+        }
+    ).encode()
     with pytest.raises(RpcError) as caught:
         result_of(line, 1)
     assert (caught.value.code, caught.value.data) == (-32000, {"problems": ["routes[0].port: 0"]})
@@ -170,8 +191,9 @@ def test_a_malformed_line_leaves_the_connection_usable(tmp_path: Path) -> None:
 def test_a_request_past_the_size_limit_is_refused_and_the_connection_closed(tmp_path: Path) -> None:
     async def scenario(path: Path) -> None:
         reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(b'{"jsonrpc": "2.0", "method": "echo", "params": {"text": "' + b"x" * (control.MAX_REQUEST_BYTES
-                                                                                           + 10))
+        writer.write(
+            b'{"jsonrpc": "2.0", "method": "echo", "params": {"text": "' + b"x" * (control.MAX_REQUEST_BYTES + 10)
+        )
         error = json.loads(await reader.readline())["error"]
         assert error["code"] == INVALID_REQUEST
         assert "longer than 65536 bytes" in error["message"]
@@ -227,32 +249,102 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_is_not(tmp_path: Path) -
 
 def test_a_table_pads_columns_and_marks_empty_cells() -> None:
     assert ctl.table(["A", "LONGER"], [["x", None], ["wide cell", 3]]).splitlines() == [
-        "A          LONGER", "x          -", "wide cell  3"]
+        "A          LONGER",
+        "x          -",
+        "wide cell  3",
+    ]
 
 
 def test_connections_table() -> None:
-    rows = [{"id": 3, "listener": "lync", "direction": "in", "transport": "tls", "remote": "127.0.0.3:40001",
-             "peer": "lync", "subject": "CN=lync01.tomt.it", "names": ["lync01.tomt.it", "127.0.0.3"],
-             "not_after": "2027-12-03T08:00:00Z", "idle_seconds": 75.2}]
+    rows = [
+        {
+            "id": 3,
+            "listener": "lync",
+            "direction": "in",
+            "transport": "tls",
+            "remote": "127.0.0.3:40001",
+            "peer": "lync",
+            "subject": "CN=lync01.tomt.it",
+            "names": ["lync01.tomt.it", "127.0.0.3"],
+            "not_after": "2027-12-03T08:00:00Z",
+            "idle_seconds": 75.2,
+        }
+    ]
     lines = ctl.format_connections(rows).splitlines()
-    assert lines[0].split() == ["ID", "LISTENER", "DIR", "TRANSPORT", "REMOTE", "PEER", "SUBJECT", "NAMES", "NOT",
-                                "AFTER", "IDLE"]
-    assert lines[1].split() == ["3", "lync", "in", "tls", "127.0.0.3:40001", "lync", "CN=lync01.tomt.it",
-                                "lync01.tomt.it,127.0.0.3", "2027-12-03T08:00:00Z", "1m15s"]
+    assert lines[0].split() == [
+        "ID",
+        "LISTENER",
+        "DIR",
+        "TRANSPORT",
+        "REMOTE",
+        "PEER",
+        "SUBJECT",
+        "NAMES",
+        "NOT",
+        "AFTER",
+        "IDLE",
+    ]
+    assert lines[1].split() == [
+        "3",
+        "lync",
+        "in",
+        "tls",
+        "127.0.0.3:40001",
+        "lync",
+        "CN=lync01.tomt.it",
+        "lync01.tomt.it,127.0.0.3",
+        "2027-12-03T08:00:00Z",
+        "1m15s",
+    ]
     assert ctl.format_connections([]) == "no open connections"
 
 
 def test_routes_table_says_why_a_candidate_is_down() -> None:
-    result = [{"route": "pool", "match_uri": "tomt.local", "health_checks": True, "candidates": [
-        {"position": 1, "destination": "tls:10.0.0.2:5061", "up": True, "priority": 0, "weight": 10,
-         "tls_name": "cups.tomt.local", "source": "static", "why": "200 OK", "down_for_seconds": None,
-         "health_checked": True},
-        {"position": 2, "destination": "tls:10.0.0.1:5061", "up": False, "priority": 0, "weight": 10,
-         "tls_name": "cups.tomt.local", "source": "static", "why": "connection refused", "down_for_seconds": 12.5,
-         "health_checked": True},
-        {"position": 3, "destination": "tls:10.0.0.3:5061", "up": False, "priority": 1, "weight": 0,
-         "tls_name": "cups.tomt.local", "source": "static", "why": "health check: no answer in 2 s",
-         "down_for_seconds": None, "health_checked": True}]}]
+    result = [
+        {
+            "route": "pool",
+            "match_uri": "tomt.local",
+            "health_checks": True,
+            "candidates": [
+                {
+                    "position": 1,
+                    "destination": "tls:10.0.0.2:5061",
+                    "up": True,
+                    "priority": 0,
+                    "weight": 10,
+                    "tls_name": "cups.tomt.local",
+                    "source": "static",
+                    "why": "200 OK",
+                    "down_for_seconds": None,
+                    "health_checked": True,
+                },
+                {
+                    "position": 2,
+                    "destination": "tls:10.0.0.1:5061",
+                    "up": False,
+                    "priority": 0,
+                    "weight": 10,
+                    "tls_name": "cups.tomt.local",
+                    "source": "static",
+                    "why": "connection refused",
+                    "down_for_seconds": 12.5,
+                    "health_checked": True,
+                },
+                {
+                    "position": 3,
+                    "destination": "tls:10.0.0.3:5061",
+                    "up": False,
+                    "priority": 1,
+                    "weight": 0,
+                    "tls_name": "cups.tomt.local",
+                    "source": "static",
+                    "why": "health check: no answer in 2 s",
+                    "down_for_seconds": None,
+                    "health_checked": True,
+                },
+            ],
+        }
+    ]
     lines = ctl.format_routes(result).splitlines()
     assert lines[0] == "route pool (tomt.local), health checks on:"
     assert lines[2].split()[:3] == ["1", "tls:10.0.0.2:5061", "up"]
@@ -262,13 +354,23 @@ def test_routes_table_says_why_a_candidate_is_down() -> None:
 
 
 def test_reload_and_subscription_and_small_answers() -> None:
-    changes = {"file": "/etc/sipfed.toml", "routes": {"added": ["new"], "removed": [], "changed": ["lync"]},
-               "peers": {"added": [], "removed": ["old"], "changed": []}, "settings": ["limits"],
-               "connections": {"rebound": 1, "closed": 2, "kept": 3}, "warnings": ["w"]}
+    changes = {
+        "file": "/etc/sipfed.toml",
+        "routes": {"added": ["new"], "removed": [], "changed": ["lync"]},
+        "peers": {"added": [], "removed": ["old"], "changed": []},
+        "settings": ["limits"],
+        "connections": {"rebound": 1, "closed": 2, "kept": 3},
+        "warnings": ["w"],
+    }
     assert ctl.format_reload(changes).splitlines() == [
-        "reloaded /etc/sipfed.toml", "  routes added: new", "  routes changed: lync", "  peers removed: old",
+        "reloaded /etc/sipfed.toml",
+        "  routes added: new",
+        "  routes changed: lync",
+        "  peers removed: old",
         "  settings changed: limits",
-        "  open connections: 1 re-bound, 2 closed (no longer bound to their peer), 3 kept", "  warning: w"]
+        "  open connections: 1 re-bound, 2 closed (no longer bound to their peer), 3 kept",
+        "  warning: w",
+    ]
     subs = ctl.format_subscriptions({"total": 2, "counts": [{"peer": None, "event": "presence", "count": 2}]})
     assert subs.splitlines()[0] == "2 active subscription(s)"
     assert subs.splitlines()[2].split() == ["(no", "trusted", "peer)", "presence", "2"]
@@ -279,11 +381,14 @@ def test_reload_and_subscription_and_small_answers() -> None:
 
 def test_trace_arguments_become_params_with_an_absolute_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(ctl_command="trace", state="on", peer=None, call_id="abc", file="t.log",
-                              max_bytes=None, files=2)
+    args = argparse.Namespace(
+        ctl_command="trace", state="on", peer=None, call_id="abc", file="t.log", max_bytes=None, files=2
+    )
     assert ctl.call_of(args) == ("trace", {"on": True, "call_id": "abc", "files": 2, "file": str(tmp_path / "t.log")})
     assert ctl.call_of(argparse.Namespace(ctl_command="log-level", level="warning")) == (
-        "log_level", {"level": "warning"})
+        "log_level",
+        {"level": "warning"},
+    )
 
 
 def test_the_client_says_why_it_cannot_ask(tmp_path: Path) -> None:
@@ -334,13 +439,16 @@ def test_every_control_problem_is_reported_by_key(tmp_path: Path) -> None:
         load_config(config_with(tmp_path, f'[control]\nsocket = "{long}"\nmode = 0o400\nowner = "sipfed"\n'))
     problems = caught.value.problems
     assert "control.owner: unknown key (known: mode, socket)" in problems
-    assert any(p.startswith(f"control.socket: '{long}' is longer than a Unix socket path may be (107 bytes)")
-               for p in problems)
+    assert any(
+        p.startswith(f"control.socket: '{long}' is longer than a Unix socket path may be (107 bytes)") for p in problems
+    )
     assert any(p.startswith("control.mode: 0o400 must let the owner read and write") for p in problems)
-    for section, expected in (('[control]\nmode = 0o600\n', "control.socket: missing (required)"),
-                              ('[control]\nsocket = "/s"\nmode = "rw"\n', "control.mode: 'rw' must be permission"),
-                              ('[control]\nsocket = "/s"\nmode = 0o1777\n', "control.mode: 0o1777 must be permission"),
-                              ('control = "/s"\n', "control: must be a table")):
+    for section, expected in (
+        ("[control]\nmode = 0o600\n", "control.socket: missing (required)"),
+        ('[control]\nsocket = "/s"\nmode = "rw"\n', "control.mode: 'rw' must be permission"),
+        ('[control]\nsocket = "/s"\nmode = 0o1777\n', "control.mode: 0o1777 must be permission"),
+        ('control = "/s"\n', "control: must be a table"),
+    ):
         path = config_with(tmp_path, "")
         path.write_text(section + BASE if section.startswith("control =") else BASE + section)
         with pytest.raises(ConfigError) as caught:
@@ -414,10 +522,17 @@ destination = "127.0.0.2"
 port = {port}
 transport = "tcp"
 """
-    old = load_config(config_with(tmp_path, routes.format(name="kept", port=5060) +
-                                  routes.format(name="gone", port=5060)))
-    new = load_config(config_with(tmp_path, routes.format(name="kept", port=5070) +
-                                  routes.format(name="new", port=5060) + "[limits]\nmax_headers = 100\n"))
+    old = load_config(
+        config_with(tmp_path, routes.format(name="kept", port=5060) + routes.format(name="gone", port=5060))
+    )
+    new = load_config(
+        config_with(
+            tmp_path,
+            routes.format(name="kept", port=5070)
+            + routes.format(name="new", port=5060)
+            + "[limits]\nmax_headers = 100\n",
+        )
+    )
     outcome = Reloaded.applied(old, new, ["kept", "rebound", "kept"])
     assert outcome.changes["routes"] == {"added": ["new"], "removed": ["gone"], "changed": ["kept"]}
     assert outcome.changes["settings"] == ["limits"]

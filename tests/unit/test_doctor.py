@@ -372,9 +372,13 @@ def test_the_final_answer_is_read_past_keepalives_provisionals_and_other_transac
 
 @pytest.mark.parametrize(
     ("reason", "alert"),
-    [("TLSV1_ALERT_UNKNOWN_CA", "48 unknown_ca"), ("SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "43 unsupported_certificate"),
-     ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "116 certificate_required"),
-     ("SSLV3_ALERT_CERTIFICATE_UNKNOWN", "46 certificate_unknown"), ("WRONG_VERSION_NUMBER", None)],
+    [
+        ("TLSV1_ALERT_UNKNOWN_CA", "48 unknown_ca"),
+        ("SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "43 unsupported_certificate"),
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "116 certificate_required"),
+        ("SSLV3_ALERT_CERTIFICATE_UNKNOWN", "46 certificate_unknown"),
+        ("WRONG_VERSION_NUMBER", None),
+    ],
 )
 def test_refusal_alerts_are_named(reason: str, alert: str | None) -> None:
     exc = ssl.SSLError(1, f"[SSL: {reason}] whatever (_ssl.c:1006)")

@@ -18,18 +18,43 @@ from proxy.net.health import DestinationState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # The series a sample name can take per family type (client_python's exposition).
-SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",), "unknown": ("",),
-            "histogram": ("_bucket", "_sum", "_count", "_created"), "summary": ("", "_sum", "_count", "_created")}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "unknown": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
 # Labels Prometheus adds at scrape time, and the histogram bucket label.
 SCRAPE_LABELS = {"instance", "job", "le"}
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-                   "offset"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+}
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
 REQUIRED = {
-    "sipfed_requests_received_total", "sipfed_requests_relayed_total", "sipfed_requests_refused_total",
-    "sipfed_responses_total", "sipfed_relay_latency_seconds_bucket", "sipfed_route_misses_total",
-    "sipfed_next_hop_failures_total", "sipfed_tls_handshakes_total", "sipfed_open_connections",
-    "sipfed_subscriptions_active", "sipfed_digest_total", "sipfed_challenges_shielded_total",
+    "sipfed_requests_received_total",
+    "sipfed_requests_relayed_total",
+    "sipfed_requests_refused_total",
+    "sipfed_responses_total",
+    "sipfed_relay_latency_seconds_bucket",
+    "sipfed_route_misses_total",
+    "sipfed_next_hop_failures_total",
+    "sipfed_tls_handshakes_total",
+    "sipfed_open_connections",
+    "sipfed_subscriptions_active",
+    "sipfed_digest_total",
+    "sipfed_challenges_shielded_total",
     "sipfed_malformed_messages_total",
 }
 
@@ -71,10 +96,15 @@ def metric_names(expr: str) -> set[str]:
 
 def label_names(expr: str) -> set[str]:
     """Label names in matchers ``{a="x"}`` and in ``by (a, b)`` / ``without (...)`` clauses."""
-    matchers = {name for block in re.findall(r"\{([^}]*)\}", expr) for name in re.findall(r"(\w+)\s*(?:=|!=|=~|!~)",
-                                                                                           block)}
-    grouped = {name.strip() for block in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
-               for name in block.split(",") if name.strip()}
+    matchers = {
+        name for block in re.findall(r"\{([^}]*)\}", expr) for name in re.findall(r"(\w+)\s*(?:=|!=|=~|!~)", block)
+    }
+    grouped = {
+        name.strip()
+        for block in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+        for name in block.split(",")
+        if name.strip()
+    }
     return matchers | grouped
 
 
@@ -116,7 +146,7 @@ def test_dashboard_covers_the_main_series_and_latency_quantiles() -> None:
     assert any(expr.startswith("histogram_quantile(0.5,") for expr in quantiles)
     assert any(expr.startswith("histogram_quantile(0.99,") for expr in quantiles)
     assert all("by (le" in expr for expr in quantiles)
-    assert any('reason' in label_names(expr) and "sipfed_tls_handshakes_total" in expr for expr in exprs())
+    assert any("reason" in label_names(expr) and "sipfed_tls_handshakes_total" in expr for expr in exprs())
 
 
 def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
@@ -129,8 +159,9 @@ def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
         rules += [f"      - record: dashboard:expr_{i}", f"        expr: {json.dumps(expr)}"]
     path = tmp_path / "rules.yml"
     path.write_text("\n".join(rules) + "\n")
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30,
-                            check=False)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -147,6 +178,11 @@ def test_prometheus_config_scrapes_the_default_metrics_address_every_5s() -> Non
 def test_prometheus_config_passes_promtool() -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not installed: make test installs Debian's prometheus package"
-    result = subprocess.run([promtool, "check", "config", str(EXAMPLES / "prometheus.yml")], capture_output=True,
-                            text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [promtool, "check", "config", str(EXAMPLES / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

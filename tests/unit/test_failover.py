@@ -20,8 +20,17 @@ C = Candidate("127.0.0.23", 5061, "tls", "c.tomt.local", priority=3)
 
 def pool(*candidates: Candidate, down_seconds: float = 30.0) -> StaticRoute:
     first = candidates[0]
-    return StaticRoute("pool", "tomt.local", first.host, first.port, "tls", first.tls_name, "cisco",
-                       destinations=candidates, down_seconds=down_seconds)
+    return StaticRoute(
+        "pool",
+        "tomt.local",
+        first.host,
+        first.port,
+        "tls",
+        first.tls_name,
+        "cisco",
+        destinations=candidates,
+        down_seconds=down_seconds,
+    )
 
 
 def dns_route() -> StaticRoute:
@@ -78,8 +87,7 @@ def test_every_candidate_failing_names_each_in_the_reason() -> None:
     walk = failover.plan(route, [A, B], now=0.0)
     for candidate in walk.candidates:
         failover.connect_failed(walk, candidate, "connection refused", now=0.0)
-    assert walk.reason == (f"no candidate of route pool answered: {A}: connection refused; "
-                           f"{B}: connection refused")
+    assert walk.reason == (f"no candidate of route pool answered: {A}: connection refused; {B}: connection refused")
 
 
 # -- rule 5: a 503 and a lost connection ----------------------------------------------------------------
@@ -117,8 +125,9 @@ def test_only_a_hop_the_route_chose_fails_over() -> None:
 
 def test_a_lost_connection_retries_unless_a_provisional_came() -> None:
     failover, route = fresh(), pool(A, B)
-    assert failover.after_loss(route, hop(route), 1, provisional=False) == type(failover.after_loss(
-        route, hop(route), 1, provisional=False))(2)
+    assert failover.after_loss(route, hop(route), 1, provisional=False) == type(
+        failover.after_loss(route, hop(route), 1, provisional=False)
+    )(2)
     assert failover.after_loss(route, hop(route), 1, provisional=True) is None  # it may have acted on it
     mark = failover.lost(route, A, "the connection closed before it answered", now=5.0)
     assert failover.down_until(A, 6.0) == 5.0 + route.down_seconds

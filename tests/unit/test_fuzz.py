@@ -57,12 +57,14 @@ OUR_ROUTES = ["<sip:sipfed.tomt.it:5072;transport=tls;lr>", "<sip:sipfed.tomt.lo
 
 
 def make_proxy() -> Proxy:
-    routes = RouteTable([
-        StaticRoute("cisco", "tomt.local", "127.0.0.2", 5062, "tls", "cups.tomt.local", "cisco"),
-        StaticRoute("lync", "tomt.it", "127.0.0.3", 5061, "tls", "lync01.tomt.it", "lync"),
-        StaticRoute("udp", "udp.example", "127.0.0.9", 5060, "udp", "127.0.0.9", "udp"),
-        StaticRoute("wild", "*.wild.example", "127.0.0.8", 5061, "tcp", "127.0.0.8", None),
-    ])
+    routes = RouteTable(
+        [
+            StaticRoute("cisco", "tomt.local", "127.0.0.2", 5062, "tls", "cups.tomt.local", "cisco"),
+            StaticRoute("lync", "tomt.it", "127.0.0.3", 5061, "tls", "lync01.tomt.it", "lync"),
+            StaticRoute("udp", "udp.example", "127.0.0.9", 5060, "udp", "127.0.0.9", "udp"),
+            StaticRoute("wild", "*.wild.example", "127.0.0.8", 5061, "tcp", "127.0.0.8", None),
+        ]
+    )
     policy = RelayPolicy.build([CISCO, LYNC, UDP], routes, {"127.0.0.2": "cups.tomt.local"}, frozenset())
     return Proxy(policy, RelaySettings())
 
@@ -71,11 +73,39 @@ def make_proxy() -> Proxy:
 
 TOKEN_CHARS = string.ascii_letters + string.digits + "-.!%*_+`'~"
 ALNUM = string.ascii_letters + string.digits
-METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY",
-           "PUBLISH", "INFO", "REFER", "UPDATE", "PRACK")
+METHODS = (
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "MESSAGE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "UPDATE",
+    "PRACK",
+)
 #: Headers the generators write themselves; an "unknown" header never takes one of these names.
-KNOWN = frozenset({"via", "from", "to", "call-id", "cseq", "max-forwards", "content-length", "route",
-                   "record-route", "proxy-require", "proxy-authorization", "require"})
+KNOWN = frozenset(
+    {
+        "via",
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "max-forwards",
+        "content-length",
+        "route",
+        "record-route",
+        "proxy-require",
+        "proxy-authorization",
+        "require",
+    }
+)
 
 tokens = st.text(TOKEN_CHARS, min_size=1, max_size=10)
 methods = st.sampled_from(METHODS) | tokens
@@ -86,8 +116,9 @@ hosts = domains | ipv4 | st.ip_addresses(v=6).map(lambda address: f"[{address}]"
 ports = st.none() | st.integers(1, 65535)
 schemes = st.sampled_from(["sip", "sips"])
 # userinfo: unreserved / escaped / user-unreserved, and ":" password (§25.1); never "@"
-users = st.none() | st.lists(st.sampled_from([*ALNUM, *"-_.!~*'()&=+$,;?/:", "%41", "%20", "%40", "%00"]),
-                             min_size=1, max_size=8).map("".join)
+users = st.none() | st.lists(
+    st.sampled_from([*ALNUM, *"-_.!~*'()&=+$,;?/:", "%41", "%20", "%40", "%00"]), min_size=1, max_size=8
+).map("".join)
 bare_users = st.none() | st.text(ALNUM + "-_.", min_size=1, max_size=8)
 params = st.lists(
     st.sampled_from([("transport", "tls"), ("transport", "UDP"), ("lr", None), ("maddr", "sipfed.example.org")])
@@ -139,8 +170,11 @@ def name_addrs(draw: st.DrawFn) -> tuple[str, NameAddr]:
 
 transports = st.sampled_from(["TLS", "TCP", "UDP", "SCTP", "WS"]) | tokens
 cookies = st.sampled_from(["z9hG4bK", ""])  # RFC 2543 peers send branches without the magic cookie
-via_extras = st.lists(st.sampled_from([("rport", None), ("received", "192.0.2.1"), ("ttl", "16")])
-                      | st.tuples(tokens, st.none() | tokens), max_size=2)
+via_extras = st.lists(
+    st.sampled_from([("rport", None), ("received", "192.0.2.1"), ("ttl", "16")])
+    | st.tuples(tokens, st.none() | tokens),
+    max_size=2,
+)
 slashes, colons, gaps = st.sampled_from(["/", " / "]), st.sampled_from([":", " : "]), st.sampled_from([" ", "  ", "\t"])
 
 
@@ -185,8 +219,10 @@ def via_lines(draw: st.DrawFn) -> tuple[list[tuple[str, str, str]], list[Via]]:
 @st.composite
 def route_lines(draw: st.DrawFn, name: str) -> list[tuple[str, str, str]]:
     """Zero to two Route or Record-Route lines of one or two <uri;lr> values each."""
-    return [(name.lower(), name, ", ".join(f"<{uri_text(uri.with_param('lr', None))}>" for uri in entries))
-            for entries in draw(route_entries)]
+    return [
+        (name.lower(), name, ", ".join(f"<{uri_text(uri.with_param('lr', None))}>" for uri in entries))
+        for entries in draw(route_entries)
+    ]
 
 
 @st.composite
@@ -204,8 +240,9 @@ def common_headers(draw: st.DrawFn, method: str) -> tuple[list[tuple[str, str, s
     return keep_order_of("via", items, draw(st.permutations(items))), parsed_vias
 
 
-def keep_order_of(key: str, items: list[tuple[str, str, str]],
-                  shuffled: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+def keep_order_of(
+    key: str, items: list[tuple[str, str, str]], shuffled: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
     """``shuffled`` with the lines of ``key`` back in their order in ``items`` (§7.3.1: that order matters)."""
     ordered = iter([item for item in items if item[0] == key])
     return [next(ordered) if item[0] == key else item for item in shuffled]
@@ -244,7 +281,11 @@ def test_request_round_trips(generated: tuple[Request, list[Via]], datagram: boo
     parsed = parse_message(data, datagram=datagram)
     assert isinstance(parsed, Request)
     assert (parsed.method, parsed.uri, parsed.version, parsed.body) == (
-        request.method, request.uri, request.version, request.body)
+        request.method,
+        request.uri,
+        request.version,
+        request.body,
+    )
     assert parsed.headers.items == request.headers.items
     assert parsed.vias == expected_vias
     assert str(parsed.request_uri) == request.uri
@@ -281,15 +322,75 @@ def test_name_addr_and_via_parse_as_generated(name_addr: tuple[str, NameAddr], v
 
 #: A fuzzing dictionary: the separators of the grammar and the values that break numeric and text fields.
 DICTIONARY = [
-    b"\r\n", b"\r\n\r\n", b"\r\n ", b" ", b"\t", b":", b";", b",", b"<", b">", b'"', b"\\", b"@", b"?", b"=",
-    b"/", b"[", b"]", b"%", b"%00", b"\x00", b"\xff", b"\xc0", b"\xed\xa0\x80", b"\xc2\xb2", b"\xd9\xa3",
-    b"\xef\xbc\x91", b"0", b"-1", b"65536", b"2147483648", b"4294967301", b"9" * 4400, b"SIP/2.0", b"SIP/2.0/",
-    b"sip:", b"sips:", b"tel:", b"z9hG4bK", b";branch=", b";tag=", b";maddr=", b";received=", b";rport",
-    b"Content-Length: ", b"l: ", b"Via: ", b"v: ", b"CSeq: ", b"Max-Forwards: ", b"Route: ", b"To: ", b"From: ",
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\r\n ",
+    b" ",
+    b"\t",
+    b":",
+    b";",
+    b",",
+    b"<",
+    b">",
+    b'"',
+    b"\\",
+    b"@",
+    b"?",
+    b"=",
+    b"/",
+    b"[",
+    b"]",
+    b"%",
+    b"%00",
+    b"\x00",
+    b"\xff",
+    b"\xc0",
+    b"\xed\xa0\x80",
+    b"\xc2\xb2",
+    b"\xd9\xa3",
+    b"\xef\xbc\x91",
+    b"0",
+    b"-1",
+    b"65536",
+    b"2147483648",
+    b"4294967301",
+    b"9" * 4400,
+    b"SIP/2.0",
+    b"SIP/2.0/",
+    b"sip:",
+    b"sips:",
+    b"tel:",
+    b"z9hG4bK",
+    b";branch=",
+    b";tag=",
+    b";maddr=",
+    b";received=",
+    b";rport",
+    b"Content-Length: ",
+    b"l: ",
+    b"Via: ",
+    b"v: ",
+    b"CSeq: ",
+    b"Max-Forwards: ",
+    b"Route: ",
+    b"To: ",
+    b"From: ",
 ]
 #: What replaces a number: out of range, signed, over-long, and digits that are not ASCII (², ٣, １).
-NUMBERS = [b"0", b"-1", b"65536", b"2147483648", b"4294967301", b"9" * 4400, b"0" * 4400 + b"1", b"\xc2\xb2",
-           b"\xd9\xa3", b"\xef\xbc\x91", b"1 1", b""]
+NUMBERS = [
+    b"0",
+    b"-1",
+    b"65536",
+    b"2147483648",
+    b"4294967301",
+    b"9" * 4400,
+    b"0" * 4400 + b"1",
+    b"\xc2\xb2",
+    b"\xd9\xa3",
+    b"\xef\xbc\x91",
+    b"1 1",
+    b"",
+]
 DIGITS_RE = re.compile(rb"\d+")
 
 
@@ -413,9 +514,14 @@ SUPERSCRIPT_TWO = "²".encode()  # str.isdigit() says yes, int() says no
 
 def msg(*lines: bytes, uri: bytes = b"sip:alice@tomt.local", sender: bytes = b"sip:bob@tomt.it") -> bytes:
     """A MESSAGE to ``uri`` from ``sender`` with Via, From, To and Call-ID, then ``lines``."""
-    return (b"MESSAGE " + uri + b" SIP/2.0\r\nVia: SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKx\r\n"
-            b"From: <" + sender + b">;tag=1\r\nTo: <sip:alice@tomt.local>\r\nCall-ID: c1@tomt.it\r\n"
-            + b"".join(line + b"\r\n" for line in lines) + b"\r\n")
+    return (
+        b"MESSAGE " + uri + b" SIP/2.0\r\nVia: SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKx\r\n"
+        b"From: <"
+        + sender
+        + b">;tag=1\r\nTo: <sip:alice@tomt.local>\r\nCall-ID: c1@tomt.it\r\n"
+        + b"".join(line + b"\r\n" for line in lines)
+        + b"\r\n"
+    )
 
 
 CRASHERS = [
@@ -436,8 +542,11 @@ CRASHERS = [
     pytest.param("via", b"SIP/2.0/TLS lync01.tomt.it:" + NINES + b";branch=z9hG4bKx", id="via-port-4400-digits"),
     pytest.param("name-addr", b"<sip:alice@tomt.local:" + SUPERSCRIPT_TWO + b">;tag=1", id="name-addr-port-sup2"),
     pytest.param("relay", msg(b"CSeq: 1 MESSAGE", b"Max-Forwards: " + SUPERSCRIPT_TWO), id="relay-max-forwards-sup2"),
-    pytest.param("relay", msg(b"CSeq: 1 MESSAGE", uri=b"sip:alice@tomt.local:" + SUPERSCRIPT_TWO),
-                 id="relay-request-uri-port-sup2"),
+    pytest.param(
+        "relay",
+        msg(b"CSeq: 1 MESSAGE", uri=b"sip:alice@tomt.local:" + SUPERSCRIPT_TWO),
+        id="relay-request-uri-port-sup2",
+    ),
     pytest.param("relay", msg(b"CSeq: 1 MESSAGE", sender=b"sip:bob@tomt.it:" + NINES), id="relay-from-port-4400"),
     pytest.param("relay", msg(b"CSeq: 1 MESSAGE", b"Max-Forwards: " + ZEROS + b"70"), id="relay-max-forwards-zeros"),
 ]
@@ -533,16 +642,22 @@ def test_relay_adds_one_via_and_decrements_max_forwards(generated: tuple[bytes, 
     assert ours.port == identity.port
     assert (ours.branch or "").startswith(BRANCH_PREFIX)
     sender, kept = parse_via(before[0]), parse_via(after[1])  # the sender's, with received/rport filled (§18.2.1)
-    assert (kept.transport, kept.host, kept.port, kept.branch) == (sender.transport, sender.host, sender.port,
-                                                                    sender.branch)
+    assert (kept.transport, kept.host, kept.port, kept.branch) == (
+        sender.transport,
+        sender.host,
+        sender.port,
+        sender.branch,
+    )
     assert after[2:] == before[1:]
     expected = "70" if max_forwards is None else str(int(max_forwards) - 1)
     assert forwarded.headers.get_all("max-forwards") == [expected]
 
 
 @MESSAGES
-@given(st.one_of(hostile_bytes, mutated(routed_requests().map(lambda generated: generated[0]))),
-       st.sampled_from([TLS_IN, UDP_IN]))
+@given(
+    st.one_of(hostile_bytes, mutated(routed_requests().map(lambda generated: generated[0]))),
+    st.sampled_from([TLS_IN, UDP_IN]),
+)
 def test_proxy_receive_answers_or_drops_anything(data: bytes, flow: Flow) -> None:
     px = make_proxy()
     px.receive(flow, data, 0.0)  # must not raise

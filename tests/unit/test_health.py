@@ -63,8 +63,10 @@ def test_candidates_gone_from_dns_are_forgotten_and_late_results_ignored() -> No
     assert prober.record(A, False, 10.0, "late") is None
 
 
-@pytest.mark.parametrize(("status", "ok"), [(200, True), (404, True), (483, True), (100, False), (500, False),
-                                            (503, False), (408, True), (0, False)])
+@pytest.mark.parametrize(
+    ("status", "ok"),
+    [(200, True), (404, True), (483, True), (100, False), (500, False), (503, False), (408, True), (0, False)],
+)
 def test_what_counts_as_alive(status: int, ok: bool) -> None:
     assert passed(status) is ok
 
@@ -73,12 +75,17 @@ def test_what_counts_as_alive(status: int, ok: bool) -> None:
 
 
 def test_health_config_defaults_and_table() -> None:
-    routes, problems = parse_routes([
-        {"match_uri": "a.example", "destination": "a.example", "health": True},
-        {"match_uri": "b.example", "destination": "b.example",
-         "health": {"interval_seconds": 5, "timeout_seconds": 1, "failures_to_down": 2, "successes_to_up": 1}},
-        {"match_uri": "c.example", "destination": "c.example", "health": False},
-    ])
+    routes, problems = parse_routes(
+        [
+            {"match_uri": "a.example", "destination": "a.example", "health": True},
+            {
+                "match_uri": "b.example",
+                "destination": "b.example",
+                "health": {"interval_seconds": 5, "timeout_seconds": 1, "failures_to_down": 2, "successes_to_up": 1},
+            },
+            {"match_uri": "c.example", "destination": "c.example", "health": False},
+        ]
+    )
     assert problems == []
     assert routes[0].health == HealthCheck()
     assert routes[1].health == HealthCheck(5.0, 1.0, 2, 1)
@@ -86,12 +93,21 @@ def test_health_config_defaults_and_table() -> None:
 
 
 def test_health_config_problems_name_the_key() -> None:
-    _, problems = parse_routes([
-        {"match_uri": "a.example", "destination": "a.example", "health": "yes"},
-        {"match_uri": "b.example", "destination": "b.example",
-         "health": {"interval_seconds": 0, "failures_to_down": 0, "every": 3}},
-        {"match_uri": "c.example", "destination": "c.example", "health": {"interval_seconds": 1, "timeout_seconds": 5}},
-    ])
+    _, problems = parse_routes(
+        [
+            {"match_uri": "a.example", "destination": "a.example", "health": "yes"},
+            {
+                "match_uri": "b.example",
+                "destination": "b.example",
+                "health": {"interval_seconds": 0, "failures_to_down": 0, "every": 3},
+            },
+            {
+                "match_uri": "c.example",
+                "destination": "c.example",
+                "health": {"interval_seconds": 1, "timeout_seconds": 5},
+            },
+        ]
+    )
     text = "\n".join(problems)
     assert "routes[0].health: must be true, false or a table" in text
     assert "routes[1].health.every: unknown key" in text

@@ -17,8 +17,10 @@ from proxy.net.hep_export import HepExport
 
 ROOT = Path(__file__).resolve().parents[2]
 
-OPTIONS = (b"OPTIONS sip:cups.tomt.local SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.3:40000;branch=z9hG4bK1\r\n"
-           b"Call-ID: a84b4c76e66710@lync01.tomt.it\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+OPTIONS = (
+    b"OPTIONS sip:cups.tomt.local SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.3:40000;branch=z9hG4bK1\r\n"
+    b"Call-ID: a84b4c76e66710@lync01.tomt.it\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
 
 
 def chunk(type_id: int, value: bytes) -> bytes:
@@ -27,8 +29,16 @@ def chunk(type_id: int, value: bytes) -> bytes:
 
 
 def test_ipv4_tls_message_byte_for_byte() -> None:
-    packet = encode(OPTIONS, "tls", ("127.0.0.3", 40000), ("127.0.0.1", 5062), 1_700_000_000, 123_456, 2002,
-                    correlation_id=b"a84b4c76e66710@lync01.tomt.it")
+    packet = encode(
+        OPTIONS,
+        "tls",
+        ("127.0.0.3", 40000),
+        ("127.0.0.1", 5062),
+        1_700_000_000,
+        123_456,
+        2002,
+        correlation_id=b"a84b4c76e66710@lync01.tomt.it",
+    )
     body = (
         bytes.fromhex("0000 0001 0007 02")  # IP protocol family: 2, IPv4
         + bytes.fromhex("0000 0002 0007 06")  # IP protocol ID: TLS is carried over TCP, 6
@@ -56,7 +66,7 @@ def test_ipv6_udp_message() -> None:
     assert chunks[0x0006] == bytes.fromhex("20010db8000000000000000000000001")
     assert 0x0003 not in chunks
     assert 0x0004 not in chunks
-    assert packet[packet.index(bytes.fromhex("0000 0005")):][:6] == bytes.fromhex("0000 0005 0016")  # 6 + 16
+    assert packet[packet.index(bytes.fromhex("0000 0005")) :][:6] == bytes.fromhex("0000 0005 0016")  # 6 + 16
     assert (chunks[0x0007], chunks[0x0008]) == (struct.pack("!H", 5060), struct.pack("!H", 5061))
     assert chunks[0x000F] == OPTIONS
     assert 0x000E not in chunks
@@ -86,13 +96,16 @@ def test_the_header_length_counts_everything_and_a_too_large_message_is_refused(
         encode(b"x" * (largest + 1), "tls", ("127.0.0.3", 1), ("127.0.0.1", 2), 1, 2, 3)
 
 
-@pytest.mark.parametrize(("message", "expected"), [
-    (OPTIONS, b"a84b4c76e66710@lync01.tomt.it"),
-    (b"SIP/2.0 200 OK\r\ni: compact@x\r\n\r\n", b"compact@x"),  # RFC 3261 §7.3.3 compact form
-    (b"MESSAGE sip:a SIP/2.0\r\nCALL-ID  :  spaced@x  \r\n\r\n", b"spaced@x"),
-    (b"MESSAGE sip:a SIP/2.0\r\nTo: <sip:a>\r\n\r\nCall-ID: in-the-body\r\n", b""),  # headers only
-    (b"MESSAGE sip:a SIP/2.0\r\nX-Call-ID: not-this\r\n\r\n", b""),
-])
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (OPTIONS, b"a84b4c76e66710@lync01.tomt.it"),
+        (b"SIP/2.0 200 OK\r\ni: compact@x\r\n\r\n", b"compact@x"),  # RFC 3261 §7.3.3 compact form
+        (b"MESSAGE sip:a SIP/2.0\r\nCALL-ID  :  spaced@x  \r\n\r\n", b"spaced@x"),
+        (b"MESSAGE sip:a SIP/2.0\r\nTo: <sip:a>\r\n\r\nCall-ID: in-the-body\r\n", b""),  # headers only
+        (b"MESSAGE sip:a SIP/2.0\r\nX-Call-ID: not-this\r\n\r\n", b""),
+    ],
+)
 def test_call_id_is_the_correlation_id(message: bytes, expected: bytes) -> None:
     assert call_id(message) == expected
 
@@ -110,11 +123,11 @@ def walk(packet: bytes) -> dict[int, bytes]:
     assert struct.unpack("!H", packet[4:6])[0] == len(packet)
     chunks, at = {}, 6
     while at < len(packet):
-        vendor, type_id, length = struct.unpack("!HHH", packet[at:at + 6])
+        vendor, type_id, length = struct.unpack("!HHH", packet[at : at + 6])
         assert vendor == 0
         assert length >= 6
         assert at + length <= len(packet)
-        chunks[type_id] = packet[at + 6:at + length]
+        chunks[type_id] = packet[at + 6 : at + length]
         at += length
     return chunks
 
@@ -140,8 +153,9 @@ def config(tmp_path: Path, hep: str) -> Path:
 
 
 def test_hep_section_loads(tmp_path: Path) -> None:
-    loaded = load_config(config(tmp_path, '[hep]\naddress = "Homer.example:9060"\ncapture_id = 2002\n'
-                                          'password = "myHep"\n'))
+    loaded = load_config(
+        config(tmp_path, '[hep]\naddress = "Homer.example:9060"\ncapture_id = 2002\npassword = "myHep"\n')
+    )
     assert loaded.hep == HepConfig("homer.example", 9060, 2002, "myHep")
     v6 = load_config(config(tmp_path, '[hep]\naddress = "[2001:db8::9]:9060"\ncapture_id = 0\n'))
     assert v6.hep == HepConfig("2001:db8::9", 9060, 0, None)
@@ -150,8 +164,9 @@ def test_hep_section_loads(tmp_path: Path) -> None:
 
 def test_every_hep_problem_is_reported_by_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(config(tmp_path, '[hep]\naddress = "2001:db8::9:9060"\ncapture_id = -1\npassword = ""\n'
-                                     'compress = true\n'))
+        load_config(
+            config(tmp_path, '[hep]\naddress = "2001:db8::9:9060"\ncapture_id = -1\npassword = ""\ncompress = true\n')
+        )
     problems = caught.value.problems
     assert any(p.startswith("hep.address: '2001:db8::9:9060' must be HOST:PORT") for p in problems)
     assert "hep.capture_id: -1 must be a whole number 0-4294967295" in problems
@@ -172,6 +187,7 @@ def test_capture_id_is_required(tmp_path: Path) -> None:
 
 
 # -- the export queue, on a hand-made loop -------------------------------------------------------------------
+
 
 class Loop:
     def __init__(self) -> None:
@@ -221,8 +237,16 @@ def export(queue_messages: int = 3) -> tuple[HepExport, Loop, Transport, dict[st
         counts[reason] = counts.get(reason, 0) + n
 
     loop, transport = Loop(), Transport()
-    hep = HepExport(loop, "127.0.0.1", 9060, 2002, b"pw", count_sent=sent,  # type: ignore[arg-type]
-                    count_dropped=dropped, queue_messages=queue_messages)
+    hep = HepExport(
+        loop,
+        "127.0.0.1",
+        9060,
+        2002,
+        b"pw",
+        count_sent=sent,  # type: ignore[arg-type]
+        count_dropped=dropped,
+        queue_messages=queue_messages,
+    )
     hep.transport = transport  # type: ignore[assignment]
     hep._task = Done()  # type: ignore[assignment]  # as if start() had connected
     return hep, loop, transport, counts

@@ -9,8 +9,13 @@ SECONDS = [0.0, 0.0004, 0.0005, 0.00051, 0.001, 0.0199, 0.02, 0.3, 5.0, 29.9, 30
 
 
 def samples(registry: CollectorRegistry, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() if f.name == family
-            for s in f.samples if not s.name.endswith("_created")}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in registry.collect()
+        if f.name == family
+        for s in f.samples
+        if not s.name.endswith("_created")
+    }
 
 
 def test_latency_histogram_matches_prometheus_client() -> None:
@@ -33,8 +38,13 @@ def test_counters_match_prometheus_client() -> None:
     received = Counter("sipfed_requests_received", "x", ["method", "peer"], registry=theirs)
     relayed = Counter("sipfed_requests_relayed", "x", ["method", "peer", "route"], registry=theirs)
     responses = Counter("sipfed_responses", "x", ["method", "status_class"], registry=theirs)
-    for method, peer, status in [("MESSAGE", "lync", 200), ("MESSAGE", "lync", 486), ("NOTIFY", "none", 200),
-                                 ("MESSAGE", "lync", 200), ("other", "cups", 699)]:
+    for method, peer, status in [
+        ("MESSAGE", "lync", 200),
+        ("MESSAGE", "lync", 486),
+        ("NOTIFY", "none", 200),
+        ("MESSAGE", "lync", 200),
+        ("other", "cups", 699),
+    ]:
         metrics.request_received(method, peer)
         received.labels(method, peer).inc()
         metrics.request_relayed(method, peer, "tomt.local")

@@ -19,30 +19,49 @@ from routes import RouteTable, StaticRoute
 
 LYNC_IN = Flow("tls", "lync", ("127.0.0.3", 40001), 1, CertIdentity(dns_names=("lync01.tomt.it",)), "lync")
 CUPS_IN = Flow("tls", "cisco", ("127.0.0.2", 40002), 3, CertIdentity(dns_names=("cups.tomt.local",)), "cups")
-ROUTES = RouteTable([
-    StaticRoute("cisco", "tomt.local", "10.1.1.5", 5062, "tls", "cups.tomt.local", "cisco"),
-    StaticRoute("lync", "tomt.it", "10.2.2.7", 5061, "tls", "lync01.tomt.it", "lync"),
-])
+ROUTES = RouteTable(
+    [
+        StaticRoute("cisco", "tomt.local", "10.1.1.5", 5062, "tls", "cups.tomt.local", "cisco"),
+        StaticRoute("lync", "tomt.it", "10.2.2.7", 5061, "tls", "lync01.tomt.it", "lync"),
+    ]
+)
 #: ErrorId ; reason="..." and nothing else: no source parameter (§2.2.1.2 forbids it).
 SHAPE = re.compile(r'\d+;reason="[^"\\]*"')
 
 
 def make_proxy(*, microsoft: bool = True) -> Proxy:
-    identities = [Identity("cisco", "tls", "127.0.0.1", 5071, "sipfed.tomt.local", "sipfed.tomt.local", "refuse"),
-                  Identity("lync", "tls", "127.0.0.1", 5072, "sipfed.tomt.it", "sipfed.tomt.it", "refuse")]
-    trust = Trust(peers=(
-        TrustedPeer("lync", (parse_subject("lync01.tomt.it"),), domains=("tomt.it",), answers_digest=False,
-                    microsoft=microsoft),
-        TrustedPeer("cups", (parse_subject("cups.tomt.local"),), domains=("tomt.local",)),
-    ))
-    return Proxy(RelayPolicy.build(identities, ROUTES, {}, frozenset()), RelaySettings(transaction_timeout_seconds=2),
-                 trust)
+    identities = [
+        Identity("cisco", "tls", "127.0.0.1", 5071, "sipfed.tomt.local", "sipfed.tomt.local", "refuse"),
+        Identity("lync", "tls", "127.0.0.1", 5072, "sipfed.tomt.it", "sipfed.tomt.it", "refuse"),
+    ]
+    trust = Trust(
+        peers=(
+            TrustedPeer(
+                "lync",
+                (parse_subject("lync01.tomt.it"),),
+                domains=("tomt.it",),
+                answers_digest=False,
+                microsoft=microsoft,
+            ),
+            TrustedPeer("cups", (parse_subject("cups.tomt.local"),), domains=("tomt.local",)),
+        )
+    )
+    return Proxy(
+        RelayPolicy.build(identities, ROUTES, {}, frozenset()), RelaySettings(transaction_timeout_seconds=2), trust
+    )
 
 
 def request(uri: str = "sip:alice@tomt.local", *, from_host: str = "tomt.it", method: str = "MESSAGE") -> bytes:
-    lines = [f"{method} {uri} SIP/2.0", "Via: SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKms1",
-             f"From: <sip:bob@{from_host}>;tag=f1", f"To: <{uri}>", "Call-ID: ms1@tomt.it", f"CSeq: 1 {method}",
-             "Max-Forwards: 70", "Content-Length: 0"]
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        "Via: SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKms1",
+        f"From: <sip:bob@{from_host}>;tag=f1",
+        f"To: <{uri}>",
+        "Call-ID: ms1@tomt.it",
+        f"CSeq: 1 {method}",
+        "Max-Forwards: 70",
+        "Content-Length: 0",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -70,23 +89,26 @@ def diagnostics(response: Response) -> list[str]:
 # -- the table ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "reason", "error_id"), [
-    (404, "Not Found (no route for domain nowhere.example)", 1005),
-    (503, "Service Unavailable (connection refused (nothing listens there))", 1007),
-    (503, "Service Unavailable (no candidate of route pool answered: tls:10.1.1.5:5062: connect timed out)", 1007),
-    (503, "Service Unavailable (certificate name mismatch: the route expects 'cups.tomt.local' but …)", 1010),
-    (503, "Service Unavailable (TLS handshake failed: WRONG_VERSION_NUMBER)", 1010),
-    (503, "Service Unavailable (sipfed is shutting down)", 52003),
-    (503, "Service Unavailable (overloaded: 10000 transactions in flight)", 52002),
-    (503, "Service Unavailable (rate limit for peer lync)", 52002),
-    (408, "Request Timeout (no answer from 10.1.1.5 in 16 s)", 52001),
-    (403, "Forbidden (peer lync may not speak for domain evil.example)", 52010),
-    (403, "Forbidden (next hop 10.9.9.9:5061 is not a configured destination)", 52011),
-    (403, "Forbidden (next hop demanded digest authentication the sender cannot answer: realm x)", 52012),
-    (403, "Forbidden (not a trusted peer, not exempt, no credentials)", 52013),
-    (404, "Not Found (request addressed to the proxy itself)", 52014),
-    (482, "Loop Detected", FALLBACK_ID),
-])
+@pytest.mark.parametrize(
+    ("status", "reason", "error_id"),
+    [
+        (404, "Not Found (no route for domain nowhere.example)", 1005),
+        (503, "Service Unavailable (connection refused (nothing listens there))", 1007),
+        (503, "Service Unavailable (no candidate of route pool answered: tls:10.1.1.5:5062: connect timed out)", 1007),
+        (503, "Service Unavailable (certificate name mismatch: the route expects 'cups.tomt.local' but …)", 1010),
+        (503, "Service Unavailable (TLS handshake failed: WRONG_VERSION_NUMBER)", 1010),
+        (503, "Service Unavailable (sipfed is shutting down)", 52003),
+        (503, "Service Unavailable (overloaded: 10000 transactions in flight)", 52002),
+        (503, "Service Unavailable (rate limit for peer lync)", 52002),
+        (408, "Request Timeout (no answer from 10.1.1.5 in 16 s)", 52001),
+        (403, "Forbidden (peer lync may not speak for domain evil.example)", 52010),
+        (403, "Forbidden (next hop 10.9.9.9:5061 is not a configured destination)", 52011),
+        (403, "Forbidden (next hop demanded digest authentication the sender cannot answer: realm x)", 52012),
+        (403, "Forbidden (not a trusted peer, not exempt, no credentials)", 52013),
+        (404, "Not Found (request addressed to the proxy itself)", 52014),
+        (482, "Loop Detected", FALLBACK_ID),
+    ],
+)
 def test_each_answer_gets_its_code_and_a_fixed_reason(status: int, reason: str, error_id: int) -> None:
     ((name, value),) = ms_diagnostics_public(status, reason)
     assert name == "ms-diagnostics-public"
@@ -99,7 +121,8 @@ def test_each_answer_gets_its_code_and_a_fixed_reason(status: int, reason: str, 
 def test_the_fallback_keeps_the_status_phrase_without_sipfeds_detail() -> None:
     assert ms_diagnostics_public(420, "Bad Extension") == ((HEADER, f'{FALLBACK_ID};reason="Bad Extension"'),)
     assert ms_diagnostics_public(400, 'Bad Request (malformed header line "X: \\"10.0.0.1")') == (
-        (HEADER, f'{FALLBACK_ID};reason="Bad Request"'),)
+        (HEADER, f'{FALLBACK_ID};reason="Bad Request"'),
+    )
 
 
 @pytest.mark.parametrize("status", [100, 180, 200, 302, 487])
@@ -182,10 +205,18 @@ def test_the_100_trying_and_the_options_200_get_none() -> None:
 
 def test_peers_microsoft_key_is_read_and_checked() -> None:
     problems: list[str] = []
-    trust = parse_trust({"peers": [{"name": "lync", "subjects": ["lync01.tomt.it"], "microsoft": True},
-                                   {"name": "cups", "subjects": ["cups.tomt.local"]}]}, problems, [], set())
+    trust = parse_trust(
+        {
+            "peers": [
+                {"name": "lync", "subjects": ["lync01.tomt.it"], "microsoft": True},
+                {"name": "cups", "subjects": ["cups.tomt.local"]},
+            ]
+        },
+        problems,
+        [],
+        set(),
+    )
     assert problems == []
     assert [p.microsoft for p in trust.peers] == [True, False]
-    parse_trust({"peers": [{"name": "lync", "subjects": ["lync01.tomt.it"], "microsoft": "yes"}]}, problems, [],
-                set())
+    parse_trust({"peers": [{"name": "lync", "subjects": ["lync01.tomt.it"], "microsoft": "yes"}]}, problems, [], set())
     assert problems == ["peers[0].microsoft: must be true or false"]

@@ -1,7 +1,6 @@
 """The sans-IO SIP grammar: whole-message parsing (RFC 3261 §7, RFC 4475 torture messages),
 stream framing (§18.3, RFC 5626 §4.4.1), URIs (§19.1) and header values (§20, §7.3.3)."""
 
-
 import pytest
 
 from proxy.relay.local import reply_to_unparsed
@@ -404,11 +403,25 @@ def test_framer_arbitrary_chunk_boundaries(cut: int) -> None:
 
 
 CONTENT_LENGTH_LINES = [
-    b"Content-Length: 22", b"content-length:22", b"CONTENT-LENGTH \t:  7 ", b"Content-Length: 0022",
-    b"Content-Length:\r\n 5", b"l: 4", b"Content-Length: 4\r\nl: 4", b"Content-Length: 4\r\nContent-Length: 5",
-    b"Content-Length: -1", b"Content-Length: 1 2", b"Content-Length: 5\r", b"Content-Length: 5\r\r",
-    b"Content-Lengthy: 5", b"Content-Length 5", b"Location: x\r\nContent-Length: 3", b"Content-Length: \xd9",
-    b"Content-Length: 99999999999999999999", b"X-Content-Length: 5", b"Subject: a\nContent-Length: 6",
+    b"Content-Length: 22",
+    b"content-length:22",
+    b"CONTENT-LENGTH \t:  7 ",
+    b"Content-Length: 0022",
+    b"Content-Length:\r\n 5",
+    b"l: 4",
+    b"Content-Length: 4\r\nl: 4",
+    b"Content-Length: 4\r\nContent-Length: 5",
+    b"Content-Length: -1",
+    b"Content-Length: 1 2",
+    b"Content-Length: 5\r",
+    b"Content-Length: 5\r\r",
+    b"Content-Lengthy: 5",
+    b"Content-Length 5",
+    b"Location: x\r\nContent-Length: 3",
+    b"Content-Length: \xd9",
+    b"Content-Length: 99999999999999999999",
+    b"X-Content-Length: 5",
+    b"Subject: a\nContent-Length: 6",
 ]
 
 
@@ -539,13 +552,16 @@ def test_framer_waits_for_body() -> None:
 # -- issue 14 row 12: one unescaped '@' per URI (RFC 3261 §25.1) ----------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "sip:ceo@tomt.local;x=@tomt.it",
-    "sip:ceo@tomt.local?x=@tomt.it",
-    "sip:ceo@tomt.local;x=a@b?y=@tomt.it",
-    "sips:a@b@tomt.it",
-    "sip:@@tomt.it",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:ceo@tomt.local;x=@tomt.it",
+        "sip:ceo@tomt.local?x=@tomt.it",
+        "sip:ceo@tomt.local;x=a@b?y=@tomt.it",
+        "sips:a@b@tomt.it",
+        "sip:@@tomt.it",
+    ],
+)
 def test_parse_uri_second_unescaped_at_is_400(text: str) -> None:
     """userinfo ends at the only '@'; paramchar and hvalue have no '@' (escaped %40 only), so a second is 400."""
     with pytest.raises(SipSyntaxError) as info:
@@ -559,7 +575,9 @@ def test_parse_uri_escaped_at_in_userinfo_and_params_still_parses() -> None:
     assert parse_uri("sip:ceo@tomt.local;x=%40tomt.it?y=%40tomt.it").host == "tomt.local"
     # With one '@', what stands before it is userinfo, ';' and '=' included (user-unreserved): domain tomt.it.
     assert (parse_uri("sip:tomt.local;x=@tomt.it").user, parse_uri("sip:tomt.local;x=@tomt.it").host) == (
-        "tomt.local;x=", "tomt.it")
+        "tomt.local;x=",
+        "tomt.it",
+    )
 
 
 @pytest.mark.parametrize("value", ["<sip:ceo@tomt.local;x=@tomt.it>;tag=1", "<sip:ceo@tomt.local?x=@tomt.it>;tag=1"])
@@ -589,8 +607,9 @@ def oversized_error(stream: bytes, chunk: int = 0, max_header_bytes: int = 1024)
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 100, 1000])
-@pytest.mark.parametrize("extra", ["X-Pad: " + "a" * 2000 + "\r\n", "X-H: 1\r\n" * 10000],
-                         ids=["long-line", "many-lines"])
+@pytest.mark.parametrize(
+    "extra", ["X-Pad: " + "a" * 2000 + "\r\n", "X-H: 1\r\n" * 10000], ids=["long-line", "many-lines"]
+)
 def test_framer_oversized_head_keeps_its_readable_lines(extra: str, chunk: int) -> None:
     """The head of a FramingError for a header block over the cap: its whole lines within the cap,
     the same whatever the chunking, and enough to address the 513 (RFC 3261 §21.5.14, §8.2.6.2)."""

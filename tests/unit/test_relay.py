@@ -1,6 +1,5 @@
 """The transaction-stateful proxy core (RFC 3261 §16, §17) driven with bytes and hand-made time."""
 
-
 import gc
 import ipaddress
 from dataclasses import replace
@@ -267,7 +266,8 @@ def test_timeouts_fire_in_deadline_order_when_the_setting_shrinks() -> None:
     assert px.get_timer() == 4.0
     px.handle_timer(4.0)
     assert [r.headers.get("via") for r in replies(px.take_outputs(), LYNC_IN) if r.status == 408] == [
-        "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKd;received=127.0.0.3"]
+        "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKd;received=127.0.0.3"
+    ]
     assert px.get_timer() == 16.0
     px.handle_timer(16.0)
     assert [r.status for r in replies(px.take_outputs(), LYNC_IN)] == [408]
@@ -488,8 +488,10 @@ def test_an_in_dialog_request_to_an_unconfigured_host_is_403() -> None:
     """Issue 14 row 2: a Request-URI with a To tag naming any host is no next hop unless configured."""
     sent = request("MESSAGE", "sip:x@127.0.22.99:7777;transport=tcp", to_tag="any")
     response = only_reply(send(make_proxy(), sent))
-    assert (response.status, response.reason) == (403, "Forbidden (next hop 127.0.22.99:7777 is not a configured "
-                                                       "destination)")
+    assert (response.status, response.reason) == (
+        403,
+        "Forbidden (next hop 127.0.22.99:7777 is not a configured destination)",
+    )
     routed = request("MESSAGE", "sip:alice@tomt.local", headers=("Route: <sip:127.0.22.99:7777;transport=tcp;lr>",))
     assert only_reply(send(make_proxy(), routed)).status == 403
 
@@ -508,22 +510,34 @@ def test_cancelled_timers_do_not_pile_up_until_their_deadline() -> None:
     assert queue.next_deadline() is None
 
 
-@pytest.mark.parametrize(("via", "expected"), [
-    # A name in sent-by: that port, the received address, the name checked on the certificate.
-    ("SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3",
-     NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
-    # An address in sent-by: the name the sender's certificate proved on the closed connection.
-    ("SIP/2.0/TLS 127.0.0.3:40999;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 40999, "lync01.tomt.it", "lync", None)),
-    ("SIP/2.0/TLS lync01.tomt.it;branch=z9hG4bKa;received=127.0.0.3",
-     NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),  # §18.2.2: the transport's default port
-    # Issue 14: the closed connection's own transport (TLS), whatever the Via says; its real source address,
-    # never a received= the sender wrote.
-    ("SIP/2.0/TCP 127.0.0.3;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
-    ("SIP/2.0/UDP 127.0.0.3;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
-    ("SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.22.99",
-     NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
-    ("SIP/2.0/TLS bad host;branch=z9hG4bKa", None),
-])
+@pytest.mark.parametrize(
+    ("via", "expected"),
+    [
+        # A name in sent-by: that port, the received address, the name checked on the certificate.
+        (
+            "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3",
+            NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None),
+        ),
+        # An address in sent-by: the name the sender's certificate proved on the closed connection.
+        (
+            "SIP/2.0/TLS 127.0.0.3:40999;branch=z9hG4bKa",
+            NextHop("tls", "127.0.0.3", 40999, "lync01.tomt.it", "lync", None),
+        ),
+        (
+            "SIP/2.0/TLS lync01.tomt.it;branch=z9hG4bKa;received=127.0.0.3",
+            NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None),
+        ),  # §18.2.2: the transport's default port
+        # Issue 14: the closed connection's own transport (TLS), whatever the Via says; its real source address,
+        # never a received= the sender wrote.
+        ("SIP/2.0/TCP 127.0.0.3;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
+        ("SIP/2.0/UDP 127.0.0.3;branch=z9hG4bKa", NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None)),
+        (
+            "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.22.99",
+            NextHop("tls", "127.0.0.3", 5061, "lync01.tomt.it", "lync", None),
+        ),
+        ("SIP/2.0/TLS bad host;branch=z9hG4bKa", None),
+    ],
+)
 def test_reply_hop_for_a_closed_connection(via: str, expected: NextHop | None) -> None:
     assert reply_hop(LYNC_IN, via) == expected
 

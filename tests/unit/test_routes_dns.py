@@ -92,8 +92,11 @@ def test_same_seed_same_order() -> None:
 
 def test_addresses_of_one_srv_target_stay_together() -> None:
     """RFC 3263 §4.3: a target's addresses are tried in turn; weight belongs to the SRV record."""
-    pool = [cand("10.0.0.1", 0, 50, target="pool1"), cand("10.0.0.2", 0, 50, target="pool1"),
-            cand("10.0.0.3", 0, 50, target="pool2")]
+    pool = [
+        cand("10.0.0.1", 0, 50, target="pool1"),
+        cand("10.0.0.2", 0, 50, target="pool1"),
+        cand("10.0.0.3", 0, 50, target="pool2"),
+    ]
     rng = random.Random(9)
     orders = Counter(tuple(c.host for c in rfc2782_order(pool, rng)) for _ in range(2000))
     assert set(orders) == {("10.0.0.1", "10.0.0.2", "10.0.0.3"), ("10.0.0.3", "10.0.0.1", "10.0.0.2")}
@@ -159,14 +162,28 @@ def test_health_table_is_bounded() -> None:
 
 
 def test_destinations_with_route_level_defaults() -> None:
-    routes, problems = parse_routes([{
-        "match_uri": "tomt.it", "tls_name": "pool.tomt.it", "port": 5062, "down_seconds": 12.5,
-        "destinations": [
-            {"host": "Lync02.tomt.it.", "priority": 20},
-            {"host": "lync01.tomt.it", "priority": 10, "weight": 60},
-            {"host": "10.1.1.9", "priority": 10, "weight": 40, "port": 5061, "transport": "tcp", "tls_name": "x"},
-        ],
-    }])
+    routes, problems = parse_routes(
+        [
+            {
+                "match_uri": "tomt.it",
+                "tls_name": "pool.tomt.it",
+                "port": 5062,
+                "down_seconds": 12.5,
+                "destinations": [
+                    {"host": "Lync02.tomt.it.", "priority": 20},
+                    {"host": "lync01.tomt.it", "priority": 10, "weight": 60},
+                    {
+                        "host": "10.1.1.9",
+                        "priority": 10,
+                        "weight": 40,
+                        "port": 5061,
+                        "transport": "tcp",
+                        "tls_name": "x",
+                    },
+                ],
+            }
+        ]
+    )
     assert problems == []
     (route,) = routes
     assert [(c.host, c.port, c.transport, c.tls_name, c.priority, c.weight) for c in route.destinations] == [
@@ -176,15 +193,22 @@ def test_destinations_with_route_level_defaults() -> None:
     ]
     # the one-next-hop fields the proxy reads name the first destination of the lowest priority
     assert (route.destination, route.port, route.transport, route.tls_name) == (
-        "lync01.tomt.it", 5062, "tls", "pool.tomt.it")
+        "lync01.tomt.it",
+        5062,
+        "tls",
+        "pool.tomt.it",
+    )
     assert route.static_candidates == route.destinations
     assert route.down_seconds == 12.5
     assert route.resolve is None
-    routes, problems = parse_routes([{"match_uri": "tomt.it", "destinations": [
-        {"host": "a.tomt.it"}, {"host": "b.tomt.it", "transport": "udp"}]}])
+    routes, problems = parse_routes(
+        [{"match_uri": "tomt.it", "destinations": [{"host": "a.tomt.it"}, {"host": "b.tomt.it", "transport": "udp"}]}]
+    )
     assert problems == []  # without route-level defaults: each transport's port, the host's name, weight 0
     assert [(c.port, c.transport, c.tls_name, c.weight) for c in routes[0].destinations] == [
-        (5061, "tls", "a.tomt.it", 0), (5060, "udp", "b.tomt.it", 0)]
+        (5061, "tls", "a.tomt.it", 0),
+        (5060, "udp", "b.tomt.it", 0),
+    ]
 
 
 def test_single_destination_is_the_one_candidate_case() -> None:
@@ -192,7 +216,12 @@ def test_single_destination_is_the_one_candidate_case() -> None:
     assert problems == []
     (only,) = routes[0].static_candidates
     assert (only.host, only.port, only.transport, only.tls_name, only.source) == (
-        "cups.tomt.local", 5062, "tls", "cups.tomt.local", "static")
+        "cups.tomt.local",
+        5062,
+        "tls",
+        "cups.tomt.local",
+        "static",
+    )
     assert routes[0].down_seconds == 30.0
     built = StaticRoute("r", "tomt.local", "10.0.0.1", 5062, "tcp", "10.0.0.1")  # as the proxy's tests build it
     assert built.static_candidates == (Candidate("10.0.0.1", 5062, "tcp", "10.0.0.1"),)
@@ -207,8 +236,17 @@ def test_resolve_defaults() -> None:
     assert (route.naptr, route.tls_name_from, route.accepted_transports) == (True, "domain", ("tls",))
     assert (route.destination, route.port, route.transport, route.tls_name) == ("tomt.it", 5061, "tls", "tomt.it")
     assert route.static_candidates == ()
-    routes, problems = parse_routes([{"match_uri": "tomt.it", "resolve": "tomt.it", "transports": ["tls", "TCP"],
-                                      "naptr": False, "tls_name_from": "target"}])
+    routes, problems = parse_routes(
+        [
+            {
+                "match_uri": "tomt.it",
+                "resolve": "tomt.it",
+                "transports": ["tls", "TCP"],
+                "naptr": False,
+                "tls_name_from": "target",
+            }
+        ]
+    )
     assert problems == []
     route = routes[0]
     assert route.srv_services[-1] == "_sip._tcp"  # more transports add their SRV names
@@ -221,43 +259,52 @@ def entry(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if v is not None}
 
 
-@pytest.mark.parametrize(("raw", "path"), [
-    (entry(destination="a.tomt.it"), "routes[0]: destination and resolve cannot be combined"),
-    (entry(resolve=None, destination="a", destinations=[{"host": "b"}]), "routes[0]: destination and destinations"),
-    (entry(resolve=None), "routes[0].destination: missing (required: one of destination, destinations or resolve)"),
-    (entry(resolve=None, destinations=[]), "routes[0].destinations: must be a non-empty list"),
-    (entry(resolve=None, destinations="a.tomt.it"), "routes[0].destinations: must be a non-empty list"),
-    (entry(resolve=None, destinations=["a.tomt.it"]), "routes[0].destinations[0]: must be a table"),
-    (entry(resolve=None, destinations=[{"port": 5061}]), "routes[0].destinations[0].host: missing"),
-    (entry(resolve=None, destinations=[{"host": "a", "priority": 70000}]), "routes[0].destinations[0].priority: 70000"),
-    (entry(resolve=None, destinations=[{"host": "a", "weight": -1}]), "routes[0].destinations[0].weight: -1"),
-    (entry(resolve=None, destinations=[{"host": "a", "port": 0}]), "routes[0].destinations[0].port: 0"),
-    (entry(resolve=None, destinations=[{"host": "a", "prio": 1}]), "routes[0].destinations[0].prio: unknown key"),
-    (entry(resolve=None, destinations=[{"host": "a b"}]), "routes[0].destinations[0].host: 'a b' is not"),
-    (entry(resolve=None, destinations=[{"host": "a"}, {"host": "A"}]), "routes[0].destinations[1]: tls:a:5061 is"),
-    (entry(resolve=None, destinations=[{"host": "a"}], naptr=False), "routes[0].naptr: applies only to a route with"),
-    (entry(resolve=None, destination="a", srv_services=[]), "routes[0].srv_services: applies only"),
-    (entry(resolve="10.0.0.1"), "routes[0].resolve: '10.0.0.1' is not a domain name"),
-    (entry(resolve="bad domain"), "routes[0].resolve: 'bad domain' is not a domain name"),
-    (entry(port=5061), "routes[0].port: does not apply with resolve"),
-    (entry(srv_services=["sips.tcp"]), "routes[0].srv_services[0]: 'sips.tcp' is not an SRV service name"),
-    (entry(srv_services=["_sips._sctp"]), "routes[0].srv_services[0]: '_sips._sctp'"),
-    (entry(srv_services=["_sips._tcp", "_SIPS._tcp"]), "routes[0].srv_services[1]: '_SIPS._tcp' is listed twice"),
-    (entry(srv_services=["_sip._udp"]), "routes[0].srv_services[0]: '_sip._udp' is a udp service, but this route"),
-    (entry(srv_services="_sips._tcp"), "routes[0].srv_services: must be a list"),
-    (entry(naptr="yes"), "routes[0].naptr: 'yes' must be true or false"),
-    (entry(tls_name_from="cert"), "routes[0].tls_name_from: 'cert' must be one of domain, target"),
-    (entry(tls_name_from="target", tls_name="x.tomt.it"), "routes[0].tls_name: a fixed certificate name"),
-    (entry(transports=[]), "routes[0].transports: must be a non-empty list"),
-    (entry(transports=["tls", "sctp"]), "routes[0].transports[1]: 'sctp' must be one of"),
-    (entry(transports=["tls", "tls"]), "routes[0].transports[1]: 'tls' is listed twice"),
-    (entry(transports=["tls"], transport="tls"), "routes[0].transport: give transport or transports, not both"),
-    (entry(transport="sctp"), "routes[0].transport: 'sctp' must be one of"),
-    (entry(down_seconds=0), "routes[0].down_seconds: 0 must be a number of seconds"),
-    (entry(down_seconds="30"), "routes[0].down_seconds: '30' must be"),
-    (entry(down_seconds=True), "routes[0].down_seconds: True must be"),
-    (entry(down_seconds=86401), "routes[0].down_seconds: 86401 must be"),
-])
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        (entry(destination="a.tomt.it"), "routes[0]: destination and resolve cannot be combined"),
+        (entry(resolve=None, destination="a", destinations=[{"host": "b"}]), "routes[0]: destination and destinations"),
+        (entry(resolve=None), "routes[0].destination: missing (required: one of destination, destinations or resolve)"),
+        (entry(resolve=None, destinations=[]), "routes[0].destinations: must be a non-empty list"),
+        (entry(resolve=None, destinations="a.tomt.it"), "routes[0].destinations: must be a non-empty list"),
+        (entry(resolve=None, destinations=["a.tomt.it"]), "routes[0].destinations[0]: must be a table"),
+        (entry(resolve=None, destinations=[{"port": 5061}]), "routes[0].destinations[0].host: missing"),
+        (
+            entry(resolve=None, destinations=[{"host": "a", "priority": 70000}]),
+            "routes[0].destinations[0].priority: 70000",
+        ),
+        (entry(resolve=None, destinations=[{"host": "a", "weight": -1}]), "routes[0].destinations[0].weight: -1"),
+        (entry(resolve=None, destinations=[{"host": "a", "port": 0}]), "routes[0].destinations[0].port: 0"),
+        (entry(resolve=None, destinations=[{"host": "a", "prio": 1}]), "routes[0].destinations[0].prio: unknown key"),
+        (entry(resolve=None, destinations=[{"host": "a b"}]), "routes[0].destinations[0].host: 'a b' is not"),
+        (entry(resolve=None, destinations=[{"host": "a"}, {"host": "A"}]), "routes[0].destinations[1]: tls:a:5061 is"),
+        (
+            entry(resolve=None, destinations=[{"host": "a"}], naptr=False),
+            "routes[0].naptr: applies only to a route with",
+        ),
+        (entry(resolve=None, destination="a", srv_services=[]), "routes[0].srv_services: applies only"),
+        (entry(resolve="10.0.0.1"), "routes[0].resolve: '10.0.0.1' is not a domain name"),
+        (entry(resolve="bad domain"), "routes[0].resolve: 'bad domain' is not a domain name"),
+        (entry(port=5061), "routes[0].port: does not apply with resolve"),
+        (entry(srv_services=["sips.tcp"]), "routes[0].srv_services[0]: 'sips.tcp' is not an SRV service name"),
+        (entry(srv_services=["_sips._sctp"]), "routes[0].srv_services[0]: '_sips._sctp'"),
+        (entry(srv_services=["_sips._tcp", "_SIPS._tcp"]), "routes[0].srv_services[1]: '_SIPS._tcp' is listed twice"),
+        (entry(srv_services=["_sip._udp"]), "routes[0].srv_services[0]: '_sip._udp' is a udp service, but this route"),
+        (entry(srv_services="_sips._tcp"), "routes[0].srv_services: must be a list"),
+        (entry(naptr="yes"), "routes[0].naptr: 'yes' must be true or false"),
+        (entry(tls_name_from="cert"), "routes[0].tls_name_from: 'cert' must be one of domain, target"),
+        (entry(tls_name_from="target", tls_name="x.tomt.it"), "routes[0].tls_name: a fixed certificate name"),
+        (entry(transports=[]), "routes[0].transports: must be a non-empty list"),
+        (entry(transports=["tls", "sctp"]), "routes[0].transports[1]: 'sctp' must be one of"),
+        (entry(transports=["tls", "tls"]), "routes[0].transports[1]: 'tls' is listed twice"),
+        (entry(transports=["tls"], transport="tls"), "routes[0].transport: give transport or transports, not both"),
+        (entry(transport="sctp"), "routes[0].transport: 'sctp' must be one of"),
+        (entry(down_seconds=0), "routes[0].down_seconds: 0 must be a number of seconds"),
+        (entry(down_seconds="30"), "routes[0].down_seconds: '30' must be"),
+        (entry(down_seconds=True), "routes[0].down_seconds: True must be"),
+        (entry(down_seconds=86401), "routes[0].down_seconds: 86401 must be"),
+    ],
+)
 def test_route_problems_name_their_key(raw: dict[str, Any], path: str) -> None:
     routes, problems = parse_routes([raw])
     assert routes == []
@@ -274,15 +321,28 @@ def test_every_problem_at_once() -> None:
     _, problems = parse_routes(raw)
     keys = [p.split(":")[0] for p in problems]
     assert keys == [
-        "routes[0].destinations[0].priority", "routes[0].destinations[1].colour", "routes[0].destinations[1].host",
-        "routes[1].srv_services[0]", "routes[1].naptr", "routes[1].down_seconds", "routes[2].srv_services[0]",
+        "routes[0].destinations[0].priority",
+        "routes[0].destinations[1].colour",
+        "routes[0].destinations[1].host",
+        "routes[1].srv_services[0]",
+        "routes[1].naptr",
+        "routes[1].down_seconds",
+        "routes[2].srv_services[0]",
     ]
 
 
 def test_candidate_for_host_finds_every_pool_member() -> None:
-    routes, _ = parse_routes([{"match_uri": "tomt.it", "destinations": [
-        {"host": "lync01.tomt.it", "priority": 1},
-        {"host": "lync02.tomt.it", "port": 5071, "tls_name": "p", "priority": 2}]}])
+    routes, _ = parse_routes(
+        [
+            {
+                "match_uri": "tomt.it",
+                "destinations": [
+                    {"host": "lync01.tomt.it", "priority": 1},
+                    {"host": "lync02.tomt.it", "port": 5071, "tls_name": "p", "priority": 2},
+                ],
+            }
+        ]
+    )
     table = RouteTable(routes)
     found = table.candidate_for_host("LYNC02.tomt.it.")
     assert found is not None
@@ -334,8 +394,12 @@ def test_cache_is_bounded_least_recently_used_first() -> None:
 class Zone:
     """Canned DNS: (name, type) -> records with a TTL; other names are NXDOMAIN, listed failures time out."""
 
-    def __init__(self, records: dict[tuple[str, str], tuple[Rdata, ...]], ttl: int = 300,
-                 failing: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        records: dict[tuple[str, str], tuple[Rdata, ...]],
+        ttl: int = 300,
+        failing: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.records = records
         self.ttl = ttl
         self.failing = set(failing)
@@ -361,9 +425,14 @@ class Zone:
         raise result
 
     def locate(self, domain: str = "tomt.it", **kw: Any) -> list[Candidate]:
-        policy = LocatePolicy(**{"transports": ("tls",), "srv_services": ("_sips._tcp", "_sip._tls",
-                                                                         "_sipfederationtls._tcp"),
-                                 "tls_name": domain, **kw})
+        policy = LocatePolicy(
+            **{
+                "transports": ("tls",),
+                "srv_services": ("_sips._tcp", "_sip._tls", "_sipfederationtls._tcp"),
+                "tls_name": domain,
+                **kw,
+            }
+        )
         plan = locate(domain, policy)
         results: Any = None  # the first send(None) starts the generator
         try:
@@ -376,11 +445,16 @@ class Zone:
 
 
 POOL: dict[tuple[str, str], tuple[Rdata, ...]] = {
-    ("tomt.it", "NAPTR"): (Naptr(20, 10, "S", "SIP+D2U", "_sip._udp.tomt.it"),
-                           Naptr(10, 10, "s", "SIPS+D2T", "_sips._tcp.tomt.it"),
-                           Naptr(5, 10, "u", "E2U+sip", "!^.*$!sip:info@tomt.it!")),
-    ("_sips._tcp.tomt.it", "SRV"): (Srv(10, 60, 5061, "pool1.tomt.it"), Srv(20, 0, 5071, "backup.tomt.it"),
-                                    Srv(10, 40, 5061, "pool2.tomt.it")),
+    ("tomt.it", "NAPTR"): (
+        Naptr(20, 10, "S", "SIP+D2U", "_sip._udp.tomt.it"),
+        Naptr(10, 10, "s", "SIPS+D2T", "_sips._tcp.tomt.it"),
+        Naptr(5, 10, "u", "E2U+sip", "!^.*$!sip:info@tomt.it!"),
+    ),
+    ("_sips._tcp.tomt.it", "SRV"): (
+        Srv(10, 60, 5061, "pool1.tomt.it"),
+        Srv(20, 0, 5071, "backup.tomt.it"),
+        Srv(10, 40, 5061, "pool2.tomt.it"),
+    ),
     ("_sip._udp.tomt.it", "SRV"): (Srv(0, 0, 5060, "pool1.tomt.it"),),
     ("pool1.tomt.it", "A"): ("127.0.0.11", "127.0.0.12"),
     ("pool1.tomt.it", "AAAA"): ("::1",),
@@ -402,16 +476,19 @@ def test_naptr_srv_a_in_three_rounds() -> None:
     assert found[0].source == "NAPTR SIPS+D2T -> SRV _sips._tcp.tomt.it"
     # SIP+D2U is discarded (a TLS-only route), so only one SRV name; every address question in one round
     assert [[str(q) for q in batch] for batch in zone.batches[:2]] == [["NAPTR tomt.it"], ["SRV _sips._tcp.tomt.it"]]
-    assert {str(q) for q in zone.batches[2]} == {f"{t} {n}.tomt.it" for t in ("A", "AAAA")
-                                                 for n in ("pool1", "pool2", "backup")}
+    assert {str(q) for q in zone.batches[2]} == {
+        f"{t} {n}.tomt.it" for t in ("A", "AAAA") for n in ("pool1", "pool2", "backup")
+    }
     ordered = order(found, Health(), 0.0, random.Random(1))
     assert [c.host for c in ordered][-1] == "127.0.0.14"
 
 
 def test_tls_is_preferred_over_the_naptr_order() -> None:
     records = dict(POOL)
-    records[("tomt.it", "NAPTR")] = (Naptr(10, 10, "s", "SIP+D2U", "_sip._udp.tomt.it"),
-                                     Naptr(20, 10, "s", "SIPS+D2T", "_sips._tcp.tomt.it"))
+    records[("tomt.it", "NAPTR")] = (
+        Naptr(10, 10, "s", "SIP+D2U", "_sip._udp.tomt.it"),
+        Naptr(20, 10, "s", "SIPS+D2T", "_sips._tcp.tomt.it"),
+    )
     found = Zone(records).locate(transports=("tls", "udp"))
     ranks = [(c.rank, c.transport) for c in order(found, Health(), 0.0, random.Random(0))]
     assert ranks[0] == (0, "tls")
@@ -419,15 +496,20 @@ def test_tls_is_preferred_over_the_naptr_order() -> None:
 
 
 def test_without_naptr_the_configured_srv_names_in_order() -> None:
-    zone = Zone({
-        ("_sipfederationtls._tcp.tomt.it", "SRV"): (Srv(0, 0, 5061, "sip.tomt.it"),),
-        ("_sip._tls.tomt.it", "SRV"): (Srv(0, 0, 5062, "old.tomt.it"),),
-        ("sip.tomt.it", "A"): ("127.0.0.21",),
-        ("old.tomt.it", "A"): ("127.0.0.22",),
-    })
+    zone = Zone(
+        {
+            ("_sipfederationtls._tcp.tomt.it", "SRV"): (Srv(0, 0, 5061, "sip.tomt.it"),),
+            ("_sip._tls.tomt.it", "SRV"): (Srv(0, 0, 5062, "old.tomt.it"),),
+            ("sip.tomt.it", "A"): ("127.0.0.21",),
+            ("old.tomt.it", "A"): ("127.0.0.22",),
+        }
+    )
     found = zone.locate()
-    assert {str(q) for q in zone.batches[1]} == {"SRV _sips._tcp.tomt.it", "SRV _sip._tls.tomt.it",
-                                                 "SRV _sipfederationtls._tcp.tomt.it"}
+    assert {str(q) for q in zone.batches[1]} == {
+        "SRV _sips._tcp.tomt.it",
+        "SRV _sip._tls.tomt.it",
+        "SRV _sipfederationtls._tcp.tomt.it",
+    }
     ordered = order(found, Health(), 0.0, random.Random(0))
     assert [(c.host, c.port, c.rank, c.source) for c in ordered] == [
         ("127.0.0.22", 5062, 1, "SRV _sip._tls.tomt.it"),
@@ -442,10 +524,13 @@ def test_no_srv_falls_back_to_the_domain_on_the_default_port() -> None:
     assert found[0].source == "A/AAAA plain.example (no SRV)"
 
 
-@pytest.mark.parametrize(("srv", "failing", "match"), [
-    ((Srv(0, 0, 0, "."),), (), r"SRV _sips\._tcp\.tomt\.it says the service is not offered \(target '\.'\)"),
-    ((), (("_sips._tcp.tomt.it", "SRV"),), r"SRV _sips\._tcp\.tomt\.it failed \(no answer within 2 s\)"),
-])
+@pytest.mark.parametrize(
+    ("srv", "failing", "match"),
+    [
+        ((Srv(0, 0, 0, "."),), (), r"SRV _sips\._tcp\.tomt\.it says the service is not offered \(target '\.'\)"),
+        ((), (("_sips._tcp.tomt.it", "SRV"),), r"SRV _sips\._tcp\.tomt\.it failed \(no answer within 2 s\)"),
+    ],
+)
 def test_no_fallback_to_the_domain_after_srv_dot_or_failure(srv: tuple[Srv, ...], failing: Any, match: str) -> None:
     """RFC 2782: target "." is "decidedly not available"; a timeout is not "no SRV records" (§4.2)."""
     records: dict[tuple[str, str], tuple[Rdata, ...]] = {("tomt.it", "A"): ("127.0.0.9",)}
@@ -478,17 +563,22 @@ def test_unreachable_targets_are_left_out() -> None:
 def test_certificate_name_from_target_or_fixed() -> None:
     by_target = Zone(POOL).locate(tls_name=None)
     assert {c.target: c.tls_name for c in by_target} == {
-        "pool1.tomt.it": "pool1.tomt.it", "pool2.tomt.it": "pool2.tomt.it", "backup.tomt.it": "backup.tomt.it"}
+        "pool1.tomt.it": "pool1.tomt.it",
+        "pool2.tomt.it": "pool2.tomt.it",
+        "backup.tomt.it": "backup.tomt.it",
+    }
     fixed = Zone(POOL).locate(tls_name="edge.tomt.it")
     assert {c.tls_name for c in fixed} == {"edge.tomt.it"}
 
 
 def test_policy_from_route() -> None:
-    routes, _ = parse_routes([
-        {"match_uri": "tomt.it", "resolve": "tomt.it", "tls_name_from": "target"},
-        {"match_uri": "tomt.local", "resolve": "tomt.local", "tls_name": "edge.tomt.local", "naptr": False},
-        {"match_uri": "x.example", "resolve": "x.example"},
-    ])
+    routes, _ = parse_routes(
+        [
+            {"match_uri": "tomt.it", "resolve": "tomt.it", "tls_name_from": "target"},
+            {"match_uri": "tomt.local", "resolve": "tomt.local", "tls_name": "edge.tomt.local", "naptr": False},
+            {"match_uri": "x.example", "resolve": "x.example"},
+        ]
+    )
     policies = [LocatePolicy.for_route(r) for r in routes]
     assert [p.tls_name for p in policies] == [None, "edge.tomt.local", "x.example"]
     assert [p.naptr for p in policies] == [True, False, True]

@@ -21,10 +21,12 @@ LYNC_IN = Flow("tls", "lync", ("127.0.0.3", 40001), 1, CERT, "lync")
 CISCO_OUT = Flow("tls", "cisco", ("127.0.0.2", 5062), 2, CertIdentity(dns_names=("cups.tomt.local",)), "cups")
 ANON_TCP = Flow("tcp", "tcp", ("127.0.0.9", 40500), 7)
 ANON_UDP = Flow("udp", "udp", ("127.0.0.9", 5060), 0)
-ROUTES = RouteTable([
-    StaticRoute("cisco", "tomt.local", "127.0.0.2", 5062, "tls", "cups.tomt.local", "cisco"),
-    StaticRoute("lync", "tomt.it", "127.0.0.3", 5061, "tls", "lync01.tomt.it", "lync"),
-])
+ROUTES = RouteTable(
+    [
+        StaticRoute("cisco", "tomt.local", "127.0.0.2", 5062, "tls", "cups.tomt.local", "cisco"),
+        StaticRoute("lync", "tomt.it", "127.0.0.3", 5061, "tls", "lync01.tomt.it", "lync"),
+    ]
+)
 
 
 class Recorder(Observer):
@@ -42,18 +44,36 @@ def make_proxy(untrusted: str = "refuse") -> tuple[Proxy, Recorder]:
         Identity("tcp", "tcp", "127.0.0.1", 5060, "sipfed.tomt.local", "sipfed.tomt.local", untrusted),
         Identity("udp", "udp", "127.0.0.1", 5060, "sipfed.tomt.local", "sipfed.tomt.local", untrusted),
     ]
-    peers = (TrustedPeer("lync", (parse_subject("lync01.tomt.it"),), domains=("tomt.it",)),
-             TrustedPeer("cups", (parse_subject("cups.tomt.local"),), domains=("tomt.local",)))
+    peers = (
+        TrustedPeer("lync", (parse_subject("lync01.tomt.it"),), domains=("tomt.it",)),
+        TrustedPeer("cups", (parse_subject("cups.tomt.local"),), domains=("tomt.local",)),
+    )
     recorder = Recorder()
-    return BoundProxy(RelayPolicy.build(identities, ROUTES, {}, frozenset()), RelaySettings(), Trust(peers),
-                      recorder), recorder
+    return BoundProxy(
+        RelayPolicy.build(identities, ROUTES, {}, frozenset()), RelaySettings(), Trust(peers), recorder
+    ), recorder
 
 
-def request(method: str = "MESSAGE", *, from_: str = "<sip:bob@tomt.it>", via: str = "SIP/2.0/TLS lync01.tomt.it:5061",
-            branch: str = "z9hG4bKa1", headers: tuple[str, ...] = (), cseq: str | None = None) -> bytes:
-    lines = [f"{method} sip:alice@tomt.local SIP/2.0", f"Via: {via};branch={branch}", f"From: {from_};tag=f1",
-             "To: <sip:alice@tomt.local>", "Call-ID: c1@tomt.it", f"CSeq: {cseq or '1 ' + method}", "Max-Forwards: 70",
-             *headers, "Content-Length: 0"]
+def request(
+    method: str = "MESSAGE",
+    *,
+    from_: str = "<sip:bob@tomt.it>",
+    via: str = "SIP/2.0/TLS lync01.tomt.it:5061",
+    branch: str = "z9hG4bKa1",
+    headers: tuple[str, ...] = (),
+    cseq: str | None = None,
+) -> bytes:
+    lines = [
+        f"{method} sip:alice@tomt.local SIP/2.0",
+        f"Via: {via};branch={branch}",
+        f"From: {from_};tag=f1",
+        "To: <sip:alice@tomt.local>",
+        "Call-ID: c1@tomt.it",
+        f"CSeq: {cseq or '1 ' + method}",
+        "Max-Forwards: 70",
+        *headers,
+        "Content-Length: 0",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -125,24 +145,37 @@ def test_alias_only_over_tls_and_only_once_admitted() -> None:
 
 def test_received_written_by_the_sender_is_replaced_or_removed() -> None:
     for via, expected in [
-        ("SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.22.99",
-         "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3"),
-        ("SIP/2.0/TLS 127.0.0.3:5061;received=127.0.22.99;branch=z9hG4bKa",
-         "SIP/2.0/TLS 127.0.0.3:5061;branch=z9hG4bKa"),
-        ("SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa",
-         "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3"),
+        (
+            "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.22.99",
+            "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3",
+        ),
+        (
+            "SIP/2.0/TLS 127.0.0.3:5061;received=127.0.22.99;branch=z9hG4bKa",
+            "SIP/2.0/TLS 127.0.0.3:5061;branch=z9hG4bKa",
+        ),
+        (
+            "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa",
+            "SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa;received=127.0.0.3",
+        ),
     ]:
-        message = parse_message(request().replace(b"Via: SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa1",
-                                                  f"Via: {via}".encode()))
+        message = parse_message(
+            request().replace(b"Via: SIP/2.0/TLS lync01.tomt.it:5061;branch=z9hG4bKa1", f"Via: {via}".encode())
+        )
         assert isinstance(message, Request)
         mark_received(message, LYNC_IN)
         assert message.headers.get("via") == expected
 
 
 def test_identities_screened_by_the_peers_domains() -> None:
-    message = parse_message(request(headers=("P-Asserted-Identity: <sip:ceo@tomt.local>, <sip:bob@tomt.it>",
-                                             "P-Preferred-Identity: <sip:bob@tomt.it>",
-                                             "P-Asserted-Identity: <tel:+3902123>")))
+    message = parse_message(
+        request(
+            headers=(
+                "P-Asserted-Identity: <sip:ceo@tomt.local>, <sip:bob@tomt.it>",
+                "P-Preferred-Identity: <sip:bob@tomt.it>",
+                "P-Asserted-Identity: <tel:+3902123>",
+            )
+        )
+    )
     assert isinstance(message, Request)
     peer = TrustedPeer("lync", (parse_subject("lync01.tomt.it"),), domains=("tomt.it",))
     removed = screen_identities(message, peer)

@@ -27,11 +27,14 @@ def test_each_kind_starts_where_its_figure_does() -> None:
     assert client("SUBSCRIBE").state is S.TRYING  # §17.1.2.2
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("MESSAGE", [S.PROCEEDING, S.COMPLETED, S.TERMINATED]),
-    ("INVITE", [S.COMPLETED, S.CONFIRMED, S.TERMINATED]),
-    ("INVITE", [S.ACCEPTED, S.TERMINATED]),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("MESSAGE", [S.PROCEEDING, S.COMPLETED, S.TERMINATED]),
+        ("INVITE", [S.COMPLETED, S.CONFIRMED, S.TERMINATED]),
+        ("INVITE", [S.ACCEPTED, S.TERMINATED]),
+    ],
+)
 def test_server_transactions_follow_their_figure(method: str, path: list[TxState]) -> None:
     tx = server(method)
     for state in path:
@@ -39,12 +42,15 @@ def test_server_transactions_follow_their_figure(method: str, path: list[TxState
     assert tx.state is S.TERMINATED
 
 
-@pytest.mark.parametrize(("method", "start", "bad"), [
-    ("MESSAGE", S.COMPLETED, S.PROCEEDING),  # no provisional after a final
-    ("MESSAGE", S.TRYING, S.CONFIRMED),  # Confirmed is INVITE's alone
-    ("INVITE", S.ACCEPTED, S.COMPLETED),  # a 2xx then a non-2xx
-    ("INVITE", S.PROCEEDING, S.TRYING),
-])
+@pytest.mark.parametrize(
+    ("method", "start", "bad"),
+    [
+        ("MESSAGE", S.COMPLETED, S.PROCEEDING),  # no provisional after a final
+        ("MESSAGE", S.TRYING, S.CONFIRMED),  # Confirmed is INVITE's alone
+        ("INVITE", S.ACCEPTED, S.COMPLETED),  # a 2xx then a non-2xx
+        ("INVITE", S.PROCEEDING, S.TRYING),
+    ],
+)
 def test_an_illegal_server_move_raises(method: str, start: TxState, bad: TxState) -> None:
     tx = server(method)
     tx.state = start
