@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from acl.config import parse_trust
-from acl.peers import Trust
+from acl.peers import Trust, TrustedPeer
+from proxy.xmpp.policy import XmppConfig, parse_xmpp
 from routes import StaticRoute, parse_routes
 from routes.table import DOMAIN_RE, is_host
 
@@ -52,6 +53,7 @@ TOP_KEYS = {
     "dns",
     "control",
     "hep",
+    "xmpp",
 }
 #: [limits] keys: (lowest, highest); rates of 0, and a per-source cap of 0, switch that limit off. The defaults
 #: and which keys are whole numbers (an ``int`` field) are LimitsConfig's.
@@ -251,7 +253,12 @@ class Config:
     hep: HepConfig | None = None
     """``[hep]``: HEP export of every SIP message; None (no section): off."""
     trust: Trust = field(default_factory=Trust)
-    """Trusted peers, digest realm, exemption ACLs, outgoing credentials."""
+    """Trusted peers, digest realm, exemption ACLs, outgoing credentials (and one ``xmpp:<partner>`` peer per
+    XMPP partner: the gateway's in-process flow, bound to the partner's domains)."""
+    xmpp: XmppConfig | None = None
+    """``[xmpp]``: XMPP server-to-server federation for our SIP domains; None (no section): off."""
+    xmpp_routes: tuple[StaticRoute, ...] = ()
+    """One route per XMPP partner domain, to the gateway (transport ``xmpp``, listener ``xmpp``)."""
     warnings: tuple[str, ...] = ()
     """Things that work but an admin should know (plaintext passwords, open admission)."""
 
@@ -301,6 +308,10 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     settings.update(_dns(raw.get("dns"), problems))
     trust = parse_trust(raw, problems, warnings, {r.name for r in routes})
     listeners = _untrusted_policies(raw.get("listeners"), listeners, trust, problems, warnings)
+    xmpp = parse_xmpp(raw.get("xmpp"), path.parent, problems)
+    xmpp_routes: tuple[StaticRoute, ...] = ()
+    if xmpp is not None:
+        xmpp_routes, trust = _xmpp_federation(xmpp, tls, routes, trust, problems)
     if problems:
         return None
     return Config(
@@ -317,8 +328,42 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
         control=control,
         hep=hep,
         trust=trust,
+        xmpp=xmpp,
+        xmpp_routes=xmpp_routes,
         warnings=tuple(warnings),
     )
+
+
+def _xmpp_federation(
+    xmpp: XmppConfig, tls: TlsConfig | None, routes: list[StaticRoute], trust: Trust, problems: list[str]
+) -> tuple[tuple[StaticRoute, ...], Trust]:
+    """[xmpp] against the rest: TLS material for partners that use TLS, partner domains no [[routes]] entry
+    claims; the gateway's routes and its per-partner peers (bound to nothing on the network)."""
+    uses_tls = any(p.tls != "not_supported" for p in xmpp.partners)
+    if uses_tls and (xmpp.cert_chain is None or xmpp.key is None) and tls is None:
+        problems.append(
+            'xmpp: partners use TLS (tls is not "not_supported"): set [tls] cert_chain and key, or '
+            "xmpp.cert_chain and xmpp.key"
+        )
+    for path_key in ("cert_chain", "key", "ca_bundle"):
+        value = getattr(xmpp, path_key)
+        if value is not None and not value.is_file():
+            problems.append(f"xmpp.{path_key}: {value} is not a readable file")
+    claimed = {r.match_uri.lower(): r.name for r in routes}
+    gateway_routes = []
+    for partner in xmpp.partners:
+        for domain in partner.domains:
+            if domain in claimed:
+                problems.append(
+                    f"xmpp.partners: {domain} is XMPP partner {partner.name}'s domain, and "
+                    f"[[routes]] {claimed[domain]!r} also matches it; remove one"
+                )
+            gateway_routes.append(StaticRoute(f"xmpp:{partner.name}", domain, domain, 0, "xmpp", "", "xmpp"))
+    peers = tuple(
+        TrustedPeer(f"xmpp:{p.name}", (), (), p.domains, treat_as_authenticated=True, answers_digest=False)
+        for p in xmpp.partners
+    )
+    return tuple(gateway_routes), replace(trust, peers=trust.peers + peers)
 
 
 def _limits(raw: object, problems: list[str]) -> LimitsConfig:

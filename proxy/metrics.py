@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.net.health import DestinationState
 from proxy.relay.observe import Observer
+from proxy.xmpp.outbox import XmppObserver
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -304,3 +305,40 @@ class _DestinationCollector(Collector):
         for state in self.states():
             family.add_metric([state.route, state.destination], 1.0 if state.up else 0.0)
         yield family
+
+
+class XmppMetrics(XmppObserver):
+    """The XMPP federation's series (issue 15): labels are configured partner names and fixed words."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.streams = Counter(
+            "sipfed_xmpp_streams_total",
+            "XMPP server-to-server streams by partner and direction: authenticated (sasl, dialback), refused, "
+            "failed, closed",
+            ["partner", "direction", "outcome"],
+            registry=registry,
+        )
+        self.stanzas = Counter(
+            "sipfed_xmpp_stanzas_total",
+            "Stanzas through the SIP<->XMPP gateway: direction in (XMPP to SIP) or out, kind message, presence, "
+            "subscription, iq; outcome relayed, refused, error, bounced, dropped",
+            ["partner", "direction", "kind", "outcome"],
+            registry=registry,
+        )
+        self.standing = Gauge(
+            "sipfed_xmpp_subscriptions",
+            "Standing presence subscriptions through the gateway: xmpp_to_sip (an XMPP contact watches a SIP user) "
+            "and sip_to_xmpp",
+            ["direction"],
+            registry=registry,
+        )
+
+    def stream(self, partner: str, direction: str, outcome: str) -> None:
+        self.streams.labels(partner, direction, outcome).inc()
+
+    def stanza(self, partner: str, direction: str, kind: str, outcome: str) -> None:
+        self.stanzas.labels(partner, direction, kind, outcome).inc()
+
+    def subscriptions(self, watches: int, watchers: int) -> None:
+        self.standing.labels("xmpp_to_sip").set(watches)
+        self.standing.labels("sip_to_xmpp").set(watchers)

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, XmppMetrics
 from proxy.net.connection import DatagramEndpoint, connection_cap
 from proxy.net.control import ControlError, ControlServer, Reloaded, open_control
 from proxy.net.driver import Driver
@@ -26,10 +27,14 @@ from proxy.net.notify import notify, reloading
 from proxy.net.status import Readiness, StatusServer, readiness
 from proxy.net.tls import client_context, server_context
 from proxy.net.trace import Trace
+from proxy.net.xmpp import XmppEdge
+from proxy.net.xmpp_store import open_store
+from proxy.net.xmpp_tls import tls_context as xmpp_tls_context
 from proxy.relay.core import Proxy, RelaySettings
 from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.limits import Limits
 from proxy.relay.types import Identity
+from proxy.xmpp.policy import XmppConfig
 from routes import RouteTable
 from routes.resolver import DnspythonSource, Resolver
 
@@ -73,6 +78,9 @@ class Server:
         """Every listener is bound (``/ready``)."""
         self.status: StatusServer | None = None
         """``/metrics``, ``/healthz``, ``/ready`` (proxy/net/status.py), when ``[metrics] listen`` is on."""
+        self.xmpp: XmppEdge | None = None
+        """``[xmpp]``: the S2S listener, outbound streams and the SIP<->XMPP gateway (proxy/net/xmpp.py)."""
+        self.xmpp_metrics = XmppMetrics(self.metrics.registry)
 
     async def bind(self) -> str:
         """Bind every listener; return the readiness line."""
@@ -84,11 +92,25 @@ class Server:
                     f"cannot listen on {listener.address}:{listener.port} ({listener.transport}) "
                     f"for listener {listener.name!r}: {exc.strerror or exc}"
                 ) from None
+        xmpp = self.config.xmpp
+        if xmpp is not None:
+            self.xmpp = XmppEdge(self.loop, self.driver, self.xmpp_metrics)
+            try:
+                self.ports["xmpp"] = await self.xmpp.bind(xmpp)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {xmpp.listen[0]}:{xmpp.listen[1]} for XMPP ([xmpp] listen): "
+                    f"{exc.strerror or exc}"
+                ) from None
         self.apply(self.config)
+        if self.xmpp is not None and xmpp is not None:
+            self.xmpp.start_gateway(open_store(xmpp, self.config.path))
         self.listening = True
         line = " ".join(
             f"{lst.name}={lst.transport}:{lst.address}:{self.ports[lst.name]}" for lst in self.config.listeners
         )
+        if xmpp is not None:
+            line += f" xmpp=xmpp:{xmpp.listen[0]}:{self.ports['xmpp']}"
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
             try:
@@ -142,6 +164,11 @@ class Server:
             )
             for lst in config.listeners
         ]
+        if config.xmpp is not None and "xmpp" in self.ports:  # the gateway's side: its own Via and Record-Route
+            host, _ = config.xmpp.listen
+            identities.append(
+                Identity("xmpp", "xmpp", host, self.ports["xmpp"], config.fqdn, config.federation_fqdn, "refuse")
+            )
         rewrites = {r.internal: r.external for r in config.maddr_rewrites}
         # In-dialog targets outside the routes: the opt-in networks, and those of peers bound by network alone
         # (a TCP/UDP peer's network is that peer: its Contacts are in it).
@@ -149,7 +176,11 @@ class Server:
             network for peer in config.trust.peers if not peer.subjects for network in peer.networks
         )
         policy = RelayPolicy.build(
-            identities, RouteTable(config.routes), rewrites, config.tolerated_option_tags, dialog_networks
+            identities,
+            RouteTable(config.routes + config.xmpp_routes),
+            rewrites,
+            config.tolerated_option_tags,
+            dialog_networks,
         )
         lim = config.limits
         settings = RelaySettings(
@@ -197,9 +228,30 @@ class Server:
             self.driver.server_contexts = {
                 lst.name: server_context(config.tls, lst) for lst in config.listeners if lst.transport == "tls"
             }
+        if self.xmpp is not None and config.xmpp is not None:
+            self._configure_xmpp(config, config.xmpp)
         for warning in config.warnings:
             log.warning("config: %s", warning)
         self.config = config
+
+    def _configure_xmpp(self, config: Config, xmpp: XmppConfig) -> None:
+        """[xmpp]'s partners, TLS contexts (its own certificate, else [tls]'s) and DNS (the [dns] servers)."""
+        assert self.xmpp is not None
+        chain = xmpp.cert_chain or (config.tls.cert_chain if config.tls else None)
+        key = xmpp.key or (config.tls.key if config.tls else None)
+        ca = xmpp.ca_bundle or (config.tls.ca_bundle if config.tls else None)
+        contexts = {}
+        if chain is not None and key is not None:
+            contexts = {server: xmpp_tls_context(chain, key, ca, server) for server in (True, False)}
+        dns = DnspythonSource(
+            config.dns_nameservers,
+            config.dns_port,
+            timeout_seconds=min(2.0, config.dns_timeout_seconds),
+            lifetime_seconds=config.dns_timeout_seconds,
+        )
+        self.xmpp.configure(
+            xmpp, contexts, dns, xmpp.listen[0] if xmpp.listen[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+        )
 
     def _configure_hep(self, config: Config) -> None:
         """[hep] on, off or to a new receiver; an unchanged section keeps its socket and queue."""
@@ -257,7 +309,7 @@ class Server:
             if _listener_layout(config) != _listener_layout(self.config):
                 raise ConfigError(config.path, ["listeners: adding, removing or moving a listener needs a restart"])
             self.apply(config)
-        except (ConfigError, OSError, ssl.SSLError) as exc:
+        except (ConfigError, OSError, ssl.SSLError, SSL.Error) as exc:
             log.error("reload refused, the running config stays: %s", exc)
             self.metrics.config_reloads.labels("refused").inc()
             return Reloaded.refused(
@@ -307,6 +359,8 @@ class Server:
         self.driver.pump()  # the 503s into the connections' queues ...
         self.driver.flush()  # ... and written
         left = proxy.pending()
+        if self.xmpp is not None:
+            await self.xmpp.close()
         await self.driver.close()
         for _ in range(20):  # bounded: let the closing connections write what they hold (1 s at most)
             if not self.driver.connections:

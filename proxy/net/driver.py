@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
@@ -37,6 +38,12 @@ from routes.resolver import Resolver
 log = logging.getLogger("sipfed.net")
 
 HopKey = tuple[str, str, int, str | None]
+
+
+class InProcessLink(Protocol):
+    """A flow that is not a socket: the XMPP gateway, which answers and originates SIP in the same process."""
+
+    def send(self, data: bytes) -> bool: ...
 
 
 class Driver:
@@ -78,6 +85,10 @@ class Driver:
         self.by_remote: dict[tuple[str, str, int], StreamConnection] = {}
         self.pending: dict[HopKey, list[tuple[bytes, int]]] = {}
         self.udp: dict[str, DatagramEndpoint] = {}
+        self.links: dict[int, InProcessLink] = {}
+        """In-process flows (the XMPP gateway's), by connection id."""
+        self.link_routes: dict[str, tuple[int, InProcessLink]] = {}
+        """The same, by the route that leads to them."""
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -222,6 +233,11 @@ class Driver:
                     self._hep_udp(flow.listener, flow.remote, data)
                 udp.sendto(data, flow.remote)
             return
+        if flow.transport == "xmpp":  # the XMPP gateway's in-process flow (proxy/net/xmpp.py)
+            link = self.links.get(flow.conn_id)
+            if link is not None:
+                link.send(data)
+            return
         conn = self.connections.get(flow.conn_id)
         if conn is not None and conn.send(data):
             return
@@ -246,6 +262,9 @@ class Driver:
     def _send_to_hop(self, hop: NextHop, data: bytes, token: int) -> None:
         if self.trace is not None:
             self.trace.message("SEND", hop.transport, (hop.host, hop.port), hop.listener, data)
+        if hop.transport == "xmpp":
+            self._send_to_gateway(hop, data, token)
+            return
         if hop.transport == "udp":
             udp = self._udp_for(hop.listener)
             if udp is None:
@@ -280,6 +299,28 @@ class Driver:
         task = self.loop.create_task(self._connect_route(key, hop, route) if route else self._connect(key, hop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _send_to_gateway(self, hop: NextHop, data: bytes, token: int) -> None:
+        """A request for an XMPP partner's domain: to the gateway, on the partner's in-process flow."""
+        found = self.link_routes.get(hop.route or "")
+        if found is None:
+            if token:
+                self.proxy.hop_failed(token, "the XMPP gateway for this domain is not running", self.loop.time())
+            return
+        conn_id, link = found
+        if token:
+            self.proxy.sent_on(token, conn_id)
+        link.send(data)
+
+    def next_link_id(self) -> int:
+        """A connection id for an in-process flow (never one of a real connection)."""
+        return next(self._ids)
+
+    def attach_link(self, route: str, conn_id: int, link: InProcessLink) -> None:
+        """The gateway's flow for ``route`` (``xmpp:<partner>``): requests the core sends along that route go to
+        ``link``, responses on the flow with ``conn_id`` too."""
+        self.links[conn_id] = link
+        self.link_routes[route] = (conn_id, link)
 
     async def _resolve_and_send(self, udp: asyncio.DatagramTransport, hop: NextHop, data: bytes, token: int) -> None:
         try:

@@ -24,12 +24,25 @@ LAYERS: dict[str, frozenset[str]] = {
     "routes": frozenset(),  # routes, DNS, candidates: a leaf
     "proxy.hep": frozenset(),  # the HEP3 encoder: pure
     "proxy.relay": frozenset({"proxy.sip", "routes", "acl"}),  # the proxy's decisions (§16, §17)
-    "proxy.config": frozenset({"routes", "acl"}),  # the TOML file, typed and checked
+    "proxy.xmpp": frozenset({"proxy.sip"}),  # XMPP S2S streams and the SIP<->XMPP gateway
+    "proxy.config": frozenset({"routes", "acl", "proxy.xmpp"}),  # the TOML file, typed and checked
     "proxy.logs": frozenset(),  # log formatting
-    "proxy.net": frozenset({"proxy", "proxy.sip", "proxy.relay", "proxy.hep", "proxy.config", "routes", "acl"}),
-    "proxy.metrics": frozenset({"proxy", "proxy.relay", "proxy.net"}),  # the Observer, for Prometheus
+    "proxy.net": frozenset(
+        {"proxy", "proxy.sip", "proxy.relay", "proxy.hep", "proxy.config", "proxy.xmpp", "routes", "acl"}
+    ),
+    "proxy.metrics": frozenset({"proxy", "proxy.relay", "proxy.net", "proxy.xmpp"}),  # the Observers
     "proxy.server": frozenset(
-        {"proxy.relay", "proxy.net", "proxy.config", "proxy.metrics", "routes", "acl", "proxy.logs", "proxy.hep"}
+        {
+            "proxy.relay",
+            "proxy.net",
+            "proxy.config",
+            "proxy.metrics",
+            "routes",
+            "acl",
+            "proxy.logs",
+            "proxy.hep",
+            "proxy.xmpp",
+        }
     ),
     "proxy.ctl": frozenset({"proxy.config", "proxy.net"}),  # the control socket's client
     "proxy.cli": frozenset(
@@ -54,7 +67,7 @@ LAYERS: dict[str, frozenset[str]] = {
 #: Edges allowed for type hints only: the control socket drives ``Server.reload`` through duck typing.
 TYPE_ONLY: dict[str, frozenset[str]] = {"proxy.net": frozenset({"proxy.server"})}
 #: Layers that do no I/O and read no clock (time is a parameter), and what that forbids.
-SANS_IO = ("proxy.sip", "proxy.relay", "acl", "routes", "proxy.hep")
+SANS_IO = ("proxy.sip", "proxy.relay", "acl", "routes", "proxy.hep", "proxy.xmpp")
 FORBIDDEN = frozenset(
     {
         "asyncio",
