@@ -34,6 +34,8 @@ KAMAILIO_MODULE_DIRS = (
     "/usr/lib/kamailio/modules",
 )
 CERT_NAMES = ("sipfed.tomt.local,sipfed.tomt.it", "cups.tomt.local", "lync01.tomt.it")
+XMPP_DOMAIN = "xmpp.test"
+"""The third domain: an XMPP server (Prosody) that sipfed federates with over XMPP S2S."""
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "sipfed": "sipfed-pw"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -222,6 +224,7 @@ def write_kamailio(
                 "WORKDIR": workdir,
                 "SIPFED_ADDRESS": ports.sipfed,
                 "MADDR_TRANSPORT_FIX": MADDR_TRANSPORT_FIX if maddr_fix else MADDR_TRANSPORT_AS_IS,
+                "XMPP_DOMAIN": XMPP_DOMAIN,
             },
         )
     )
@@ -247,9 +250,12 @@ def write_sipfed(
     transaction_timeout_seconds: int = 8,
     lync_route: tuple[str, int] | None = None,
     in_dialog_networks: tuple[str, ...] = (),
+    dns: tuple[str, int] | None = None,
+    xmpp: str = "",
 ) -> Path:
     """Render sipfed.toml; ``lync_route`` replaces the tomt.it Kamailio as the route's destination;
-    ``in_dialog_networks`` opts in to in-dialog targets outside the routes (``[proxy] in_dialog_networks``)."""
+    ``in_dialog_networks`` opts in to in-dialog targets outside the routes (``[proxy] in_dialog_networks``);
+    ``dns``: the lab DNS server's address and port (``[dns]``); ``xmpp``: an ``[xmpp]`` section (``xmpp_section``)."""
     lync_address, lync_port = lync_route or (ports.lync, ports.lync_tls)
     path.write_text(
         render(
@@ -269,15 +275,48 @@ def write_sipfed(
                 "IN_DIALOG_NETWORKS": (
                     f"in_dialog_networks = {list(in_dialog_networks)!r}".replace("'", '"') if in_dialog_networks else ""
                 ),
+                "DNS": f'[dns]\nnameservers = ["{dns[0]}"]\nport = {dns[1]}\n' if dns else "",
+                "XMPP": xmpp,
             },
         )
     )
     return path
 
 
-def write_baresip(workdir: Path, user: str, ports: Ports) -> Path:
+def xmpp_section(
+    listen: tuple[str, int],
+    certs: Path,
+    *,
+    store: str = ":memory:",
+    **partner: object,
+) -> str:
+    """``[xmpp]`` for the lab: sipfed serves tomt.local and tomt.it to the XMPP domain ``XMPP_DOMAIN`` with the
+    certificate ``tomt.local,tomt.it`` in ``certs``; ``partner`` sets [[xmpp.partners]] keys (``tls``,
+    ``sasl``, ``dialback``, ``partner_type``...)."""
+    settings = {"name": "jabber", "primary_domain": XMPP_DOMAIN, **partner}
+    lines = "\n".join(
+        f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value).replace(chr(39), chr(34))}"
+        for key, value in settings.items()
+    )
+    return f"""
+# The third domain: XMPP server-to-server federation with {XMPP_DOMAIN} (Prosody).
+[xmpp]
+listen = "{listen[0]}:{listen[1]}"
+domains = ["tomt.local", "tomt.it"]
+cert_chain = "{certs}/tomt.local.pem"   # names tomt.local and tomt.it: the XMPP domains
+key = "{certs}/tomt.local.key"
+ca_bundle = "{certs}/ca.crt"
+store = "{store}"
+keepalive_seconds = 5
+
+[[xmpp.partners]]
+{lines}
+"""
+
+
+def write_baresip(workdir: Path, user: str, ports: Ports, *, xmpp_contact: str = "") -> Path:
     """alice@tomt.local (registered at the CUP stand-in) or bob@tomt.it (at the pool stand-in),
-    each watching the other's presence."""
+    each watching the other's presence (and ``xmpp_contact``'s, an XMPP user, when given)."""
     alice = user == "alice"
     workdir.mkdir(parents=True, exist_ok=True)
     values: dict[str, object] = {
@@ -290,6 +329,9 @@ def write_baresip(workdir: Path, user: str, ports: Ports) -> Path:
         "SERVER": f"{ports.cups}:{ports.cups_users}" if alice else f"{ports.lync}:{ports.lync_users}",
         "PEER": "bob@tomt.it" if alice else "alice@tomt.local",
         "PEER_NAME": "Bob" if alice else "Alice",
+        "XMPP_CONTACT": f'"{xmpp_contact.split("@")[0].title()}" <sip:{xmpp_contact}>;presence=p2p'
+        if xmpp_contact
+        else "",
     }
     for name in ("config", "accounts", "contacts"):
         (workdir / name).write_text(render(f"baresip/{name}", values))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from OpenSSL import SSL
 
@@ -43,8 +43,7 @@ class XmppConnection(asyncio.Protocol):
     # -- asyncio --------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
         if isinstance(self.stream, OutboundStream):

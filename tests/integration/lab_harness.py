@@ -67,9 +67,13 @@ def start_lab(
     lync_route: tuple[str, int] | None = None,
     transaction_timeout_seconds: int = 8,
     in_dialog_networks: tuple[str, ...] = (),
+    dns: tuple[str, int] | None = None,
+    xmpp: str = "",
+    xmpp_contact: str = "",
+    ports: lab.Ports | None = None,
 ) -> Lab:
     """Start the lab's Kamailios, sipfed (with ``--trace``) and baresip users on free ports."""
-    ports = lab.Ports.free()
+    ports = ports or lab.Ports.free()
     the_lab = Lab(workdir, ports, trace=workdir / "sipfed.trace")
     try:
         for domain in domains:
@@ -87,12 +91,17 @@ def start_lab(
             lync_route=lync_route,
             transaction_timeout_seconds=transaction_timeout_seconds,
             in_dialog_networks=in_dialog_networks,
+            dns=dns,
+            xmpp=xmpp,
         )
         the_lab.sipfed = Sipfed(config, args=("--trace", str(the_lab.trace)))
         for user in users:
             address = ports.alice if user == "alice" else ports.bob
             the_lab.users[user] = lab.Baresip(
-                lab.write_baresip(workdir / user, user, ports), user, address, ports.user_cons
+                lab.write_baresip(workdir / user, user, ports, xmpp_contact=xmpp_contact),
+                user,
+                address,
+                ports.user_cons,
             )
         for baresip in the_lab.users.values():
             baresip.open_console()
