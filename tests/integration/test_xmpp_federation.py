@@ -48,8 +48,7 @@ class XmppLab:
     c2s_port: int
 
     def user(self, name: str, **options: object) -> XmppUser:
-        user = XmppUser(f"{name}@{XMPP}", PASSWORD, address=PROSODY, port=self.c2s_port, cafile=self.pki.ca,
-                        **options)  # type: ignore[arg-type]
+        user = XmppUser(f"{name}@{XMPP}", PASSWORD, address=PROSODY, port=self.c2s_port, cafile=self.pki.ca, **options)  # type: ignore[arg-type]
         user.connect()
         return user
 
@@ -67,14 +66,22 @@ def start_xmpp_lab(workdir: Path, certs: Path, **partner: object) -> XmppLab:
     ]
     dns = LabDns(DNS, free_port(DNS, socket.SOCK_DGRAM), records, ["tomt.local", "tomt.it", "test"])
     try:
-        prosody = Prosody(workdir, ProsodyConfig(cert=pki.chain(XMPP), key=pki.key(XMPP), cafile=pki.ca,
-                                                 address=PROSODY, c2s_port=c2s_port, s2s_port=s2s_port,
-                                                 dns=dns.forward))
+        prosody = Prosody(
+            workdir,
+            ProsodyConfig(
+                cert=pki.chain(XMPP),
+                key=pki.key(XMPP),
+                cafile=pki.ca,
+                address=PROSODY,
+                c2s_port=c2s_port,
+                s2s_port=s2s_port,
+                dns=dns.forward,
+            ),
+        )
         for name in ("romeo", "juliet", "mercutio"):
             prosody.register(name, PASSWORD)
         section = lab.xmpp_section((SIPFED, xmpp_port), pki.directory, **partner)
-        running = start_lab(workdir / "sip", certs, dns=(DNS, dns.port), xmpp=section,
-                            xmpp_contact=f"romeo@{XMPP}")
+        running = start_lab(workdir / "sip", certs, dns=(DNS, dns.port), xmpp=section, xmpp_contact=f"romeo@{XMPP}")
     except BaseException:
         dns.stop()
         raise
