@@ -129,3 +129,40 @@ def test_a_message_to_an_unknown_sip_user_comes_back_as_an_error(xlab: XmppLab) 
         error = mercutio.wait_for_message(lambda m: m.type == "error", WAIT)
         assert error.error == "item-not-found"  # Kamailio's 404, RFC 7247 §7.2
         assert error.from_jid == "nobody@tomt.local"
+
+
+def test_sip_users_see_an_xmpp_contact_come_and_go(xlab: XmppLab) -> None:
+    """RFC 8048 §5: alice's and bob's baresip SUBSCRIBE to romeo@xmpp.test (their contact lists); romeo's client
+    approves the subscription requests sipfed sent on, and his presence reaches both as NOTIFYs."""
+    alice, bob = xlab.lab.users["alice"], xlab.lab.users["bob"]
+    romeo = xlab.user("romeo", auto_authorize=True)
+    try:
+        for user in (alice, bob):
+            assert "Online" in user.contact_presence(f"romeo@{XMPP}", "Online", WAIT)
+        since = alice.mark()
+        romeo.set_presence(show="dnd", status="Balcony scene")
+        alice.wait_view(rf"<sip:romeo@{XMPP}> changed status from Online to Busy", WAIT, since=since)
+        since = bob.mark()
+        romeo.disconnect()
+        bob.wait_view(rf"<sip:romeo@{XMPP}> changed status from \w+ to Offline", WAIT, since=since)
+    finally:
+        romeo.close()
+
+
+def test_an_xmpp_user_sees_a_sip_user_come_and_go(xlab: XmppLab) -> None:
+    """RFC 8048 §4: juliet subscribes to bob@tomt.it; sipfed SUBSCRIBEs on her behalf through the pool's
+    presence server (a federated partner needs no invitation) and turns its NOTIFYs into presence."""
+    bob = xlab.lab.users["bob"]
+    with xlab.user("juliet") as juliet:
+        juliet.subscribe("bob@tomt.it")
+        juliet.wait_for_presence(lambda p: p.from_jid == "bob@tomt.it" and p.type == "subscribed", WAIT)
+        juliet.wait_for_presence(lambda p: p.from_jid.startswith("bob@tomt.it/") and p.type == "available", WAIT)
+        since = len(juliet.presences)
+        bob.command("/presence_offline")
+        juliet.wait_for_presence(lambda p: p.from_jid.startswith("bob@tomt.it") and p.type == "unavailable", WAIT,
+                                 since=since)
+        since = len(juliet.presences)
+        bob.command("/presence_online")
+        juliet.wait_for_presence(lambda p: p.from_jid.startswith("bob@tomt.it/") and p.type == "available", WAIT,
+                                 since=since)
+        assert juliet.roster()["bob@tomt.it"].subscription in ("to", "both")
