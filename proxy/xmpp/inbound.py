@@ -90,7 +90,8 @@ class InboundStream(StreamBase):
             self.fail("policy-violation", f"{why} of {to}; add it under [[xmpp.partners]] to federate", header)
         else:
             self.local, self.remote, self.partner = to, remote, partner
-            self.send(header)
+            # XEP-0220 §2.1: the db prefix says we do dialback; not to a partner with dialback = false.
+            self.send(header if partner.dialback else stream_header(to, remote, self.stream_id, dialback=False))
             self._features(partner)
 
     def _features(self, partner: Partner) -> None:
@@ -125,8 +126,6 @@ class InboundStream(StreamBase):
         tag = item.tag
         if tag == f"{{{NS_TLS}}}starttls":
             self._starttls(partner)
-        elif tag == f"{{{NS_SASL}}}auth":
-            self._sasl(item)
         elif tag == _DB_VERIFY and not item.get("type"):
             self._db_verify(item)
         elif not self.secure and partner.tls == "required":
@@ -135,6 +134,8 @@ class InboundStream(StreamBase):
                 f"{partner.describe()}: TLS is required before anything else (tls = "
                 '"required"); the partner must use STARTTLS',
             )
+        elif tag == f"{{{NS_SASL}}}auth":
+            self._sasl(item)
         elif tag == _DB_RESULT and not item.get("type"):
             self._db_result(item, partner)
         elif tag in STANZA_TAGS:

@@ -147,7 +147,7 @@ def parse_xmpp(raw: object, base: Path, problems: list[str]) -> XmppConfig | Non
         return None
     for key in sorted(set(raw) - XMPP_KEYS):
         problems.append(f"xmpp.{key}: unknown key (known: {', '.join(sorted(XMPP_KEYS))})")
-    listen = _address(raw.get("listen", "0.0.0.0:5269"), "xmpp.listen", problems, 5269) or ("0.0.0.0", 5269)
+    listen = _address(raw.get("listen", "0.0.0.0:5269"), "xmpp.listen", problems, 5269, lowest=0) or ("0.0.0.0", 5269)
     domains = _domains(raw.get("domains"), "xmpp.domains", problems, required=True)
     partners = _partners(raw.get("partners"), problems)
     by_domain: dict[str, Partner] = {}
@@ -266,7 +266,10 @@ def _domains(raw: object, where: str, problems: list[str], *, required: bool = F
     return tuple(dict.fromkeys(out))
 
 
-def _address(raw: object, where: str, problems: list[str], default_port: int) -> tuple[str, int] | None:
+def _address(
+    raw: object, where: str, problems: list[str], default_port: int, lowest: int = 1
+) -> tuple[str, int] | None:
+    """``host:port`` (or ``host``); ``lowest`` 0 lets a listener take any free port (tests)."""
     if not isinstance(raw, str) or not raw:
         problems.append(f'{where}: {raw!r} must be "host:port" (or "host")')
         return None
@@ -274,8 +277,8 @@ def _address(raw: object, where: str, problems: list[str], default_port: int) ->
     if not sep:
         host, port = raw, str(default_port)
     host = host.strip("[]")
-    if not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
-        problems.append(f"{where}: {raw!r} port must be 1-65535")
+    if not port.isdigit() or not lowest <= int(port) <= 65535 or not host:
+        problems.append(f"{where}: {raw!r} port must be {lowest}-65535")
         return None
     return host, int(port)
 

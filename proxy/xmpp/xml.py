@@ -260,26 +260,34 @@ def to_bytes(element: Element, default_ns: str = NS_SERVER) -> bytes:
     return "".join(parts).encode()
 
 
+#: Namespaces our stream header declares a prefix for: their elements are written with it (``<stream:features>``,
+#: ``<db:result>``), as every server writes them, not with a redeclared default namespace.
+PREFIXES = {NS_STREAM: "stream", NS_DIALBACK: "db"}
+
+
 def _write(element: Element, inherited: str, out: list[str]) -> None:
     ns, local = _split(element.tag)
-    out.append(f"<{local}")
-    if ns != inherited:
+    prefix = PREFIXES.get(ns)
+    name = f"{prefix}:{local}" if prefix else local
+    out.append(f"<{name}")
+    if prefix is None and ns != inherited:
         out.append(f" xmlns='{_escape(ns, True)}'")
     for key, value in element.attrib.items():
         key_ns, key_local = _split(key)
-        name = f"xml:{key_local}" if key_ns == NS_XML else key_local
-        out.append(f" {name}='{_escape(value, True)}'")
+        attribute = f"xml:{key_local}" if key_ns == NS_XML else key_local
+        out.append(f" {attribute}='{_escape(value, True)}'")
     if element.text is None and not len(element):
         out.append("/>")
     else:
         out.append(">")
         if element.text:
             out.append(_escape(element.text))
+        children_ns = inherited if prefix else ns
         for child in element:
-            _write(child, ns, out)
+            _write(child, children_ns, out)
             if child.tail:
                 out.append(_escape(child.tail))
-        out.append(f"</{local}>")
+        out.append(f"</{name}>")
 
 
 def _split(tag: str) -> tuple[str, str]:

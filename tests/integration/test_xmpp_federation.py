@@ -159,10 +159,12 @@ def test_an_xmpp_user_sees_a_sip_user_come_and_go(xlab: XmppLab) -> None:
         juliet.wait_for_presence(lambda p: p.from_jid.startswith("bob@tomt.it/") and p.type == "available", WAIT)
         since = len(juliet.presences)
         bob.command("/presence_offline")
-        juliet.wait_for_presence(lambda p: p.from_jid.startswith("bob@tomt.it") and p.type == "unavailable", WAIT,
-                                 since=since)
+        juliet.wait_for_presence(
+            lambda p: p.from_jid.startswith("bob@tomt.it") and p.type == "unavailable", WAIT, since=since
+        )
         since = len(juliet.presences)
         bob.command("/presence_online")
-        juliet.wait_for_presence(lambda p: p.from_jid.startswith("bob@tomt.it/") and p.type == "available", WAIT,
-                                 since=since)
+        juliet.wait_for_presence(
+            lambda p: p.from_jid.startswith("bob@tomt.it/") and p.type == "available", WAIT, since=since
+        )
         assert juliet.roster()["bob@tomt.it"].subscription in ("to", "both")

@@ -260,9 +260,7 @@ def test_outbound_verify_only_asks_and_reports() -> None:
         (HEADER.format(frm=THEIRS, to=OURS).replace("version='1.0' from", "id='T1' version='1.0' from")).encode()
     )
     stream.receive(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
-    assert b"<verify xmlns='jabber:server:dialback' from='tomt.local' to='xmpp.test' id='IN-ID'>abc</verify>" in (
-        stream.take_data()
-    )
+    assert b"<db:verify from='tomt.local' to='xmpp.test' id='IN-ID'>abc</db:verify>" in (stream.take_data())
     stream.receive(f"<db:verify from='{THEIRS}' to='{OURS}' id='IN-ID' type='valid'/>".encode())
     assert DialbackAnswer(OURS, THEIRS, "IN-ID", True) in stream.take_events()
 
