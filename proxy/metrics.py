@@ -333,6 +333,13 @@ class XmppMetrics(XmppObserver):
             registry=registry,
         )
 
+        self.keepalives = Counter(
+            "sipfed_xmpp_keepalives_total",
+            "Whitespace keep-alives sent on idle XMPP streams (partners with keepalive = true)",
+            ["partner"],
+            registry=registry,
+        )
+
     def stream(self, partner: str, direction: str, outcome: str) -> None:
         self.streams.labels(partner, direction, outcome).inc()
 
@@ -342,3 +349,6 @@ class XmppMetrics(XmppObserver):
     def subscriptions(self, watches: int, watchers: int) -> None:
         self.standing.labels("xmpp_to_sip").set(watches)
         self.standing.labels("sip_to_xmpp").set(watchers)
+
+    def keepalive(self, partner: str) -> None:
+        self.keepalives.labels(partner).inc()

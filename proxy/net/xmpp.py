@@ -245,11 +245,12 @@ class XmppEdge:
             conn.partner = name
             self.observer.stream(name, "in", event.method)
             log.info(
-                "XMPP stream from %s (%s:%d) authenticated for %s by %s",
+                "XMPP stream from %s (%s:%d) authenticated for %s by %s, %s",
                 event.remote,
                 *conn.remote,
                 event.local,
                 "SASL EXTERNAL" if event.method == "sasl" else "dialback",
+                _tls_words(conn),
             )
         elif isinstance(event, Ready):
             self._ready(conn, event)
@@ -379,11 +380,12 @@ class XmppEdge:
         self.failed.pop((event.local, event.remote), None)
         self.observer.stream(link.partner.name, "out", event.method)
         log.info(
-            "XMPP stream %s -> %s (%s:%d) ready, authenticated by %s",
+            "XMPP stream %s -> %s (%s:%d) ready, authenticated by %s, %s",
             event.local,
             event.remote,
             *conn.remote,
             "SASL EXTERNAL" if event.method == "sasl" else "dialback",
+            _tls_words(conn),
         )
         queue, link.queue = link.queue, []
         for data, token in queue:
@@ -552,12 +554,17 @@ class XmppEdge:
         keepalive = partner is not None and partner.keepalive and conn.role != "verify"
         if keepalive and now - conn.last_tx > config.keepalive_seconds and (conn.role == "in" or _ready(conn)):
             conn.write(b" ")  # RFC 6120 §4.6.1
+            self.observer.keepalive(partner.name if partner is not None else "unknown")
 
     def _spawn(self, coroutine: object) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self.loop.create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _tls_words(conn: XmppConnection) -> str:
+    return f"over {conn.tls.version()}" if conn.tls is not None and conn.tls.established else "without TLS"
 
 
 def _same(conn: XmppConnection) -> XmppConnection:

@@ -59,6 +59,9 @@ class XmppObserver:
     def subscriptions(self, watches: int, watchers: int) -> None:
         """How many XMPP->SIP and SIP->XMPP subscriptions stand."""
 
+    def keepalive(self, partner: str) -> None:
+        """A whitespace keep-alive went out on an idle stream (RFC 6120 §4.6.1)."""
+
 
 class Outbox:
     """Outputs, pending SIP transactions and timers of one gateway."""

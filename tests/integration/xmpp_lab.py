@@ -234,6 +234,9 @@ class ProsodyConfig:
     """How long an s2s connection may take to set up before queued stanzas bounce (Prosody's default: 90)."""
     modules: tuple[str, ...] = ()
     """Modules on top of disco, roster, saslauth, tls, dialback and posix, e.g. ``("ping",)``."""
+    read_timeout_seconds: int | None = None
+    """``network_settings.read_timeout``: how long a connection may stay silent before Prosody acts on it
+    (its default is 840 s); None keeps the default."""
 
 
 def lua_literal(value: str | bool | int) -> str:
@@ -278,6 +281,11 @@ def render_prosody_config(config: ProsodyConfig) -> str:
         s2s_timeout=lua_literal(config.s2s_timeout_seconds),
         unbound=unbound_table(config.dns, config.transparent_zones),
         domain=lua_literal(config.domain),
+        network=(
+            f"network_settings = {{ read_timeout = {lua_literal(config.read_timeout_seconds)} }}"
+            if config.read_timeout_seconds is not None
+            else "-- network_settings: Prosody's defaults"
+        ),
     )
 
 

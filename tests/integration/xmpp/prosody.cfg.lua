@@ -29,6 +29,7 @@ c2s_require_encryption = true
 s2s_require_encryption = ${s2s_require_encryption}
 s2s_secure_auth = ${s2s_secure_auth}
 s2s_timeout = ${s2s_timeout} -- seconds; Prosody's default is 90
+${network}
 
 -- The host certificate is found as certs/<domain>.crt (leaf and intermediate) with certs/<domain>.key.
 -- cafile is the trust anchor for s2s peers' certificates; it lives apart from certs/, which Prosody indexes.
