@@ -314,9 +314,12 @@ keepalive_seconds = 5
 """
 
 
-def write_baresip(workdir: Path, user: str, ports: Ports, *, xmpp_contact: str = "") -> Path:
+def write_baresip(
+    workdir: Path, user: str, ports: Ports, *, xmpp_contact: str = "", xmpp_others: tuple[str, ...] = ()
+) -> Path:
     """alice@tomt.local (registered at the CUP stand-in) or bob@tomt.it (at the pool stand-in),
-    each watching the other's presence (and ``xmpp_contact``'s, an XMPP user, when given)."""
+    each watching the other's presence (and ``xmpp_contact``'s, an XMPP user, when given); ``xmpp_others``:
+    more XMPP addresses in the contact list, not watched (to write to them)."""
     alice = user == "alice"
     workdir.mkdir(parents=True, exist_ok=True)
     values: dict[str, object] = {
@@ -329,9 +332,10 @@ def write_baresip(workdir: Path, user: str, ports: Ports, *, xmpp_contact: str =
         "SERVER": f"{ports.cups}:{ports.cups_users}" if alice else f"{ports.lync}:{ports.lync_users}",
         "PEER": "bob@tomt.it" if alice else "alice@tomt.local",
         "PEER_NAME": "Bob" if alice else "Alice",
-        "XMPP_CONTACT": f'"{xmpp_contact.split("@")[0].title()}" <sip:{xmpp_contact}>;presence=p2p'
-        if xmpp_contact
-        else "",
+        "XMPP_CONTACT": "\n".join(
+            [f'"{xmpp_contact.split("@")[0].title()}" <sip:{xmpp_contact}>;presence=p2p'] * bool(xmpp_contact)
+            + [f'"{other.split("@")[0].title()}" <sip:{other}>' for other in xmpp_others]
+        ),
     }
     for name in ("config", "accounts", "contacts"):
         (workdir / name).write_text(render(f"baresip/{name}", values))

@@ -83,8 +83,10 @@ class Subscriptions:
         for watch in watches:
             self.watches[watch.key] = watch
             if watch.dialog is not None and watch.expires_at > now:
+                # Refreshed at once: the notifier may have ended the dialog while we were away (a NOTIFY that
+                # failed); a 481 then starts a new one (_refreshed).
                 self._watch_calls[watch.dialog.call_id] = watch
-                self._arm_refresh(watch, now)
+                self._refresh(watch, now)
             else:
                 self._subscribe(watch, now)
         for watcher in watchers:

@@ -45,6 +45,7 @@ class Lab:
     kamailio: dict[str, KamailioConfig] = field(default_factory=dict)
     users: dict[str, lab.Baresip] = field(default_factory=dict)
     trace: Path | None = None
+    certs: Path | None = None
 
     def stop(self) -> None:
         for user in self.users.values():
@@ -70,11 +71,12 @@ def start_lab(
     dns: tuple[str, int] | None = None,
     xmpp: str = "",
     xmpp_contact: str = "",
+    xmpp_others: tuple[str, ...] = (),
     ports: lab.Ports | None = None,
 ) -> Lab:
     """Start the lab's Kamailios, sipfed (with ``--trace``) and baresip users on free ports."""
     ports = ports or lab.Ports.free()
-    the_lab = Lab(workdir, ports, trace=workdir / "sipfed.trace")
+    the_lab = Lab(workdir, ports, trace=workdir / "sipfed.trace", certs=certs)
     try:
         for domain in domains:
             config = lab.write_kamailio(
@@ -98,7 +100,7 @@ def start_lab(
         for user in users:
             address = ports.alice if user == "alice" else ports.bob
             the_lab.users[user] = lab.Baresip(
-                lab.write_baresip(workdir / user, user, ports, xmpp_contact=xmpp_contact),
+                lab.write_baresip(workdir / user, user, ports, xmpp_contact=xmpp_contact, xmpp_others=xmpp_others),
                 user,
                 address,
                 ports.user_cons,
