@@ -33,7 +33,13 @@ KAMAILIO_MODULE_DIRS = (
     "/usr/lib/aarch64-linux-gnu/kamailio/modules",
     "/usr/lib/kamailio/modules",
 )
-CERT_NAMES = ("sipfed.tomt.local,sipfed.tomt.it", "cups.tomt.local", "lync01.tomt.it")
+CERT_NAMES = (
+    "sipfed.tomt.local,sipfed.tomt.it",
+    "cups.tomt.local",
+    "lync01.tomt.it",
+    "tomt.local,tomt.it",
+    "xmpp.test",
+)
 XMPP_DOMAIN = "xmpp.test"
 """The third domain: an XMPP server (Prosody) that sipfed federates with over XMPP S2S."""
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "sipfed": "sipfed-pw"}
@@ -73,6 +79,14 @@ class Ports:
     """each baresip's SIP port (on its own address)."""
     user_cons: int = 5555
     """each baresip's console port."""
+    xmpp: int = 5269
+    """sipfed's XMPP server-to-server listener (what _xmpp-server._tcp.tomt.local/tomt.it point at)."""
+    prosody: str = "127.0.30.3"
+    """xmpp.test's Prosody."""
+    prosody_c2s: int = 5222
+    prosody_s2s: int = 5269
+    dns: str = "127.0.30.53"
+    """The lab DNS (dnsmasq): the SRV records of all three domains; its port is always a free one."""
 
     @classmethod
     def free(cls) -> Ports:
@@ -89,6 +103,9 @@ class Ports:
             lync_users=free_port(base.lync, both=True),
             user_sip=free_port(base.alice, base.bob, both=True),
             user_cons=free_port(base.alice, base.bob),
+            xmpp=free_port(base.sipfed),
+            prosody_c2s=free_port(base.prosody),
+            prosody_s2s=free_port(base.prosody),
         )
 
     def busy(self) -> list[str]:
@@ -106,6 +123,9 @@ class Ports:
             ("user_sip", self.bob),
             ("user_cons", self.alice),
             ("user_cons", self.bob),
+            ("xmpp", self.sipfed),
+            ("prosody_c2s", self.prosody),
+            ("prosody_s2s", self.prosody),
         ):
             try:
                 for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
@@ -127,6 +147,9 @@ class Ports:
             "lync_users": (self.lync,),
             "user_sip": (self.alice, self.bob),
             "user_cons": (self.alice, self.bob),
+            "xmpp": (self.sipfed,),
+            "prosody_c2s": (self.prosody,),
+            "prosody_s2s": (self.prosody,),
         }
         return replace(self, **{name: free_port(*hosts[name], both=True) for name in busy})
 
@@ -343,8 +366,9 @@ def write_baresip(
 
 
 def make_certs(out: Path, python: str) -> Path:
-    """The lab PKI with ``sipfed certs`` (a process): CA, intermediate, one leaf per name."""
-    if (out / "ca.crt").exists():
+    """The lab PKI with ``sipfed certs`` (a process): CA, intermediate, one leaf per name (kept when it exists:
+    a leaf missing from an older lab directory is added)."""
+    if all((out / f"{name.split(',')[0]}.pem").exists() for name in CERT_NAMES):
         return out
     args = [python, "-m", "proxy", "certs", "--out", str(out)]
     for name in CERT_NAMES:
@@ -623,11 +647,15 @@ def _arrow(label: str, rightwards: bool) -> str:
     return "--" + text + "-" * (fill - 2) + ">" if rightwards else "<--" + text + "-" * (fill - 2)
 
 
-def ladder(hops: list[Hop], left: str = "lync", sides: tuple[str, str] = ("tomt.it", "tomt.local")) -> list[str]:
-    """Three lanes: the ``left`` listener's side, sipfed, the other side; one row per message."""
+def ladder(
+    hops: list[Hop], left: str = "lync", sides: tuple[str, str] = ("tomt.it", "tomt.local"), right: str = ""
+) -> list[str]:
+    """Three lanes: the ``left`` listener's side, sipfed, the other side (``right``: its listeners' label);
+    one row per message."""
     blank = " " * (LANE - 1)
     head = f"{'':9}  {sides[0]:<{LANE}}{'sipfed':<{LANE}}{sides[1]}"
-    sub = f"{'':9}  |{'':{LANE - 6}}{left:>5}|{'cisco' if left == 'lync' else 'lync':<5}{'':{LANE - 6}}|"
+    right = right or ("cisco" if left == "lync" else "lync")
+    sub = f"{'':9}  |{'':{LANE - 6}}{left:>5}|{right:<5}{'':{LANE - 6}}|"
     rows = [head, sub]
     for hop in hops:
         on_left = hop.listener == left

@@ -47,6 +47,7 @@ from proxy.admin.x509 import (
     spki,
     validity,
 )
+from proxy.admin.xmpp_checks import check_xmpp
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from routes import StaticRoute
 
@@ -91,7 +92,8 @@ def run(
 
 def diagnose(config: Config, now: datetime) -> list[Finding]:
     """Every offline check on a loaded config, errors first, then warnings, then ok."""
-    return by_severity(_tls_findings(config, now) + check_routes(config) + check_lync_port(config))
+    offline = _tls_findings(config, now) + check_routes(config) + check_lync_port(config)
+    return by_severity(offline + check_xmpp(config, now))
 
 
 def _tls_findings(config: Config, now: datetime) -> list[Finding]:

@@ -37,6 +37,7 @@ from proxy.admin.findings import Finding, route_address, route_subject
 from proxy.admin.live_certs import VERIFY_CHECKS, check_peer_certificates
 from proxy.admin.live_failures import GIVE_CLIENT_AUTH, TRUST_OUR_CA, connect_failure, handshake_failure
 from proxy.admin.live_sip import MAX_ANSWER_BYTES, ask_options, our_fqdn, udp_options
+from proxy.admin.live_xmpp import diagnose_xmpp_live
 from proxy.admin.x509 import load_certificates
 from proxy.config import Config
 from proxy.net.tls import client_context, describe_failure, inspection_context
@@ -70,14 +71,15 @@ class _Probe:
 
 
 def diagnose_live(config: Config, now: datetime) -> list[Finding]:
-    """Every route probed (concurrently); the findings in route order."""
+    """Every route probed (concurrently); the findings in route order, then the XMPP probes."""
+    xmpp = diagnose_xmpp_live(config)
     if not config.routes:
-        return [Finding("ok", "live.route", "routes", "no static routes: nothing to probe")]
+        return [Finding("ok", "live.route", "routes", "no static routes: nothing to probe"), *xmpp]
     probe, findings = _prepare(config, now)
     with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(config.routes))) as pool:
         for route_findings in pool.map(lambda route: check_route(route, probe), config.routes):
             findings += route_findings
-    return findings
+    return findings + xmpp
 
 
 def _prepare(config: Config, now: datetime) -> tuple[_Probe, list[Finding]]:

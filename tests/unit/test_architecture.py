@@ -61,7 +61,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "proxy.__main__": frozenset({"proxy.cli"}),
     # The admin tools (certs, doctor): they read the config and probe with the proxy's own TLS and SIP code;
     # nothing runs them but cli, and nothing of the running proxy imports them.
-    "proxy.admin": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "routes", "acl"}),
+    "proxy.admin": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "proxy.xmpp", "routes", "acl"}),
     "proxy": frozenset(),  # proxy/__init__.py: the version
 }
 #: Edges allowed for type hints only: the control socket drives ``Server.reload`` through duck typing.
