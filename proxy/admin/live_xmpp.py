@@ -23,6 +23,7 @@ import contextlib
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element
 
+from dns.exception import DNSException
 from OpenSSL import SSL
 
 from proxy.admin.findings import Finding, bracketed
@@ -45,7 +46,8 @@ from proxy.xmpp.xml import (
     stream_header,
     to_bytes,
 )
-from routes.resolver import DnspythonSource
+from routes.dns import Answer, DnsFailure, Query
+from routes.resolver import DnspythonSource, DnsSource
 
 MAX_TARGETS = 8
 """Servers tried per partner (SRV targets' addresses), in order."""
@@ -70,12 +72,12 @@ class Ended(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Probe:
+class Probe:
     """What every XMPP probe shares."""
 
     xmpp: XmppConfig
     """``[xmpp]``."""
-    dns: DnspythonSource
+    dns: DnsSource
     """Asks the ``[dns]`` servers, as sipfed does."""
     timeout: float
     """``xmpp.connect_timeout_seconds``: each connect, and each stream negotiation."""
@@ -91,20 +93,34 @@ def diagnose_xmpp_live(config: Config) -> list[Finding]:
 
 
 async def _diagnose(config: Config, xmpp: XmppConfig) -> list[Finding]:
-    dns = DnspythonSource(
-        config.dns_nameservers,
-        config.dns_port,
-        timeout_seconds=min(2.0, config.dns_timeout_seconds),
-        lifetime_seconds=config.dns_timeout_seconds,
-    )
+    dns: DnsSource
+    try:
+        dns = DnspythonSource(
+            config.dns_nameservers,
+            config.dns_port,
+            timeout_seconds=min(2.0, config.dns_timeout_seconds),
+            lifetime_seconds=config.dns_timeout_seconds,
+        )
+    except DNSException as exc:  # no /etc/resolv.conf and no [dns] nameservers
+        dns = NoDns(f"no DNS resolver: {exc}; set [dns] nameservers")
     context, findings = _client_context(config, xmpp)
-    probe = _Probe(xmpp, dns, xmpp.connect_timeout_seconds, context)
+    probe = Probe(xmpp, dns, xmpp.connect_timeout_seconds, context)
     results = await asyncio.gather(
         our_records(xmpp, config.fqdn, dns),
         probe_listener(probe),
         *(probe_partner(partner, probe) for partner in xmpp.partners),
     )
     return findings + [finding for result in results for finding in result]
+
+
+class NoDns:
+    """A ``DnsSource`` when no resolver can be set up: every question fails with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def query(self, query: Query) -> Answer:
+        raise DnsFailure(query, self.reason)
 
 
 def _client_context(config: Config, xmpp: XmppConfig) -> tuple[SSL.Context | None, list[Finding]]:
@@ -221,11 +237,11 @@ async def negotiate(wire: Wire, partner: Partner, local: str, context: SSL.Conte
         return Negotiation(before, refused=answer.tag.rpartition("}")[2])
     try:
         await wire.start_tls(context, partner.primary_domain)
-    except SSL.Error as exc:
+        xml.restart()
+        after = await features(wire, xml, local, partner.primary_domain, partner.dialback)
+    except SSL.Error as exc:  # a TLS 1.3 server refuses our certificate after the handshake: here
         return Negotiation(before, tls_failure=ssl_words(exc))
     assert wire.tls is not None
-    xml.restart()
-    after = await features(wire, xml, local, partner.primary_domain, partner.dialback)
     return Negotiation(before, after, wire.tls.peer_cert(), wire.tls.version())
 
 
@@ -248,7 +264,7 @@ def connect_words(exc: OSError, timeout: float) -> str:
     return str(exc.strerror or exc)
 
 
-async def probe_partner(partner: Partner, probe: _Probe) -> list[Finding]:
+async def probe_partner(partner: Partner, probe: Probe) -> list[Finding]:
     """Step 2: DNS, then the first server that accepts TCP, its offers judged against the partner's settings."""
     subject = partner_subject(partner)
     targets, findings = await partner_targets(partner, probe.dns)
@@ -294,8 +310,8 @@ def _silent(subject: str, where: str, timeout: float) -> Finding:
         "error",
         "live.xmpp.connect",
         subject,
-        f"{where} accepts TCP but sends no <stream:features> within {timeout:g} s: not an XMPP server, or one "
-        "that holds server-to-server streams back",
+        f"{where} accepts TCP, but the stream does not get through its negotiation (stream header, "
+        f"<stream:features>, STARTTLS) within {timeout:g} s: not an XMPP server, or one that holds streams back",
         "check that this is the partner's server-to-server port (5269), not its client port (5222)",
     )
 
@@ -323,7 +339,7 @@ def _dropped(subject: str, where: str, exc: OSError) -> Finding:
 # -- our listener -------------------------------------------------------------------------------------------------
 
 
-async def probe_listener(probe: _Probe) -> list[Finding]:
+async def probe_listener(probe: Probe) -> list[Finding]:
     """Step 3: a stream header to our listener as the first partner would send it."""
     host, port = probe.xmpp.listen
     subject = "xmpp listener"

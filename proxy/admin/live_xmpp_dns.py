@@ -16,19 +16,19 @@ from proxy.admin.xmpp_checks import XMPP_PORT, partner_subject, srv_record
 from proxy.xmpp.policy import Partner, XmppConfig
 from routes.candidates import Candidate, rfc2782_order
 from routes.dns import Answer, DnsFailure, NoRecords, Query, Srv
-from routes.resolver import DnspythonSource
+from routes.resolver import DnsSource
 
 _RNG = random.Random()  # RFC 2782's weighted draws need no secrecy
 
 
-async def _srv(dns: DnspythonSource, domain: str) -> Answer | NoRecords | DnsFailure:
+async def _srv(dns: DnsSource, domain: str) -> Answer | NoRecords | DnsFailure:
     try:
         return await dns.query(Query(f"_xmpp-server._tcp.{domain}", "SRV"))
     except (NoRecords, DnsFailure) as exc:
         return exc
 
 
-async def _addresses(dns: DnspythonSource, name: str) -> list[str] | NoRecords | DnsFailure:
+async def _addresses(dns: DnsSource, name: str) -> list[str] | NoRecords | DnsFailure:
     """A records, as sipfed's XMPP edge asks (``proxy.net.xmpp``); an IP address is itself."""
     with contextlib.suppress(ValueError):
         return [str(ipaddress.ip_address(name))]
@@ -43,7 +43,7 @@ def _records(answer: Answer) -> list[Srv]:
     return [record for record in answer.records if isinstance(record, Srv)]
 
 
-async def our_records(xmpp: XmppConfig, fqdn: str, dns: DnspythonSource) -> list[Finding]:
+async def our_records(xmpp: XmppConfig, fqdn: str, dns: DnsSource) -> list[Finding]:
     """Every domain of ours has an SRV record naming our port and an address we listen on; a missing record's
     fix names the target the others use (else ``fqdn``, the proxy's name)."""
     domains = xmpp.domains
@@ -83,9 +83,7 @@ def _dns_failure(subject: str, failure: DnsFailure) -> Finding:
     )
 
 
-async def _our_target(
-    listen: tuple[str, int], suggested: str, dns: DnspythonSource, owner: str, record: Srv
-) -> Finding:
+async def _our_target(listen: tuple[str, int], suggested: str, dns: DnsSource, owner: str, record: Srv) -> Finding:
     """One SRV record of ours: it names our port, and its target's address is one sipfed listens on;
     ``suggested`` is the target a replacement record would name."""
     host, port = listen
@@ -117,9 +115,8 @@ async def _our_target(
             f"{shown}: {record.target} has no address (A) record",
             f"publish an A record for {record.target} with the address sipfed listens on",
         )
-    addresses = ", ".join(found)
-    wildcard = host in ("0.0.0.0", "::")
-    if any(address == host or (wildcard and _is_local(address)) for address in found):
+    addresses, bound = ", ".join(found), await _bound(host)
+    if any(_is_local(address) if bound is None else address in bound for address in found):
         return Finding("ok", "live.xmpp.dns", subject, f"{shown} ({addresses}): an address sipfed listens on")
     if any(_is_local(address) for address in found):
         return Finding(
@@ -139,6 +136,20 @@ async def _our_target(
     )
 
 
+async def _bound(host: str) -> set[str] | None:
+    """The addresses ``[xmpp] listen`` binds: None for all of this host's (a wildcard); the address; or what
+    the system resolver gives for a name (as asyncio's ``create_server`` asks it)."""
+    if host in ("0.0.0.0", "::"):
+        return None
+    with contextlib.suppress(ValueError):
+        return {str(ipaddress.ip_address(host))}
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {str(info[4][0]) for info in infos}
+
+
 def _is_local(address: str) -> bool:
     """An address this host has: one a socket can bind to."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -150,7 +161,7 @@ def _is_local(address: str) -> bool:
     return True
 
 
-async def partner_targets(partner: Partner, dns: DnspythonSource) -> tuple[list[tuple[str, int]], list[Finding]]:
+async def partner_targets(partner: Partner, dns: DnsSource) -> tuple[list[tuple[str, int]], list[Finding]]:
     """The partner's servers, as ``proxy.net.xmpp`` finds them: ``address``; else SRV targets in RFC 2782 order;
     else (no SRV record) the domain itself on 5269. With the DNS findings of every domain of the partner."""
     subject = partner_subject(partner)
@@ -167,7 +178,10 @@ async def partner_targets(partner: Partner, dns: DnspythonSource) -> tuple[list[
                     "set address to the partner server's IP address or a name that resolves",
                 )
             ]
-        return [(address, port) for address in found], []
+        shown = f"address = {bracketed(host)}:{port} in its [[xmpp.partners]] entry"
+        return [(address, port) for address in found], [
+            Finding("ok", "live.xmpp.dns", subject, f"{shown}, not DNS, says where it is ({', '.join(found)})")
+        ]
     targets: list[tuple[str, int]] = []
     findings = []
     for domain in partner.domains:
@@ -178,7 +192,7 @@ async def partner_targets(partner: Partner, dns: DnspythonSource) -> tuple[list[
     return targets, findings
 
 
-async def _partner_domain(domain: str, subject: str, dns: DnspythonSource) -> tuple[list[tuple[str, int]], Finding]:
+async def _partner_domain(domain: str, subject: str, dns: DnsSource) -> tuple[list[tuple[str, int]], Finding]:
     owner = f"_xmpp-server._tcp.{domain}"
     answer = await _srv(dns, domain)
     if isinstance(answer, DnsFailure):

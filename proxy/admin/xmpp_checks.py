@@ -158,10 +158,11 @@ def _auth_setting(partner: Partner) -> Finding:
         )
     if partner.sasl == "required":
         how = "certificates only: SASL EXTERNAL (XEP-0178), no dialback"
-    elif partner.sasl == "optional":
-        how = "SASL EXTERNAL when certificates verify" + (", else dialback over TLS" if partner.dialback else "")
     else:
-        how = "dialback" + (" over TLS" if partner.tls == "required" else ", over TLS when offered")
+        dialback = "dialback" + (" over TLS" if partner.tls == "required" else " (over TLS when offered)")
+        how = dialback if partner.sasl == "not_supported" else "SASL EXTERNAL when certificates verify"
+        if partner.sasl == "optional" and partner.dialback:
+            how += f", else {dialback}"
     return Finding("ok", "xmpp.partner.auth", subject, f"{partner.describe()}: authenticates by {how}")
 
 
@@ -310,8 +311,8 @@ def check_xmpp_names(cert: x509.Certificate, domains: Sequence[str], subject: st
             "against the domain each stream is for (RFC 6120 §13.7.1.2), so they refuse SASL EXTERNAL, and "
             "those that require a valid certificate (Lync with SASL Required, Prosody's s2s_secure_auth) refuse "
             "the stream",
-            f"reissue it with {', '.join(missing)} as DNS subjectAltNames (the CA's request: add them as SANs; "
-            f"the lab: '{REISSUE} {wanted}'), or set xmpp.cert_chain and xmpp.key to a certificate that names them",
+            f"reissue it with {', '.join(missing)} as DNS subjectAltNames (add them as SANs to the request to "
+            f"your CA; lab: '{REISSUE} {wanted}'), or set xmpp.cert_chain and xmpp.key to a certificate naming them",
         )
     ]
 

@@ -32,7 +32,7 @@ from proxy.xmpp.jid import Jid, JidError, jid_to_sip, parse_jid, sip_to_jid
 from proxy.xmpp.outbox import GatewayOutput, Outbox, XmppObserver
 from proxy.xmpp.policy import Partner, XmppConfig
 from proxy.xmpp.store import Dialog, SubscriptionStore
-from proxy.xmpp.subscriptions import RESOURCE, Subscriptions
+from proxy.xmpp.subscriptions import RESOURCE, Subscriptions, sip_user_key
 from proxy.xmpp.xml import NS_DISCO_INFO, NS_PING, NS_SERVER, XML_LANG, element
 
 log = logging.getLogger("sipfed.xmpp")
@@ -173,7 +173,8 @@ class Gateway:
     def _message_answered(
         self, stanza: Element, local: str, remote: str, partner: Partner, response: Response | None
     ) -> None:
-        if response is not None and response.status < 300:
+        # RFC 6121 §5.2.2: a headline is never answered with an error.
+        if (response is not None and response.status < 300) or stanza.get("type") == "headline":
             self.out.observer.stanza(partner.name, "in", "message", "relayed")
             return
         status = response.status if response is not None else 408
@@ -295,9 +296,9 @@ class Gateway:
             self._waiting[token] = _Waiting(request, partner.name, request.to.param("tag") or sipua.new_tag())
         if len(self._sent_ids) >= 10_000:
             del self._sent_ids[next(iter(self._sent_ids))]
-        self._sent_ids[stanza_id] = (str(request.from_.uri), str(target.bare), partner.name)
+        self._sent_ids[stanza_id] = (sip_user_key(str(request.from_.uri)), str(target.bare), partner.name)
         self.out.at(f"bounce:{stanza_id}", now + BOUNCE_SECONDS, lambda t: self._forget(stanza_id))
-        self.subscriptions.invited(str(request.from_.uri), str(target.bare))
+        self.subscriptions.invited(sip_user_key(str(request.from_.uri)), str(target.bare))
         self.out.stanza(sender.domain, target.domain, element(_M + "message", attrs, None, *children), token)
 
     def _forget(self, stanza_id: str) -> None:
@@ -308,6 +309,7 @@ class Gateway:
         message media; the MESSAGEs inside it go on as chat. Its first message may ride in Ms-Text-Format."""
         if b"m=message" not in request.body:
             raise SipError("Not Acceptable Here (only IM sessions: m=message)", 488)
+        sender, target = _addresses(request, self.config)  # rule 1, before any answer
         tag = request.to.param("tag") or sipua.new_tag()
         contact = str(request.to.uri)
         if request.call_id not in self.sessions:
@@ -324,7 +326,6 @@ class Gateway:
         self.out.sip(partner.name, response)
         first = _ms_text_format(request.headers.get("ms-text-format"))
         if first:
-            sender, target = _addresses(request, self.config)
             self._send_chat(request, partner, sender, target, first, now, answer=False)
 
 

@@ -217,7 +217,11 @@ def _partner(entry: Mapping[str, Any], where: str, problems: list[str]) -> Partn
     return Partner(
         _text(entry, "name", problems, where) or primary[0],
         primary[0],
-        _domains(entry.get("additional_domains", []), f"{where}.additional_domains", problems),
+        tuple(
+            d
+            for d in _domains(entry.get("additional_domains", []), f"{where}.additional_domains", problems)
+            if d != primary[0]
+        ),
         _choice(entry, "partner_type", PARTNER_TYPES, "federated", where, problems),  # type: ignore[arg-type]
         tls,  # type: ignore[arg-type]
         sasl,  # type: ignore[arg-type]
@@ -248,7 +252,14 @@ def _flag(entry: Mapping[str, Any], key: str, default: bool, where: str, problem
     return value
 
 
+def _number_words(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
 def _domains(raw: object, where: str, problems: list[str], *, required: bool = False) -> tuple[str, ...]:
+    if raw is None and required:
+        problems.append(f"{where}: required (the domain names)")
+        return ()
     if not isinstance(raw, list) or not all(isinstance(item, str) or item is None for item in raw):
         problems.append(f"{where}: must be a list of domain names")
         return ()
@@ -273,11 +284,17 @@ def _address(
     if not isinstance(raw, str) or not raw:
         problems.append(f'{where}: {raw!r} must be "host:port" (or "host")')
         return None
-    host, sep, port = raw.rpartition(":") if raw.count(":") == 1 or raw.startswith("[") else ("", "", "")
+    if raw.startswith("[") and raw.endswith("]"):  # an IPv6 address without a port
+        host, sep, port = raw, "", ""
+    else:
+        host, sep, port = raw.rpartition(":") if raw.count(":") == 1 or raw.startswith("[") else ("", "", "")
     if not sep:
         host, port = raw, str(default_port)
     host = host.strip("[]")
-    if not port.isdigit() or not lowest <= int(port) <= 65535 or not host:
+    if not host.strip("[]"):
+        problems.append(f"{where}: {raw!r} names no host")
+        return None
+    if not port.isdigit() or not lowest <= int(port) <= 65535:
         problems.append(f"{where}: {raw!r} port must be {lowest}-65535")
         return None
     return host, int(port)
@@ -308,7 +325,7 @@ def _number(
 ) -> float:
     value = entry.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-        problems.append(f"xmpp.{key}: {value!r} must be a number from {low:g} to {high:g}")
+        problems.append(f"xmpp.{key}: {value!r} must be a number from {_number_words(low)} to {_number_words(high)}")
         return default
     if whole and value != int(value):
         problems.append(f"xmpp.{key}: {value!r} must be a whole number")

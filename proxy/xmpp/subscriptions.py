@@ -73,7 +73,11 @@ class Subscriptions:
         self._watch_calls: dict[str, Watch] = {}
         self._watcher_calls: dict[str, Watcher] = {}
         self._watch_tags: dict[tuple[str, str], str] = {}
-        """Watch key -> our From tag of the SUBSCRIBE in flight (NOTIFY may come before its 200)."""
+        """Watch key -> our From tag of the last SUBSCRIBE (NOTIFY may come before its 200)."""
+        self._subscribing: set[tuple[str, str]] = set()
+        """Watches whose out-of-dialog SUBSCRIBE waits for its answer: a repeated ``subscribe`` adds nothing."""
+        self._ended: dict[str, None] = {}
+        """Call-IDs of dialogs we ended (un-SUBSCRIBE): their final NOTIFY is answered 200, not 481."""
 
     # -- rule 5 -------------------------------------------------------------------------------------------
 
@@ -154,6 +158,8 @@ class Subscriptions:
             self.watches[watch.key] = watch
             self.store.put_watch(watch)
             self._count()
+        elif watch.key in self._subscribing:
+            return  # the same request again, before the first was answered
         self.out.observer.stanza(partner.name, "in", "subscription", "relayed")
         self._subscribe(watch, now)
 
@@ -165,6 +171,7 @@ class Subscriptions:
         self.out.cancel(f"refresh:{watch.key}")
         if watch.dialog is not None:
             self._watch_calls.pop(watch.dialog.call_id, None)
+            self._forget_call(watch.dialog.call_id)
             request, branch = sipua.in_dialog(
                 watch.dialog,
                 "SUBSCRIBE",
@@ -173,6 +180,11 @@ class Subscriptions:
             )
             self.out.request(watch.partner, request, branch, lambda response, t: None, now)
         self._count()
+
+    def _forget_call(self, call_id: str) -> None:
+        if len(self._ended) >= 4096:
+            del self._ended[next(iter(self._ended))]
+        self._ended[call_id] = None
 
     def _probe_request(self, sip_user: str, jid: str, partner: Partner, now: float) -> None:
         """Rule 4."""
@@ -236,6 +248,7 @@ class Subscriptions:
         if watch.dialog is not None:
             self._watch_calls.pop(watch.dialog.call_id, None)
         watch.dialog = None
+        self._subscribing.add(watch.key)
         self.out.request(
             watch.partner, request, branch, lambda response, t: self._subscribed(watch, request, tag, response, t), now
         )
@@ -259,6 +272,7 @@ class Subscriptions:
         self.out.request(watch.partner, request, branch, lambda response, t: self._refreshed(watch, response, t), now)
 
     def _subscribed(self, watch: Watch, request: Request, tag: str, response: Response | None, now: float) -> None:
+        self._subscribing.discard(watch.key)
         if self.watches.get(watch.key) is not watch:
             return
         if response is not None and response.status < 300:
@@ -267,7 +281,7 @@ class Subscriptions:
             self._accepted(watch, response, now)
             return
         status = response.status if response is not None else 408
-        if status == 408 or status >= 500:
+        if status == 408 or 500 <= status < 600:  # passing; a 6xx (603 Decline) is the user's final word
             log.info(
                 "SUBSCRIBE for %s to %s: %d; trying again in %g s", watch.jid, watch.sip_user, status, RETRY_SECONDS
             )
@@ -295,6 +309,9 @@ class Subscriptions:
 
     def _accepted(self, watch: Watch, response: Response, now: float) -> None:
         expires = sipua.expires_of(response, self.config.subscription_expires_seconds)
+        if expires <= 0:  # granted for no time at all: try again later rather than refresh in a loop
+            self.out.at(f"refresh:{watch.key}", now + RETRY_SECONDS, lambda t: self._subscribe(watch, t))
+            return
         watch.expires_at = now + expires
         self.store.put_watch(watch)
         assert watch.dialog is not None
@@ -311,7 +328,7 @@ class Subscriptions:
         """A NOTIFY for one of our SUBSCRIBE dialogs: the status to answer, None when it is not ours."""
         watch = self._watch_calls.get(request.call_id)
         if watch is None or self.watches.get(watch.key) is not watch:
-            return None
+            return 200 if request.call_id in self._ended else None  # the final NOTIFY of one we ended
         our_tag = request.to.param("tag") or ""
         if watch.dialog is not None and our_tag != watch.dialog.local_tag:
             return 481
@@ -383,10 +400,16 @@ class Subscriptions:
         if to_tag:
             return self._resubscribe(request, to_tag, now)
         try:
-            sip_user = str(request.from_.uri)
-            jid = str(sip_to_jid(request.uri).bare)
+            sender, target = sip_to_jid(str(request.from_.uri)), sip_to_jid(request.uri)
         except (JidError, SipError) as exc:
             return 404, f"Not Found ({exc})", (), sipua.new_tag()
+        if sender.domain not in self.config.domains:  # gateway rule 1, as for a MESSAGE
+            return 403, f"Forbidden ({sender.domain} is not one of the xmpp.domains)", (), sipua.new_tag()
+        if target.domain not in partner.domains:
+            return 404, f"Not Found ({target.domain} is not partner {partner.name}'s domain)", (), sipua.new_tag()
+        sip_user, jid = jid_to_sip(sender.bare), str(target.bare)
+        if sipua.expires_of(request, MAX_WATCHER_EXPIRES) == 0:  # a one-off fetch (RFC 6665 §4.2.1.1)
+            return self._fetch(request, partner, sip_user, jid, now)
         tag = sipua.new_tag()
         watcher = Watcher(sip_user, jid, partner.name, sipua.uas_dialog(request, tag))
         old = self.watchers.get(watcher.key)
@@ -408,13 +431,30 @@ class Subscriptions:
             self.out.stanza(_domain(sip_user), _domain(jid), _presence("subscribe", _jid(sip_user), jid))
         return 200, "OK", (("Expires", str(expires)), ("Contact", f"<{jid_to_sip(parse_jid(jid))}>")), tag
 
+    def _fetch(self, request: Request, partner: Partner, sip_user: str, jid: str, now: float) -> Answer:
+        """Expires: 0 on a new SUBSCRIBE: one NOTIFY with what is known, no subscription (and no roster request
+        toward the contact); the dialog ends with it."""
+        tag = sipua.new_tag()
+        known = self.watchers.get((sip_user, jid))
+        fetch = Watcher(
+            sip_user,
+            jid,
+            partner.name,
+            sipua.uas_dialog(request, tag),
+            now,
+            known.approved if known else False,
+            dict(known.resources) if known else {},
+        )
+        self._watcher_calls[request.call_id] = fetch
+        return 200, "OK", (("Expires", "0"), ("Contact", f"<{jid_to_sip(parse_jid(jid))}>")), tag
+
     def after_subscribe_answer(self, request: Request, to_tag: str, now: float) -> None:
         """RFC 6665 §4.2.1.2: the NOTIFY that follows every accepted SUBSCRIBE."""
         watcher = self._watcher_calls.get(request.call_id)
         if watcher is None or watcher.dialog.local_tag != to_tag:
             return
         if watcher.expires_at <= now:
-            self._notify(watcher, "terminated;reason=timeout", now)
+            self._notify(watcher, "terminated;reason=timeout", now, body=watcher.approved)
             self._drop_watcher(watcher)
         else:
             self._notify(watcher, "active" if watcher.approved else "pending", now)
@@ -432,24 +472,27 @@ class Subscriptions:
         self._arm_expiry(watcher)
         return 200, "OK", (("Expires", str(expires)),), to_tag
 
-    def _notify(self, watcher: Watcher, state: str, now: float) -> None:
+    def _notify(self, watcher: Watcher, state: str, now: float, body: bool = False) -> None:
+        """A NOTIFY in the watcher's dialog; its PIDF when active (or ``body``: a fetch's final answer)."""
         active = state == "active"
         if active:
             left = max(int(watcher.expires_at - now), 0)
             state = f"active;expires={left}"
         elif state == "pending":
             state = f"pending;expires={max(int(watcher.expires_at - now), 0)}"
-        resources = {name: PresenceState(**fields) for name, fields in watcher.resources.items()} if active else {}
-        body = presence_to_pidf(jid_to_sip(parse_jid(watcher.jid)), resources) if active else b""
+        with_body = active or body
+        resources = {name: PresenceState(**fields) for name, fields in watcher.resources.items()} if with_body else {}
+        pidf = presence_to_pidf(jid_to_sip(parse_jid(watcher.jid)), resources) if with_body else b""
         request, branch = sipua.in_dialog(
             watcher.dialog,
             "NOTIFY",
             contact=watcher.dialog.local_uri,
             extra=(("Event", "presence"), ("Subscription-State", state)),
-            body=body,
+            body=pidf,
             content_type="application/pidf+xml",
         )
-        self.store.put_watcher(watcher)
+        if self.watchers.get(watcher.key) is watcher:  # its CSeq moved on (a fetch is not stored)
+            self.store.put_watcher(watcher)
         self.out.request(watcher.partner, request, branch, lambda response, t: self._notified(watcher, response), now)
         self.out.observer.stanza(watcher.partner, "in", "presence", "relayed")
 
@@ -484,6 +527,12 @@ class Subscriptions:
 
     def _count(self) -> None:
         self.out.observer.subscriptions(len(self.watches), len(self.watchers))
+
+
+def sip_user_key(uri: str) -> str:
+    """A SIP user as the gateway keys it: ``sip:user@domain``, whatever case, parameters or scheme the URI was
+    written with (the contact's answers come back to the mapped JID, RFC 7247 §5)."""
+    return jid_to_sip(sip_to_jid(uri).bare)
 
 
 def _jid(sip_user: str) -> str:

@@ -1,10 +1,11 @@
-"""`sipfed doctor --live` for XMPP federation (issue 15) against a real partner: Debian's Prosody as xmpp.test,
-a lab DNS (dnsmasq) with the ``_xmpp-server._tcp`` SRV records, and the real sipfed serving tomt.local and
-tomt.it, all on 127.0.33.0/24 (no other test uses it). The doctor runs as the real CLI
-(``python -m proxy doctor --live --json --config FILE``); the findings are read from its JSON.
+"""`sipfed doctor --live` for XMPP federation (issue 15) against a real partner: Debian's Prosody as xmpp.test
+(it requires TLS and trusts our CA), a lab DNS (dnsmasq) with the ``_xmpp-server._tcp`` SRV records, and the
+real sipfed serving tomt.local and tomt.it, all on 127.0.33.0/24 (no other test uses it). The doctor runs as the
+real CLI (``python -m proxy doctor --live --json --config FILE``); the findings are read from its JSON.
 
-Three configs share the running lab: the good one (sipfed runs on it), one whose DNS lacks
-``_xmpp-server._tcp.tomt.it``, and one whose partner ``address`` is a port where nothing listens.
+Four configs share the running lab: the good one (sipfed runs on it), one whose DNS lacks
+``_xmpp-server._tcp.tomt.it``, one whose partner ``address`` is a port where nothing listens, and one with
+``tls = "not_supported"`` for the partner; then the good one again with sipfed stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Sipfed, free_port
-from tests.integration.xmpp_lab import LabDns, Prosody, ProsodyConfig, XmppPki, host_record, srv, xmpp_certs
+from tests.integration.xmpp_lab import (
+    HostRecord,
+    LabDns,
+    Prosody,
+    ProsodyConfig,
+    SrvRecord,
+    XmppPki,
+    host_record,
+    srv,
+    xmpp_certs,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -110,7 +121,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Docto
     pki = xmpp_certs(workdir / "pki", names=("tomt.local,tomt.it", XMPP), issuer=certs)
     xmpp_port, s2s, c2s, dead = free_port(SIPFED), free_port(PROSODY), free_port(PROSODY), free_port(NOBODY)
     ours = [srv(f"_xmpp-server._tcp.{domain}", GATEWAY, xmpp_port) for domain in ("tomt.local", "tomt.it")]
-    theirs = [host_record(GATEWAY, SIPFED), host_record(XMPP, PROSODY), srv(f"_xmpp-server._tcp.{XMPP}", XMPP, s2s)]
+    theirs: list[HostRecord | SrvRecord] = [
+        host_record(GATEWAY, SIPFED),
+        host_record(XMPP, PROSODY),
+        srv(f"_xmpp-server._tcp.{XMPP}", XMPP, s2s),
+    ]
     zones = ["tomt.local", "tomt.it", "test"]
     with (
         LabDns(DNS, free_port(DNS, socket.SOCK_DGRAM), [*ours, *theirs], zones) as dns,
@@ -133,11 +148,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[Docto
         unreachable = sipfed_config(
             workdir / "unreachable.toml", certs, pki, dns.port, xmpp_port, f'address = "{NOBODY}:{dead}"'
         )
+        in_clear = sipfed_config(
+            workdir / "in-clear.toml", certs, pki, dns.port, xmpp_port, 'tls = "not_supported"\nsasl = "not_supported"'
+        )
+        configs = {"good": good, "no_srv": no_srv, "unreachable": unreachable, "in_clear": in_clear}
         sipfed = Sipfed(good)
         try:
-            runs = {"good": doctor(good), "no_srv": doctor(no_srv), "unreachable": doctor(unreachable)}
+            runs = {name: doctor(path) for name, path in configs.items()}
         finally:
             sipfed.stop()
+        runs["stopped"] = doctor(good)
         yield DoctorLab(xmpp_port, s2s, dead, runs)
 
 
@@ -194,3 +214,20 @@ def test_a_partner_address_where_nothing_listens_is_not_reachable(lab: DoctorLab
     assert f"{XMPP} is not reachable: {NOBODY}:{lab.dead_port}: connection refused" in error["cause"]
     assert "firewalls" in error["fix"]
     assert lab.runs["unreachable"].returncode == 1
+
+
+def test_a_partner_requiring_tls_with_our_setting_not_supported_is_an_error_naming_the_fix(lab: DoctorLab) -> None:
+    [error] = [f for f in lab.about("in_clear", "xmpp partner jabber") if f["severity"] != "ok"]
+    assert (error["severity"], error["check"]) == ("error", "live.xmpp.tls")
+    assert (
+        f'{XMPP} requires TLS (<starttls><required/>), and sipfed\'s setting for it is tls = "not_supported"'
+        in (error["cause"])
+    )
+    assert error["fix"].startswith('set tls = "required" (Lync: TLS negotiation Required)')
+
+
+def test_our_listener_not_answering_is_a_warning(lab: DoctorLab) -> None:
+    [warning] = lab.about("stopped", "xmpp listener")
+    assert warning["severity"] == "warning"
+    assert f"sipfed's XMPP listener {SIPFED}:{lab.xmpp_port} does not answer: connection refused" in warning["cause"]
+    assert "start sipfed" in warning["fix"]

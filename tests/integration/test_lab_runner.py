@@ -1,6 +1,6 @@
-"""``make lab`` (examples/lab/run.py) as a user runs it, with ``--once`` as CI does: both scenarios
-pass, the ladder shows the flow through sipfed, the metrics URL is printed, and every process the
-runner started is gone when it returns. Plus what the lab found when its fixed ports were taken."""
+"""``make lab`` (examples/lab/run.py) as a user runs it, with ``--once`` as CI does: the three scenarios
+pass (the third over XMPP with Prosody), the ladder shows the flow through sipfed, the metrics URL is
+printed, and every process the runner started is gone when it returns. Plus what the lab found when its fixed ports were taken."""
 
 from __future__ import annotations
 
@@ -54,13 +54,18 @@ def test_make_lab_once(tmp_path: Path) -> None:
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "Scenarios: 2 of 2 passed." in out
+    assert "Scenarios: 3 of 3 passed." in out
     assert "bob's baresip: <sip:alice@tomt.local> changed status from Online to Offline" in out
     assert 'alice\'s baresip: sip:bob@tomt.it: "Hello Alice, this is Bob on tomt.it"' in out
     # the ladder: bob's MESSAGE enters on the lync listener and leaves toward tomt.local
     assert "|-- MESSAGE alice@tomt.local" in out
     assert "|<-- SUBSCRIBE bob@tomt.it" in out
+    # the third domain: romeo on Prosody writes to alice, bob to romeo, through the gateway
+    assert 'alice\'s baresip: sip:romeo@xmpp.test: "Buongiorno Alice, Romeo da xmpp.test"' in out
+    assert "romeo's client: bob@tomt.it" in out
+    assert "alice's baresip: <sip:romeo@xmpp.test> changed status from Online to Busy" in out
     assert "== Metrics: http://127.0.0.1:" in out
+    assert 'sipfed_xmpp_streams_total{direction="in",outcome="sasl",partner="jabber"}' in out
     assert processes_mentioning(str(workdir)) == []
 
 

@@ -2,6 +2,7 @@
 tmp dir with ``proxy.admin.certs``; and the judging of a partner's stream features (``--live``) without a network
 (the network is in tests/integration/test_doctor_xmpp.py)."""
 
+import asyncio
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,13 +17,16 @@ from cryptography.x509.oid import NameOID
 from proxy.admin.certs import LabPki, issue_leaf, make_lab_pki
 from proxy.admin.doctor import diagnose, run
 from proxy.admin.findings import Finding
+from proxy.admin.live_xmpp import NoDns, Probe, probe_listener, probe_partner
+from proxy.admin.live_xmpp_dns import our_records, partner_targets
 from proxy.admin.live_xmpp_offers import Negotiation, Offer, judge_negotiation, read_offer, stream_refused
 from proxy.admin.xmpp_checks import check_xmpp_names, srv_record
 from proxy.config import load_config
 from proxy.net.xmpp_tls import ID_ON_DNSSRV, ID_ON_XMPPADDR
-from proxy.xmpp.policy import Partner
+from proxy.xmpp.policy import Partner, XmppConfig
 from proxy.xmpp.stream import PeerCert
 from proxy.xmpp.xml import parse_document
+from routes.dns import Answer, NoRecords, Query, Rdata, Srv
 
 SIP_NAMES = ["sipfed.tomt.local", "sipfed.tomt.it"]
 XMPP_NAMES = ["sipfed.tomt.local", "tomt.local", "tomt.it"]
@@ -394,3 +398,174 @@ def test_a_refused_stream_names_the_reason() -> None:
     assert finding.severity == "error"
     assert "stream error host-unknown" in finding.cause
     assert "does not serve xmpp.test" in finding.fix
+
+
+# --- --live: DNS, from a fake source (no network) ---------------------------------------------------------
+
+
+class FakeDns:
+    """``routes.resolver.DnsSource`` from a table: (name, type) -> records; a missing name is NXDOMAIN."""
+
+    def __init__(self, table: dict[tuple[str, str], tuple[Rdata, ...]]) -> None:
+        self.table = table
+
+    async def query(self, query: Query) -> Answer:
+        records = self.table.get((query.name, query.rdtype))
+        if records is None:
+            raise NoRecords(query, nxdomain=True)
+        return Answer(query, records, 60)
+
+
+def xmpp_config(listen: tuple[str, int]) -> XmppConfig:
+    return XmppConfig(listen, ("tomt.local", "tomt.it"), (PARTNER,))
+
+
+def ours(table: dict[tuple[str, str], tuple[Rdata, ...]], listen: tuple[str, int]) -> dict[str, Finding]:
+    found = asyncio.run(our_records(xmpp_config(listen), "sipfed.tomt.local", FakeDns(table)))
+    return {f.subject.removeprefix("xmpp domain "): f for f in found}
+
+
+def srv_to(target: str, port: int) -> tuple[Rdata, ...]:
+    return (Srv(0, 5, port, target),)
+
+
+@pytest.mark.parametrize(
+    ("listen", "address", "severity", "words"),
+    [
+        (("127.0.0.1", 5269), "127.0.0.1", "ok", "an address sipfed listens on"),
+        (("0.0.0.0", 5269), "127.0.0.5", "ok", "an address sipfed listens on"),
+        (("127.0.0.1", 5269), "127.0.0.5", "error", "an address of this host, but sipfed listens on 127.0.0.1 only"),
+        (("0.0.0.0", 5269), "192.0.2.1", "warning", "not an address of this host"),
+        (("0.0.0.0", 5270), "127.0.0.1", "error", "port 5269, but sipfed listens on 5270"),
+    ],
+    ids=["the-listen-address", "local-under-wildcard", "another-local-address", "not-local", "wrong-port"],
+)
+def test_our_srv_records_lead_to_our_listener(listen: tuple[str, int], address: str, severity: str, words: str) -> None:
+    table: dict[tuple[str, str], tuple[Rdata, ...]] = {
+        ("_xmpp-server._tcp.tomt.local", "SRV"): srv_to("gw.tomt.local", 5269),
+        ("_xmpp-server._tcp.tomt.it", "SRV"): srv_to("gw.tomt.local", 5269),
+        ("gw.tomt.local", "A"): (address,),
+    }
+    finding = ours(table, listen)["tomt.it"]
+    assert finding.severity == severity
+    assert words in finding.cause
+
+
+def test_a_missing_srv_record_is_given_in_zone_file_form() -> None:
+    table: dict[tuple[str, str], tuple[Rdata, ...]] = {
+        ("_xmpp-server._tcp.tomt.local", "SRV"): srv_to("gw.tomt.local", 5270),
+        ("gw.tomt.local", "A"): ("127.0.0.1",),
+    }
+    found = ours(table, ("0.0.0.0", 5270))
+    assert found["tomt.local"].severity == "ok"
+    assert found["tomt.it"].fix == "publish: _xmpp-server._tcp.tomt.it. 3600 IN SRV 0 5 5270 gw.tomt.local."
+    alone = ours({}, ("0.0.0.0", 5269))["tomt.it"]  # no record anywhere: the proxy's fqdn is the target
+    assert alone.fix == "publish: _xmpp-server._tcp.tomt.it. 3600 IN SRV 0 5 5269 sipfed.tomt.local."
+
+
+def test_a_target_without_an_address_is_an_error() -> None:
+    table: dict[tuple[str, str], tuple[Rdata, ...]] = {
+        ("_xmpp-server._tcp.tomt.local", "SRV"): srv_to("gw.tomt.local", 5269),
+    }
+    finding = ours(table, ("0.0.0.0", 5269))["tomt.local"]
+    assert (finding.severity, "gw.tomt.local has no address (A) record" in finding.cause) == ("error", True)
+
+
+def test_partner_servers_in_srv_order_then_the_domain_itself() -> None:
+    two = Partner("jabber", "xmpp.test", ("chat.test",))
+    table: dict[tuple[str, str], tuple[Rdata, ...]] = {
+        ("_xmpp-server._tcp.xmpp.test", "SRV"): (Srv(10, 5, 5270, "b.xmpp.test"), Srv(0, 5, 5269, "a.xmpp.test")),
+        ("a.xmpp.test", "A"): ("192.0.2.1",),
+        ("b.xmpp.test", "A"): ("192.0.2.2",),
+        ("chat.test", "A"): ("192.0.2.3",),
+    }
+    targets, findings = asyncio.run(partner_targets(two, FakeDns(table)))
+    assert targets == [("192.0.2.1", 5269), ("192.0.2.2", 5270)]
+    assert [f.severity for f in findings] == ["ok", "warning"]
+    assert "sipfed falls back to chat.test itself on port 5269" in findings[1].cause
+    _, [error] = asyncio.run(partner_targets(Partner("jabber", "nowhere.test"), FakeDns({})))
+    assert error.severity == "error"
+    assert "no SRV record _xmpp-server._tcp.nowhere.test and no A record" in error.cause
+    targets, [note] = asyncio.run(partner_targets(Partner("j", "x.test", address=("192.0.2.9", 5299)), FakeDns({})))
+    assert (targets, note.severity) == ([("192.0.2.9", 5299)], "ok")
+
+
+# --- --live: the stream probe against scripted peers on loopback ---------------------------------------------
+
+HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+    b" id='s1' version='1.0'>"
+)
+
+
+def probe_against(answer: bytes, *, listener: bool = False, timeout: float = 5.0) -> list[Finding]:
+    """A peer on 127.0.0.1 that reads our stream header and answers ``answer`` (then waits for our close);
+    probed as the partner's server, or as our own listener."""
+    heard: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.read(4096))
+        writer.write(answer)
+        await writer.drain()
+        await reader.read(4096)  # our </stream:stream>, or the close
+        writer.close()
+
+    async def main() -> list[Finding]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = int(server.sockets[0].getsockname()[1])
+        partner = Partner("jabber", "xmpp.test", address=("127.0.0.1", port))
+        listen = ("127.0.0.1", port) if listener else ("127.0.0.1", 5269)
+        probe = Probe(XmppConfig(listen, ("tomt.local",), (partner,)), NoDns("none"), timeout, None)
+        async with server:
+            found = await (probe_listener(probe) if listener else probe_partner(partner, probe))
+        return found
+
+    found = asyncio.run(main())
+    [header] = heard
+    assert header.startswith(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server'")
+    return [f for f in found if f.check != "live.xmpp.dns"]
+
+
+def test_a_stream_error_instead_of_features_is_named() -> None:
+    error = b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+    [finding] = probe_against(HEADER + error)
+    assert (finding.severity, finding.check) == ("error", "live.xmpp.stream")
+    assert "127.0.0.1:" in finding.cause
+    assert "with stream error host-unknown" in finding.cause
+
+
+def test_an_answer_that_is_not_xmpp_is_named() -> None:
+    [finding] = probe_against(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    assert (finding.severity, finding.check) == ("error", "live.xmpp.connect")
+    assert "not with an XMPP stream" in finding.cause
+
+
+def test_features_without_starttls_are_judged() -> None:
+    features = b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+    found = by_check(probe_against(HEADER + features))
+    assert "offers dialback" in found["live.xmpp.connect"].cause
+    assert found["live.xmpp.tls"].severity == "error"  # tls = "required" (the default)
+
+
+def test_a_peer_that_never_offers_features_is_bounded_by_the_timeout() -> None:
+    [finding] = probe_against(HEADER, timeout=0.5)
+    assert (finding.severity, finding.check) == ("error", "live.xmpp.connect")
+    assert "within 0.5 s" in finding.cause
+
+
+@pytest.mark.parametrize(
+    ("answer", "severity", "words"),
+    [
+        (
+            HEADER + b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+            "ok",
+            "answers with stream error policy-violation",
+        ),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "error", "does not answer an XMPP stream header"),
+    ],
+    ids=["xmpp", "something-else"],
+)
+def test_our_listener_is_probed_as_a_partner_would(answer: bytes, severity: str, words: str) -> None:
+    [finding] = probe_against(answer, listener=True)
+    assert (finding.check, finding.severity) == ("live.xmpp.listener", severity)
+    assert words in finding.cause
