@@ -1,6 +1,7 @@
 """``make lab`` (examples/lab/run.py) as a user runs it, with ``--once`` as CI does: the three scenarios
 pass (the third over XMPP with Prosody), the ladder shows the flow through sipfed, the metrics URL is
-printed, and every process the runner started is gone when it returns. Plus what the lab found when its fixed ports were taken."""
+printed, and every process the runner started is gone when it returns. Plus what the lab found when its
+fixed ports were taken."""
 
 from __future__ import annotations
 
