@@ -370,8 +370,10 @@ async def probe_listener(probe: Probe) -> list[Finding]:
         said = f"answers with stream error {exc.condition}" + (f" ({exc.text})" if exc.text else "")
         if not xml.opened:
             said = f"closed the connection without a stream header ({exc})"
-    except (TimeoutError, StreamError, OSError) as exc:
-        said = f"{type(exc).__name__}: {exc}"
+    except TimeoutError:
+        said = f"nothing {'more ' if xml.opened else ''}within {probe.timeout:g} s"
+    except (StreamError, OSError) as exc:
+        said = str(exc)
     finally:
         await wire.close()
     if not xml.opened:
