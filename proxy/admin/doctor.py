@@ -11,7 +11,9 @@ too when it passes, so the report shows what was checked. They are the field not
   names -> Lync's Trusted Application Pool or CUP's TLS peer subject does not match;
 - ``route.loop`` and ``listener.lync_port``: a route that points back at sipfed, and a Lync-facing
   listener off 5062 (the Lync static route should point at the peer-auth listener);
-- ``ca.bundle``: the CA bundle parses and holds a CA.
+- ``ca.bundle``: the CA bundle parses and holds a CA;
+- ``xmpp.*`` (``proxy.admin.xmpp_checks``): XMPP partner settings as Lync's Control Panel warns of them, our
+  XMPP certificate naming every XMPP domain, the listener port the SRV records must name.
 
 ``Finding`` (``proxy.admin.findings``) is the unit of every report, the live probes (``--live``,
 ``proxy.admin.live``) and the running sipfed's state (``proxy.admin.state``) included.
