@@ -3,6 +3,9 @@
 Connections are persistent and reused (RFC 5923): responses go back on the accepting
 connection, requests toward a next hop reuse an open connection to it (or one the peer
 offered with ``alias``), and a new connection is opened only when none is open.
+
+This module keeps the connection table and the pump; opening a connection to a next hop (one hop, or a
+pool or DNS route's candidates as ``Failover`` plans them) is proxy/net/connect.py.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -18,13 +20,15 @@ from typing import Protocol
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
-from proxy.net.connection import ConnectionGate, DatagramEndpoint, StreamConnection
+from proxy.net.connect import HopKey, candidate_hop_key, connect, connect_route, resolve_and_send
+from proxy.net.connection import DatagramEndpoint, StreamConnection
+from proxy.net.gate import ConnectionGate
 from proxy.net.health import Liveness
 from proxy.net.hep_export import HepExport
 from proxy.net.tls import classify, describe_failure
 from proxy.net.trace import Trace
 from proxy.relay.core import Proxy
-from proxy.relay.failover import Failover, candidate_hop, candidate_of
+from proxy.relay.failover import Failover, candidate_of
 from proxy.relay.forwarding import reply_hop
 from proxy.relay.limits import WarnLimiter
 from proxy.relay.observe import Observer
@@ -32,12 +36,9 @@ from proxy.relay.types import Flow, HopUnavailable, NextHop, ProbeAnswer, Regist
 from proxy.sip.grammar import is_ip_literal
 from proxy.sip.parser import FramingError
 from routes import Candidate, StaticRoute
-from routes.dns import ResolutionError
 from routes.resolver import Resolver
 
 log = logging.getLogger("sipfed.net")
-
-HopKey = tuple[str, str, int, str | None]
 
 
 class InProcessLink(Protocol):
@@ -274,7 +275,7 @@ class Driver:
                     self._hep_udp(hop.listener, (hop.host.strip("[]"), hop.port), data)
                 udp.sendto(data, (hop.host.strip("[]"), hop.port))
             else:  # a name: resolve off the loop's critical path, then send (or fail the transaction)
-                task = self.loop.create_task(self._resolve_and_send(udp, hop, data, token))
+                task = self.loop.create_task(resolve_and_send(self, udp, hop, data, token))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             return
@@ -296,7 +297,7 @@ class Driver:
             waiting.append((data, token))
             return
         self.pending[key] = [(data, token)]
-        task = self.loop.create_task(self._connect_route(key, hop, route) if route else self._connect(key, hop))
+        task = self.loop.create_task(connect_route(self, key, hop, route) if route else connect(self, key, hop))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -322,25 +323,6 @@ class Driver:
         self.links[conn_id] = link
         self.link_routes[route] = (conn_id, link)
 
-    async def _resolve_and_send(self, udp: asyncio.DatagramTransport, hop: NextHop, data: bytes, token: int) -> None:
-        try:
-            infos = await asyncio.wait_for(
-                self.loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_DGRAM), self.connect_timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            reason = f"cannot resolve {hop.host}: {getattr(exc, 'strerror', None) or exc}"
-            self.warnings.warn(log, f"unresolved {hop}", self.loop.time(), "next hop %s unreachable: %s", hop, reason)
-            if token:
-                self.proxy.hop_failed(token, reason, self.loop.time(), "other")
-                self.pump()
-            return
-        address = infos[0][4][:2]
-        if token:
-            self.proxy.sent_on(token, address[0])
-        if self.hep is not None:
-            self._hep_udp(hop.listener, (str(address[0]), int(address[1])), data)
-        udp.sendto(data, address)
-
     def _reusable(self, hop: NextHop) -> StreamConnection | None:
         """An open connection to the hop's address: one the peer offered by ``alias`` (RFC 5923),
         or one it opened from that very address and port (as Kamailio reuses accepted ones)."""
@@ -359,112 +341,6 @@ class Driver:
             self.aliases[key] = conn
             conn.keys.append(key)
 
-    async def _open(self, hop: NextHop) -> StreamConnection:
-        tls = hop.transport == "tls"
-        _, conn = await asyncio.wait_for(
-            self.loop.create_connection(
-                lambda: StreamConnection(self, hop.transport, hop.listener, outbound=True),
-                hop.host.strip("[]"),
-                hop.port,
-                ssl=self.client_ssl if tls else None,
-                server_hostname=hop.tls_name if tls else None,
-            ),
-            self.connect_timeout,
-        )
-        return conn
-
-    async def _connect_route(self, key: HopKey, hop: NextHop, route: StaticRoute) -> None:
-        """RFC 3263 §4.3 as ``Failover`` plans it: try the route's candidates in turn; one that refuses, fails
-        TLS or times out is marked down and the next is tried, in the same transaction. The requests fail
-        only when every candidate has."""
-        failover = self.failover
-        found: list[Candidate] = []
-        dns_error = ""
-        try:
-            found = (
-                await self.resolver.candidates_for(route, self.loop.time())
-                if route.resolve and self.resolver
-                else list(route.static_candidates)
-            )
-        except ResolutionError as exc:
-            dns_error = str(exc)
-        else:
-            self.liveness.known[route.name] = found
-        walk = failover.plan(route, found, self.loop.time(), dns_error)
-        for candidate in walk.candidates:
-            attempt = candidate_hop(hop, candidate)
-            open_conn = self.by_hop.get(_candidate_key(candidate))  # e.g. the health checks' connection
-            if open_conn is not None and open_conn.transport is not None and not open_conn.transport.is_closing():
-                self._connected(key, open_conn, attempt)
-                return
-            try:
-                conn = await self._open(attempt)
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
-                mark = failover.connect_failed(
-                    walk, candidate, describe_failure(exc, attempt.tls_name), self.loop.time()
-                )
-                self.warnings.warn(
-                    log,
-                    f"candidate {candidate}",
-                    self.loop.time(),
-                    "route %s: candidate %s failed (%s); marked down for %g s",
-                    route.name,
-                    candidate,
-                    mark.reason,
-                    mark.seconds,
-                )
-                self.observer.hop_failure(route.name, _failure_kind(exc))
-                continue
-            failover.connected(candidate, held_down=self.liveness.is_down(route.name, candidate))
-            self._connected(key, conn, attempt)
-            candidate_key = _candidate_key(candidate)
-            if candidate_key != key and candidate_key not in self.by_hop:
-                self.by_hop[candidate_key] = conn
-                conn.keys.append(candidate_key)
-            return
-        for _, token in self.pending.pop(key, []):
-            self.proxy.hop_failed(token, walk.reason, self.loop.time(), "other")
-        self.pump()
-
-    async def _connect(self, key: HopKey, hop: NextHop) -> None:
-        try:
-            conn = await self._open(hop)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            reason = describe_failure(exc, hop.tls_name)
-            where = f" (route {hop.route})" if hop.route else ""
-            # One warning per next hop per 10 s, with the count of those suppressed (issue 14 row 15).
-            self.warnings.warn(
-                log,
-                f"unreachable {hop}",
-                self.loop.time(),
-                "next hop %s%s unreachable: %s",
-                hop,
-                where,
-                reason,
-                level=logging.DEBUG if hop.probe else logging.WARNING,
-            )
-            kind = _failure_kind(exc)
-            if kind == "tls_failure":
-                self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc))
-            for _, token in self.pending.pop(key, []):
-                self.proxy.hop_failed(token, reason, self.loop.time(), kind)
-            self.pump()
-            return
-        self._connected(key, conn, hop)
-
-    def _connected(self, key: HopKey, conn: StreamConnection, hop: NextHop) -> None:
-        self.by_hop[key] = conn
-        conn.keys.append(key)
-        conn.hop = hop
-        for data, token in self.pending.pop(key, []):
-            conn.send(data)
-            if token:
-                if conn.flow is not None:
-                    self.proxy.sent_on(token, conn.flow.conn_id)
-                conn.sent.append(token)
-                if not conn.heard_from:
-                    conn.unanswered.append(token)
-
     def _hop_unavailable(self, out: HopUnavailable) -> None:
         """RFC 3263 §4.3: the candidate behind the flow answered 503: mark it down (for its Retry-After, or
         the route's down_seconds) and stop sending the route's new requests on its connection."""
@@ -482,7 +358,7 @@ class Driver:
     def avoid(self, candidate: Candidate) -> None:
         """New requests of pool and DNS routes stop going to ``candidate``'s connection (it stays open for
         what is in flight, and for its own health checks)."""
-        own = _candidate_key(candidate)
+        own = candidate_hop_key(candidate)
         for key, conn in list(self.by_hop.items()):
             hop = conn.hop
             if key != own and hop is not None and (hop.transport, hop.host, hop.port) == own[:3]:
@@ -572,20 +448,3 @@ class Driver:
         if self.hep is not None:  # after the last writes above, so their copies go out too
             self.hep.close()
             self.hep = None
-
-
-def _candidate_key(candidate: Candidate) -> HopKey:
-    """The connection table's key for one candidate (the same a NextHop to it gets)."""
-    tls_name = candidate.tls_name if candidate.transport == "tls" else None
-    return (candidate.transport, candidate.host, candidate.port, tls_name)
-
-
-def _failure_kind(exc: BaseException) -> str:
-    """The next-hop failure label: connect_refused, tls_failure, timeout, other."""
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return "tls_failure"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connect_refused"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "other"

@@ -19,19 +19,17 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import logging
-import random
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 from OpenSSL import SSL
 
 from acl.subjects import CertIdentity
+from proxy.net import xmpp_out
 from proxy.net.xmpp_conn import XmppConnection
+from proxy.net.xmpp_out import FAILED_SECONDS, XMPP_PORT, OutLink, _tls_words
 from proxy.relay.types import Flow
 from proxy.xmpp.gateway import Gateway
 from proxy.xmpp.inbound import InboundStream
@@ -49,34 +47,24 @@ from proxy.xmpp.stream import (
     Ready,
     StreamEvent,
 )
-from proxy.xmpp.xml import to_bytes
-from routes.candidates import Candidate, rfc2782_order
-from routes.dns import DnsFailure, NoRecords, Query, Srv
 from routes.resolver import DnspythonSource
 
 log = logging.getLogger("sipfed.xmpp")
 
-FAILED_SECONDS = 5.0
-"""Rule 2: how long a failed partner's stanzas fail at once, with the same reason, before a new try."""
+__all__ = [
+    "FAILED_SECONDS",
+    "MAX_CONNECTIONS",
+    "MAX_UNAUTHENTICATED_PER_SOURCE",
+    "TICK_SECONDS",
+    "XMPP_PORT",
+    "GatewayLink",
+    "OutLink",
+    "XmppEdge",
+]
+
 MAX_CONNECTIONS = 1024
 MAX_UNAUTHENTICATED_PER_SOURCE = 32
 TICK_SECONDS = 1.0
-XMPP_PORT = 5269
-_RNG = random.Random()  # RFC 2782's weighted draws need no secrecy
-
-
-@dataclass(slots=True)
-class OutLink:
-    """Rule 2: our stream from ``local`` to ``remote``, and what waits for it."""
-
-    local: str
-    remote: str
-    partner: Partner
-    conn: XmppConnection | None = None
-    ready: bool = False
-    deadline: float = 0.0
-    queue: list[tuple[bytes, int]] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
 
 
 class GatewayLink:
@@ -221,11 +209,13 @@ class XmppEdge:
         if conn.role == "out":
             link = next((lk for lk in self.links.values() if lk.conn is conn), None)
             if link is not None:
-                self._drop_link(link, "remote-server-timeout", f"the connection to {link.remote} closed")
+                xmpp_out.drop_link(self, link, "remote-server-timeout", f"the connection to {link.remote} closed")
         elif conn.role == "verify":
             for key, asking in list(self.asking.items()):
                 if asking is conn:
-                    self._verdict(key, False, f"the Authoritative Server of {key[0]} closed the connection unanswered")
+                    xmpp_out.verdict(
+                        self, key, False, f"the Authoritative Server of {key[0]} closed the connection unanswered"
+                    )
         else:
             for key, waiting in list(self.verifying.items()):
                 if waiting is conn:
@@ -253,12 +243,12 @@ class XmppEdge:
                 _tls_words(conn),
             )
         elif isinstance(event, Ready):
-            self._ready(conn, event)
+            xmpp_out.link_ready(self, conn, event)
         elif isinstance(event, DialbackRequest):
-            self._verify(conn, event)
+            xmpp_out.verify(self, conn, event)
         elif isinstance(event, DialbackAnswer):
-            self._verdict((event.originating, event.receiving, event.stream_id), event.valid, "")
-            if conn.role == "verify" and not self._verifies_pending(conn):
+            xmpp_out.verdict(self, (event.originating, event.receiving, event.stream_id), event.valid, "")
+            if conn.role == "verify" and not xmpp_out.verifies_pending(conn):
                 conn.close()
         elif isinstance(event, Failed):
             self._failed(conn, event, name)
@@ -279,215 +269,17 @@ class XmppEdge:
             condition = (
                 "forbidden" if event.condition in ("not-authorized", "policy-violation") else ("service-unavailable")
             )
-            self._drop_link(link, condition, event.reason)
+            xmpp_out.drop_link(self, link, condition, event.reason)
 
-    # -- outbound (rules 1-3) ----------------------------------------------------------------------------
+    # -- outbound (rules 1-3) and dialback verification: proxy/net/xmpp_out.py --------------------------
 
     def send_stanza(self, out: SendStanza) -> None:
-        assert self.config is not None
-        key = (out.local, out.remote)
-        data = to_bytes(out.stanza)
-        link = self.links.get(key)
-        if link is not None and link.ready and link.conn is not None and not link.conn.closed:
-            link.conn.write(data)
-            self._sent(out.token)
-            return
-        failed = self.failed.get(key)
-        if link is None and failed is not None and failed[0] > self.loop.time():
-            self._unsent(out.token, failed[1], failed[2])
-            return
-        if link is None:
-            partner = self.config.partner_for(out.remote)
-            if partner is None:
-                self._unsent(out.token, "remote-server-not-found", f"{out.remote} is not an XMPP partner")
-                return
-            deadline = self.loop.time() + self.config.connect_timeout_seconds
-            link = OutLink(out.local, out.remote, partner, deadline=deadline)
-            self.links[key] = link
-            link.task = self._spawn(self._open(link))
-        link.queue.append((data, out.token))
-
-    async def _open(self, link: OutLink) -> None:
-        assert self.config is not None
-        try:
-            targets = await self.targets(link.remote, link.partner)
-        except DnsFailure as exc:
-            self._drop_link(link, "remote-server-not-found", f"cannot look up {link.remote}: {exc}")
-            return
-        problems = []
-        for host, port in targets:
-            stream = OutboundStream(
-                max_stanza_bytes=self.config.max_stanza_bytes,
-                local=link.local,
-                remote=link.remote,
-                partner=link.partner,
-                secret=self.secret,
-                tls_available=False in self._contexts,
-            )
-            conn = XmppConnection(self, stream, "out", link.partner.name)
-            link.conn = conn
-            try:
-                await asyncio.wait_for(
-                    self.loop.create_connection(functools.partial(_same, conn), host, port),
-                    max(0.1, link.deadline - self.loop.time()),
-                )
-                return
-            except (OSError, TimeoutError) as exc:
-                problems.append(f"{host}:{port}: {getattr(exc, 'strerror', None) or exc or 'timed out'}")
-        link.conn = None
-        why = "; ".join(problems) or f"no server found for {link.remote}"
-        self._drop_link(link, "remote-server-not-found", f"cannot reach {link.remote}: {why}")
+        """Rule 2: ``out`` on our stream to its domain, opened (rule 1) if need be."""
+        xmpp_out.send_stanza(self, out)
 
     async def targets(self, domain: str, partner: Partner | None) -> list[tuple[str, int]]:
         """Rule 1."""
-        if partner is not None and partner.address is not None:
-            return [partner.address]
-        assert self.dns is not None
-        try:
-            answer = await self.dns.query(Query(f"_xmpp-server._tcp.{domain}", "SRV"))
-        except NoRecords:  # RFC 6120 §3.2.2: the domain itself, on the default port
-            return [(address, XMPP_PORT) for address in await self._addresses(domain)]
-        records = [r for r in answer.records if isinstance(r, Srv) and r.target not in (".", "")]
-        ordered = rfc2782_order(
-            [Candidate(r.target, r.port, "tcp", domain, r.priority, r.weight) for r in records], _RNG
-        )
-        out = []
-        for candidate in ordered:
-            try:
-                out += [(address, candidate.port) for address in await self._addresses(candidate.host)]
-            except DnsFailure as exc:
-                log.info("XMPP: SRV target %s of %s not found: %s", candidate.host, domain, exc)
-        return out
-
-    async def _addresses(self, name: str) -> list[str]:
-        try:
-            ipaddress.ip_address(name)
-            return [name]
-        except ValueError:
-            pass
-        assert self.dns is not None
-        try:
-            answer = await self.dns.query(Query(name, "A"))
-        except NoRecords as exc:
-            raise DnsFailure(Query(name, "A"), "no address (A) record") from exc
-        return [record for record in answer.records if isinstance(record, str)]
-
-    def _ready(self, conn: XmppConnection, event: Ready) -> None:
-        link = self.links.get((event.local, event.remote))
-        if link is None or link.conn is not conn:
-            return
-        link.ready = True
-        self.failed.pop((event.local, event.remote), None)
-        self.observer.stream(link.partner.name, "out", event.method)
-        log.info(
-            "XMPP stream %s -> %s (%s:%d) ready, authenticated by %s, %s",
-            event.local,
-            event.remote,
-            *conn.remote,
-            "SASL EXTERNAL" if event.method == "sasl" else "dialback",
-            _tls_words(conn),
-        )
-        queue, link.queue = link.queue, []
-        for data, token in queue:
-            conn.write(data)
-            self._sent(token)
-        self.pump()
-
-    def _drop_link(self, link: OutLink, condition: str, reason: str) -> None:
-        key = (link.local, link.remote)
-        if self.links.get(key) is not link:
-            return
-        del self.links[key]
-        if link.conn is not None and not link.conn.closed:
-            link.conn.close()
-        if link.ready and not link.queue:
-            return
-        self.failed[key] = (self.loop.time() + FAILED_SECONDS, condition, reason)
-        log.warning(
-            "XMPP stream %s -> %s failed (%s): %s; %d stanza(s) not sent",
-            link.local,
-            link.remote,
-            condition,
-            reason,
-            len(link.queue),
-        )
-        for _, token in link.queue:
-            self._unsent(token, condition, reason)
-        link.queue.clear()
-        self.pump()
-
-    def _sent(self, token: int) -> None:
-        if token and self.gateway is not None:
-            self.gateway.sent(token, time.time())
-
-    def _unsent(self, token: int, condition: str, reason: str) -> None:
-        if token and self.gateway is not None:
-            self.gateway.unsent(token, condition, reason, time.time())
-
-    # -- dialback verification (XEP-0220 §2.1.2) ----------------------------------------------------------
-
-    def _verify(self, inbound: XmppConnection, request: DialbackRequest) -> None:
-        key = (request.originating, request.receiving, request.stream_id)
-        self.verifying[key] = inbound
-        self._spawn(self._ask(request))
-
-    async def _ask(self, request: DialbackRequest) -> None:
-        assert self.config is not None
-        partner = self.config.partner_for(request.originating)
-        key = (request.originating, request.receiving, request.stream_id)
-        problems = []
-        try:
-            targets = await self.targets(request.originating, partner)
-        except DnsFailure as exc:
-            targets, problems = [], [str(exc)]
-        for host, port in targets:
-            stream = OutboundStream(
-                max_stanza_bytes=self.config.max_stanza_bytes,
-                local=request.receiving,
-                remote=request.originating,
-                partner=partner,
-                secret=self.secret,
-                tls_available=False in self._contexts,
-                verify_only=True,
-            )
-            stream.ask(request.receiving, request.originating, request.stream_id, request.key)
-            conn = XmppConnection(self, stream, "verify", partner.name if partner else "")
-            try:
-                await asyncio.wait_for(
-                    self.loop.create_connection(functools.partial(_same, conn), host, port),
-                    self.config.connect_timeout_seconds,
-                )
-            except (OSError, TimeoutError) as exc:
-                problems.append(f"{host}:{port}: {getattr(exc, 'strerror', None) or exc or 'timed out'}")
-                continue
-            self.asking[key] = conn
-            self.loop.call_later(self.config.connect_timeout_seconds, self._verify_timeout, key, conn)
-            return
-        self._verdict(
-            key,
-            False,
-            f"cannot reach the Authoritative Server of {request.originating}: "
-            + ("; ".join(problems) or "no server found"),
-        )
-
-    def _verify_timeout(self, key: tuple[str, str, str], conn: XmppConnection) -> None:
-        if key in self.verifying:
-            self._verdict(key, False, f"the Authoritative Server of {key[0]} did not answer in time")
-        conn.close()
-
-    def _verdict(self, key: tuple[str, str, str], valid: bool, problem: str) -> None:
-        self.asking.pop(key, None)
-        inbound = self.verifying.pop(key, None)
-        if inbound is None or inbound.closed:
-            return
-        stream = inbound.stream
-        assert isinstance(stream, InboundStream)
-        stream.dialback_verified(key[0], key[1], valid, problem)
-        inbound.process()
-
-    def _verifies_pending(self, conn: XmppConnection) -> bool:
-        stream = conn.stream
-        return isinstance(stream, OutboundStream) and bool(stream.questions)
+        return await xmpp_out.srv_targets(self, domain, partner)
 
     # -- the gateway ------------------------------------------------------------------------------------------
 
@@ -533,7 +325,8 @@ class XmppEdge:
         now = self.loop.time()
         for link in list(self.links.values()):
             if not link.ready and now > link.deadline:
-                self._drop_link(
+                xmpp_out.drop_link(
+                    self,
                     link,
                     "remote-server-timeout",
                     f"no authenticated stream to {link.remote} within "
@@ -561,14 +354,6 @@ class XmppEdge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _tls_words(conn: XmppConnection) -> str:
-    return f"over {conn.tls.version()}" if conn.tls is not None and conn.tls.established else "without TLS"
-
-
-def _same(conn: XmppConnection) -> XmppConnection:
-    return conn
 
 
 def _authenticated(conn: XmppConnection) -> bool:

@@ -1,5 +1,5 @@
 """``[xmpp]`` and ``[[xmpp.partners]]`` in Lync's vocabulary: proxy/xmpp/policy.py, and the section through the
-real loader (proxy/config.py: the gateway's routes and per-partner peers, a [[routes]] entry claiming a partner
+real loader (proxy/config/loader.py: the gateway's routes and per-partner peers, a [[routes]] entry claiming a partner
 domain refused)."""
 
 from __future__ import annotations
@@ -466,7 +466,7 @@ def test_every_problem_reported_at_once() -> None:
     ]
 
 
-# -- through the loader (proxy/config.py) ------------------------------------------------------------------------------
+# -- through the loader (proxy/config/loader.py) -----------------------------------------------------------------------
 
 SIP = """
 [proxy]
