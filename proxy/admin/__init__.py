@@ -6,7 +6,7 @@
 - ``xmpp_checks`` (offline) and ``live_xmpp`` + ``live_xmpp_dns`` + ``live_xmpp_offers`` (``--live``): the
   XMPP federation's settings, certificate names, SRV records, and each partner's stream features;
 - ``findings``: the ``Finding`` every doctor report is made of;
-- ``x509``: reading certificates, once for both tools.
+- reading certificates: ``proxy.x509``, shared with the running proxy's own start-up checks.
 
 They build TLS contexts only through ``proxy.net.tls``, as the proxy does. Nothing of the running proxy
 imports this package; ``proxy.cli`` alone does.

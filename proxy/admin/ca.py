@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from proxy.admin.x509 import EKU_BY_NAME, extension
+from proxy.x509 import EKU_BY_NAME, extension
 
 KEY_TYPES = ("rsa", "ec")
 ROOT_DAYS = 3650

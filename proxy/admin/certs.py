@@ -42,7 +42,7 @@ from proxy.admin.ca import (
     new_key,
     pem,
 )
-from proxy.admin.x509 import (
+from proxy.x509 import (
     EKU_BY_NAME,
     issued_by,
     key_matches,

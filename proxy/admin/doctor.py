@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from proxy.admin.findings import Finding, by_severity, render_json, render_table
 from proxy.admin.live import diagnose_live
 from proxy.admin.state import running_state
-from proxy.admin.x509 import (
+from proxy.x509 import (
     as_ip_address,
     build_path,
     certificate_names,

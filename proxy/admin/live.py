@@ -38,7 +38,7 @@ from proxy.admin.live_certs import VERIFY_CHECKS, check_peer_certificates
 from proxy.admin.live_failures import GIVE_CLIENT_AUTH, TRUST_OUR_CA, connect_failure, handshake_failure
 from proxy.admin.live_sip import MAX_ANSWER_BYTES, ask_options, our_fqdn, udp_options
 from proxy.admin.live_xmpp import diagnose_xmpp_live
-from proxy.admin.x509 import load_certificates
+from proxy.x509 import load_certificates
 from proxy.config import Config
 from proxy.net.tls import client_context, describe_failure, inspection_context
 from routes import StaticRoute

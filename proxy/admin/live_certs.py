@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from proxy.admin.findings import Finding, route_address, route_subject
-from proxy.admin.x509 import (
+from proxy.x509 import (
     build_path,
     certificate_names,
     common_names,

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from proxy.admin.findings import Finding
-from proxy.admin.x509 import (
+from proxy.x509 import (
     is_ca,
     key_matches,
     key_purposes,

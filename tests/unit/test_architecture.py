@@ -23,17 +23,19 @@ LAYERS: dict[str, frozenset[str]] = {
     "acl": frozenset(),  # trust, digest, ACLs: a leaf
     "routes": frozenset(),  # routes, DNS, candidates: a leaf
     "proxy.hep": frozenset(),  # the HEP3 encoder: pure
+    "proxy.x509": frozenset(),  # reading certificates (cryptography): shared by config, admin tools
     "proxy.relay": frozenset({"proxy.sip", "routes", "acl"}),  # the proxy's decisions (§16, §17)
     "proxy.xmpp": frozenset({"proxy.sip"}),  # XMPP S2S streams and the SIP<->XMPP gateway
-    "proxy.config": frozenset({"routes", "acl", "proxy.xmpp"}),  # the TOML file, typed and checked
+    "proxy.config": frozenset({"routes", "acl", "proxy.xmpp", "proxy.x509"}),  # the TOML file, typed and checked
     "proxy.logs": frozenset(),  # log formatting
     "proxy.net": frozenset(
-        {"proxy", "proxy.sip", "proxy.relay", "proxy.hep", "proxy.config", "proxy.xmpp", "routes", "acl"}
+        {"proxy", "proxy.sip", "proxy.relay", "proxy.hep", "proxy.config", "proxy.xmpp", "proxy.x509", "routes", "acl"}
     ),
     "proxy.metrics": frozenset({"proxy", "proxy.relay", "proxy.net", "proxy.xmpp"}),  # the Observers
     "proxy.server": frozenset(
         {
             "proxy.relay",
+            "proxy.x509",
             "proxy.net",
             "proxy.config",
             "proxy.metrics",
@@ -61,7 +63,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "proxy.__main__": frozenset({"proxy.cli"}),
     # The admin tools (certs, doctor): they read the config and probe with the proxy's own TLS and SIP code;
     # nothing runs them but cli, and nothing of the running proxy imports them.
-    "proxy.admin": frozenset({"proxy", "proxy.sip", "proxy.config", "proxy.net", "proxy.xmpp", "routes", "acl"}),
+    "proxy.admin": frozenset(
+        {"proxy", "proxy.sip", "proxy.config", "proxy.net", "proxy.xmpp", "proxy.x509", "routes", "acl"}
+    ),
     "proxy": frozenset(),  # proxy/__init__.py: the version
 }
 #: Edges allowed for type hints only: the control socket drives ``Server.reload`` through duck typing.

@@ -1,8 +1,10 @@
-"""Reading certificates, once for every admin tool: PEM files, names, EKU, validity, issuers, key match.
+"""Reading certificates, once for sipfed and its admin tools: PEM files, names, EKU, validity, issuers, key
+match.
 
 ``sipfed certs`` uses these to decide whether files it finds can be kept, ``sipfed doctor`` to judge our
-chain and the chains peers send; both therefore mean the same thing by "issued by", "valid" or "a name of
-this certificate". Only reading lives here: building certificates is ``proxy.admin.ca``.
+chain and the chains peers send, and the running proxy to check its own side at start (proxy/config/own.py);
+all therefore mean the same thing by "issued by", "valid" or "a name of this certificate". A leaf: only
+``cryptography``. Only reading lives here: building certificates is ``proxy.admin.ca``.
 """
 
 from __future__ import annotations
