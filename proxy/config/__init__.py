@@ -24,6 +24,7 @@ from proxy.config.model import (
     LimitsConfig,
     ListenerConfig,
     MaddrRewrite,
+    OwnSide,
     TlsConfig,
 )
 from proxy.config.sections import (
@@ -60,6 +61,7 @@ __all__ = [
     "LimitsConfig",
     "ListenerConfig",
     "MaddrRewrite",
+    "OwnSide",
     "TlsConfig",
     "load_config",
     "parse_control",

@@ -16,7 +16,8 @@ from typing import Any
 from acl.config import parse_trust
 from acl.peers import Trust, TrustedPeer
 from proxy.config.fields import _domain, _table, _unknown
-from proxy.config.model import Config, TlsConfig
+from proxy.config.model import Config, OwnSide, TlsConfig
+from proxy.config.own import check_own_side
 from proxy.config.sections import (
     PROXY_KEYS,
     _dns,
@@ -61,8 +62,9 @@ class ConfigError(Exception):
         super().__init__(f"config error in {self.path}:\n{lines}")
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a config file; raise ConfigError with every problem found."""
+def load_config(path: Path | str, *, check_own: bool = True) -> Config:
+    """Read and validate a config file; raise ConfigError with every problem found. ``check_own=False`` leaves
+    our certificate and key unjudged (``sipfed doctor`` reads a broken config to say what is wrong with it)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -71,13 +73,13 @@ def load_config(path: Path | str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     problems: list[str] = []
-    config = _build(raw, path, problems)
+    config = _build(raw, path, problems, check_own)
     if problems or config is None:
         raise ConfigError(path, problems)
     return config
 
 
-def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | None:
+def _build(raw: Mapping[str, Any], path: Path, problems: list[str], check_own: bool = True) -> Config | None:
     for key in sorted(set(raw) - TOP_KEYS):
         problems.append(f"{key}: unknown section (known: {', '.join(sorted(TOP_KEYS))})")
     proxy = _table(raw, "proxy", problems)
@@ -110,6 +112,9 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
     xmpp_routes: tuple[StaticRoute, ...] = ()
     if xmpp is not None:
         xmpp_routes, trust = _xmpp_federation(xmpp, tls, routes, trust, problems)
+    own = OwnSide()
+    if tls is not None and check_own and not problems:  # our own side first (issue 16), once the files exist
+        own = check_own_side(tls, listeners, problems, warnings, None)
     if problems:
         return None
     return Config(
@@ -128,6 +133,7 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str]) -> Config | 
         trust=trust,
         xmpp=xmpp,
         xmpp_routes=xmpp_routes,
+        own=own,
         warnings=tuple(warnings),
     )
 

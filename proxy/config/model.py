@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from acl.peers import Trust
@@ -143,6 +144,20 @@ class HepConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnSide:
+    """What the running proxy knows of its own certificate (proxy/config/own.py rule 3)."""
+
+    subject: str = ""
+    """Our certificate's CN (or DN), for log lines."""
+    missing_intermediate: str = ""
+    """The issuer the chain file should carry and does not ('' when the chain is complete)."""
+    client_auth: bool = True
+    """Usable as a TLS client certificate (no EKU restriction, or clientAuth present)."""
+    not_after: datetime | None = None
+    """When it expires."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything sipfed runs on."""
 
@@ -202,5 +217,8 @@ class Config:
     """``[xmpp]``: XMPP server-to-server federation for our SIP domains; None (no section): off."""
     xmpp_routes: tuple[StaticRoute, ...] = ()
     """One route per XMPP partner domain, to the gateway (transport ``xmpp``, listener ``xmpp``)."""
+    own: OwnSide = field(default_factory=lambda: OwnSide())
+    """What sipfed knows of its own certificate (``proxy.config.own`` rule 3): failures explain themselves with
+    it; empty when there is no [tls]."""
     warnings: tuple[str, ...] = ()
     """Things that work but an admin should know (plaintext passwords, open admission)."""

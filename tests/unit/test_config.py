@@ -7,6 +7,7 @@ import pytest
 
 from proxy.admin.certs import make_lab_pki
 from proxy.config import Config, ConfigError, load_config
+from tests.unit.config_files import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,13 +67,7 @@ external = "cups.tomt.local"
 
 
 def write(tmp_path: Path, text: str, *, certs: bool = True) -> Path:
-    if certs:
-        (tmp_path / "certs").mkdir(exist_ok=True)
-        for name in ("proxy.pem", "proxy.key", "ca.crt"):
-            (tmp_path / "certs" / name).write_text("placeholder\n")
-    path = tmp_path / "sipfed.toml"
-    path.write_text(text)
-    return path
+    return write_config(tmp_path, text, certs=certs)
 
 
 def problems_of(path: Path) -> list[str]:

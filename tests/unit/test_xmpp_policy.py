@@ -13,6 +13,7 @@ import pytest
 from acl.subjects import CertIdentity
 from proxy.config import ConfigError, load_config
 from proxy.xmpp.policy import PARTNER_KEYS, XMPP_KEYS, Partner, XmppConfig, parse_xmpp
+from tests.unit.config_files import write_config
 
 BASE = Path("/etc/sipfed")
 OURS = ["tomt.local", "tomt.it"]
@@ -502,13 +503,8 @@ sasl = "NotSupported"
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    """The config file and placeholder TLS files beside it, as tests/unit/test_config.py writes them."""
-    (tmp_path / "certs").mkdir(exist_ok=True)
-    for name in ("proxy.pem", "proxy.key", "ca.crt"):
-        (tmp_path / "certs" / name).write_text("placeholder\n")
-    path = tmp_path / "sipfed.toml"
-    path.write_text(text)
-    return path
+    """The config file and its TLS files beside it, as tests/unit/test_config.py writes them."""
+    return write_config(tmp_path, text)
 
 
 def test_loader_refuses_sasl_without_tls(tmp_path: Path) -> None:
