@@ -78,6 +78,11 @@ class Metrics(Observer):
             "slow_senders_total", "Connections closed for an incomplete message or handshake", ["listener", "stage"]
         )
         self.config_reloads = c("config_reloads_total", "Config reloads", ["outcome"])
+        # At 0 from the start, so the alert rules' increase() counts the first refusal or block too.
+        for outcome in ("applied", "refused"):
+            self.config_reloads.labels(outcome)
+        for action in ("answered", "blocked"):
+            self._child(self.shield, action)
         self.health_checks = c(
             "health_checks_total", "OPTIONS health checks of route destinations", ["route", "result"]
         )
@@ -105,6 +110,13 @@ class Metrics(Observer):
             "SIP messages not copied to the [hep] receiver: queue or "
             "socket buffer full, too large for HEP, receiver unreachable",
             ["reason"],
+        )
+        self.certificates = Gauge(
+            "sipfed_certificate_expiry_timestamp_seconds",
+            "Not-after time (Unix seconds) of our certificates (role ours: listener name, or xmpp) and of the "
+            "certificate each trusted peer (role peer) and each route's next hop (role route) last showed",
+            ["role", "name"],
+            registry=registry,
         )
         Info("sipfed_build", "Version information", registry=registry).info(
             {"version": __version__, "python": platform.python_version()}
@@ -201,6 +213,13 @@ class Metrics(Observer):
     def hep_dropped(self, reason: str, count: int) -> None:
         """``count`` copies dropped: ``queue_full``, ``too_large`` or ``unreachable``."""
         self._child(self.hep_dropped_total, reason).inc(count)
+
+    def certificate_expiry(self, role: str, name: str, not_after: float | None) -> None:
+        """Set, or remove (None), one series; not through ``_child``: a removed child must not be reused."""
+        if not_after is None:
+            self.certificates.remove(role, name)
+        else:
+            self.certificates.labels(role, name).set(not_after)
 
     def watch_gc(self, warn_seconds: float = 0.05) -> Callable[[str, dict[str, int]], None]:
         """Time every collector pass into ``sipfed_gc_pause_seconds``; log the ones that stall the loop."""

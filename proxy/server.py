@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.metrics import Metrics, XmppMetrics
+from proxy.net.cert_expiry import report_ours
 from proxy.net.connection import DatagramEndpoint, connection_cap
 from proxy.net.control import ControlError, ControlServer, Reloaded, open_control
 from proxy.net.driver import Driver
@@ -232,6 +233,7 @@ class Server:
             self._configure_xmpp(config, config.xmpp)
         for warning in config.warnings:
             log.warning("config: %s", warning)
+        report_ours(self.metrics, config, self.config)
         self.config = config
 
     def _configure_xmpp(self, config: Config, xmpp: XmppConfig) -> None:

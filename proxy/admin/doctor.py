@@ -35,6 +35,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from proxy.admin.findings import Finding, by_severity, render_json, render_table
 from proxy.admin.live import diagnose_live
 from proxy.admin.state import running_state
+from proxy.admin.xmpp_checks import check_xmpp
+from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.x509 import (
     as_ip_address,
     build_path,
@@ -49,8 +51,6 @@ from proxy.x509 import (
     spki,
     validity,
 )
-from proxy.admin.xmpp_checks import check_xmpp
-from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from routes import StaticRoute
 
 # The field notes: Lync's static route points at CUP's "Peer Authentication listener", port 5062.

@@ -38,9 +38,9 @@ from proxy.admin.live_certs import VERIFY_CHECKS, check_peer_certificates
 from proxy.admin.live_failures import GIVE_CLIENT_AUTH, TRUST_OUR_CA, connect_failure, handshake_failure
 from proxy.admin.live_sip import MAX_ANSWER_BYTES, ask_options, our_fqdn, udp_options
 from proxy.admin.live_xmpp import diagnose_xmpp_live
-from proxy.x509 import load_certificates
 from proxy.config import Config
 from proxy.net.tls import client_context, describe_failure, inspection_context
+from proxy.x509 import load_certificates
 from routes import StaticRoute
 
 # A TLS 1.3 server judges our certificate after our side has finished the handshake: its refusal is

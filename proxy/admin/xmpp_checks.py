@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from proxy.admin.findings import Finding
+from proxy.config import Config
+from proxy.net.xmpp_tls import reference_names
 from proxy.x509 import (
     is_ca,
     key_matches,
@@ -42,8 +44,6 @@ from proxy.x509 import (
     spki,
     validity,
 )
-from proxy.config import Config
-from proxy.net.xmpp_tls import reference_names
 from proxy.xmpp.policy import Partner, XmppConfig
 from proxy.xmpp.stream import names_domain
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
+from proxy.net.cert_expiry import report_seen
 from proxy.net.gate import RESERVED_FILES, ConnectionGate, connection_cap, valid_sip
 from proxy.net.tls import classify, describe_inbound, peer_identity
 from proxy.net.tls_session import TlsSession
@@ -242,6 +243,8 @@ class StreamConnection(asyncio.Protocol):
         observer = self.driver.observer
         if self.transport_name == "tls" and not self.outbound:
             observer.tls_handshake(self.listener, "inbound", "success", "none")
+            if bound is not None and self.session is not None:
+                report_seen(observer, "peer", bound.name, self.session.obj)
         observer.connection(self.listener, self.flow.peer or "none", 1)
         if bound is not None and self.source is not None:
             self._prove()
@@ -264,6 +267,9 @@ class StreamConnection(asyncio.Protocol):
                 # Only now do we know the peer accepted us: over TLS 1.3 it judges our
                 # certificate after our side of the handshake has already finished.
                 self.driver.observer.tls_handshake(self.listener, "outbound", "success", "none")
+                if self.hop is not None and self.hop.route is not None:  # set once connected: not at _established
+                    ssl_object = self.transport.get_extra_info("ssl_object")
+                    report_seen(self.driver.observer, "route", self.hop.route, ssl_object)
         if self.session is not None:
             data = self._decrypt(data)
             if not data or self.flow is None:

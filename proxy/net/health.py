@@ -23,6 +23,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.net.cert_expiry import report_seen
+from proxy.net.connect import candidate_hop_key
 from proxy.relay.types import Identity, NextHop, ProbeAnswer
 from routes import Candidate, StaticRoute
 from routes.dns import ResolutionError
@@ -159,6 +161,10 @@ class Liveness:
         else:
             result = answer.reason  # why the destination could not be reached
         self.driver.observer.health_check(name, "pass" if ok else "fail")
+        conn = self.driver.by_hop.get(candidate_hop_key(candidate)) if ok else None
+        if conn is not None and conn.transport is not None and candidate.transport == "tls":
+            # The check's connection may be the one requests reuse: it never meets a route's name otherwise.
+            report_seen(self.driver.observer, "route", name, conn.transport.get_extra_info("ssl_object"))
         now = self.driver.loop.time()
         change = prober.record(candidate, ok, now, result)
         if change == "down":

@@ -102,3 +102,9 @@ class Observer:
         """An open connection closed by a rule: ``unauthenticated_idle`` (bound to no peer, no valid SIP message
         for limits.unauthenticated_idle_seconds) or ``trust_reload`` (its certificate no longer binds it to
         its peer)."""
+
+    def certificate_expiry(self, role: str, name: str, not_after: float | None) -> None:
+        """A certificate's not-after time (Unix seconds), labelled by configured names only: role ``ours`` (a
+        TLS listener's name, or ``xmpp`` for an [xmpp] cert_chain of its own) read at start and on each reload;
+        ``peer`` (a [[peers]] name) when an inbound TLS connection binds to that peer; ``route`` (a route name)
+        when a connection to one of its next hops first answers. None: the name left the configuration."""

@@ -29,17 +29,18 @@ pytestmark = pytest.mark.integration
 
 
 class Prometheus:
-    """Debian's prometheus server scraping one target every second, on loopback."""
+    """Debian's prometheus server scraping one target every second, on loopback; evaluating ``rules`` each second."""
 
-    def __init__(self, workdir: Path, target: str) -> None:
+    def __init__(self, workdir: Path, target: str, rules: Path | None = None) -> None:
         if shutil.which("prometheus") is None:
             raise RuntimeError("prometheus is not installed: apt-get install prometheus")
         self.port = free_port()
         cfg = workdir / "prometheus.yml"
+        rule_files = f'rule_files: ["{rules}"]\n' if rules is not None else ""
         cfg.write_text(f"""global:
   scrape_interval: 1s
   evaluation_interval: 1s
-scrape_configs:
+{rule_files}scrape_configs:
   - job_name: sipfed
     static_configs:
       - targets: ["{target}"]
