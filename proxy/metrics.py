@@ -111,6 +111,13 @@ class Metrics(Observer):
             "socket buffer full, too large for HEP, receiver unreachable",
             ["reason"],
         )
+        self.topology_problems = c(
+            "topology_problems_total",
+            "Inbound TLS connections that show a setup problem: wrong_listener (a trusted peer on the listener that "
+            "faces the other side), unlisted_certificate (no [[peers]] entry names it), no_certificate (none on a "
+            "listener that does not ask for one, where peers are expected)",
+            ["listener", "kind"],
+        )
         self.certificates = Gauge(
             "sipfed_certificate_expiry_timestamp_seconds",
             "Not-after time (Unix seconds) of our certificates (role ours: listener name, or xmpp) and of the "
@@ -213,6 +220,9 @@ class Metrics(Observer):
     def hep_dropped(self, reason: str, count: int) -> None:
         """``count`` copies dropped: ``queue_full``, ``too_large`` or ``unreachable``."""
         self._child(self.hep_dropped_total, reason).inc(count)
+
+    def topology_problem(self, listener: str, kind: str) -> None:
+        self._child(self.topology_problems, listener, kind).inc()
 
     def certificate_expiry(self, role: str, name: str, not_after: float | None) -> None:
         """Set, or remove (None), one series; not through ``_child``: a removed child must not be reused."""

@@ -18,6 +18,7 @@ from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
+from proxy.config.topology import topology
 from proxy.metrics import Metrics, XmppMetrics
 from proxy.net.cert_expiry import report_ours
 from proxy.net.connection import DatagramEndpoint, connection_cap
@@ -204,6 +205,9 @@ class Server:
             proxy.policy, proxy.trust = policy, config.trust
             proxy.configure(settings)
         self.driver.trust = config.trust
+        self.driver.own = config.own
+        self.driver.topology = topology(config)
+        self.driver.client_cert_required = {lst.name: lst.require_client_cert for lst in config.listeners}
         self.driver.routes = {route.name: route for route in config.routes}
         dns_settings = (config.dns_nameservers, config.dns_port, config.dns_timeout_seconds)
         if any(route.resolve for route in config.routes) and (

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from proxy.net.connection import StreamConnection
 from proxy.net.tls import classify, describe_failure
-from proxy.relay.failover import candidate_hop
+from proxy.net.tls_words import silent_tls_port
+from proxy.relay.failover import candidate_hop, candidate_of
 from proxy.relay.types import NextHop
 from routes import Candidate, StaticRoute
 from routes.dns import ResolutionError
@@ -94,7 +95,8 @@ async def connect_route(driver: Driver, key: HopKey, hop: NextHop, route: Static
         try:
             conn = await open_connection(driver, attempt)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            mark = failover.connect_failed(walk, candidate, describe_failure(exc, attempt.tls_name), driver.loop.time())
+            reason = await explain(driver, exc, attempt)
+            mark = failover.connect_failed(walk, candidate, reason, driver.loop.time())
             driver.warnings.warn(
                 log,
                 f"candidate {candidate}",
@@ -123,7 +125,8 @@ async def connect(driver: Driver, key: HopKey, hop: NextHop) -> None:
     try:
         conn = await open_connection(driver, hop)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        reason = describe_failure(exc, hop.tls_name)
+        reason = await explain(driver, exc, hop)
+        mark_route_down(driver, hop, reason)
         where = f" (route {hop.route})" if hop.route else ""
         # One warning per next hop per 10 s, with the count of those suppressed (issue 14 row 15).
         driver.warnings.warn(
@@ -143,7 +146,40 @@ async def connect(driver: Driver, key: HopKey, hop: NextHop) -> None:
             driver.proxy.hop_failed(token, reason, driver.loop.time(), kind)
         driver.pump()
         return
+    mark_route_up(driver, hop)
     connected(driver, key, conn, hop)
+
+
+async def explain(driver: Driver, exc: BaseException, hop: NextHop) -> str:
+    """The failure in words (proxy/net/tls_words.py, with what we know of our own side); a TLS connect that timed
+    out is told apart by a plain TCP connect: nothing there, or a port that never speaks TLS."""
+    if not (isinstance(exc, TimeoutError) and hop.transport == "tls"):
+        return describe_failure(exc, hop.tls_name, driver.own)
+    where = f"{hop.host}:{hop.port}"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(hop.host.strip("[]"), hop.port), 1.0)
+    except (OSError, TimeoutError):
+        return f"no answer to the TCP connect to {where} within {driver.connect_timeout:g} s"
+    writer.close()
+    return silent_tls_port(where, driver.connect_timeout)
+
+
+def mark_route_down(driver: Driver, hop: NextHop, reason: str) -> None:
+    """``sipfed_destination_up`` goes to 0 for a route's destination that failed (a TLS failure as a refused
+    connect), as it does for a pool's candidates; health checks decide for themselves."""
+    route = driver.routes.get(hop.route or "")
+    if route is None or hop.probe:
+        return
+    known = driver.liveness.known.get(route.name) or route.static_candidates
+    driver.failover.lost(route, candidate_of(known, hop), reason, driver.loop.time())
+
+
+def mark_route_up(driver: Driver, hop: NextHop) -> None:
+    route = driver.routes.get(hop.route or "")
+    if route is None or hop.probe:
+        return
+    candidate = candidate_of(driver.liveness.known.get(route.name) or route.static_candidates, hop)
+    driver.failover.connected(candidate, held_down=driver.liveness.is_down(route.name, candidate))
 
 
 def connected(driver: Driver, key: HopKey, conn: StreamConnection, hop: NextHop) -> None:

@@ -17,6 +17,7 @@ from acl.peers import Trust
 from acl.subjects import CertIdentity
 from proxy.net.cert_expiry import report_seen
 from proxy.net.gate import RESERVED_FILES, ConnectionGate, connection_cap, valid_sip
+from proxy.net.inbound_check import check_inbound
 from proxy.net.tls import classify, describe_inbound, peer_identity
 from proxy.net.tls_session import TlsSession
 from proxy.relay.types import Flow, NextHop
@@ -243,6 +244,18 @@ class StreamConnection(asyncio.Protocol):
         observer = self.driver.observer
         if self.transport_name == "tls" and not self.outbound:
             observer.tls_handshake(self.listener, "inbound", "success", "none")
+            driver = self.driver
+            check_inbound(
+                driver.topology,
+                self.listener,
+                driver.client_cert_required.get(self.listener, True),
+                identity,
+                bound,
+                (peer[0], peer[1]),
+                driver.gate.warnings,
+                observer,
+                driver.loop.time(),
+            )
             if bound is not None and self.session is not None:
                 report_seen(observer, "peer", bound.name, self.session.obj)
         observer.connection(self.listener, self.flow.peer or "none", 1)
@@ -338,7 +351,7 @@ class StreamConnection(asyncio.Protocol):
     def _refused(self, exc: BaseException) -> None:
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("?", 0)
-        description = describe_inbound(exc, self.listener)
+        description = describe_inbound(exc, self.listener, self.driver.own)
         # A handshake flood logs each kind of refusal once per 10 s, with the count of the rest.
         self.driver.gate.warnings.warn(
             log, description, self.driver.loop.time(), "%s from %s:%s", description, peer[0], peer[1]

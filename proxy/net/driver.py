@@ -20,7 +20,9 @@ from typing import Protocol
 
 from acl.peers import Trust
 from acl.subjects import CertIdentity
-from proxy.net.connect import HopKey, candidate_hop_key, connect, connect_route, resolve_and_send
+from proxy.config import OwnSide
+from proxy.config.topology import Topology
+from proxy.net.connect import HopKey, candidate_hop_key, connect, connect_route, mark_route_down, resolve_and_send
 from proxy.net.connection import DatagramEndpoint, StreamConnection
 from proxy.net.gate import ConnectionGate
 from proxy.net.health import Liveness
@@ -86,6 +88,12 @@ class Driver:
         self.by_remote: dict[tuple[str, str, int], StreamConnection] = {}
         self.pending: dict[HopKey, list[tuple[bytes, int]]] = {}
         self.udp: dict[str, DatagramEndpoint] = {}
+        self.own = OwnSide()
+        """What is known of our own certificate (proxy/config/own.py): failures explain themselves with it."""
+        self.topology = Topology({}, {})
+        """Which listener faces which peers (proxy/config/topology.py)."""
+        self.client_cert_required: dict[str, bool] = {}
+        """Per TLS listener: require_client_cert."""
         self.links: dict[int, InProcessLink] = {}
         """In-process flows (the XMPP gateway's), by connection id."""
         self.link_routes: dict[str, tuple[int, InProcessLink]] = {}
@@ -370,7 +378,7 @@ class Driver:
         hop = conn.hop
         assert hop is not None
         if exc is not None:
-            reason = describe_failure(exc, hop.tls_name)
+            reason = describe_failure(exc, hop.tls_name, self.own)
         else:
             reason = "the peer closed the connection before answering" + (
                 " (after the TLS handshake: did it refuse our certificate?)" if hop.transport == "tls" else ""
@@ -381,6 +389,7 @@ class Driver:
         )
         if hop.transport == "tls":
             self.observer.tls_handshake(hop.listener, "outbound", "failure", classify(exc) if exc else "other")
+        mark_route_down(self, hop, reason)
         now = self.loop.time()
         for token in conn.unanswered:
             self.proxy.hop_failed(token, reason, now, "tls_failure" if hop.transport == "tls" else "other")

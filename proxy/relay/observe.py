@@ -103,6 +103,10 @@ class Observer:
         for limits.unauthenticated_idle_seconds) or ``trust_reload`` (its certificate no longer binds it to
         its peer)."""
 
+    def topology_problem(self, listener: str, kind: str) -> None:
+        """What an inbound TLS connection showed about the setup (proxy/net/inbound_check.py): ``wrong_listener``,
+        ``unlisted_certificate``, ``no_certificate``."""
+
     def certificate_expiry(self, role: str, name: str, not_after: float | None) -> None:
         """A certificate's not-after time (Unix seconds), labelled by configured names only: role ``ours`` (a
         TLS listener's name, or ``xmpp`` for an [xmpp] cert_chain of its own) read at start and on each reload;

@@ -266,8 +266,8 @@ def test_a_good_peer_has_no_problem_and_answers_options_200(lab: dict[str, Any])
         ("unknown_ca", "live.peer_chain", "does not lead to our CA bundle"),
         ("expired", "live.peer_validity", "expired on"),
         ("no_client_auth", "live.peer_eku", "no Client Authentication EKU (clientAuth)"),
-        ("distrusts_us", "live.tls", "the peer refused our certificate: TLS alert 48 unknown_ca"),
-        ("distrusts_us_tls12", "live.tls", "the peer refused our certificate: TLS alert 48 unknown_ca"),
+        ("distrusts_us", "live.tls", "the peer refused our certificate (TLS alert 48 unknown_ca)"),
+        ("distrusts_us_tls12", "live.tls", "the peer refused our certificate (TLS alert 48 unknown_ca)"),
         ("refused", "live.connect", "nothing listens on 127.0.0.3:"),
     ],
 )

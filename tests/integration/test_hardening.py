@@ -105,7 +105,7 @@ def test_slow_sender_stalled_handshake_and_garbage(
     text = scrape(sipfed.ports["metrics"])
     assert sample(text, "sipfed_slow_senders_total", listener="lync", stage="handshake") == 1
     assert sample(text, "sipfed_slow_senders_total", listener="lync", stage="message") == 1
-    assert sample(text, "sipfed_tls_handshakes_total", listener="lync", outcome="failure", reason="protocol") == 1
+    assert sample(text, "sipfed_tls_handshakes_total", listener="lync", outcome="failure", reason="not_tls") == 1
     assert sipfed.proc.poll() is None
 
 

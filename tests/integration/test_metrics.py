@@ -166,7 +166,7 @@ def test_tls_refusals_are_explained_and_counted(
         ("unsupported_certificate", "no Client Authentication EKU"),
         ("certificate_expired", "has expired"),
         ("no_client_certificate", "sent no certificate"),
-        ("protocol", "plain SIP on a TLS port"),
+        ("not_tls", "plain SIP sent to a TLS port"),
     ):
         sipfed.wait_for_log(re.compile(rf"listener lync refused \({reason}\): .*{words}"))
         assert (
@@ -241,7 +241,7 @@ def test_next_hop_refusing_our_certificate_after_tls13_handshake(
             listener="cisco",
             direction="outbound",
             outcome="failure",
-            reason="unknown_ca",
+            reason="peer_unknown_ca",  # the peer refused us; "unknown_ca" is ours refusing them (issue 16)
         )
         == 1
     )

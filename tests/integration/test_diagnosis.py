@@ -1,0 +1,274 @@
+"""Diagnosis, second round (issue 16): each broken setup of the field notes built for real — certificates from
+the lab PKI, the real sipfed process, TLS peers that do not import sipfed (tests/peers/sippeer.py) — and what
+sipfed says about it read where an admin reads it: the log line (the cause and the fix), the metric's reason,
+and ``sipfed_destination_up``.
+
+- our chain file lacks the intermediate: a warning at start naming the missing issuer; when a peer refuses us
+  (inbound and outbound), that our chain lacks it, not that the peer distrusts our CA; ``peer_unknown_ca``;
+  the destination down;
+- the Lync pool's static route points at the Cisco-facing listener: the peer, the listener it reached and the
+  one its route should name; ``topology_problems_total{kind="wrong_listener"}``;
+- a CA-valid certificate in no ``[[peers]]`` entry: its names, the source, the entry that would admit it;
+- a route to a port where a plain TCP server answers: "accepts TCP but no TLS handshake: not a TLS listener"
+  (the words of ``doctor --live``); the destination down;
+- ``federation_fqdn`` not a name of our certificate: a warning at start naming it;
+- our key is not our certificate's: ``run`` and ``check-config`` refuse the config, no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, Sipfed, free_port, lab_config
+from tests.integration.waiting import async_wait_until
+from tests.peers.sippeer import Peer
+
+pytestmark = pytest.mark.integration
+
+PEERS = """
+[[peers]]
+name = "lync"
+subjects = ["lync01.tomt.it"]
+domains = ["tomt.it"]
+answers_digest = false
+
+[[peers]]
+name = "cisco"
+subjects = ["cups.tomt.local"]
+domains = ["tomt.local"]
+"""
+
+
+def metric(sipfed: Sipfed, line_start: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sipfed.ports['metrics']}/metrics", timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def config(
+    tmp_path: Path,
+    certs: Path,
+    *,
+    cups_port: int = 1,
+    lync_port: int = 1,
+    extra: str = PEERS,
+    chain: str = "sipfed.tomt.local.pem",
+) -> Path:
+    path = lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups_port, lync_port=lync_port, extra=extra)
+    path.write_text(path.read_text().replace("sipfed.tomt.local.pem", chain))
+    return path
+
+
+def test_our_chain_without_its_intermediate_is_named_both_ways(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    async def main() -> None:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)  # trusts only the root: needs our intermediate
+        await cups.start()
+        sipfed = start_sipfed(config(tmp_path, certs, cups_port=cups.port, chain="sipfed.tomt.local.crt"))
+        try:
+            sipfed.wait_for_log("holds sipfed.tomt.local's certificate without its issuer sipfed lab intermediate")
+            with pytest.raises(ssl.SSLError):  # the client refuses our listener's certificate, with its alert
+                await asyncio.to_thread(blocking_client, certs, sipfed.ports["lync"])
+            log = await sipfed.async_wait_for_log("the client refused our certificate (TLS alert 48 unknown_ca)")
+            assert "our chain file sends sipfed.tomt.local without its issuer sipfed lab intermediate" in log
+            assert "append the intermediate's PEM to tls.cert_chain" in log
+            assert "does not chain to tls.ca_bundle" not in log  # not the other side's fault
+            assert (
+                metric(
+                    sipfed,
+                    'sipfed_tls_handshakes_total{direction="inbound",listener="lync",outcome="failure",'
+                    'reason="peer_unknown_ca"}',
+                )
+                >= 1
+            )
+        finally:
+            await cups.stop()
+
+    asyncio.run(main())
+
+
+def blocking_client(certs: Path, port: int) -> None:
+    """A TLS client that trusts only the lab root (as OpenSSL clients do, it sends its alert when it refuses)."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.load_cert_chain(str(certs / "lync01.tomt.it.pem"), str(certs / "lync01.tomt.it.key"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.3", 0))
+    with raw, context.wrap_socket(raw, server_hostname="sipfed.tomt.it") as tls:
+        tls.recv(1)
+
+
+def test_outbound_refusal_of_our_incomplete_chain_is_ours_and_marks_the_destination_down(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    """sipfed connects to tomt.local (route cisco; stunnel, OpenSSL, trusting only the lab root) with its leaf
+    alone; tomt.local refuses it with unknown_ca. The log blames our chain, the reason says the peer refused
+    (``peer_unknown_ca``), and the destination is down."""
+    from tests.integration.sipp import stunnel
+
+    tls_port = free_port()
+    server = stunnel.start_server_tunnel(
+        tmp_path,
+        accept_port=tls_port,
+        connect_port=free_port(),
+        cert_chain=certs / "cups.tomt.local.pem",
+        key=certs / "cups.tomt.local.key",
+        ca_file=certs / "ca.crt",
+    )
+
+    async def main() -> None:
+        lenient = tmp_path / "lenient"  # lync also knows the intermediate, so it accepts our bare leaf
+        shutil.copytree(certs, lenient)
+        (lenient / "ca.crt").write_bytes((certs / "ca.crt").read_bytes() + (certs / "intermediate.crt").read_bytes())
+        lync = Peer("lync01.tomt.it", "127.0.0.3", lenient)
+        await lync.start()  # its Via names its own listening port
+        path = config(tmp_path, certs, cups_port=tls_port, chain="sipfed.tomt.local.crt")
+        path.write_text(path.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
+        sipfed = start_sipfed(path)
+        try:
+            conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+            answer, _ = await lync.next(timeout=10)
+            assert answer.status == 503
+            log = await sipfed.async_wait_for_log("the peer refused our certificate (TLS alert 48 unknown_ca)")
+            assert "our chain file sends sipfed.tomt.local without its issuer sipfed lab intermediate" in log
+            assert "it does not trust our CA" not in log
+            reason = 'sipfed_tls_handshakes_total{direction="outbound",listener="cisco",outcome="failure",'
+            assert metric(sipfed, reason + 'reason="peer_unknown_ca"}') >= 1
+            down = f'sipfed_destination_up{{destination="tls:127.0.0.1:{tls_port}'
+            await async_wait_until(
+                lambda: down_known(sipfed, down) and metric(sipfed, down) == 0.0, 10, "the destination is not down"
+            )
+            conn.close()
+        finally:
+            await lync.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        server.stop()
+
+
+def test_a_peer_on_the_wrong_listener_is_named(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    """The Lync pool's static route points at sipfed's Cisco-facing listener: relayed (it is a trusted peer), and
+    named once per connection with the listener its route should name."""
+
+    async def main() -> None:
+        cups = Peer("cups.tomt.local", "127.0.0.2", certs)
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await cups.start()
+        await lync.start()
+        sipfed = start_sipfed(config(tmp_path, certs, cups_port=cups.port))
+        try:
+            conn = await lync.connect("127.0.0.1", sipfed.ports["cisco"], "sipfed.tomt.local")
+            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+            log = await sipfed.async_wait_for_log("peer lync connected to listener cisco")
+            assert "should name listener lync (127.0.0.1:" in log
+            assert "which faces cisco" in log
+            await async_wait_until(
+                lambda: metric(sipfed, 'sipfed_topology_problems_total{kind="wrong_listener",listener="cisco"}') >= 1,
+                10,
+                "no wrong_listener in the metrics",
+            )
+            conn.close()
+        finally:
+            await cups.stop()
+
+    asyncio.run(main())
+
+
+def test_a_verified_certificate_in_no_peers_entry_is_logged_with_the_entry_that_would_admit_it(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    async def main() -> None:
+        stranger = Peer("wrong.example", "127.0.0.9", certs)  # CA-valid, in no [[peers]] entry
+        sipfed = start_sipfed(config(tmp_path, certs))
+        conn = await stranger.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+        log = await sipfed.async_wait_for_log("presented a verified certificate")
+        assert "wrong.example" in log
+        assert "(from 127.0.0.9:" in log
+        assert 'add [[peers]] name = "wrong", subjects = ["wrong.example"]' in log
+        await async_wait_until(
+            lambda: metric(sipfed, 'sipfed_topology_problems_total{kind="unlisted_certificate",listener="lync"}') >= 1,
+            10,
+            "no unlisted_certificate in the metrics",
+        )
+        conn.close()
+
+    asyncio.run(main())
+
+
+def test_a_route_to_a_plain_tcp_port_says_it_is_no_tls_listener(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    """The field notes' "wrong port": the route names a port where a plain TCP SIP server waits silently. The
+    log says so in the words of ``sipfed doctor --live``, and the destination is down."""
+
+    async def main() -> None:
+        silent = socket.socket()
+        silent.bind(("127.0.0.2", 0))
+        silent.listen(8)  # accepts, never speaks TLS
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await lync.start()
+        path = config(tmp_path, certs, cups_port=silent.getsockname()[1])
+        path.write_text(path.read_text().replace("connect_timeout_seconds = 2", "connect_timeout_seconds = 1"))
+        sipfed = start_sipfed(path)
+        try:
+            conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+            log = await sipfed.async_wait_for_log("accepts TCP but no TLS handshake within 1 s: not a TLS listener")
+            assert "(route cisco) unreachable" in log
+            down = 'sipfed_destination_up{destination="tls:127.0.0.2:' + str(silent.getsockname()[1])
+            await async_wait_until(
+                lambda: metric(sipfed, down) == 0.0 and down_known(sipfed, down), 10, "destination not down"
+            )
+            conn.close()
+        finally:
+            silent.close()
+
+    asyncio.run(main())
+
+
+def down_known(sipfed: Sipfed, prefix: str) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sipfed.ports['metrics']}/metrics", timeout=5) as page:
+        return any(line.startswith(prefix) for line in page.read().decode().splitlines())
+
+
+def test_federation_fqdn_that_is_no_name_of_ours_is_a_warning_at_start(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    path = config(tmp_path, certs)
+    path.write_text(path.read_text().replace('federation_fqdn = "sipfed.tomt.it"', 'federation_fqdn = "fed.tomt.it"'))
+    sipfed = start_sipfed(path)
+    log = sipfed.wait_for_log("listeners[lync].federation_fqdn: 'fed.tomt.it' is not a name of our certificate")
+    assert "CUP's Federation Routing FQDN" in log
+
+
+def test_a_key_that_is_not_our_certificates_is_a_config_error(tmp_path: Path, certs: Path) -> None:
+    path = config(tmp_path, certs)
+    path.write_text(path.read_text().replace("sipfed.tomt.local.key", "cups.tomt.local.key"))
+    for command in ("check-config", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", command, "--config", str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode != 0, command
+        assert "is not the private key of tls.cert_chain's certificate (sipfed.tomt.local)" in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr
