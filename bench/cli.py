@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import idle_tls, lab, procstat, signin
+from bench import idle_tls, lab, procstat, signin, xmpp
 from bench.phases import Arm, Bench, Counts, Scenario, round_rate
 from bench.report import Figure, closed_loop_rate, figures, noise_note, signin_figures, table, write_json
 from bench.sipp import tls_dialog_variant
@@ -364,9 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=sorted(SCENARIOS),
+        choices=sorted([*SCENARIOS, "xmpp"]),
         dest="scenarios",
-        help="run only this scenario (repeatable); default: all",
+        help="run only this scenario (repeatable); default: all but xmpp (bench/xmpp.py: --scenario xmpp)",
     )
     parser.add_argument("--results", type=Path, default=lab.BENCH / "results", help="where the JSON goes")
     parser.add_argument(
@@ -389,9 +389,12 @@ def run_all(args: argparse.Namespace, counts: Counts, work: Path, document: dict
     status = 0
     certs = lab.make_certs(work / "certs")
     for name in args.scenarios or list(SCENARIOS):
-        scenario = SCENARIOS[name]
         try:
-            result = run_scenario(scenario, scaled(counts, scenario), certs, work / name, args.sipfed_source)
+            if name == "xmpp":  # a lab of its own: dnsmasq, Prosody, XMPP clients, the gateways (bench/xmpp.py)
+                result = xmpp.run_scenario(work / name, quick=args.quick, sipfed_source=args.sipfed_source)
+            else:
+                scenario = SCENARIOS[name]
+                result = run_scenario(scenario, scaled(counts, scenario), certs, work / name, args.sipfed_source)
         except (lab.LabError, OSError, subprocess.SubprocessError) as exc:
             log(f"{name}: failed: {exc}")
             document["scenarios"][name] = {"error": str(exc)}
@@ -440,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, result in document["scenarios"].items():
         if result.get("noise"):
             notes.setdefault(name, []).append(result["noise"])
+        notes.setdefault(name, []).extend(result.get("notes", []))
         if result.get("error"):
             notes.setdefault(name, []).append(
                 f"!! {'stopped early' if name in shown else 'failed'}: {result['error'].splitlines()[0]}"
