@@ -39,6 +39,8 @@ log = logging.getLogger("sipfed.xmpp")
 
 BOUNCE_SECONDS = 60.0
 """How long an error stanza may follow a message we relayed and still be told to its SIP sender."""
+SENT_IDS_MAX = 10_000
+"""At most this many relayed messages are remembered for late errors (the oldest go first)."""
 MAX_BODY_CHARS = 16_384
 TEXT_TYPES = ("text/plain", "")
 _M = f"{{{NS_SERVER}}}"
@@ -63,8 +65,9 @@ class Gateway:
         self.sessions: dict[str, tuple[Dialog, str]] = {}
         """INVITE-based IM sessions (Lync) by Call-ID: the dialog and the partner."""
         self._waiting: dict[int, _Waiting] = {}
-        self._sent_ids: dict[str, tuple[str, str, str]] = {}
-        """Stanza ids of relayed messages -> (SIP sender, contact, partner), for late errors."""
+        self._sent_ids: dict[str, tuple[float, str, str, str]] = {}
+        """Stanza ids of relayed messages -> (until, SIP sender, contact, partner), for late errors; in the order
+        sent, so expired ones are pruned from the front as new ones come (no timer per message)."""
         self._tokens = itertools.count(1)
 
     # -- the edge's interface ------------------------------------------------------------------------------
@@ -187,9 +190,9 @@ class Gateway:
     def _bounced(self, stanza: Element, partner: Partner, now: float) -> None:
         """Rule 2: a late error for a message we relayed, told to its SIP sender in words."""
         sent = self._sent_ids.pop(stanza.get("id") or "", None)
-        if sent is None:
+        if sent is None or sent[0] < now:
             return
-        sip_user, jid, _ = sent
+        _, sip_user, jid, _ = sent
         condition, text = stanza_error_condition(stanza)
         self.out.observer.stanza(partner.name, "out", "message", "bounced")
         words = f"sipfed: your message to {jid} was not delivered ({condition}{': ' + text if text else ''})"
@@ -294,15 +297,19 @@ class Gateway:
         token = next(self._tokens) if answer else 0
         if answer:
             self._waiting[token] = _Waiting(request, partner.name, request.to.param("tag") or sipua.new_tag())
-        if len(self._sent_ids) >= 10_000:
-            del self._sent_ids[next(iter(self._sent_ids))]
-        self._sent_ids[stanza_id] = (sip_user_key(str(request.from_.uri)), str(target.bare), partner.name)
-        self.out.at(f"bounce:{stanza_id}", now + BOUNCE_SECONDS, lambda t: self._forget(stanza_id))
+        self._remember(
+            stanza_id, (now + BOUNCE_SECONDS, sip_user_key(str(request.from_.uri)), str(target.bare), partner.name), now
+        )
         self.subscriptions.invited(sip_user_key(str(request.from_.uri)), str(target.bare))
         self.out.stanza(sender.domain, target.domain, element(_M + "message", attrs, None, *children), token)
 
-    def _forget(self, stanza_id: str) -> None:
-        self._sent_ids.pop(stanza_id, None)
+    def _remember(self, stanza_id: str, entry: tuple[float, str, str, str], now: float) -> None:
+        sent = self._sent_ids
+        for oldest in list(itertools.islice(sent, 64)):  # a bounded step per message keeps up with any rate
+            if sent[oldest][0] >= now and len(sent) < SENT_IDS_MAX:
+                break
+            del sent[oldest]
+        sent[stanza_id] = entry
 
     def _invite(self, request: Request, partner: Partner, now: float) -> None:
         """Rule 2: Lync's INVITE-based IM session ([MS-SIP] §3.7): accepted with an SDP answer naming the

@@ -1288,3 +1288,23 @@ def test_sip_subscribe_from_a_uri_with_parameters() -> None:
     notify = harness.xmpp(presence("subscribed")).request
     assert notify.method == "NOTIFY"
     assert (notify.headers.get("subscription-state") or "").startswith("active")
+
+
+def test_relayed_messages_leave_no_timer_and_their_memory_is_bounded() -> None:
+    """A timer per relayed message grew without bound under load (found by make bench's xmpp scenario): the
+    ids are pruned as new messages come, and at most SENT_IDS_MAX are kept."""
+    from proxy.xmpp.gateway import SENT_IDS_MAX
+
+    harness = Harness.new()
+    first = chat_out(harness)
+    harness.gateway.sent(first.token, harness.now)
+    harness.take()
+    assert harness.gateway.get_timer() is None  # nothing scheduled for the bounce window
+    for _ in range(SENT_IDS_MAX + 100):
+        sent = chat_out(harness)
+        harness.gateway.sent(sent.token, harness.now)
+        harness.take()
+    assert len(harness.gateway._sent_ids) == SENT_IDS_MAX
+    assert harness.xmpp(error_for(first.stanza.get("id") or ""), local="tomt.it").items == ()  # the oldest went
+    notice = harness.xmpp(error_for(sent.stanza.get("id") or ""), local="tomt.it").request
+    assert notice.body.startswith(b"sipfed: your message to romeo@xmpp.test was not delivered")
