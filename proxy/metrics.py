@@ -49,6 +49,11 @@ class Metrics(Observer):
             "next_hop_failures_total", "Next hops that could not be reached or did not answer", ["route", "reason"]
         )
         self.tls = c("tls_handshakes_total", "TLS handshakes", ["listener", "direction", "outcome", "reason"])
+        self.revocation = c(
+            "revocation_checks_total",
+            "Peer certificate chains checked against CRLs (tls.revocation), by verdict reason and decision",
+            ["direction", "reason", "admitted"],
+        )
         self.connections = Gauge(
             "sipfed_open_connections", "Open TCP/TLS connections", ["listener", "peer"], registry=registry
         )
@@ -115,7 +120,7 @@ class Metrics(Observer):
             "topology_problems_total",
             "Inbound TLS connections that show a setup problem: wrong_listener (a trusted peer on the listener that "
             "faces the other side), unlisted_certificate (no [[peers]] entry names it), no_certificate (none on a "
-            "listener that does not ask for one, where peers are expected)",
+            "listener that does not require one, where peers are expected)",
             ["listener", "kind"],
         )
         self.certificates = Gauge(
@@ -200,6 +205,9 @@ class Metrics(Observer):
 
     def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
         self._child(self.tls, listener, direction, outcome, reason).inc()
+
+    def revocation_check(self, direction: str, reason: str, admitted: bool) -> None:
+        self._child(self.revocation, direction, reason, "true" if admitted else "false").inc()
 
     def health_check(self, route: str, result: str) -> None:
         self._child(self.health_checks, route, result).inc()

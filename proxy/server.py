@@ -13,16 +13,18 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
 
-from proxy.config import Config, ConfigError, ListenerConfig, load_config
+from proxy.config import Config, ConfigError, ListenerConfig, TlsConfig, load_config
 from proxy.config.topology import topology
 from proxy.metrics import Metrics, XmppMetrics
 from proxy.net.cert_expiry import report_ours
 from proxy.net.connection import DatagramEndpoint, connection_cap
 from proxy.net.control import ControlError, ControlServer, Reloaded, open_control
+from proxy.net.crl_fetch import RevocationChecker
 from proxy.net.driver import Driver
 from proxy.net.hep_export import HepExport
 from proxy.net.notify import notify, reloading
@@ -35,7 +37,9 @@ from proxy.net.xmpp_tls import tls_context as xmpp_tls_context
 from proxy.relay.core import Proxy, RelaySettings
 from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.limits import Limits
+from proxy.relay.revocation import Mode
 from proxy.relay.types import Identity
+from proxy.x509 import load_certificates
 from proxy.xmpp.policy import XmppConfig
 from routes import RouteTable
 from routes.resolver import DnspythonSource, Resolver
@@ -229,6 +233,7 @@ class Server:
         self._configure_gate(config)
         self._configure_hep(config)
         if config.tls is not None:
+            self.driver.revocation = revocation_checker(self.driver.revocation, config.tls)
             self.driver.client_ssl = client_context(config.tls)
             self.driver.server_contexts = {
                 lst.name: server_context(config.tls, lst) for lst in config.listeners if lst.transport == "tls"
@@ -451,3 +456,15 @@ def run(config: Config, trace: Path | None = None) -> int:
         return uvloop.run(serve(config, trace=trace))
     uvloop.install()
     return asyncio.run(serve(config, trace=trace))
+
+
+def revocation_checker(checker: RevocationChecker | None, tls: TlsConfig) -> RevocationChecker:
+    """``[tls] revocation``: a new checker at start; on reload the same one with the new settings, so the CRLs
+    it fetched stay cached. The CA bundle's certificates are the anchors a peer's chain is walked up to."""
+    anchors = load_certificates(tls.ca_bundle)
+    mode = cast(Mode, tls.revocation)
+    if checker is None:
+        return RevocationChecker(mode, anchors, tls.crl_files, tls.crl_timeout_seconds)
+    checker.reload(mode, anchors, tls.crl_files)
+    checker.timeout_seconds = tls.crl_timeout_seconds
+    return checker

@@ -185,3 +185,15 @@ def up_to_root(anchor: x509.Certificate, bundle: Sequence[x509.Certificate]) -> 
             return None
         ups.append(above)
     return None
+
+
+def parse_crls(data: bytes) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRLs in ``data``: one DER CRL, or any number of PEM ``X509 CRL`` blocks; ValueError otherwise."""
+    marker = b"-----BEGIN X509 CRL-----"
+    if marker not in data:
+        try:
+            return (x509.load_der_x509_crl(data),)
+        except ValueError:
+            raise ValueError("neither a DER CRL nor PEM with an X509 CRL block") from None
+    blocks = [marker + block for block in data.split(marker)[1:]]
+    return tuple(x509.load_pem_x509_crl(block) for block in blocks)

@@ -107,6 +107,14 @@ class TlsConfig:
     """Lowest TLS version accepted: ``1.2`` or ``1.3``."""
     ciphers: str | None = None
     """OpenSSL cipher list for TLS 1.2, or None for the library default."""
+    revocation: str = "soft-fail"
+    """Revocation checking of peers' certificates by CRL (proxy/relay/revocation.py): ``off``, ``soft-fail``
+    (refuse a revoked certificate, admit one whose status is unknown with a warning) or ``hard-fail`` (refuse
+    both)."""
+    crl_files: tuple[Path, ...] = ()
+    """Local CRL files (DER or PEM), used besides the CRLs fetched from the certificates' distribution points."""
+    crl_timeout_seconds: float = 2.0
+    """How long fetching one CRL may take (name lookup, connect and download)."""
 
 
 @dataclass(frozen=True, slots=True)

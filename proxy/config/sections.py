@@ -27,6 +27,7 @@ from proxy.config.model import (
     MaddrRewrite,
     TlsConfig,
 )
+from proxy.x509 import parse_crls
 from routes.table import DOMAIN_RE, is_host
 
 TRANSPORTS = ("tls", "tcp", "udp")
@@ -46,7 +47,17 @@ PROXY_KEYS = {
 DNS_KEYS = {"nameservers", "port", "timeout_seconds"}
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
 UNTRUSTED_POLICIES = ("admit", "challenge", "refuse")
-TLS_KEYS = {"cert_chain", "key", "ca_bundle", "min_version", "ciphers"}
+TLS_KEYS = {
+    "cert_chain",
+    "key",
+    "ca_bundle",
+    "min_version",
+    "ciphers",
+    "revocation",
+    "crl_files",
+    "crl_timeout_seconds",
+}
+REVOCATION_MODES = ("off", "soft-fail", "hard-fail")
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9561"
 HEP_KEYS = {"address", "capture_id", "password"}
 CONTROL_KEYS = {"socket", "mode"}
@@ -278,7 +289,41 @@ def _tls(raw: object, base: Path, needed: bool, problems: list[str]) -> TlsConfi
     ciphers = raw.get("ciphers")
     if ciphers is not None and not isinstance(ciphers, str):
         problems.append("tls.ciphers: must be an OpenSSL cipher string")
-    return TlsConfig(files["cert_chain"], files["key"], files["ca_bundle"], min_version, ciphers)
+    revocation, crl_files, crl_timeout = _revocation(raw, base, problems)
+    return TlsConfig(
+        files["cert_chain"], files["key"], files["ca_bundle"], min_version, ciphers, revocation, crl_files, crl_timeout
+    )
+
+
+def _revocation(raw: Mapping[str, Any], base: Path, problems: list[str]) -> tuple[str, tuple[Path, ...], float]:
+    """``tls.revocation``, ``tls.crl_files`` (each read and parsed now, so a bad file stops start and reload)
+    and ``tls.crl_timeout_seconds``."""
+    mode = raw.get("revocation", "soft-fail")
+    if mode not in REVOCATION_MODES:
+        problems.append(f"tls.revocation: {mode!r} must be one of {', '.join(REVOCATION_MODES)}")
+        mode = "soft-fail"
+    files: list[Path] = []
+    listed = raw.get("crl_files", [])
+    if not isinstance(listed, list) or not all(isinstance(item, str) and item for item in listed):
+        problems.append("tls.crl_files: must be a list of file names, e.g. ['/etc/sipfed/issuing-ca.crl']")
+        listed = []
+    for text in listed:
+        file = (base / text).resolve()
+        try:
+            crls = parse_crls(file.read_bytes())
+        except OSError as exc:
+            problems.append(f"tls.crl_files: {text!r} cannot be read ({exc.strerror or exc}; looked at {file})")
+            continue
+        except ValueError as exc:
+            problems.append(f"tls.crl_files: {text!r} holds no CRL ({exc})")
+            continue
+        if crls:
+            files.append(file)
+    timeout = raw.get("crl_timeout_seconds", 2.0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0.1 <= timeout <= 60:
+        problems.append(f"tls.crl_timeout_seconds: {timeout!r} must be 0.1-60 seconds")
+        timeout = 2.0
+    return str(mode), tuple(files), float(timeout)
 
 
 def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:

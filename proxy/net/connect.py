@@ -16,8 +16,9 @@ import ssl
 from typing import TYPE_CHECKING
 
 from proxy.net.connection import StreamConnection
+from proxy.net.revocation_check import check_outbound
 from proxy.net.tls import classify, describe_failure
-from proxy.net.tls_words import silent_tls_port
+from proxy.net.tls_words import CertificateRefused, silent_tls_port
 from proxy.relay.failover import candidate_hop, candidate_of
 from proxy.relay.types import NextHop
 from routes import Candidate, StaticRoute
@@ -65,6 +66,8 @@ async def open_connection(driver: Driver, hop: NextHop) -> StreamConnection:
         ),
         driver.connect_timeout,
     )
+    if tls:
+        await check_outbound(driver, conn, hop)  # tls.revocation: before the first request goes
     return conn
 
 
@@ -94,7 +97,7 @@ async def connect_route(driver: Driver, key: HopKey, hop: NextHop, route: Static
             return
         try:
             conn = await open_connection(driver, attempt)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
+        except (OSError, TimeoutError, ssl.SSLError, CertificateRefused) as exc:
             reason = await explain(driver, exc, attempt)
             mark = failover.connect_failed(walk, candidate, reason, driver.loop.time())
             driver.warnings.warn(
@@ -124,7 +127,7 @@ async def connect_route(driver: Driver, key: HopKey, hop: NextHop, route: Static
 async def connect(driver: Driver, key: HopKey, hop: NextHop) -> None:
     try:
         conn = await open_connection(driver, hop)
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
+    except (OSError, TimeoutError, ssl.SSLError, CertificateRefused) as exc:
         reason = await explain(driver, exc, hop)
         mark_route_down(driver, hop, reason)
         where = f" (route {hop.route})" if hop.route else ""
@@ -204,7 +207,7 @@ def candidate_hop_key(candidate: Candidate) -> HopKey:
 
 def _failure_kind(exc: BaseException) -> str:
     """The next-hop failure label: connect_refused, tls_failure, timeout, other."""
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError | CertificateRefused):
         return "tls_failure"
     if isinstance(exc, ConnectionRefusedError):
         return "connect_refused"

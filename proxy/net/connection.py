@@ -18,6 +18,7 @@ from acl.subjects import CertIdentity
 from proxy.net.cert_expiry import report_seen
 from proxy.net.gate import RESERVED_FILES, ConnectionGate, connection_cap, valid_sip
 from proxy.net.inbound_check import check_inbound
+from proxy.net.revocation_check import hold_inbound
 from proxy.net.tls import classify, describe_inbound, peer_identity
 from proxy.net.tls_session import TlsSession
 from proxy.relay.types import Flow, NextHop
@@ -97,6 +98,9 @@ class StreamConnection(asyncio.Protocol):
         self.local: tuple[str, int] = ("0.0.0.0", 0)
         """This connection's own address and port, and its peer's: the addresses of this leg in [hep] copies."""
         self.remote: tuple[str, int] = ("0.0.0.0", 0)
+        self.held: list[bytes] | None = None
+        """Inbound TLS: what was decrypted while the peer's chain waits for a CRL (proxy/net/revocation_check.py)."""
+        self.revocation_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -107,7 +111,7 @@ class StreamConnection(asyncio.Protocol):
         if self.session is not None:
             self._handshake_timer = self.driver.loop.call_later(self.driver.handshake_timeout, self._handshake_late)
             return
-        self._established(peer_identity(self.transport.get_extra_info("ssl_object")))
+        self.established(peer_identity(self.transport.get_extra_info("ssl_object")))
 
     def _admitted(self) -> bool:
         """ConnectionGate rules 1-3 for an accepted connection: False (and closed at once) when over a limit."""
@@ -224,7 +228,7 @@ class StreamConnection(asyncio.Protocol):
             self._prove()
         return "rebound"
 
-    def _established(self, identity: CertIdentity) -> None:
+    def established(self, identity: CertIdentity) -> None:
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("0.0.0.0", 0)
         bound = self.driver.trust.bind(identity, peer[0])
@@ -285,8 +289,16 @@ class StreamConnection(asyncio.Protocol):
                     report_seen(self.driver.observer, "route", self.hop.route, ssl_object)
         if self.session is not None:
             data = self._decrypt(data)
+            if self.held is not None:
+                self.held.append(data)
+                return
             if not data or self.flow is None:
                 return
+        self.frames(data)
+
+    def frames(self, data: bytes) -> None:
+        """The SIP messages, keep-alives and framing errors in ``data``, in order, to the Driver."""
+        assert self.transport is not None
         assert self.flow is not None
         for frame in self.framer.feed(data):
             if isinstance(frame, bytes):
@@ -336,19 +348,22 @@ class StreamConnection(asyncio.Protocol):
             plaintext, out = session.receive(data)
         except ssl.SSLError as exc:
             transport.write(session.pending())  # the alert, so the peer's log names the cause too
-            self._refused(exc)
+            self.refused(exc)
             return b""
         if out:
             transport.write(out)
         if session.handshaken and not was_handshaken:
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
-            self._established(CertIdentity.from_ssl_dict(session.obj.getpeercert()))
+            identity = CertIdentity.from_ssl_dict(session.obj.getpeercert())
+            if hold_inbound(self, identity, plaintext):  # tls.revocation: decided later, or refused
+                return b""
+            self.established(identity)
         if session.closed:
             transport.close()
         return plaintext
 
-    def _refused(self, exc: BaseException) -> None:
+    def refused(self, exc: BaseException) -> None:
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername") or ("?", 0)
         description = describe_inbound(exc, self.listener, self.driver.own)
@@ -362,10 +377,10 @@ class StreamConnection(asyncio.Protocol):
     def _handshake_late(self) -> None:
         if self.session is not None and not self.session.handshaken and self.transport is not None:
             self.driver.observer.slow_sender(self.listener, "handshake")
-            self._refused(TimeoutError(f"no TLS handshake within {self.driver.handshake_timeout:g} s"))
+            self.refused(TimeoutError(f"no TLS handshake within {self.driver.handshake_timeout:g} s"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._handshake_timer, self._stall_timer, self._idle_timer):
+        for timer in (self._handshake_timer, self._stall_timer, self._idle_timer, self.revocation_task):
             if timer is not None:
                 timer.cancel()
         if self.source is not None:

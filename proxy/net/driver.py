@@ -24,6 +24,7 @@ from proxy.config import OwnSide
 from proxy.config.topology import Topology
 from proxy.net.connect import HopKey, candidate_hop_key, connect, connect_route, mark_route_down, resolve_and_send
 from proxy.net.connection import DatagramEndpoint, StreamConnection
+from proxy.net.crl_fetch import RevocationChecker
 from proxy.net.gate import ConnectionGate
 from proxy.net.health import Liveness
 from proxy.net.hep_export import HepExport
@@ -93,6 +94,8 @@ class Driver:
         self.topology = Topology({}, {})
         """Which listener faces which peers (proxy/config/topology.py)."""
         self.client_cert_required: dict[str, bool] = {}
+        self.revocation: RevocationChecker | None = None
+        """``[tls] revocation``: peers' chains against CRLs (proxy/net/revocation_check.py); None without [tls]."""
         """Per TLS listener: require_client_cert."""
         self.links: dict[int, InProcessLink] = {}
         """In-process flows (the XMPP gateway's), by connection id."""

@@ -59,7 +59,7 @@ def _finding(
         peers = ", ".join(sorted(topology.faces[listener]))
         return "no_certificate", (
             f"TLS client on listener {listener}, which faces {peers}, presented no certificate: the listener "
-            "does not ask for one (require_client_cert = false), so the peer cannot be bound and gets the "
+            "does not require one (require_client_cert = false), so the peer cannot be bound and gets the "
             "untrusted policy (Lync then sees 403); set require_client_cert = true on that listener"
         )
     return "", ""

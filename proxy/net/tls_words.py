@@ -29,6 +29,7 @@ REASONS = (
     "no_client_certificate",
     "revoked",
     "crl_unreachable",
+    "revocation_unknown",
     "peer_unknown_ca",
     "peer_bad_certificate",
     "peer_unsupported_certificate",
@@ -115,8 +116,20 @@ def peer_alert(exc: BaseException) -> Alert | None:
     return PEER_ALERTS.get(found[1]) if found else None
 
 
+class CertificateRefused(Exception):
+    """A peer's chain that ``tls.revocation`` refused after the handshake (proxy/net/revocation_check.py):
+    ``reason`` for the metric (revoked, crl_unreachable, revocation_unknown), ``words`` for the log."""
+
+    def __init__(self, reason: str, words: str) -> None:
+        super().__init__(words)
+        self.reason = reason
+        self.words = words
+
+
 def classify(exc: BaseException) -> str:
     """Rule 1: the metric reason for a TLS failure."""
+    if isinstance(exc, CertificateRefused):
+        return exc.reason
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", 0)
         message = str(getattr(exc, "verify_message", "")).lower()
@@ -165,6 +178,8 @@ def refused_words(alert: Alert, own: OwnSide | None) -> tuple[str, str]:
 
 def describe_inbound(exc: BaseException, listener: str, own: OwnSide | None = None) -> str:
     """One line for a client that failed our listener's handshake: the cause and the fix (rules 1, 2)."""
+    if isinstance(exc, CertificateRefused):
+        return f"TLS from a client on listener {listener} refused ({exc.reason}): {exc.words}"
     label = classify(exc)
     detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
     alert = peer_alert(exc)
@@ -189,6 +204,8 @@ def describe_inbound(exc: BaseException, listener: str, own: OwnSide | None = No
 
 def describe_failure(exc: BaseException, expected_name: str | None, own: OwnSide | None = None) -> str:
     """One line an admin can act on, for a failed outbound connection or handshake (rules 1-3)."""
+    if isinstance(exc, CertificateRefused):
+        return exc.words
     if isinstance(exc, ssl.SSLCertVerificationError):
         label = classify(exc)
         message = getattr(exc, "verify_message", str(exc))

@@ -76,6 +76,10 @@ class Observer:
     def tls_handshake(self, listener: str, direction: str, outcome: str, reason: str) -> None:
         """A TLS handshake (inbound/outbound) succeeded or failed; reason from the fixed set in net/tls.py."""
 
+    def revocation_check(self, direction: str, reason: str, admitted: bool) -> None:
+        """A peer's chain checked against CRLs (``tls.revocation``): the verdict's reason (proxy/relay/revocation.py
+        REASONS) and whether the mode admitted it."""
+
     def slow_sender(self, listener: str, stage: str) -> None:
         """A connection closed because a message (stage 'message') or handshake ('handshake') stalled."""
 

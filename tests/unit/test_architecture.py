@@ -24,7 +24,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "routes": frozenset(),  # routes, DNS, candidates: a leaf
     "proxy.hep": frozenset(),  # the HEP3 encoder: pure
     "proxy.x509": frozenset(),  # reading certificates (cryptography): shared by config, admin tools
-    "proxy.relay": frozenset({"proxy.sip", "routes", "acl"}),  # the proxy's decisions (§16, §17)
+    "proxy.relay": frozenset({"proxy.sip", "routes", "acl", "proxy.x509"}),  # the proxy's decisions (§16, §17)
     "proxy.xmpp": frozenset({"proxy.sip"}),  # XMPP S2S streams and the SIP<->XMPP gateway
     "proxy.config": frozenset({"routes", "acl", "proxy.xmpp", "proxy.x509"}),  # the TOML file, typed and checked
     "proxy.logs": frozenset(),  # log formatting
