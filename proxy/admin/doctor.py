@@ -4,7 +4,8 @@ The offline checks read only the config and the files it names; each returns fin
 too when it passes, so the report shows what was checked. They are the field notes' failures:
 
 - ``cert.eku``: our certificate lacks Client Authentication -> the peer answers TLS alert 43;
-- ``cert.chain``: the chain file lacks the intermediate -> 'unable to get local issuer certificate';
+- ``cert.chain`` (``proxy.admin.chain_checks``): the chain file lacks the intermediate -> 'unable to get local
+  issuer certificate'; or tls.ca_bundle is another CA's than the one our chain leads to;
 - ``cert.validity``: expired, not yet valid, or expiring within 30 days;
 - ``cert.key``: the private key is not the certificate's;
 - ``cert.names``: a listener's Via/Record-Route name or ``maddr`` is not one of the certificate's
@@ -12,6 +13,9 @@ too when it passes, so the report shows what was checked. They are the field not
 - ``route.loop`` and ``listener.lync_port``: a route that points back at sipfed, and a Lync-facing
   listener off 5062 (the Lync static route should point at the peer-auth listener);
 - ``ca.bundle``: the CA bundle parses and holds a CA;
+- ``listener.client_cert``, ``tls.revocation``, ``cert.revocation`` (``proxy.admin.trust_checks``): a listener
+  without client certificates facing a peer trusted by certificate or treated as authenticated; the
+  ``[tls] revocation`` mode; where our certificate says its revocation status is published;
 - ``xmpp.*`` (``proxy.admin.xmpp_checks``): XMPP partner settings as Lync's Control Panel warns of them, our
   XMPP certificate naming every XMPP domain, the listener port the SRV records must name.
 
@@ -32,21 +36,21 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from proxy.admin.chain_checks import check_chain
 from proxy.admin.findings import Finding, by_severity, render_json, render_table
 from proxy.admin.live import diagnose_live
 from proxy.admin.state import running_state
+from proxy.admin.trust_checks import check_trust
 from proxy.admin.xmpp_checks import check_xmpp
 from proxy.config import Config, ConfigError, ListenerConfig, load_config
 from proxy.x509 import (
     as_ip_address,
-    build_path,
     certificate_names,
     is_ca,
     key_purposes,
     load_certificates,
     load_private_key,
     name_matches,
-    self_issued,
     short_name,
     spki,
     validity,
@@ -56,7 +60,6 @@ from routes import StaticRoute
 # The field notes: Lync's static route points at CUP's "Peer Authentication listener", port 5062.
 PEER_AUTH_PORT = 5062
 WILDCARD_ADDRESSES = ("0.0.0.0", "::")
-NO_ISSUER = "unable to get local issuer certificate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,7 @@ def run(
 def diagnose(config: Config, now: datetime) -> list[Finding]:
     """Every offline check on a loaded config, errors first, then warnings, then ok."""
     offline = _tls_findings(config, now) + check_routes(config) + check_lync_port(config)
+    offline += check_trust(config, _labeler(config))
     return by_severity(offline + check_xmpp(config, now))
 
 
@@ -235,54 +239,6 @@ def check_eku(cert: x509.Certificate, subject: str) -> list[Finding]:
             )
         )
     return findings or [Finding("ok", "cert.eku", subject, "EKU has serverAuth and clientAuth (mutual TLS)")]
-
-
-def check_chain(chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certificate], subject: str) -> list[Finding]:
-    """RFC 5246 §7.4.2: we send our certificate and the intermediates up to a CA the peer trusts."""
-    path, anchor = build_path(chain, bundle)
-    last = path[-1]
-    if anchor is None and self_issued(last):
-        return [
-            Finding(
-                "error",
-                "cert.chain",
-                subject,
-                f"the chain ends at the root {short_name(last.subject)!r}, which is not in tls.ca_bundle",
-                "put the CA that issued our certificate into tls.ca_bundle (or fix tls.cert_chain)",
-            )
-        ]
-    if anchor is None:
-        return [
-            Finding(
-                "error",
-                "cert.chain",
-                subject,
-                f"the chain stops at {short_name(last.subject)!r}: its issuer {short_name(last.issuer)!r} "
-                f"is in neither the chain file nor tls.ca_bundle; peers that trust only the root fail with "
-                f"'{NO_ISSUER}'",
-                _append_fix(last),
-            )
-        ]
-    if not self_issued(anchor):
-        return [
-            Finding(
-                "warning",
-                "cert.chain",
-                subject,
-                f"the chain reaches the CA {short_name(anchor.subject)!r} only through tls.ca_bundle, which "
-                f"is not a root; peers that trust only the root fail with '{NO_ISSUER}'",
-                _append_fix(last),
-            )
-        ]
-    steps = " -> ".join(short_name(cert.subject) for cert in [*path, anchor])
-    return [Finding("ok", "cert.chain", subject, f"chain verifies to a CA in tls.ca_bundle: {steps}")]
-
-
-def _append_fix(last: x509.Certificate) -> str:
-    return (
-        f"append the certificate of {short_name(last.issuer)!r} (the intermediate) after ours in the chain file, "
-        "e.g. 'cat ours.crt intermediate.crt > chain.pem'"
-    )
 
 
 def check_validity(chain: Sequence[x509.Certificate], subject: str, now: datetime) -> list[Finding]:

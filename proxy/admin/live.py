@@ -36,6 +36,7 @@ from cryptography import x509
 from proxy.admin.findings import Finding, route_address, route_subject
 from proxy.admin.live_certs import VERIFY_CHECKS, check_peer_certificates
 from proxy.admin.live_failures import GIVE_CLIENT_AUTH, TRUST_OUR_CA, connect_failure, handshake_failure
+from proxy.admin.live_revocation import probe_our_revocation
 from proxy.admin.live_sip import MAX_ANSWER_BYTES, ask_options, our_fqdn, udp_options
 from proxy.admin.live_xmpp import diagnose_xmpp_live
 from proxy.config import Config
@@ -71,15 +72,17 @@ class _Probe:
 
 
 def diagnose_live(config: Config, now: datetime) -> list[Finding]:
-    """Every route probed (concurrently); the findings in route order, then the XMPP probes."""
+    """Every route probed (concurrently); the findings in route order, then our certificate's revocation URLs
+    (``proxy.admin.live_revocation``), then the XMPP probes."""
     xmpp = diagnose_xmpp_live(config)
+    ours = probe_our_revocation(config, now)
     if not config.routes:
-        return [Finding("ok", "live.route", "routes", "no static routes: nothing to probe"), *xmpp]
+        return [Finding("ok", "live.route", "routes", "no static routes: nothing to probe"), *ours, *xmpp]
     probe, findings = _prepare(config, now)
     with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(config.routes))) as pool:
         for route_findings in pool.map(lambda route: check_route(route, probe), config.routes):
             findings += route_findings
-    return findings + xmpp
+    return findings + ours + xmpp
 
 
 def _prepare(config: Config, now: datetime) -> tuple[_Probe, list[Finding]]:

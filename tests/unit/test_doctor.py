@@ -34,6 +34,9 @@ CHECKS = {
     "cert.names",
     "route.loop",
     "listener.lync_port",
+    "listener.client_cert",
+    "tls.revocation",
+    "cert.revocation",
 }
 
 
