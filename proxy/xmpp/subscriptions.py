@@ -24,10 +24,8 @@ import dataclasses
 import logging
 from xml.etree.ElementTree import Element
 
-from proxy.sip.errors import SipError
-from proxy.sip.headers import parse_name_addr
 from proxy.sip.message import Request, Response
-from proxy.xmpp import sipua
+from proxy.xmpp import sipua, watchers
 from proxy.xmpp.jid import JidError, jid_to_sip, parse_jid, sip_to_jid
 from proxy.xmpp.outbox import Outbox
 from proxy.xmpp.policy import Partner, XmppConfig
@@ -36,11 +34,10 @@ from proxy.xmpp.presence import (
     PresenceState,
     pidf_to_presence,
     presence_stanza,
-    presence_to_pidf,
     stanza_to_presence,
 )
 from proxy.xmpp.store import SubscriptionStore, Watch, Watcher
-from proxy.xmpp.xml import NS_SERVER, element
+from proxy.xmpp.watchers import Answer, bare_jid, domain_of, presence_element
 
 log = logging.getLogger("sipfed.xmpp")
 
@@ -48,16 +45,6 @@ RESOURCE = "sip"
 """The resource our SIP users' presence comes from (a full JID, as RFC 6121 §4.2.2 has presence sent)."""
 RETRY_SECONDS = 30.0
 """A SUBSCRIBE that failed for a passing reason (408, 5xx) is tried again after this long."""
-MAX_WATCHER_EXPIRES = 3600
-Answer = tuple[int, str, tuple[tuple[str, str], ...], str]
-"""A SUBSCRIBE's answer: status, reason phrase, extra header fields, our To tag."""
-
-
-def _presence(tag_type: str | None, from_: str, to: str) -> Element:
-    attrs = {"from": from_, "to": to}
-    if tag_type:
-        attrs["type"] = tag_type
-    return element(f"{{{NS_SERVER}}}presence", attrs)
 
 
 class Subscriptions:
@@ -71,7 +58,7 @@ class Subscriptions:
         self.watchers: dict[tuple[str, str], Watcher] = {}
         self.invites: set[tuple[str, str]] = set()
         self._watch_calls: dict[str, Watch] = {}
-        self._watcher_calls: dict[str, Watcher] = {}
+        self.watcher_calls: dict[str, Watcher] = {}
         self._watch_tags: dict[tuple[str, str], str] = {}
         """Watch key -> our From tag of the last SUBSCRIBE (NOTIFY may come before its 200)."""
         self._subscribing: set[tuple[str, str]] = set()
@@ -82,7 +69,7 @@ class Subscriptions:
     # -- rule 5 -------------------------------------------------------------------------------------------
 
     def restore(self, now: float) -> None:
-        watches, watchers, invites = self.store.load()
+        watches, standing, invites = self.store.load()
         self.invites = invites
         for watch in watches:
             self.watches[watch.key] = watch
@@ -93,15 +80,15 @@ class Subscriptions:
                 self._refresh(watch, now)
             else:
                 self._subscribe(watch, now)
-        for watcher in watchers:
+        for watcher in standing:
             if watcher.expires_at <= now:
                 self.store.drop_watcher(watcher.key)
                 continue
             self.watchers[watcher.key] = watcher
-            self._watcher_calls[watcher.dialog.call_id] = watcher
-            self._arm_expiry(watcher)
-            self._probe(watcher)
-        self._count()
+            self.watcher_calls[watcher.dialog.call_id] = watcher
+            watchers.arm_expiry(self, watcher)
+            watchers.probe(self, watcher)
+        self.recount()
         log.info("XMPP subscriptions restored: %d XMPP->SIP, %d SIP->XMPP", len(self.watches), len(self.watchers))
 
     def invited(self, sip_user: str, jid: str) -> None:
@@ -145,19 +132,23 @@ class Subscriptions:
                 sip_user,
                 jid,
             )
-            self.out.stanza(_domain(sip_user), _domain(jid), _presence("unsubscribed", _jid(sip_user), jid))
+            self.out.stanza(
+                domain_of(sip_user), domain_of(jid), presence_element("unsubscribed", bare_jid(sip_user), jid)
+            )
             self.out.observer.stanza(partner.name, "in", "subscription", "refused")
             return
         watch = self.watches.get((jid, sip_user))
         if watch is not None and watch.approved:  # RFC 6121 §3.1.3: already approved, answer for the user
-            self.out.stanza(_domain(sip_user), _domain(jid), _presence("subscribed", _jid(sip_user), jid))
+            self.out.stanza(
+                domain_of(sip_user), domain_of(jid), presence_element("subscribed", bare_jid(sip_user), jid)
+            )
             self._send_presence(watch)
             return
         if watch is None:
             watch = Watch(jid, sip_user, partner.name)
             self.watches[watch.key] = watch
             self.store.put_watch(watch)
-            self._count()
+            self.recount()
         elif watch.key in self._subscribing:
             return  # the same request again, before the first was answered
         self.out.observer.stanza(partner.name, "in", "subscription", "relayed")
@@ -179,7 +170,7 @@ class Subscriptions:
                 extra=(("Event", "presence"), ("Expires", "0")),
             )
             self.out.request(watch.partner, request, branch, lambda response, t: None, now)
-        self._count()
+        self.recount()
 
     def _forget_call(self, call_id: str) -> None:
         if len(self._ended) >= 4096:
@@ -208,7 +199,7 @@ class Subscriptions:
             watcher.approved = True  # presence flows only once the contact approved (RFC 6121 §3.1.5)
         self.store.put_watcher(watcher)
         if watcher.approved:
-            self._notify(watcher, "active", now)
+            watchers.notify(self, watcher, "active", now)
 
     def _contact_answer(self, sip_user: str, jid: str, approved: bool, now: float) -> None:
         """Rule 2: the contact approved or refused (or the subscription failed)."""
@@ -218,10 +209,10 @@ class Subscriptions:
         if approved:
             watcher.approved = True
             self.store.put_watcher(watcher)
-            self._notify(watcher, "active", now)
+            watchers.notify(self, watcher, "active", now)
         else:
-            self._notify(watcher, "terminated;reason=rejected", now)
-            self._drop_watcher(watcher)
+            watchers.notify(self, watcher, "terminated;reason=rejected", now)
+            watchers.drop_watcher(self, watcher)
 
     # -- SIP side: our SUBSCRIBE dialogs (rule 1) ---------------------------------------------------------------
 
@@ -235,7 +226,7 @@ class Subscriptions:
             from_uri=contact,
             from_tag=tag,
             to_uri=watch.sip_user,
-            call_id=sipua.new_call_id(_domain(watch.jid)),
+            call_id=sipua.new_call_id(domain_of(watch.jid)),
             cseq=1,
             contact=contact,
             extra=(
@@ -348,7 +339,9 @@ class Subscriptions:
         if not watch.approved:
             watch.approved = True
             self.out.stanza(
-                _domain(watch.sip_user), _domain(watch.jid), _presence("subscribed", _jid(watch.sip_user), watch.jid)
+                domain_of(watch.sip_user),
+                domain_of(watch.jid),
+                presence_element("subscribed", bare_jid(watch.sip_user), watch.jid),
             )
         if request.body:
             try:
@@ -364,7 +357,9 @@ class Subscriptions:
             self._end_watch(watch, tell=True)
             return
         self.out.stanza(
-            _domain(watch.sip_user), _domain(watch.jid), _presence("unavailable", _jid(watch.sip_user), watch.jid)
+            domain_of(watch.sip_user),
+            domain_of(watch.jid),
+            presence_element("unavailable", bare_jid(watch.sip_user), watch.jid),
         )
         delay = 0.0 if reason in ("deactivated", "timeout", "") else RETRY_SECONDS
         self.out.at(f"refresh:{watch.key}", now + delay, lambda t: self._subscribe(watch, t))
@@ -377,155 +372,31 @@ class Subscriptions:
             self._watch_calls.pop(watch.dialog.call_id, None)
         if tell:
             self.out.stanza(
-                _domain(watch.sip_user), _domain(watch.jid), _presence("unsubscribed", _jid(watch.sip_user), watch.jid)
+                domain_of(watch.sip_user),
+                domain_of(watch.jid),
+                presence_element("unsubscribed", bare_jid(watch.sip_user), watch.jid),
             )
-        self._count()
+        self.recount()
 
     def _send_presence(self, watch: Watch) -> None:
         if watch.presence is None:
             return
         state = PresenceState(**watch.presence)
-        stanza = presence_stanza(state, f"{_jid(watch.sip_user)}/{RESOURCE}", watch.jid)
-        self.out.stanza(_domain(watch.sip_user), _domain(watch.jid), stanza)
+        stanza = presence_stanza(state, f"{bare_jid(watch.sip_user)}/{RESOURCE}", watch.jid)
+        self.out.stanza(domain_of(watch.sip_user), domain_of(watch.jid), stanza)
         self.out.observer.stanza(watch.partner, "out", "presence", "relayed")
 
-    # -- SIP side: SUBSCRIBEs to XMPP contacts (rule 2) ---------------------------------------------------
+    # -- SIP side: SUBSCRIBEs to XMPP contacts (rule 2: proxy/xmpp/watchers.py) ---------------------------
 
     def sip_subscribe(self, request: Request, partner: Partner, now: float) -> Answer:
         """A SUBSCRIBE to an XMPP contact: (status, reason, extra headers, our To tag); NOTIFYs follow."""
-        event = (request.headers.get("event") or "").split(";")[0].strip().lower()
-        if event != "presence":
-            return 489, "Bad Event", (("Allow-Events", "presence"),), sipua.new_tag()
-        to_tag = request.to.param("tag")
-        if to_tag:
-            return self._resubscribe(request, to_tag, now)
-        try:
-            sender, target = sip_to_jid(str(request.from_.uri)), sip_to_jid(request.uri)
-        except (JidError, SipError) as exc:
-            return 404, f"Not Found ({exc})", (), sipua.new_tag()
-        if sender.domain not in self.config.domains:  # gateway rule 1, as for a MESSAGE
-            return 403, f"Forbidden ({sender.domain} is not one of the xmpp.domains)", (), sipua.new_tag()
-        if target.domain not in partner.domains:
-            return 404, f"Not Found ({target.domain} is not partner {partner.name}'s domain)", (), sipua.new_tag()
-        sip_user, jid = jid_to_sip(sender.bare), str(target.bare)
-        if sipua.expires_of(request, MAX_WATCHER_EXPIRES) == 0:  # a one-off fetch (RFC 6665 §4.2.1.1)
-            return self._fetch(request, partner, sip_user, jid, now)
-        tag = sipua.new_tag()
-        watcher = Watcher(sip_user, jid, partner.name, sipua.uas_dialog(request, tag))
-        old = self.watchers.get(watcher.key)
-        if old is not None:  # the SIP user subscribed again (a new client session): keep what is known
-            watcher.approved, watcher.resources = old.approved, old.resources
-            self._watcher_calls.pop(old.dialog.call_id, None)
-        expires = min(sipua.expires_of(request, MAX_WATCHER_EXPIRES), MAX_WATCHER_EXPIRES)
-        watcher.expires_at = now + expires
-        self.watchers[watcher.key] = watcher
-        self._watcher_calls[request.call_id] = watcher
-        self.invited(sip_user, jid)
-        self.store.put_watcher(watcher)
-        self._arm_expiry(watcher)
-        self._count()
-        self.out.observer.stanza(partner.name, "out", "subscription", "relayed")
-        if watcher.approved:
-            self._probe(watcher)
-        else:
-            self.out.stanza(_domain(sip_user), _domain(jid), _presence("subscribe", _jid(sip_user), jid))
-        return 200, "OK", (("Expires", str(expires)), ("Contact", f"<{jid_to_sip(parse_jid(jid))}>")), tag
-
-    def _fetch(self, request: Request, partner: Partner, sip_user: str, jid: str, now: float) -> Answer:
-        """Expires: 0 on a new SUBSCRIBE: one NOTIFY with what is known, no subscription (and no roster request
-        toward the contact); the dialog ends with it."""
-        tag = sipua.new_tag()
-        known = self.watchers.get((sip_user, jid))
-        fetch = Watcher(
-            sip_user,
-            jid,
-            partner.name,
-            sipua.uas_dialog(request, tag),
-            now,
-            known.approved if known else False,
-            dict(known.resources) if known else {},
-        )
-        self._watcher_calls[request.call_id] = fetch
-        return 200, "OK", (("Expires", "0"), ("Contact", f"<{jid_to_sip(parse_jid(jid))}>")), tag
+        return watchers.sip_subscribe(self, request, partner, now)
 
     def after_subscribe_answer(self, request: Request, to_tag: str, now: float) -> None:
         """RFC 6665 §4.2.1.2: the NOTIFY that follows every accepted SUBSCRIBE."""
-        watcher = self._watcher_calls.get(request.call_id)
-        if watcher is None or watcher.dialog.local_tag != to_tag:
-            return
-        if watcher.expires_at <= now:
-            self._notify(watcher, "terminated;reason=timeout", now, body=watcher.approved)
-            self._drop_watcher(watcher)
-        else:
-            self._notify(watcher, "active" if watcher.approved else "pending", now)
+        watchers.after_subscribe_answer(self, request, to_tag, now)
 
-    def _resubscribe(self, request: Request, to_tag: str, now: float) -> Answer:
-        watcher = self._watcher_calls.get(request.call_id)
-        if watcher is None or watcher.dialog.local_tag != to_tag:
-            return 481, "Call/Transaction Does Not Exist", (), to_tag
-        expires = min(sipua.expires_of(request, MAX_WATCHER_EXPIRES), MAX_WATCHER_EXPIRES)
-        watcher.expires_at = now + expires
-        contact = request.headers.get("contact")
-        if contact:
-            watcher.dialog.remote_target = str(parse_name_addr(contact).uri)
-        self.store.put_watcher(watcher)
-        self._arm_expiry(watcher)
-        return 200, "OK", (("Expires", str(expires)),), to_tag
-
-    def _notify(self, watcher: Watcher, state: str, now: float, body: bool = False) -> None:
-        """A NOTIFY in the watcher's dialog; its PIDF when active (or ``body``: a fetch's final answer)."""
-        active = state == "active"
-        if active:
-            left = max(int(watcher.expires_at - now), 0)
-            state = f"active;expires={left}"
-        elif state == "pending":
-            state = f"pending;expires={max(int(watcher.expires_at - now), 0)}"
-        with_body = active or body
-        resources = {name: PresenceState(**fields) for name, fields in watcher.resources.items()} if with_body else {}
-        pidf = presence_to_pidf(jid_to_sip(parse_jid(watcher.jid)), resources) if with_body else b""
-        request, branch = sipua.in_dialog(
-            watcher.dialog,
-            "NOTIFY",
-            contact=watcher.dialog.local_uri,
-            extra=(("Event", "presence"), ("Subscription-State", state)),
-            body=pidf,
-            content_type="application/pidf+xml",
-        )
-        if self.watchers.get(watcher.key) is watcher:  # its CSeq moved on (a fetch is not stored)
-            self.store.put_watcher(watcher)
-        self.out.request(watcher.partner, request, branch, lambda response, t: self._notified(watcher, response), now)
-        self.out.observer.stanza(watcher.partner, "in", "presence", "relayed")
-
-    def _notified(self, watcher: Watcher, response: Response | None) -> None:
-        if response is not None and response.status in (481, 404, 410) and self.watchers.get(watcher.key) is watcher:
-            log.info(
-                "NOTIFY to %s for %s: %d, the subscription is gone", watcher.sip_user, watcher.jid, response.status
-            )
-            self._drop_watcher(watcher)
-
-    def _arm_expiry(self, watcher: Watcher) -> None:
-        self.out.at(f"expiry:{watcher.key}", watcher.expires_at, lambda t: self._expired(watcher, t))
-
-    def _expired(self, watcher: Watcher, now: float) -> None:
-        if self.watchers.get(watcher.key) is watcher:
-            self._notify(watcher, "terminated;reason=timeout", now)
-            self._drop_watcher(watcher)
-
-    def _drop_watcher(self, watcher: Watcher) -> None:
-        if self.watchers.get(watcher.key) is watcher:
-            del self.watchers[watcher.key]
-            self.store.drop_watcher(watcher.key)
-        self._watcher_calls.pop(watcher.dialog.call_id, None)
-        self.out.cancel(f"expiry:{watcher.key}")
-        self._count()
-
-    def _probe(self, watcher: Watcher) -> None:
-        """Rule 5, RFC 6121 §4.3: ask the contact's server for its current presence."""
-        self.out.stanza(
-            _domain(watcher.sip_user), _domain(watcher.jid), _presence("probe", _jid(watcher.sip_user), watcher.jid)
-        )
-
-    def _count(self) -> None:
+    def recount(self) -> None:
         self.out.observer.subscriptions(len(self.watches), len(self.watchers))
 
 
@@ -533,11 +404,3 @@ def sip_user_key(uri: str) -> str:
     """A SIP user as the gateway keys it: ``sip:user@domain``, whatever case, parameters or scheme the URI was
     written with (the contact's answers come back to the mapped JID, RFC 7247 §5)."""
     return jid_to_sip(sip_to_jid(uri).bare)
-
-
-def _jid(sip_user: str) -> str:
-    return str(sip_to_jid(sip_user).bare)
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].split(";")[0].split("/")[0].lower()
