@@ -13,14 +13,13 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING
 
-from proxy.relay.admission import admitted, overloaded
+from proxy.relay.admission import admitted, overloaded, route_and_admit
 from proxy.relay.answers import respond
-from proxy.relay.forwarding import BRANCH_PREFIX, choose_next_hop, prepare_forward, process_routes, validate
+from proxy.relay.forwarding import BRANCH_PREFIX, prepare_forward
 from proxy.relay.local import hop_request, log_fields
 from proxy.relay.observe import method_label
 from proxy.relay.server_timers import end_server
 from proxy.relay.state import ClientTx, ServerTx, TxState
-from proxy.relay.trust import admit
 from proxy.relay.types import Flow, SendToHop
 from proxy.sip.errors import SipError
 from proxy.sip.message import Request
@@ -54,19 +53,7 @@ def on_ack(proxy: Proxy, request: Request, flow: Flow, now: float) -> None:
         overload = overloaded(proxy, flow, now, rates_only=True)
         if overload:
             raise SipError(f"Service Unavailable ({overload})", 503)
-        validate(request, proxy.policy)
-        popped = process_routes(request, proxy.policy)
-        hop = choose_next_hop(request, proxy.policy, flow, popped, proxy._peer_flows)
-        admit(
-            request,
-            flow,
-            proxy.trust,
-            proxy.policy.identities[flow.listener].untrusted,
-            now,
-            hop.route if hop is not None else None,
-            proxy.observer,
-            now + proxy.wall_offset,
-        )
+        hop = route_and_admit(proxy, request, flow, now, None)  # loops: Max-Forwards alone (§16.3 step 4 is optional)
     except SipError as exc:
         proxy.observer.security_drop("stateless_refused")
         proxy.observer.request_refused(method_label(request.method), exc.status)

@@ -13,15 +13,39 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from proxy.relay.forwarding import choose_next_hop, detect_loop, process_routes, validate
 from proxy.relay.identity import screen_identities
 from proxy.relay.local import log_fields
-from proxy.relay.types import Flow, RegisterAlias
+from proxy.relay.trust import admit
+from proxy.relay.types import Flow, NextHop, RegisterAlias
 from proxy.sip.message import Request
 
 if TYPE_CHECKING:
     from proxy.relay.core import Proxy
 
 log = logging.getLogger("sipfed.relay")
+
+
+def route_and_admit(proxy: Proxy, request: Request, flow: Flow, now: float, hashed: str | None) -> NextHop | None:
+    """The one path every request takes, with a transaction or stateless (issue 14): §16.3 checks (loops too,
+    given the request's ``hashed`` loop value), §16.4 Route processing, the next hop (None: for us), then §16.3
+    step 5 admission once the route is known, so that route-scoped exemptions apply. SipError: the refusal."""
+    validate(request, proxy.policy)
+    if hashed is not None:
+        detect_loop(request, proxy.policy, hashed)
+    popped = process_routes(request, proxy.policy)
+    hop = choose_next_hop(request, proxy.policy, flow, popped, proxy._peer_flows)
+    admit(
+        request,
+        flow,
+        proxy.trust,
+        proxy.policy.identities[flow.listener].untrusted,
+        now,
+        hop.route if hop is not None else None,
+        proxy.observer,
+        now + proxy.wall_offset,
+    )
+    return hop
 
 
 def overloaded(proxy: Proxy, flow: Flow, now: float, rates_only: bool = False) -> str | None:

@@ -27,22 +27,18 @@ import secrets
 
 from acl.peers import Trust
 from proxy.relay.ack_cancel import STATELESS_METHODS, on_ack, on_cancel
-from proxy.relay.admission import admitted, overloaded
+from proxy.relay.admission import admitted, overloaded, route_and_admit
 from proxy.relay.answers import answer_locally, refuse, reject_unparsed, reply_via, respond
 from proxy.relay.challenges import CSeqShifts
 from proxy.relay.client_timers import client_timeout, retransmit
 from proxy.relay.failover import Failover
 from proxy.relay.forwarding import (
     RelayPolicy,
-    choose_next_hop,
-    detect_loop,
     hop_for_uri,
     loop_hash,
     mark_received,
     new_branch,
     prepare_forward,
-    process_routes,
-    validate,
 )
 from proxy.relay.limits import TokenBuckets, WarnLimiter
 from proxy.relay.local import health_check
@@ -52,7 +48,6 @@ from proxy.relay.retries import next_try
 from proxy.relay.server_timers import forget_completed
 from proxy.relay.state import ClientTx, RelaySettings, ServerTx, TxState
 from proxy.relay.subscriptions import SubscriptionBook
-from proxy.relay.trust import admit
 from proxy.relay.types import Flow, NextHop, Output, ProbeAnswer, SendOnFlow, SendToHop
 from proxy.sip.errors import SipError
 from proxy.sip.grammar import is_ip_literal
@@ -316,22 +311,8 @@ class Proxy:
             )
             return
         try:
-            validate(request, self.policy)
             hashed = loop_hash(request)
-            detect_loop(request, self.policy, hashed)
-            popped = process_routes(request, self.policy)
-            hop = choose_next_hop(request, self.policy, flow, popped, self._peer_flows)
-            # §16.3 step 5, once the route is known so that route-scoped exemptions apply.
-            admit(
-                request,
-                flow,
-                self.trust,
-                self.policy.identities[flow.listener].untrusted,
-                now,
-                hop.route if hop is not None else None,
-                self.observer,
-                now + self.wall_offset,
-            )
+            hop = route_and_admit(self, request, flow, now, hashed)
         except SipError as exc:
             refuse(self, stx, exc, now)
             return
