@@ -272,3 +272,72 @@ def test_a_key_that_is_not_our_certificates_is_a_config_error(tmp_path: Path, ce
         assert done.returncode != 0, command
         assert "is not the private key of tls.cert_chain's certificate (sipfed.tomt.local)" in done.stderr + done.stdout
         assert "Traceback" not in done.stderr
+
+
+def test_our_revoked_certificate_refused_by_the_peer_is_named_with_the_fix(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[..., Sipfed]
+) -> None:
+    """tomt.local's server (stunnel, OpenSSL, with its CA's CRLs) finds our certificate revoked and refuses us
+    with TLS alert 44. The log says our certificate is revoked and what to do, the reason is
+    ``peer_certificate_revoked``, the sender gets 503."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from tests.integration.sipp import stunnel
+
+    def crl(issuer_stem: str, revoked_serials: list[int]) -> bytes:
+        issuer = x509.load_pem_x509_certificate((certs / f"{issuer_stem}.crt").read_bytes())
+        key = serialization.load_pem_private_key((certs / f"{issuer_stem}.key").read_bytes(), None)
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=1))
+        )
+        for serial in revoked_serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        signed = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        return signed.public_bytes(serialization.Encoding.PEM)
+
+    ours = x509.load_pem_x509_certificate((certs / "sipfed.tomt.local.crt").read_bytes())
+    crl_file = tmp_path / "lab.crl.pem"  # stunnel checks every level: the root's CRL (empty) and the intermediate's
+    crl_file.write_bytes(crl("ca", []) + crl("intermediate", [ours.serial_number]))
+    tls_port = free_port()
+    server = stunnel.start_server_tunnel(
+        tmp_path,
+        accept_port=tls_port,
+        connect_port=free_port(),
+        cert_chain=certs / "cups.tomt.local.pem",
+        key=certs / "cups.tomt.local.key",
+        ca_file=certs / "ca.crt",
+        crl_file=crl_file,
+    )
+
+    async def main() -> None:
+        lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
+        await lync.start()
+        path = config(tmp_path, certs, cups_port=tls_port, lync_port=lync.port)
+        path.write_text(path.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
+        sipfed = start_sipfed(path)
+        try:
+            conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+            answer, _ = await lync.next(timeout=10)
+            assert answer.status == 503
+            log = await sipfed.async_wait_for_log("the peer refused our certificate (TLS alert 44 certificate_revoked)")
+            assert "our certificate is revoked: have the CA issue a new one, put it in tls.cert_chain" in log
+            reason = 'sipfed_tls_handshakes_total{direction="outbound",listener="cisco",outcome="failure",'
+            assert metric(sipfed, reason + 'reason="peer_certificate_revoked"}') >= 1
+            conn.close()
+        finally:
+            await lync.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        server.stop()

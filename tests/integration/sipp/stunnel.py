@@ -92,8 +92,10 @@ def write_config(
     check_host: str | None = None,
     debug: str = "notice",
     service: str | None = None,
+    crl_file: Path | str | None = None,
 ) -> Path:
-    """Write a one-service stunnel config to *path* and return it.
+    """Write a one-service stunnel config to *path* and return it; ``crl_file``: the peer's certificate is
+    checked against these CRLs too (stunnel's CRLfile: every certificate of the chain needs one).
 
     Logging goes to stderr (``foreground = yes``); no pid file is written.
     """
@@ -118,6 +120,7 @@ def write_config(
             ca_file=ca_file,
             check_host=check_host,
         ),
+        *([f"CRLfile = {crl_file}"] if crl_file else []),
         "",
     ]
     path.write_text("\n".join(lines))
@@ -191,6 +194,7 @@ def start_tunnel(
     name: str | None = None,
     debug: str = "notice",
     ready_timeout: float = 10.0,
+    crl_file: Path | str | None = None,
 ) -> Tunnel:
     """Write the config under *workdir*, start stunnel, wait until it listens."""
     workdir = Path(workdir)
@@ -208,6 +212,7 @@ def start_tunnel(
         ca_file=ca_file,
         check_host=check_host,
         debug=debug,
+        crl_file=crl_file,
     )
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log_file:  # the child keeps its own copy of the fd
