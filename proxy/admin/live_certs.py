@@ -26,7 +26,7 @@ from routes import StaticRoute
 # Findings that explain why sipfed's own verification of the peer fails (so it is not repeated).
 VERIFY_CHECKS = frozenset({"live.peer_chain", "live.peer_name", "live.peer_validity"})
 SEND_INTERMEDIATE = (
-    "make the peer send its intermediate after its own certificate (CUP: upload the intermediate "
+    "have the peer send its intermediate after its own certificate (CUP: upload the intermediate "
     "as cup-trust and regenerate; Windows/Lync: install it in the computer's Intermediate "
     "Certification Authorities store)"
 )

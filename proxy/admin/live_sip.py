@@ -154,7 +154,7 @@ def _answer_finding(route: StaticRoute, answer: tuple[int, str], seconds: float)
             "live.sip",
             route_subject(route),
             f"the peer answers OPTIONS with {line}: it challenges sipfed, so relayed requests will be challenged too",
-            "make the peer trust sipfed (CUP: TLS peer subject and incoming ACL; Lync: "
+            "have the peer trust sipfed (CUP: TLS peer subject and incoming ACL; Lync: "
             "trusted application pool), or give sipfed credentials for this route ([[acl.credentials]])",
         )
     return Finding("ok", "live.sip", route_subject(route), f"SIP answers OPTIONS: {line} ({seconds * 1000:.0f} ms)")

@@ -42,7 +42,7 @@ REASONS = (
 )
 _ALERT = re.compile(r"ALERT_([A-Z_]+)")  # OpenSSL's reason for an alert received, e.g. TLSV1_ALERT_UNKNOWN_CA
 TRUST_OUR_CA = (
-    "make the peer trust our CA: import the root of tls.ca_bundle into its trust store (CUP: "
+    "have the peer trust our CA: import the root of tls.ca_bundle into its trust store (CUP: "
     "cup-trust; Lync: Trusted Root Certification Authorities), and keep our intermediate in "
     "tls.cert_chain"
 )
@@ -189,14 +189,14 @@ def describe_inbound(exc: BaseException, listener: str, own: OwnSide | None = No
     words = {
         "no_client_certificate": "the client sent no certificate; listener requires mutual TLS — configure the "
         "peer to present its certificate (Lync: the default certificate; CUP: 'cup')",
-        "unknown_ca": "the client's certificate does not chain to tls.ca_bundle — add its CA, or make the peer "
+        "unknown_ca": "the client's certificate does not chain to tls.ca_bundle — add its CA, or have the peer "
         "send its intermediate certificate",
         "unsupported_certificate": "the client's certificate has no Client Authentication EKU — reissue it with "
         "clientAuth",
         "certificate_expired": "the client's certificate has expired — renew it",
         "revoked": "the client's certificate is revoked — it needs a new one",
         "bad_certificate": "the client's certificate was rejected",
-        "not_tls": "not a TLS client (plain SIP sent to a TLS port?) — point it at a TCP listener or make it use TLS",
+        "not_tls": "not a TLS client (plain SIP sent to a TLS port?) — point it at a TCP listener or have it use TLS",
         "protocol": "no TLS version or cipher in common — compare tls.min_version/ciphers with the client's",
     }.get(label, "handshake failed")
     return f"TLS from a client on listener {listener} refused ({label}): {words} [{detail}]"
@@ -214,7 +214,7 @@ def describe_failure(exc: BaseException, expected_name: str | None, own: OwnSide
             f"certificate does not carry that name ({message})",
             "certificate_expired": f"the peer's certificate has expired ({message})",
             "unknown_ca": f"the peer's certificate chain does not lead to our CA bundle ({message}); add its CA to "
-            "tls.ca_bundle, or make the peer send its intermediate certificate",
+            "tls.ca_bundle, or have the peer send its intermediate certificate",
             "revoked": f"the peer's certificate is revoked ({message})",
         }.get(label, f"the peer's certificate was rejected: {message}")
     alert = peer_alert(exc)

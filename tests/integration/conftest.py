@@ -128,6 +128,21 @@ def start_sipfed() -> Iterator[object]:
         proc.stop()
 
 
+LAB_PEERS = """
+[[peers]]
+name = "lync"
+subjects = ["lync01.tomt.it"]
+domains = ["tomt.it"]
+answers_digest = false
+
+[[peers]]
+name = "cisco"
+subjects = ["cups.tomt.local"]
+domains = ["tomt.local"]
+"""
+"""The two sides of ``lab_config`` as trusted peers (its ``extra``): Lync never answers digest."""
+
+
 def lab_config(
     path: Path,
     certs: Path,

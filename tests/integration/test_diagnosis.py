@@ -18,35 +18,24 @@ and ``sipfed_destination_up``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ROOT, Sipfed, free_port, lab_config
+from tests.integration.conftest import LAB_PEERS, ROOT, Sipfed, free_port, lab_config
 from tests.integration.waiting import async_wait_until
-from tests.peers.sippeer import Peer
+from tests.peers.sippeer import Conn, Msg, Peer
 
 pytestmark = pytest.mark.integration
-
-PEERS = """
-[[peers]]
-name = "lync"
-subjects = ["lync01.tomt.it"]
-domains = ["tomt.it"]
-answers_digest = false
-
-[[peers]]
-name = "cisco"
-subjects = ["cups.tomt.local"]
-domains = ["tomt.local"]
-"""
 
 
 def metric(sipfed: Sipfed, line_start: str) -> float:
@@ -63,12 +52,49 @@ def config(
     *,
     cups_port: int = 1,
     lync_port: int = 1,
-    extra: str = PEERS,
+    extra: str = LAB_PEERS,
     chain: str = "sipfed.tomt.local.pem",
 ) -> Path:
     path = lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups_port, lync_port=lync_port, extra=extra)
     path.write_text(path.read_text().replace("sipfed.tomt.local.pem", chain))
     return path
+
+
+@contextlib.contextmanager
+def cups_on_openssl(tmp_path: Path, certs: Path, crl_file: Path | None = None) -> Iterator[int]:
+    """tomt.local's server as OpenSSL does TLS: stunnel on 127.0.0.1 requiring a client certificate that chains
+    to the lab root alone (and, with ``crl_file``, is on none of its CRLs); yields its port, stops it after."""
+    from tests.integration.sipp import stunnel
+
+    tls_port = free_port()
+    server = stunnel.start_server_tunnel(
+        tmp_path,
+        accept_port=tls_port,
+        connect_port=free_port(),
+        cert_chain=certs / "cups.tomt.local.pem",
+        key=certs / "cups.tomt.local.key",
+        ca_file=certs / "ca.crt",
+        crl_file=crl_file,
+    )
+    try:
+        yield tls_port
+    finally:
+        server.stop()
+
+
+def config_to_openssl_cups(tmp_path: Path, certs: Path, tls_port: int, **kwargs: Any) -> Path:
+    """``config`` whose route cisco leads to ``cups_on_openssl``."""
+    path = config(tmp_path, certs, cups_port=tls_port, **kwargs)
+    path.write_text(path.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
+    return path
+
+
+async def message_to_tomt_local(lync: Peer, sipfed: Sipfed) -> tuple[Msg, Conn]:
+    """The Lync side sends a MESSAGE for tomt.local through sipfed: sipfed's answer, and the connection."""
+    conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
+    await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
+    answer, _ = await lync.next(timeout=10)
+    return answer, conn
 
 
 def test_our_chain_without_its_intermediate_is_named_both_ways(
@@ -115,31 +141,16 @@ def test_outbound_refusal_of_our_incomplete_chain_is_ours_and_marks_the_destinat
     """sipfed connects to tomt.local (route cisco; stunnel, OpenSSL, trusting only the lab root) with its leaf
     alone; tomt.local refuses it with unknown_ca. The log blames our chain, the reason says the peer refused
     (``peer_unknown_ca``), and the destination is down."""
-    from tests.integration.sipp import stunnel
 
-    tls_port = free_port()
-    server = stunnel.start_server_tunnel(
-        tmp_path,
-        accept_port=tls_port,
-        connect_port=free_port(),
-        cert_chain=certs / "cups.tomt.local.pem",
-        key=certs / "cups.tomt.local.key",
-        ca_file=certs / "ca.crt",
-    )
-
-    async def main() -> None:
+    async def main(tls_port: int) -> None:
         lenient = tmp_path / "lenient"  # lync also knows the intermediate, so it accepts our bare leaf
         shutil.copytree(certs, lenient)
         (lenient / "ca.crt").write_bytes((certs / "ca.crt").read_bytes() + (certs / "intermediate.crt").read_bytes())
         lync = Peer("lync01.tomt.it", "127.0.0.3", lenient)
         await lync.start()  # its Via names its own listening port
-        path = config(tmp_path, certs, cups_port=tls_port, chain="sipfed.tomt.local.crt")
-        path.write_text(path.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
-        sipfed = start_sipfed(path)
+        sipfed = start_sipfed(config_to_openssl_cups(tmp_path, certs, tls_port, chain="sipfed.tomt.local.crt"))
         try:
-            conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
-            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
-            answer, _ = await lync.next(timeout=10)
+            answer, conn = await message_to_tomt_local(lync, sipfed)
             assert answer.status == 503
             log = await sipfed.async_wait_for_log("the peer refused our certificate (TLS alert 48 unknown_ca)")
             assert "our chain file sends sipfed.tomt.local without its issuer sipfed lab intermediate" in log
@@ -154,10 +165,8 @@ def test_outbound_refusal_of_our_incomplete_chain_is_ours_and_marks_the_destinat
         finally:
             await lync.stop()
 
-    try:
-        asyncio.run(asyncio.wait_for(main(), 60))
-    finally:
-        server.stop()
+    with cups_on_openssl(tmp_path, certs) as tls_port:
+        asyncio.run(asyncio.wait_for(main(tls_port), 60))
 
 
 def test_a_peer_on_the_wrong_listener_is_named(
@@ -285,8 +294,6 @@ def test_our_revoked_certificate_refused_by_the_peer_is_named_with_the_fix(
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    from tests.integration.sipp import stunnel
-
     def crl(issuer_stem: str, revoked_serials: list[int]) -> bytes:
         issuer = x509.load_pem_x509_certificate((certs / f"{issuer_stem}.crt").read_bytes())
         key = serialization.load_pem_private_key((certs / f"{issuer_stem}.key").read_bytes(), None)
@@ -307,27 +314,13 @@ def test_our_revoked_certificate_refused_by_the_peer_is_named_with_the_fix(
     ours = x509.load_pem_x509_certificate((certs / "sipfed.tomt.local.crt").read_bytes())
     crl_file = tmp_path / "lab.crl.pem"  # stunnel checks every level: the root's CRL (empty) and the intermediate's
     crl_file.write_bytes(crl("ca", []) + crl("intermediate", [ours.serial_number]))
-    tls_port = free_port()
-    server = stunnel.start_server_tunnel(
-        tmp_path,
-        accept_port=tls_port,
-        connect_port=free_port(),
-        cert_chain=certs / "cups.tomt.local.pem",
-        key=certs / "cups.tomt.local.key",
-        ca_file=certs / "ca.crt",
-        crl_file=crl_file,
-    )
 
-    async def main() -> None:
+    async def main(tls_port: int) -> None:
         lync = Peer("lync01.tomt.it", "127.0.0.3", certs)
         await lync.start()
-        path = config(tmp_path, certs, cups_port=tls_port, lync_port=lync.port)
-        path.write_text(path.read_text().replace('destination = "127.0.0.2"', 'destination = "127.0.0.1"'))
-        sipfed = start_sipfed(path)
+        sipfed = start_sipfed(config_to_openssl_cups(tmp_path, certs, tls_port, lync_port=lync.port))
         try:
-            conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
-            await conn.send(lync.request("MESSAGE", "sip:alice@tomt.local", to="<sip:alice@tomt.local>"))
-            answer, _ = await lync.next(timeout=10)
+            answer, conn = await message_to_tomt_local(lync, sipfed)
             assert answer.status == 503
             log = await sipfed.async_wait_for_log("the peer refused our certificate (TLS alert 44 certificate_revoked)")
             assert "our certificate is revoked: have the CA issue a new one, put it in tls.cert_chain" in log
@@ -337,7 +330,5 @@ def test_our_revoked_certificate_refused_by_the_peer_is_named_with_the_fix(
         finally:
             await lync.stop()
 
-    try:
-        asyncio.run(asyncio.wait_for(main(), 60))
-    finally:
-        server.stop()
+    with cups_on_openssl(tmp_path, certs, crl_file) as tls_port:
+        asyncio.run(asyncio.wait_for(main(tls_port), 60))

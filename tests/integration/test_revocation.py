@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Sipfed, lab_config
+from tests.integration.conftest import LAB_PEERS, Sipfed, lab_config
 from tests.integration.crl_lab import HOST, CrlServer, Pki, make_pki
 from tests.integration.metrics_scrape import sample, scrape
 from tests.integration.waiting import async_wait_until
@@ -27,18 +27,6 @@ from tests.peers.sippeer import Conn, Peer
 pytestmark = pytest.mark.integration
 
 TEST_SECONDS = 60.0
-PEERS = """
-[[peers]]
-name = "lync"
-subjects = ["lync01.tomt.it"]
-domains = ["tomt.it"]
-answers_digest = false
-
-[[peers]]
-name = "cisco"
-subjects = ["cups.tomt.local"]
-domains = ["tomt.local"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +59,7 @@ def config(tmp_path: Path, certs: Path, pki: Pki, tls: str, *, cups_port: int = 
     """The lab config; its CA bundle also holds the openssl CA; ``tls``: lines added to [tls]."""
     bundle = tmp_path / "bundle.crt"
     bundle.write_bytes((certs / "ca.crt").read_bytes() + (pki.dir / "ca.crt").read_bytes())
-    path = lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups_port, lync_port=lync_port, extra=PEERS)
+    path = lab_config(tmp_path / "sipfed.toml", certs, cups_port=cups_port, lync_port=lync_port, extra=LAB_PEERS)
     text = path.read_text().replace(f'ca_bundle = "{certs}/ca.crt"', f'ca_bundle = "{bundle}"\n{tls}')
     path.write_text(text)
     return path
