@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 EKU_BY_NAME: Mapping[str, x509.ObjectIdentifier] = MappingProxyType(
     {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -197,3 +197,28 @@ def parse_crls(data: bytes) -> tuple[x509.CertificateRevocationList, ...]:
             raise ValueError("neither a DER CRL nor PEM with an X509 CRL block") from None
     blocks = [marker + block for block in data.split(marker)[1:]]
     return tuple(x509.load_pem_x509_crl(block) for block in blocks)
+
+
+def crl_point_uris(cert: x509.Certificate, complete_only: bool = False) -> tuple[str, ...]:
+    """RFC 5280 §4.2.1.13: the URIs of the certificate's CRL distribution points, in order, once each;
+    ``complete_only``: only points that give a complete CRL from its issuer (no cRLIssuer, no reasons subset)."""
+    points = extension(cert, x509.CRLDistributionPoints)
+    uris = [
+        name.value
+        for point in points or ()
+        if point.full_name and not (complete_only and (point.crl_issuer is not None or point.reasons is not None))
+        for name in point.full_name
+        if isinstance(name, x509.UniformResourceIdentifier)
+    ]
+    return tuple(dict.fromkeys(uris))
+
+
+def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    """RFC 5280 §4.2.2.1: the OCSP responders the certificate names (authorityInfoAccess id-ad-ocsp)."""
+    access = extension(cert, x509.AuthorityInformationAccess)
+    return tuple(
+        description.access_location.value
+        for description in access or ()
+        if description.access_method == AuthorityInformationAccessOID.OCSP
+        and isinstance(description.access_location, x509.UniformResourceIdentifier)
+    )

@@ -18,13 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from acl.peers import TrustedPeer
 from proxy.admin.findings import Finding, bracketed
 from proxy.config import Config, ListenerConfig
 from proxy.config.topology import Topology, topology
-from proxy.x509 import extension, load_certificates
+from proxy.x509 import crl_point_uris, load_certificates, ocsp_urls
 
 REVOCATION_FIX = 'set revocation = "soft-fail" (the default) or "hard-fail" in [tls]'
 #: What a listener's ``untrusted`` policy does to a peer that was not bound, as the peer sees it.
@@ -230,19 +229,6 @@ def check_our_revocation(config: Config, label: Callable[[Path], str]) -> list[F
 def revocation_pointers(cert: x509.Certificate) -> tuple[list[str], list[str], list[str]]:
     """RFC 5280 §4.2.1.13 and §4.2.2.1: the certificate's http CRL distribution points, its other ones
     (ldap, file), and its OCSP responders."""
-    points = extension(cert, x509.CRLDistributionPoints)
-    uris = [
-        name.value
-        for point in points or ()
-        for name in point.full_name or []
-        if isinstance(name, x509.UniformResourceIdentifier)
-    ]
-    access = extension(cert, x509.AuthorityInformationAccess)
-    ocsp = [
-        item.access_location.value
-        for item in access or ()
-        if item.access_method == AuthorityInformationAccessOID.OCSP
-        and isinstance(item.access_location, x509.UniformResourceIdentifier)
-    ]
+    uris = crl_point_uris(cert)
     http = [uri for uri in uris if uri.lower().startswith("http://")]
-    return http, [uri for uri in uris if uri not in http], ocsp
+    return http, [uri for uri in uris if uri not in http], list(ocsp_urls(cert))

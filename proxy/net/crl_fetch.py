@@ -33,10 +33,9 @@ from proxy.relay.revocation import (
     decide,
     distribution_points,
     evaluate,
-    ocsp_urls,
     utc_text,
 )
-from proxy.x509 import parse_crls
+from proxy.x509 import ocsp_urls, parse_crls
 
 log = logging.getLogger("sipfed.net")
 

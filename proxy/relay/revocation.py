@@ -30,7 +30,8 @@ from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from proxy.x509 import crl_point_uris, is_ca
 
 Mode = Literal["off", "soft-fail", "hard-fail"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -297,7 +298,7 @@ def scope_problem(crl: x509.CertificateRevocationList, cert: x509.Certificate) -
         idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
     except x509.ExtensionNotFound:
         return None
-    ca = _is_ca(cert)
+    ca = is_ca(cert)
     if idp.indirect_crl or idp.only_some_reasons or idp.only_contains_attribute_certs:
         return "covers only part of its scope (indirect, some reasons, or attribute certificates: RFC 5280 §5.2.5)"
     if (idp.only_contains_ca_certs and not ca) or (idp.only_contains_user_certs and ca):
@@ -311,32 +312,8 @@ def scope_problem(crl: x509.CertificateRevocationList, cert: x509.Certificate) -
 def distribution_points(cert: x509.Certificate) -> tuple[str, ...]:
     """Rule 4, RFC 5280 §4.2.1.13: the http URIs of the certificate's CRL distribution points that give a
     complete CRL from its issuer (no cRLIssuer, no reasons subset), at most MAX_URLS_PER_CERTIFICATE."""
-    try:
-        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    except x509.ExtensionNotFound:
-        return ()
-    urls = [
-        name.value
-        for point in points
-        if point.full_name and point.crl_issuer is None and point.reasons is None
-        for name in point.full_name
-        if isinstance(name, x509.UniformResourceIdentifier) and name.value.lower().startswith("http://")
-    ]
-    return tuple(dict.fromkeys(urls))[:MAX_URLS_PER_CERTIFICATE]
-
-
-def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
-    """RFC 5280 §4.2.2.1: the OCSP responders the certificate names (authorityInfoAccess id-ad-ocsp)."""
-    try:
-        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except x509.ExtensionNotFound:
-        return ()
-    return tuple(
-        description.access_location.value
-        for description in access
-        if description.access_method == AuthorityInformationAccessOID.OCSP
-        and isinstance(description.access_location, x509.UniformResourceIdentifier)
-    )
+    urls = [uri for uri in crl_point_uris(cert, complete_only=True) if uri.lower().startswith("http://")]
+    return tuple(urls[:MAX_URLS_PER_CERTIFICATE])
 
 
 def as_certificate(cert: Certificate) -> x509.Certificate:
@@ -352,13 +329,6 @@ def describe(cert: x509.Certificate) -> str:
 def utc_text(moment: datetime | None) -> str:
     """A CRL or certificate time in words: ``2026-05-01 12:00:00 UTC``."""
     return "none" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _may_sign_crls(issuer: x509.Certificate) -> bool:

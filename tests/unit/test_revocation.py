@@ -26,9 +26,8 @@ from proxy.relay.revocation import (
     decide,
     distribution_points,
     evaluate,
-    ocsp_urls,
 )
-from proxy.x509 import parse_crls
+from proxy.x509 import ocsp_urls, parse_crls
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
