@@ -1,8 +1,9 @@
 """``make bench``: sipfed and Kamailio under the same SIPp load on loopback, in one run.
 
-Per scenario: one SIPp UAS (behind a server stunnel for TLS), both proxies, a client stunnel per proxy
-for TLS; then warm-up, closed loop, fixed rates and step-up, each alternating sipfed / Kamailio
-(signin-tls instead: live dialog memory, sign-in storm, idle TLS connection memory; bench/signin.py).
+Per scenario: one SIPp UAS (behind a server stunnel for TLS), both proxies and the ceiling (bench/bare_relay.py:
+bytes relayed with no SIP work), a client stunnel per arm for TLS; then warm-up, closed loop, fixed rates and
+step-up, each alternating sipfed / Kamailio / ceiling (signin-tls instead: live dialog memory, sign-in storm,
+idle TLS connection memory; bench/signin.py; the ceiling only in the storm).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import idle_tls, lab, procstat, signin, xmpp
-from bench.phases import Arm, Bench, Counts, Scenario, round_rate
+from bench.phases import CEILING, Arm, Bench, Counts, Scenario, proxies, round_rate
 from bench.report import Figure, closed_loop_rate, figures, noise_note, signin_figures, table, write_json
 from bench.sipp import tls_dialog_variant
 
@@ -133,7 +134,7 @@ class Lab:
     """The running lab of one scenario."""
 
     arms: list[Arm]
-    """sipfed and Kamailio, in that order."""
+    """sipfed, Kamailio and the ceiling (the bare relay), in that order."""
     uas_udp_port: int | None
     """The UAS's UDP port (UDP scenario), for its kernel drop counter."""
     helpers: list[tuple[str, Callable[[], bool], int]]
@@ -145,7 +146,7 @@ class Lab:
         return f"lab component(s) died: {', '.join(dead)}" if dead else None
 
     def lab_pids(self) -> list[int]:
-        """Every process of the lab: helpers and both proxies' trees (the SIPp UAC is counted apart)."""
+        """Every process of the lab: helpers and every arm's tree (the SIPp UAC is counted apart)."""
         return [pid for _, _, pid in self.helpers] + [pid for arm in self.arms for pid in arm.proxy.pids()]
 
 
@@ -163,7 +164,8 @@ def prepared(scenario: Scenario, work: Path) -> Scenario:
 def start_lab(
     stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path, sipfed_source: Path | None
 ) -> Lab:
-    """UAS (+ server stunnel), sipfed, Kamailio and, for a TLS UAC, a client stunnel in front of each proxy."""
+    """UAS (+ server stunnel), sipfed, Kamailio, the bare relay and, for a TLS UAC, a client stunnel in front of
+    each."""
     udp = scenario.uas_transport == "udp"
     uas_host = lab.UAS_TLS_HOST if scenario.tls_dialogs else lab.LOOPBACK
     uas_port = lab.free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
@@ -193,19 +195,35 @@ def start_lab(
         wait_transport=scenario.uac_transport,
     )
     stack.callback(kamailio.stop)
-    if scenario.uac_transport == "udp":
-        arms = [Arm("sipfed", sipfed, sipfed_port, sipfed_port), Arm("kamailio", kamailio, ports.udp, ports.udp)]
-        return Lab(arms, uas_port if udp else None, helpers)
-    if scenario.uac_transport == "tcp":
-        return Lab([Arm("sipfed", sipfed, sipfed_port), Arm("kamailio", kamailio, ports.tcp)], None, helpers)
+    relay, relay_port = lab.start_bare_relay(
+        work,
+        certs,
+        listen_transport=scenario.uac_transport,
+        upstream_transport=scenario.uas_transport,
+        uas_host=uas_host,
+        uas_port=route_port,
+    )
+    stack.callback(relay.stop)
+    kamailio_port = {"udp": ports.udp, "tcp": ports.tcp, "tls": ports.tls}[scenario.uac_transport]
+    # The relay adds no Record-Route: the UAC's maddr check (subscribe scenarios) is off on that arm.
+    no_maddr = (("maddr", "off"),) if "maddr" in dict(scenario.keys) else ()
     arms = []
-    for name, proxy, port in (("sipfed", sipfed, sipfed_port), ("kamailio", kamailio, ports.tls)):
-        accept = lab.free_port()
-        client = lab.start_client_tunnel(work, certs, accept_port=accept, proxy_port=port, name=name)
-        stack.callback(client.stop)
-        helpers.append((f"{name} client stunnel", client.running, client.pid))
-        arms.append(Arm(name, proxy, accept, tls_port=port))
-    return Lab(arms, None, helpers)
+    for name, child, port, overrides in (
+        ("sipfed", sipfed, sipfed_port, ()),
+        ("kamailio", kamailio, kamailio_port, ()),
+        (CEILING, relay, relay_port, no_maddr),
+    ):
+        if scenario.uac_transport == "udp":
+            arms.append(Arm(name, child, port, udp_port=port, sipp_keys=overrides))
+        elif scenario.uac_transport == "tcp":
+            arms.append(Arm(name, child, port, sipp_keys=overrides))
+        else:
+            accept = lab.free_port()
+            client = lab.start_client_tunnel(work, certs, accept_port=accept, proxy_port=port, name=name)
+            stack.callback(client.stop)
+            helpers.append((f"{name} client stunnel", client.running, client.pid))
+            arms.append(Arm(name, child, accept, tls_port=port, sipp_keys=overrides))
+    return Lab(arms, uas_port if udp else None, helpers)
 
 
 def run_idle_tls(
@@ -255,7 +273,7 @@ def run_phases(bench: Bench, scenario: Scenario, counts: Counts) -> tuple[list[i
 def run_scenario(
     scenario: Scenario, counts: Counts, certs: Path, work: Path, sipfed_source: Path | None = None
 ) -> dict[str, Any]:
-    """Start the lab for ``scenario``, run every phase on both arms, return figures and raw runs.
+    """Start the lab for ``scenario``, run every phase on its arms, return figures and raw runs.
 
     A lab helper that dies (UAS, stunnel) ends the scenario early; what was measured is kept, with the error.
     """
@@ -270,7 +288,7 @@ def run_scenario(
     with contextlib.ExitStack() as stack:
         running = start_lab(stack, scenario, certs, work, sipfed_source)
         arms = running.arms
-        for arm in arms:
+        for arm in proxies(arms):
             _memory(arm, "rss_start_mb", procstat.rss_kb(arm.proxy.pids()), memory)
         bench = Bench(
             scenario,
@@ -290,7 +308,7 @@ def run_scenario(
         except lab.LabError as exc:
             error = str(exc)
             log(f"{scenario.name}: stopped early: {error}")
-        for arm in arms:
+        for arm in proxies(arms):
             pids = arm.proxy.pids()
             _memory(arm, "peak_rss_mb", procstat.peak_rss_kb(pids), memory)
             _memory(arm, "pss_end_mb", procstat.pss_kb(pids), memory)
@@ -358,9 +376,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def sipfed_build(source: Path) -> dict[str, str]:
+    """Where sipfed ran from and whether its SIP core was compiled there (tools/mypyc_build.py, ``make fast``)."""
+    compiled = any((source / "proxy" / "sip").glob("message.*.so"))
+    return {"sipfed_source": str(source), "sipfed_core": "mypyc" if compiled else "python"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test of the whole bench (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test of the whole bench (~2.5 min)")
     parser.add_argument(
         "--scenario",
         action="append",
@@ -425,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document: dict[str, Any] = {
         "started_utc": stamp,
         "quick": args.quick,
-        "environment": {**environment(), "sipfed_source": str(args.sipfed_source or lab.ROOT)},
+        "environment": {**environment(), **sipfed_build(args.sipfed_source or lab.ROOT)},
         "counts": dataclasses.asdict(counts),
         "scenarios": {},
         "tables": {},
@@ -449,7 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"!! {'stopped early' if name in shown else 'failed'}: {result['error'].splitlines()[0]}"
             )
     print(table(shown, notes))
+    env = document["environment"]
     print(
+        f"\nsipfed's SIP core: {env['sipfed_core']} (from {env['sipfed_source']})"
         f"\n{'quick smoke test, not a measurement; ' if args.quick else ''}{document['seconds']:.0f} s; "
         f"results: {path} (and latest.json)"
     )

@@ -1,4 +1,4 @@
-"""The loopback lab: certificates, ports, and the long-running children (proxies, SIPp UAS, stunnel).
+"""The loopback lab: certificates, ports, and the long-running children (proxies, bare relay, SIPp UAS, stunnel).
 
 Every child is started here, remembered by PID, and stopped by PID (SIGTERM, then SIGKILL after a
 bounded wait). Nothing is ever stopped by name.
@@ -412,6 +412,40 @@ def start_kamailio(
         time.sleep(0.05)
     time.sleep(0.3)
     return child, ports
+
+
+# -- the bare relay (the ceiling arm) ---------------------------------------------------------------
+
+
+def start_bare_relay(
+    workdir: Path, certs: Path, *, listen_transport: str, upstream_transport: str, uas_host: str, uas_port: int
+) -> tuple[Child, int]:
+    """bench/bare_relay.py between the UAC and the UAS (its stunnel), with sipfed's certificates and CA;
+    returns the child and its listening port."""
+    port = free_port(socket.SOCK_DGRAM if listen_transport == "udp" else socket.SOCK_STREAM)
+    args = [
+        sys.executable,
+        str(BENCH / "bare_relay.py"),
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--transport",
+        listen_transport,
+        "--upstream",
+        f"{uas_host}:{uas_port}",
+        "--upstream-transport",
+        upstream_transport,
+        "--cert-chain",
+        str(certs / "sipfed.tomt.local.pem"),
+        "--key",
+        str(certs / "sipfed.tomt.local.key"),
+        "--ca",
+        str(certs / "ca.crt"),
+        "--tls-name",
+        "cups.tomt.local",
+    ]
+    child = spawn("bare-relay", args, workdir, stdout=None)
+    wait_until(port_ready(port, "udp" if listen_transport == "udp" else "tcp"), child, f"listening on {port}")
+    return child, port
 
 
 # -- stunnel ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The measurements, each run on both arms in alternation (A B A B) so machine drift cancels.
+"""The measurements, each run on every arm in alternation (A B C A B C) so machine drift cancels.
 
 (a) closed loop: 50 calls in flight, a fixed call count, calls/s = successful calls / wall time;
 (b) fixed offered rates: p50/p99 latency;
@@ -23,6 +23,8 @@ P99_LIMIT_MS = 10.0
 ACHIEVED_FRACTION = 0.9
 NOISY_CORE_FRACTION = 0.25
 QUIET_BUDGET_SECONDS = 15.0
+CEILING = "ceiling"
+"""The bare relay's arm (bench/bare_relay.py): the load phases and the storm, not the memory measurements."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,20 +89,27 @@ class Counts:
 
 @dataclass
 class Arm:
-    """One proxy under test and where the SIPp UAC sends to reach it."""
+    """One proxy under test (or the bare relay) and where the SIPp UAC sends to reach it."""
 
     name: str
-    """``sipfed`` or ``kamailio``."""
+    """``sipfed``, ``kamailio`` or ``ceiling`` (the bare relay)."""
     proxy: Child
-    """The proxy process (tree) whose CPU and memory are measured."""
+    """The proxy (or relay) process tree whose CPU and memory are measured."""
     target_port: int
     """The UAC's destination: the client stunnel in front of the proxy (TLS) or the proxy itself (UDP, TCP)."""
     udp_port: int | None = None
     """The proxy's UDP socket, whose kernel drop counter is read around each run (UDP scenario)."""
     tls_port: int | None = None
     """The proxy's own TLS listener, behind the client stunnel (TLS scenarios): idle connections go there."""
+    sipp_keys: tuple[tuple[str, str], ...] = ()
+    """SIPp -key pairs that override the scenario's for this arm (the ceiling: no Record-Route, ``maddr off``)."""
     runs: list[Measurement] = field(default_factory=list)
     """Every run on this arm, in order."""
+
+
+def proxies(arms: list[Arm]) -> list[Arm]:
+    """The arms that are SIP proxies: all but the ceiling."""
+    return [arm for arm in arms if arm.name != CEILING]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +220,7 @@ class Bench:
             calls=calls,
             rate=rate,
             limit=limit,
-            keys=dict(self.scenario.keys),
+            keys={**dict(self.scenario.keys), **dict(arm.sipp_keys)},
             timeout_seconds=timeout or self.counts.run_timeout_seconds,
             recv_timeout_ms=recv_timeout_ms,
         )
@@ -274,7 +283,7 @@ class Bench:
         )
 
     def alternating(self) -> Iterator[Arm]:
-        """A B A B ...: ``repetitions`` pairs."""
+        """A B C A B C ...: every arm, ``repetitions`` times."""
         for _ in range(self.counts.repetitions):
             yield from self.arms
 
@@ -307,7 +316,8 @@ class Bench:
         )
 
     def step_up(self) -> dict[str, int]:
-        """(c) per arm: double the offered rate until a step fails (twice), then bisect; A and B interleaved."""
+        """(c) per arm: double the offered rate until a step fails (twice), then bisect; the arms interleaved
+        (A B C, C B A, ...)."""
         ladders = {arm.name: _Ladder(self.counts.step_start_rate, self.counts.max_steps) for arm in self.arms}
         deadline = time.monotonic() + self.counts.max_steps * (self.counts.step_seconds * 3 + 15) * len(self.arms)
         turn = 0

@@ -1,4 +1,5 @@
-"""Figures per arm from the runs, the sipfed/Kamailio ratio of each, the printed table and the JSON file."""
+"""Figures per arm from the runs, the sipfed/Kamailio ratio of each (and, for throughput, each proxy's fraction of
+the ceiling), the printed table and the JSON file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.phases import Arm, Counts, Measurement
+from bench.phases import CEILING, Arm, Counts, Measurement, proxies
 from bench.signin import MemoryStep
 
 
@@ -25,7 +26,9 @@ class Figure:
     better: str
     """``higher`` or ``lower``: which way is good (for the reader; nothing asserts it)."""
     values: dict[str, float | None]
-    """Arm name -> value (None: not measured)."""
+    """Arm name -> value (None: not measured; no key: not measured on that arm by design)."""
+    throughput: bool = False
+    """A throughput figure: each proxy's fraction of the ceiling (the bare relay) is reported."""
 
     def ratio(self, numerator: str = "sipfed", denominator: str = "kamailio") -> float | None:
         a, b = self.values.get(numerator), self.values.get(denominator)
@@ -33,14 +36,23 @@ class Figure:
             return None
         return a / b
 
+    def of_ceiling(self, arm: str) -> float | None:
+        """``arm``'s fraction of the ceiling, for a throughput figure (of a time, the ceiling's over the arm's:
+        a fraction of the rate either way)."""
+        if not self.throughput:
+            return None
+        return self.ratio(arm, CEILING) if self.better == "higher" else self.ratio(CEILING, arm)
+
     def to_json(self) -> dict[str, Any]:
         ratio = self.ratio()
+        fractions = {f"{arm}_fraction_of_ceiling": _round(self.of_ceiling(arm)) for arm in ("sipfed", "kamailio")}
         return {
             "label": self.label,
             "unit": self.unit,
             "better": self.better,
             **{arm: _round(v) for arm, v in self.values.items()},
             "ratio_sipfed_kamailio": round(ratio, 3) if ratio is not None else None,
+            **(fractions if self.throughput else {}),
         }
 
 
@@ -94,7 +106,14 @@ def figures(
         return {arm.name: value(arm) for arm in arms}
 
     out = [
-        Figure("closed_loop_calls_per_s", "closed loop, 50 in flight", "calls/s", "higher", each(closed_loop_rate)),
+        Figure(
+            "closed_loop_calls_per_s",
+            "closed loop, 50 in flight",
+            "calls/s",
+            "higher",
+            each(closed_loop_rate),
+            throughput=True,
+        ),
         Figure(
             "closed_loop_p99_ms",
             "  p99 latency in the closed loop",
@@ -143,6 +162,7 @@ def figures(
             "calls/s",
             "higher",
             {arm.name: float(step_best[arm.name]) if arm.name in step_best else None for arm in arms},
+            throughput=True,
         ),
         Figure(
             "cpu_s_per_1k_tx",
@@ -162,7 +182,7 @@ def figures(
                 each(lambda a: cpu_per_1k(_phase(a, f"fixed:{fixed_rates[0]}"))),
             )
         )
-    return out + _memory_figures(arms, memory)
+    return out + _memory_figures(proxies(arms), memory)
 
 
 def _memory_figures(arms: list[Arm], memory: dict[str, dict[str, float]]) -> list[Figure]:
@@ -201,7 +221,7 @@ def signin_figures(
 
     def step(what: str, value: Any) -> dict[str, float | None]:
         found = {s.arm: s for s in steps if s.what == what}
-        return {arm.name: value(found[arm.name]) if arm.name in found else None for arm in arms}
+        return {arm.name: value(found[arm.name]) if arm.name in found else None for arm in proxies(arms)}
 
     def rss(s: MemoryStep) -> float | None:
         return s.bytes_each("rss")
@@ -219,6 +239,7 @@ def signin_figures(
             "s",
             "lower",
             storm(lambda runs: _mean([r.result.wall_seconds for r in runs])),
+            throughput=True,
         ),
         Figure(
             "storm_calls_per_s",
@@ -269,7 +290,7 @@ def signin_figures(
             "lower",
             step("idle_tls", MemoryStep.cpu_ms_each),
         ),
-        *_memory_figures(arms, memory),
+        *_memory_figures(proxies(arms), memory),
     ]
 
 
@@ -281,8 +302,13 @@ def _cell(value: float | None) -> str:
     return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
 
 
+def _percent(value: float | None) -> str:
+    return f"{100 * value:.0f}%" if value is not None else "-"
+
+
 def table(results: dict[str, list[Figure]], notes: dict[str, list[str]] | None = None) -> str:
-    """A fixed-width table: scenario, figure, unit, sipfed, Kamailio, ratio sipfed/Kamailio; notes under the name."""
+    """A fixed-width table: scenario, figure, unit, sipfed, Kamailio, ratio sipfed/Kamailio and, where the ceiling
+    was measured, its value and each proxy's % of it (throughput figures); notes under the scenario's name."""
     header = f"{'figure':<44} {'unit':<8} {'sipfed':>10} {'kamailio':>10} {'sipfed/kam':>11}"
     lines: list[str] = []
     notes = notes or {}
@@ -291,14 +317,22 @@ def table(results: dict[str, list[Figure]], notes: dict[str, list[str]] | None =
         lines += ["", f"== {scenario}", *notes.get(scenario, [])]
         if not figs:
             continue
-        lines += [header, "-" * len(header)]
+        ceiling = any(CEILING in fig.values for fig in figs)
+        head = header + (f" {'ceiling':>10} {'sipfed%ceil':>11} {'kam%ceil':>9}" if ceiling else "")
+        lines += [head, "-" * len(head)]
         for fig in figs:
             ratio = fig.ratio()
-            lines.append(
+            line = (
                 f"{fig.label:<44} {fig.unit:<8} {_cell(fig.values.get('sipfed')):>10} "
                 f"{_cell(fig.values.get('kamailio')):>10} "
                 f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>11}"
             )
+            if ceiling:
+                line += (
+                    f" {_cell(fig.values.get(CEILING)):>10} {_percent(fig.of_ceiling('sipfed')):>11} "
+                    f"{_percent(fig.of_ceiling('kamailio')):>9}"
+                )
+            lines.append(line)
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The sign-in measurements (scenario ``signin-tls``), each on both arms:
+"""The sign-in measurements (scenario ``signin-tls``), each on both proxies (the storm on the ceiling too):
 
 (a) memory per live subscription dialog: the RSS and PSS delta of the proxy's process tree around ``dialogs``
     SUBSCRIBE (Expires 3600) + 200 + NOTIFY dialogs created at ``dialog_rate``, read once their transactions
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import idle_tls, procstat
-from bench.phases import Arm, Bench, Measurement
+from bench.phases import Arm, Bench, Measurement, proxies
 
 STORM_RATE = 100_000
 """SIPp's -r for the storm: far above what either proxy takes, so SIPp sends as fast as the connection drains."""
@@ -115,13 +115,13 @@ def settled_memory_kb(arm: Arm, minimum_seconds: float) -> tuple[tuple[int, int]
 
 def run(bench: Bench, steps: list[MemoryStep], log: Callable[[str], None]) -> None:
     """Warm-up, storm, dialogs; memory steps are appended to ``steps`` as they are measured (so a lab failure
-    keeps what was measured). Storm runs land in each arm's ``runs``."""
+    keeps what was measured). Storm runs land in each arm's ``runs``; the ceiling has no dialogs (no state)."""
     counts, name = bench.counts, bench.scenario.name
     log(f"{name}: warm-up, {counts.dialogs // 2} dialogs per arm at {counts.dialog_rate}/s")
-    for arm in bench.arms:
+    for arm in proxies(bench.arms):
         _dialogs(bench, arm, "warmup", counts.dialogs // 2)
     log(f"{name}: {counts.dialogs} live subscription dialogs per arm at {counts.dialog_rate}/s")
-    for arm in bench.arms:
+    for arm in proxies(bench.arms):
         steps.append(live_dialogs(bench, arm, log))
     log(f"{name}: sign-in storm, {counts.storm_calls} SUBSCRIBEs at once on one TLS connection")
     for arm in bench.alternating():
