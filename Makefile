@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LAB_CERTS := examples/certs
 
-.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench lab
+.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench lab fast test-compiled
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,8 +20,20 @@ $(LAB_CERTS)/ca.crt: | $(STAMP)
 
 certs: $(LAB_CERTS)/ca.crt
 
+# The SIP core compiled with mypyc into build/mypyc (tools/mypyc_build.py; ~1 min, then only when a source
+# changes). The checkout stays pure Python; `make run` and `make bench` use the compiled tree when it builds.
+FAST := build/mypyc
+fast: $(STAMP)
+	$(PY) tools/mypyc_build.py --out $(FAST)
+
 run: $(STAMP) $(LAB_CERTS)/ca.crt
-	$(PY) -m proxy run --config examples/lab.toml
+	@if $(PY) tools/mypyc_build.py --out $(FAST); then \
+	    echo "make run: the compiled SIP core ($(FAST))"; \
+	    PYTHONPATH=$(FAST) exec $(PY) -P -m proxy run --config examples/lab.toml; \
+	else \
+	    echo "make run: the pure-Python SIP core"; \
+	    exec $(PY) -m proxy run --config examples/lab.toml; \
+	fi
 
 # SIPp (sip-tester), stunnel4, Kamailio, baresip and Prometheus are the independent peers of the tests and the lab;
 # systemd (systemd-analyze verify) and curl check examples/sipfed.service and the health endpoints;
@@ -37,8 +49,20 @@ system-deps:
 	    && ls /usr/lib/*/kamailio/modules/tls.so /usr/lib/*/kamailio/modules/presence.so >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); }
 
+# Every test on the pure-Python package, then the compiled core (make test-compiled).
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-compiled
+
+# The compiled core (build/mypyc) under the same unit tests (test_bridge.py puts a stand-in where the compiled
+# driver takes only a real Proxy) and the real process built from it under the integration tests of the relay.
+COMPILED_TESTS ?= tests/integration/test_core_build.py tests/integration/test_attacks_relay.py \
+    tests/integration/test_attacks_input.py tests/integration/test_relay_tls.py tests/integration/test_sipp.py \
+    tests/integration/test_lab_federation.py tests/integration/test_xmpp_federation.py
+test-compiled: fast system-deps
+	PYTHONPATH=$(FAST):. $(PY) -P -m pytest -q --import-mode=append -p no:cacheprovider tests/unit \
+	    --ignore=tests/unit/test_bridge.py
+	SIPFED_COMPILED=$(CURDIR)/$(FAST) $(PY) -m pytest -q $(COMPILED_TESTS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -55,9 +79,11 @@ lint: $(STAMP)
 lab: $(STAMP) system-deps
 	$(PY) examples/lab/run.py --python $(PY) $(LAB_ARGS)
 
-# sipfed against Kamailio on the same SIPp load, A B A B, printing ratios (bench/README.md); ~10 minutes.
+# sipfed (compiled when it builds) against Kamailio and a bare relay (the ceiling) on the same SIPp load,
+# A B C A B C, printing ratios (bench/README.md); ~11 minutes. BENCH_ARGS="--scenario message-tls" for one.
 bench: $(STAMP) system-deps
-	$(PY) bench/run.py
+	@if $(PY) tools/mypyc_build.py --out $(FAST); then $(PY) bench/run.py --sipfed-source $(FAST) $(BENCH_ARGS); \
+	else $(PY) bench/run.py $(BENCH_ARGS); fi
 
 SOAK_SECONDS ?= 600
 # The soak test for as long as you like (CI runs it for 60 s): mixed load, next hop restarts, no loss.
@@ -75,4 +101,4 @@ fuzz: $(STAMP)
 	    -artifact_prefix=fuzz/artifacts/ -print_final_stats=1
 
 clean:
-	rm -rf $(VENV) $(LAB_CERTS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LAB_CERTS) $(FAST) .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from proxy import __version__
+from proxy import __version__, build_kind
 from proxy.net.health import DestinationState
 from proxy.relay.observe import Observer
 from proxy.xmpp.outbox import XmppObserver
@@ -131,7 +131,7 @@ class Metrics(Observer):
             registry=registry,
         )
         Info("sipfed_build", "Version information", registry=registry).info(
-            {"version": __version__, "python": platform.python_version()}
+            {"version": __version__, "python": platform.python_version(), "core": build_kind()}
         )
         Gauge("sipfed_start_time_seconds", "When sipfed started (Unix time)", registry=registry).set(time.time())
 

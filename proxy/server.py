@@ -18,6 +18,7 @@ from typing import cast
 from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
 
+from proxy import build_kind
 from proxy.config import Config, ConfigError, ListenerConfig, TlsConfig, load_config
 from proxy.config.topology import topology
 from proxy.metrics import Metrics, XmppMetrics
@@ -415,7 +416,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path 
     gc.freeze()
     gc.set_threshold(5_000, 10, 10)
     server.metrics.watch_gc()
-    log.info("%d listener(s), %d route(s) from %s", len(config.listeners), len(config.routes), config.path)
+    log.info(
+        "%d listener(s), %d route(s) from %s; SIP core: %s",
+        len(config.listeners),
+        len(config.routes),
+        config.path,
+        "compiled (mypyc)" if build_kind() == "mypyc" else "pure Python",
+    )
     if ready is not None:
         ready.set()
     stop = asyncio.Event()

@@ -31,7 +31,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class NoRoute(SipError):
     """404: an out-of-dialog request for a domain no route serves (counted as a route miss, by its type)."""
 
-    status = 404
+    STATUS = 404
 
 
 class _Entropy:

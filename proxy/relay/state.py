@@ -70,7 +70,7 @@ CLIENT_NEXT: dict[tuple[bool, TxState], frozenset[TxState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):
     """A transaction was asked to move to a state §17 does not allow from where it is (a bug, not input)."""
 
 

@@ -21,7 +21,7 @@ DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 class UnsupportedScheme(SipError):
     """RFC 3261 §21.4.17 416 Unsupported URI Scheme (RFC 4475 §3.3.2)."""
 
-    status = 416
+    STATUS = 416
 
 
 @dataclass(frozen=True, slots=True)

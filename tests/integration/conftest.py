@@ -20,6 +20,19 @@ from tests.integration.waiting import async_wait_until, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["sipfed.tomt.local,sipfed.tomt.it", "cups.tomt.local", "lync01.tomt.it", "wrong.example"]
 LOG_SECONDS = 10.0  # how long a log line the test caused may take to show: a deadline, not a pause
+#: A compiled tree from tools/mypyc_build.py (``make test-compiled`` sets it): the real process runs from there.
+COMPILED = os.environ.get("SIPFED_COMPILED", "")
+
+
+def sipfed_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """``python -m proxy ARGS`` and its environment: the checkout's pure package, or the compiled tree first on
+    the path with ``-P`` (the current folder's pure ``proxy`` must not come first) when ``SIPFED_COMPILED`` is
+    set."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if not COMPILED:
+        return [sys.executable, "-m", "proxy", *args], env
+    env["PYTHONPATH"] = os.pathsep.join([COMPILED, str(ROOT)])
+    return [sys.executable, "-P", "-m", "proxy", *args], env
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +59,9 @@ class Sipfed:
 
     def __init__(self, config: Path, timeout: float = 15.0, args: tuple[str, ...] = ()) -> None:
         self.config = config
+        command, env = sipfed_command("run", "--config", str(config), *args)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(config), *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         self.log: list[str] = []
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)

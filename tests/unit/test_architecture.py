@@ -34,6 +34,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "proxy.metrics": frozenset({"proxy", "proxy.relay", "proxy.net", "proxy.xmpp"}),  # the Observers
     "proxy.server": frozenset(
         {
+            "proxy",  # build_kind, for the start-up line
             "proxy.relay",
             "proxy.x509",
             "proxy.net",

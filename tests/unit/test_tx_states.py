@@ -7,17 +7,24 @@ from __future__ import annotations
 import pytest
 
 from proxy.relay.state import CLIENT_NEXT, SERVER_NEXT, ClientTx, IllegalTransition, ServerTx, TxState
+from proxy.sip.message import Request, parse_message
 from tests.unit.relay_harness import CISCO_OUT, LYNC_IN, TO_CUPS, answer, forwarded, make_proxy, request, send
 
 S = TxState
 
 
+def _parsed(method: str) -> Request:
+    parsed = parse_message(request(method))
+    assert isinstance(parsed, Request)
+    return parsed
+
+
 def server(method: str) -> ServerTx:
-    return ServerTx(("b", "127.0.0.3", method), None, LYNC_IN, method == "INVITE")  # type: ignore[arg-type]
+    return ServerTx(("b", "127.0.0.3", method), _parsed(method), LYNC_IN, method == "INVITE")
 
 
 def client(method: str) -> ClientTx:
-    return ClientTx(1, "z9hG4bKx", method, TO_CUPS, b"", None, None)  # type: ignore[arg-type]
+    return ClientTx(1, "z9hG4bKx", method, TO_CUPS, b"", _parsed(method), None)
 
 
 def test_each_kind_starts_where_its_figure_does() -> None:
