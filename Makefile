@@ -82,7 +82,7 @@ lab: $(STAMP) system-deps
 # sipfed (compiled when it builds) against Kamailio and a bare relay (the ceiling) on the same SIPp load,
 # A B C A B C, printing ratios (bench/README.md); ~11 minutes. BENCH_ARGS="--scenario message-tls" for one.
 bench: $(STAMP) system-deps
-	@if $(PY) tools/mypyc_build.py --out $(FAST); then $(PY) bench/run.py --sipfed-source $(FAST) $(BENCH_ARGS); \
+	@if $(PY) tools/mypyc_build.py --out $(FAST); then $(PY) bench/run.py --sipfed-source $(CURDIR)/$(FAST) $(BENCH_ARGS); \
 	else $(PY) bench/run.py $(BENCH_ARGS); fi
 
 SOAK_SECONDS ?= 600

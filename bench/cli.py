@@ -376,10 +376,23 @@ def environment() -> dict[str, Any]:
     }
 
 
-def sipfed_build(source: Path) -> dict[str, str]:
-    """Where sipfed ran from and whether its SIP core was compiled there (tools/mypyc_build.py, ``make fast``)."""
-    compiled = any((source / "proxy" / "sip").glob("message.*.so"))
-    return {"sipfed_source": str(source), "sipfed_core": "mypyc" if compiled else "python"}
+def sipfed_build(source: Path | None) -> dict[str, str]:
+    """Where sipfed ran from and which SIP core it imports there (tools/mypyc_build.py, ``make fast``), asked
+    as ``lab.start_sipfed`` runs it: with ``source`` first on the path, from another folder."""
+    env = {**os.environ}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    done = subprocess.run(
+        [sys.executable, "-c", "import proxy; print(proxy.build_kind())"],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    core = done.stdout.strip() if done.returncode == 0 else f"? ({done.stderr.strip()[-200:]})"
+    return {"sipfed_source": str(source or lab.ROOT), "sipfed_core": core}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,6 +445,8 @@ def run_all(args: argparse.Namespace, counts: Counts, work: Path, document: dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.sipfed_source is not None:  # the children run from the work directory: a relative path would miss
+        args.sipfed_source = args.sipfed_source.resolve()
     try:
         lab.require_tools()
         lab.kamailio_module_dir()
@@ -449,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document: dict[str, Any] = {
         "started_utc": stamp,
         "quick": args.quick,
-        "environment": {**environment(), **sipfed_build(args.sipfed_source or lab.ROOT)},
+        "environment": {**environment(), **sipfed_build(args.sipfed_source)},
         "counts": dataclasses.asdict(counts),
         "scenarios": {},
         "tables": {},

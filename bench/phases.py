@@ -23,6 +23,9 @@ P99_LIMIT_MS = 10.0
 ACHIEVED_FRACTION = 0.9
 NOISY_CORE_FRACTION = 0.25
 QUIET_BUDGET_SECONDS = 15.0
+MAX_STEP_RATE = 32_000
+"""The step-up ladder's top (calls/s): the ceiling arm passes it, and the SIPp UAS of this rig died at 128,000/s.
+A ladder that passes it stops there, and its figure reads "at least"."""
 CEILING = "ceiling"
 """The bare relay's arm (bench/bare_relay.py): the load phases and the storm, not the memory measurements."""
 
@@ -347,11 +350,14 @@ class _Ladder:
     disturbed_retries: int = 0
     """Failed steps run again because other jobs took CPU during them (at most 2 per ladder)."""
     _retry: int | None = None
+    top: int = MAX_STEP_RATE
 
     @property
     def done(self) -> bool:
         if self.steps >= self.max_steps:
             return True
+        if self.lowest_fail is None and self._retry is None and self.best * 2 > self.top:
+            return True  # the next doubling would pass the ladder's top
         if self.lowest_fail is None or self._retry is not None:
             return False
         return self.bisections >= 3 or self.lowest_fail - self.best <= max(50, self.best // 20)
