@@ -152,6 +152,13 @@ class NameAddr:
     angle: bool = True
     """Whether the URI was enclosed in <>."""
 
+    def __init__(self, display: str, uri: SipUri, params: tuple[Param, ...], angle: bool = True) -> None:
+        # Written out, not generated: mypyc compiles this one, and runs a generated __init__ as Python (10x slower).
+        object.__setattr__(self, "display", display)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "angle", angle)
+
     def param(self, name: str) -> str | None:
         return find_param(self.params, name)
 
@@ -219,6 +226,13 @@ class Via:
     """sent-by port, None if absent."""
     params: tuple[Param, ...]
     """via-params in order."""
+
+    def __init__(self, transport: str, host: str, port: int | None, params: tuple[Param, ...]) -> None:
+        # Written out, not generated: mypyc compiles this one, and runs a generated __init__ as Python (10x slower).
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
 
     @property
     def branch(self) -> str | None:
