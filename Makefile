@@ -39,12 +39,12 @@ run: $(STAMP) $(LAB_CERTS)/ca.crt
 # systemd (systemd-analyze verify) and curl check examples/sipfed.service and the health endpoints;
 # sngrep is the HEP receiver of [hep]'s test; Prosody (with lua-unbound) and dnsmasq are the XMPP domain and its
 # lab DNS of the XMPP federation tests.
-DEBS := sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules baresip-core prometheus systemd curl \
+DEBS := iproute2 sip-tester stunnel4 kamailio kamailio-tls-modules kamailio-presence-modules baresip-core prometheus systemd curl \
 	sngrep prosody lua-unbound dnsmasq-base
 system-deps:
 	@command -v sipp >/dev/null && command -v stunnel4 >/dev/null && command -v kamailio >/dev/null \
 	    && command -v prometheus >/dev/null && command -v baresip >/dev/null \
-	    && command -v systemd-analyze >/dev/null && command -v curl >/dev/null && command -v sngrep >/dev/null \
+	    && command -v systemd-analyze >/dev/null && command -v curl >/dev/null && command -v sngrep >/dev/null && command -v ss >/dev/null \
 	    && command -v prosody >/dev/null && command -v dnsmasq >/dev/null && ls /usr/lib/*/lua/5.4/lunbound.so >/dev/null 2>&1 \
 	    && ls /usr/lib/*/kamailio/modules/tls.so /usr/lib/*/kamailio/modules/presence.so >/dev/null 2>&1 || { \
 	    $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); }
