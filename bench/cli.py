@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import idle_tls, lab, procstat, signin, xmpp
-from bench.phases import CEILING, Arm, Bench, Counts, Scenario, proxies, round_rate
+from bench.phases import CEILING, MAX_STEP_RATE, Arm, Bench, Counts, Scenario, proxies, round_rate
 from bench.report import Figure, closed_loop_rate, figures, noise_note, signin_figures, table, write_json
 from bench.sipp import tls_dialog_variant
 
@@ -333,6 +333,11 @@ def run_scenario(
         "figures": figs,
         "error": error,
         "noise": noise_note(arms),
+        "notes": [
+            f"step-up: {name} passed the ladder's top ({MAX_STEP_RATE:,} calls/s): its figure is a lower bound"
+            for name, best in step_best.items()
+            if best >= MAX_STEP_RATE
+        ],
         "seconds": round(time.monotonic() - started, 1),
         "loadavg_start_end": [load_start, os.getloadavg()],
         "memory": memory,
