@@ -130,6 +130,28 @@ def dead_proxies(arms: list[Arm]) -> list[str]:
 
 
 @dataclass
+class Uas:
+    """The SIPp UAS, started again on its port when it has died: SIPp's UAS died after steps far past a
+    proxy's limit (tens of thousands of calls failed in 2 s), which ended the scenario for every arm."""
+
+    start: Callable[[], lab.Child]
+    child: lab.Child
+    restarts: int = 0
+
+    def alive(self) -> bool:
+        return self.child.proc.poll() is None
+
+    def revive(self) -> None:
+        self.child.stop()  # reaps it
+        self.child = self.start()
+        self.restarts += 1
+        log(f"  (the SIPp UAS had died after the previous run; started again, restart {self.restarts})")
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+@dataclass
 class Lab:
     """The running lab of one scenario."""
 
@@ -138,16 +160,21 @@ class Lab:
     uas_udp_port: int | None
     """The UAS's UDP port (UDP scenario), for its kernel drop counter."""
     helpers: list[tuple[str, Callable[[], bool], int]]
-    """Name, liveness probe and PID of each helper (UAS, stunnels); one dying invalidates every later run."""
+    """Name, liveness probe and PID of each helper (stunnels); one dying invalidates every later run."""
+    uas: Uas
+    """The SIPp UAS: started again if it died (the run that killed it has already failed)."""
 
     def health(self) -> str | None:
+        if not self.uas.alive():
+            self.uas.revive()
         dead = [name for name, alive, _ in self.helpers if not alive()]
         dead += dead_proxies(self.arms)
         return f"lab component(s) died: {', '.join(dead)}" if dead else None
 
     def lab_pids(self) -> list[int]:
-        """Every process of the lab: helpers and every arm's tree (the SIPp UAC is counted apart)."""
-        return [pid for _, _, pid in self.helpers] + [pid for arm in self.arms for pid in arm.proxy.pids()]
+        """Every process of the lab: UAS, helpers and every arm's tree (the SIPp UAC is counted apart)."""
+        helpers = [self.uas.child.root_pid] + [pid for _, _, pid in self.helpers]
+        return helpers + [pid for arm in self.arms for pid in arm.proxy.pids()]
 
 
 def prepared(scenario: Scenario, work: Path) -> Scenario:
@@ -171,9 +198,13 @@ def start_lab(
     uas_port = lab.free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     route_port = lab.free_port(host=uas_host) if scenario.uas_transport == "tls" else uas_port
     keys = {"uas_contact": f"{uas_host}:{route_port}"} if scenario.tls_dialogs else None
-    uas = lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900, keys=keys)
+
+    def start_uas() -> lab.Child:
+        return lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900, keys=keys)
+
+    uas = Uas(start_uas, start_uas())
     stack.callback(uas.stop)
-    helpers: list[tuple[str, Callable[[], bool], int]] = [("SIPp UAS", lambda: uas.proc.poll() is None, uas.root_pid)]
+    helpers: list[tuple[str, Callable[[], bool], int]] = []
     if scenario.uas_transport == "tls":
         server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port, host=uas_host)
         stack.callback(server.stop)
@@ -223,7 +254,7 @@ def start_lab(
             stack.callback(client.stop)
             helpers.append((f"{name} client stunnel", client.running, client.pid))
             arms.append(Arm(name, child, accept, tls_port=port, sipp_keys=overrides))
-    return Lab(arms, uas_port if udp else None, helpers)
+    return Lab(arms, uas_port if udp else None, helpers, uas)
 
 
 def run_idle_tls(
@@ -308,6 +339,7 @@ def run_scenario(
         except lab.LabError as exc:
             error = str(exc)
             log(f"{scenario.name}: stopped early: {error}")
+        uas_restarts = running.uas.restarts
         for arm in proxies(arms):
             pids = arm.proxy.pids()
             _memory(arm, "peak_rss_mb", procstat.peak_rss_kb(pids), memory)
@@ -329,15 +361,19 @@ def run_scenario(
             memory=memory,
             transactions_per_call=scenario.transactions_per_call,
         )
+    notes = [
+        f"step-up: {name} passed the ladder's top ({MAX_STEP_RATE:,} calls/s): its figure is a lower bound"
+        for name, best in step_best.items()
+        if best >= MAX_STEP_RATE
+    ]
+    if uas_restarts:
+        notes.append(f"the SIPp UAS died {uas_restarts} time(s) after a failed step and was started again")
     return {
         "figures": figs,
         "error": error,
         "noise": noise_note(arms),
-        "notes": [
-            f"step-up: {name} passed the ladder's top ({MAX_STEP_RATE:,} calls/s): its figure is a lower bound"
-            for name, best in step_best.items()
-            if best >= MAX_STEP_RATE
-        ],
+        "notes": notes,
+        "uas_restarts": uas_restarts,
         "seconds": round(time.monotonic() - started, 1),
         "loadavg_start_end": [load_start, os.getloadavg()],
         "memory": memory,
