@@ -55,10 +55,13 @@ test: $(STAMP) system-deps
 	$(MAKE) --no-print-directory test-compiled
 
 # The compiled core (build/mypyc) under the same unit tests (test_bridge.py puts a stand-in where the compiled
-# driver takes only a real Proxy) and the real process built from it under the integration tests of the relay.
-COMPILED_TESTS ?= tests/integration/test_core_build.py tests/integration/test_attacks_relay.py \
-    tests/integration/test_attacks_input.py tests/integration/test_relay_tls.py tests/integration/test_sipp.py \
-    tests/integration/test_lab_federation.py tests/integration/test_xmpp_federation.py
+# driver takes only a real Proxy) and the real process built from it relaying with SIPp, Kamailio and Prosody and under
+# every attack on its input: malformed and torture messages, floods over TCP and UDP, connection and digest attacks.
+COMPILED_TESTS ?= tests/integration/test_core_build.py tests/integration/test_sipp.py \
+    tests/integration/test_lab_federation.py tests/integration/test_xmpp_federation.py tests/integration/test_udp_buffer.py \
+    tests/integration/test_attacks_relay.py tests/integration/test_attacks_input.py \
+    tests/integration/test_attacks_connections.py tests/integration/test_attacks_digest.py \
+    tests/integration/test_hardening.py tests/integration/test_rfc4475.py
 test-compiled: fast system-deps
 	PYTHONPATH=$(FAST):. $(PY) -P -m pytest -q --import-mode=append -p no:cacheprovider tests/unit \
 	    --ignore=tests/unit/test_bridge.py

@@ -109,14 +109,18 @@ def test_slow_sender_stalled_handshake_and_garbage(
     assert sipfed.proc.poll() is None
 
 
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_flood_is_refused_with_503_while_a_trusted_peer_is_served(
-    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed], transport: str
 ) -> None:
-    """SIPp floods over TCP from an unbound source at ~10x the configured 100/s; the excess gets 503,
-    the process stays up with bounded memory, and the trusted Lync peer's MESSAGEs all get 200."""
+    """SIPp floods from an unbound source at ~10x the configured 100/s; the excess gets 503, the process
+    stays up with bounded memory, and the trusted Lync peer's MESSAGEs all get 200. Over UDP too, where the
+    listener's 2 MiB receive buffer lets a flood queue more datagrams than the kernel's default would: the
+    queue must not starve the trusted peer or grow the process."""
     flood_calls, rate = 3000, 1000
-    uas_port = free_port()
-    uas = SippUas("uas_message.xml", uas_port, flood_calls, "t1", tmp_path)
+    sipp = "u1" if transport == "udp" else "t1"
+    uas_port = free_port(kind=socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
+    uas = SippUas("uas_message.xml", uas_port, flood_calls, sipp, tmp_path)
 
     async def main() -> tuple[Sipfed, list[int], int, int]:
         cups = Peer("cups.tomt.local", "127.0.0.2", certs)
@@ -128,7 +132,7 @@ def test_flood_is_refused_with_503_while_a_trusted_peer_is_served(
             + f"""
 [[listeners]]
 name = "lab"
-transport = "tcp"
+transport = "{transport}"
 address = "127.0.0.1"
 port = 0
 
@@ -137,7 +141,7 @@ name = "flood"
 match_uri = "flood.example"
 destination = "127.0.0.1"
 port = {uas_port}
-transport = "tcp"
+transport = "{transport}"
 """
         )
         sipfed = start_sipfed(
@@ -147,7 +151,7 @@ transport = "tcp"
         flood = asyncio.get_running_loop().run_in_executor(
             None,
             lambda: run_uac(
-                "uac_message.xml", sipfed.ports["lab"], "t1", flood_calls, rate, tmp_path, "domain", "flood.example"
+                "uac_message.xml", sipfed.ports["lab"], sipp, flood_calls, rate, tmp_path, "domain", "flood.example"
             ),
         )
         conn = await lync.connect("127.0.0.1", sipfed.ports["lync"], "sipfed.tomt.it")
