@@ -153,13 +153,13 @@ class Child:
         self.pids()
         load_stunnel().terminate(self.proc, timeout)
         for pid in self.known_pids - {self.proc.pid}:
-            if procstat.tree_pids(pid) and _parent_is(pid, self.proc.pid):
+            if procstat.tree_pids(pid) and parent_is(pid, self.proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         return self.proc.returncode
 
 
-def _parent_is(pid: int, parent: int) -> bool:
+def parent_is(pid: int, parent: int) -> bool:
     """True while ``pid`` is alive and still a child of ``parent`` (or reparented to init after it died)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()

@@ -35,7 +35,7 @@ import dns.message
 import dns.query
 
 from bench import procstat
-from bench.lab import LabError
+from bench.lab import LabError, parent_is
 
 T = TypeVar("T")
 NS_STREAM = "http://etherx.jabber.org/streams"
@@ -84,19 +84,10 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(5)
         for pid in self.known_pids - {self.popen.pid}:
-            if _orphaned_child(pid, self.popen.pid):
+            if parent_is(pid, self.popen.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         return self.popen.returncode
-
-
-def _orphaned_child(pid: int, parent: int) -> bool:
-    """``pid`` is alive and still a child of ``parent``, or was reparented to init when it died."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return int(text[text.rindex(")") + 2 :].split()[1]) in (parent, 1)
 
 
 def spawn(name: str, args: list[str], workdir: Path, *, stdout: int | None = subprocess.DEVNULL) -> Proc:

@@ -199,6 +199,17 @@ def parse_crls(data: bytes) -> tuple[x509.CertificateRevocationList, ...]:
     return tuple(x509.load_pem_x509_crl(block) for block in blocks)
 
 
+def read_crl_file(path: Path) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRLs of a local file (``[tls] crl_files``), read at start and at reload; ValueError saying what an
+    admin should look at when it cannot be read or holds no CRL."""
+    try:
+        return parse_crls(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"holds no CRL ({exc})") from None
+
+
 def crl_point_uris(cert: x509.Certificate, complete_only: bool = False) -> tuple[str, ...]:
     """RFC 5280 §4.2.1.13: the URIs of the certificate's CRL distribution points, in order, once each;
     ``complete_only``: only points that give a complete CRL from its issuer (no cRLIssuer, no reasons subset)."""

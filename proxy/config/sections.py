@@ -27,7 +27,7 @@ from proxy.config.model import (
     MaddrRewrite,
     TlsConfig,
 )
-from proxy.x509 import parse_crls
+from proxy.x509 import read_crl_file
 from routes.table import DOMAIN_RE, is_host
 
 TRANSPORTS = ("tls", "tcp", "udp")
@@ -310,12 +310,9 @@ def _revocation(raw: Mapping[str, Any], base: Path, problems: list[str]) -> tupl
     for text in listed:
         file = (base / text).resolve()
         try:
-            crls = parse_crls(file.read_bytes())
-        except OSError as exc:
-            problems.append(f"tls.crl_files: {text!r} cannot be read ({exc.strerror or exc}; looked at {file})")
-            continue
+            crls = read_crl_file(file)
         except ValueError as exc:
-            problems.append(f"tls.crl_files: {text!r} holds no CRL ({exc})")
+            problems.append(f"tls.crl_files: {text!r} {exc} (looked at {file})")
             continue
         if crls:
             files.append(file)

@@ -35,7 +35,7 @@ from proxy.relay.revocation import (
     evaluate,
     utc_text,
 )
-from proxy.x509 import ocsp_urls, parse_crls
+from proxy.x509 import ocsp_urls, parse_crls, read_crl_file
 
 log = logging.getLogger("sipfed.net")
 
@@ -238,12 +238,9 @@ def load_crl_files(paths: Sequence[Path]) -> tuple[KnownCrl, ...]:
     problems: list[str] = []
     for path in paths:
         try:
-            crls = parse_crls(path.read_bytes())
-        except OSError as exc:
-            problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
-            continue
+            crls = read_crl_file(path)
         except ValueError as exc:
-            problems.append(f"{path}: holds no CRL ({exc})")
+            problems.append(f"{path}: {exc}")
             continue
         found += [KnownCrl(f"{FILE_SOURCE}{path}", crl) for crl in crls]
     if problems:
