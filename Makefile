@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LAB_CERTS := examples/certs
 
-.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench lab fast test-compiled
+.PHONY: run test unit integration lint system-deps certs clean fuzz soak bench bench-workers lab fast test-compiled
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -61,7 +61,7 @@ COMPILED_TESTS ?= tests/integration/test_core_build.py tests/integration/test_si
     tests/integration/test_lab_federation.py tests/integration/test_xmpp_federation.py tests/integration/test_udp_buffer.py \
     tests/integration/test_attacks_relay.py tests/integration/test_attacks_input.py \
     tests/integration/test_attacks_connections.py tests/integration/test_attacks_digest.py \
-    tests/integration/test_hardening.py tests/integration/test_rfc4475.py
+    tests/integration/test_hardening.py tests/integration/test_rfc4475.py tests/integration/test_workers.py
 test-compiled: fast system-deps
 	PYTHONPATH=$(FAST):. $(PY) -P -m pytest -q --import-mode=append -p no:cacheprovider tests/unit \
 	    --ignore=tests/unit/test_bridge.py
@@ -87,6 +87,12 @@ lab: $(STAMP) system-deps
 bench: $(STAMP) system-deps
 	@if $(PY) tools/mypyc_build.py --out $(FAST); then $(PY) bench/run.py --sipfed-source $(CURDIR)/$(FAST) $(BENCH_ARGS); \
 	else $(PY) bench/run.py $(BENCH_ARGS); fi
+
+# Worker mode measured (bench/workers.py, ~3 min): 1 and K client connections through sipfed with 1 and 2 workers,
+# Kamailio and the bare relay, in the same run.
+bench-workers: $(STAMP) system-deps
+	@if $(PY) tools/mypyc_build.py --out $(FAST); then $(PY) bench/workers.py --sipfed-source $(CURDIR)/$(FAST) $(BENCH_ARGS); \
+	else $(PY) bench/workers.py $(BENCH_ARGS); fi
 
 SOAK_SECONDS ?= 600
 # The soak test for as long as you like (CI runs it for 60 s): mixed load, next hop restarts, no loss.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from proxy import __version__, ctl, logs
 from proxy.admin import certs
 from proxy.config import ConfigError, LimitsConfig, load_config
+from proxy.workers import SlotError, WorkerSlot
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,12 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "routes":
         return print_routes(config, args.resolve)
-    logs.setup(args.log_level or config.log_level, args.log_format)
+    try:
+        slot = WorkerSlot.from_environ(os.environ)
+    except SlotError as exc:
+        print(f"sipfed: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(args.log_level or config.log_level, args.log_format, slot.index if slot is not None else None)
     from proxy.server import StartupError
     from proxy.server import run as run_server
 
+    trace = Path(args.trace) if args.trace else None
     try:
-        return run_server(config, trace=Path(args.trace) if args.trace else None)
+        if slot is None and config.workers > 1:
+            from proxy.supervisor import supervise
+
+            return supervise(config, list(sys.argv[1:] if argv is None else argv))
+        return run_server(config, trace=trace, slot=slot)
     except StartupError as exc:
         print(f"sipfed: {exc}", file=sys.stderr)
         return 2

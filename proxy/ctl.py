@@ -67,8 +67,31 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"sipfed ctl {args.ctl_command}: {format_error(exc)}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2) if args.json else FORMATS[method](result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif is_fanned_out(result):
+        print(format_workers(result["workers"], FORMATS[method]))
+    else:
+        print(FORMATS[method](result))
     return 0
+
+
+def is_fanned_out(result: Any) -> bool:
+    """Worker mode: the supervisor answers with every worker's answer (proxy/supervisor.py)."""
+    return isinstance(result, dict) and list(result) == ["workers"] and isinstance(result["workers"], list)
+
+
+def format_workers(answers: list[dict[str, Any]], form: Callable[[Any], str]) -> str:
+    """Each worker's answer under its number, as one process's would be shown."""
+    blocks = []
+    for answer in answers:
+        head = f"== worker {answer.get('worker')} (pid {answer.get('pid')})"
+        if "result" in answer:
+            blocks.append(f"{head}\n{form(answer['result'])}")
+        else:
+            error = answer.get("error") or {}
+            blocks.append(f"{head}\nnot answered: {error.get('message', 'no answer')}")
+    return "\n\n".join(blocks)
 
 
 def call_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

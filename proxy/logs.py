@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-FIELDS = ("call_id", "peer", "route", "listener", "remote")
+FIELDS = ("call_id", "peer", "route", "listener", "remote", "worker")
 
 
 class TextFormatter(logging.Formatter):
@@ -40,9 +40,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup(level: str, fmt: str = "text") -> None:
+class WorkerField(logging.Filter):
+    """Worker mode: every line of worker ``index`` says so (``worker=1``); the supervisor's lines do not."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = str(index)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def setup(level: str, fmt: str = "text", worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,11 +7,14 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -40,6 +43,7 @@ from proxy.relay.forwarding import RelayPolicy
 from proxy.relay.limits import Limits
 from proxy.relay.revocation import Mode
 from proxy.relay.types import Identity
+from proxy.workers import BACKLOG, OUT_SUFFIX, WorkerSlot, ready_message
 from proxy.x509 import load_certificates
 from proxy.xmpp.policy import XmppConfig
 from routes import RouteTable
@@ -55,8 +59,12 @@ class StartupError(Exception):
 class Server:
     """The running proxy: listeners bound once; routes, trust, TLS material re-read on reload."""
 
-    def __init__(self, config: Config, trace: Path | None = None) -> None:
+    def __init__(self, config: Config, trace: Path | None = None, slot: WorkerSlot | None = None) -> None:
         self.config = config
+        self.slot = slot
+        """Worker mode: this process's slot (its inherited sockets); None when it runs alone."""
+        self.via_ports: dict[str, int] = {}
+        """Worker mode: each UDP listener's own socket's port, for the Via of the requests this worker sends."""
         self.loop = asyncio.get_running_loop()
         self.metrics = Metrics(CollectorRegistry())
         self.driver = Driver(
@@ -120,6 +128,8 @@ class Server:
             line += f" xmpp=xmpp:{xmpp.listen[0]}:{self.ports['xmpp']}"
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
+            if self.slot is not None:  # worker mode: the supervisor serves [metrics] listen and asks us here
+                host, port = "127.0.0.1", 0
             try:
                 self.status = StatusServer(host, port, self.metrics.registry, self.loop, self.readiness)
             except OSError as exc:
@@ -128,8 +138,11 @@ class Server:
                 ) from None
             line += f" metrics=http:{host}:{self.status.port}"
         if self.config.control is not None:  # last: only a proxy that is up answers ``sipfed ctl``
+            control = self.config.control
+            if self.slot is not None:  # worker mode: ours beside the supervisor's, which asks every worker's
+                control = replace(control, socket=Path(self.slot.suffixed(str(control.socket))))
             try:
-                self.control = await open_control(self, self.config.control)
+                self.control = await open_control(self, control)
             except ControlError as exc:
                 raise StartupError(str(exc)) from None
         return f"sipfed ready {line}"
@@ -145,21 +158,34 @@ class Server:
         return f"relaying: {len(self.config.listeners)} listener(s), {len(self.config.routes)} route(s)"
 
     async def _bind_listener(self, listener: ListenerConfig) -> None:
+        inherited = self.slot.sockets if self.slot is not None else {}
         if listener.transport == "udp":
             endpoint = DatagramEndpoint(self.driver, listener.name)
-            transport, _ = await self.loop.create_datagram_endpoint(
-                functools.partial(_same, endpoint), local_addr=(listener.address, listener.port)
-            )
+            if listener.name in inherited:  # worker mode: the supervisor's SO_REUSEPORT copy, and our own socket
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    functools.partial(_same, endpoint), sock=socket.socket(fileno=inherited[listener.name])
+                )
+                own = DatagramEndpoint(self.driver, listener.name)
+                out, _ = await self.loop.create_datagram_endpoint(
+                    functools.partial(_same, own), sock=socket.socket(fileno=inherited[listener.name + OUT_SUFFIX])
+                )
+                self.driver.udp_out[listener.name] = own
+                self.via_ports[listener.name] = out.get_extra_info("sockname")[1]
+            else:
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    functools.partial(_same, endpoint), local_addr=(listener.address, listener.port)
+                )
             self.driver.udp[listener.name] = endpoint
             self.ports[listener.name] = transport.get_extra_info("sockname")[1]
         else:
             # TLS runs inside StreamConnection (MemoryBIO) so refused clients get their alert.
-            server = await self.loop.create_server(
-                self.driver.stream_factory(listener.transport, listener.name),
-                listener.address,
-                listener.port,
-                reuse_address=True,
-            )
+            factory = self.driver.stream_factory(listener.transport, listener.name)
+            if listener.name in inherited:
+                server = await self.loop.create_server(
+                    factory, sock=socket.socket(fileno=inherited[listener.name]), backlog=BACKLOG
+                )
+            else:
+                server = await self.loop.create_server(factory, listener.address, listener.port, reuse_address=True)
             self.servers.append(server)
             self.ports[listener.name] = server.sockets[0].getsockname()[1]
 
@@ -167,7 +193,14 @@ class Server:
         """Put a (new) config's routes, trust, timers and certificates into effect."""
         identities = [
             Identity(
-                lst.name, lst.transport, lst.address, self.ports[lst.name], lst.fqdn, lst.federation_fqdn, lst.untrusted
+                lst.name,
+                lst.transport,
+                lst.address,
+                self.ports[lst.name],
+                lst.fqdn,
+                lst.federation_fqdn,
+                lst.untrusted,
+                self.via_ports.get(lst.name, 0),
             )
             for lst in config.listeners
         ]
@@ -404,10 +437,20 @@ def _listener_layout(config: Config) -> list[tuple[str, str, str, int]]:
     return [(lst.name, lst.transport, lst.address, lst.port) for lst in config.listeners]
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path | None = None) -> int:
-    """Bind every listener, print the readiness line, relay until SIGTERM/SIGINT; SIGHUP reloads."""
-    server = Server(config, trace)
-    print(await server.bind(), flush=True)
+async def serve(
+    config: Config, ready: asyncio.Event | None = None, trace: Path | None = None, slot: WorkerSlot | None = None
+) -> int:
+    """Bind every listener, print the readiness line, relay until SIGTERM/SIGINT; SIGHUP reloads. A worker
+    (``slot``) tells its supervisor instead of printing, and stops when the supervisor is gone."""
+    if slot is not None and trace is not None:
+        trace = Path(slot.suffixed(str(trace)))
+    server = Server(config, trace, slot)
+    line = await server.bind()
+    if slot is None:
+        print(line, flush=True)
+    else:
+        with os.fdopen(slot.ready_fd, "wb") as pipe:
+            pipe.write(ready_message(os.getpid(), line, server.status.port if server.status else None))
     # Everything loaded so far lives for the whole run: keep it out of the collector's way. A relayed
     # transaction leaves no garbage cycles (tests/unit/test_relay.py), so what a collector pass scans is
     # only what survived since the last one; a pass costs ~1 µs per object, so passes are kept small
@@ -433,13 +476,26 @@ async def serve(config: Config, ready: asyncio.Event | None = None, trace: Path 
         loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, server))
     # Type=notify: every listener is bound, and a SIGHUP from now on reloads rather than kills.
     notify("READY=1", f"STATUS={server.summary()}")
+    watch = loop.create_task(_watch_supervisor(slot, stop)) if slot is not None else None
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     log.info("stopping: draining transactions in flight")
     notify("STOPPING=1", "STATUS=draining transactions in flight")
     await server.drain(server.config.transaction_timeout_seconds + 1)
     if server.status is not None:
         await loop.run_in_executor(None, server.status.close)
     return 0
+
+
+async def _watch_supervisor(slot: WorkerSlot, stop: asyncio.Event) -> None:
+    """A worker whose supervisor is gone (killed outright: it could not pass the SIGTERM on) drains and stops
+    rather than serve on unsupervised."""
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != slot.supervisor:
+            log.error("worker %d: the supervisor (pid %d) is gone; stopping", slot.index, slot.supervisor)
+            stop.set()
 
 
 def _reload(server: Server) -> None:
@@ -453,16 +509,16 @@ def _same(endpoint: DatagramEndpoint) -> DatagramEndpoint:
     return endpoint
 
 
-def run(config: Config, trace: Path | None = None) -> int:
+def run(config: Config, trace: Path | None = None, slot: WorkerSlot | None = None) -> int:
     """Run the proxy on uvloop when it is installed, else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(config, trace=trace))
+        return asyncio.run(serve(config, trace=trace, slot=slot))
     if sys.version_info >= (3, 12):
-        return uvloop.run(serve(config, trace=trace))
+        return uvloop.run(serve(config, trace=trace, slot=slot))
     uvloop.install()
-    return asyncio.run(serve(config, trace=trace))
+    return asyncio.run(serve(config, trace=trace, slot=slot))
 
 
 def revocation_checker(checker: RevocationChecker | None, tls: TlsConfig) -> RevocationChecker:

@@ -7,6 +7,7 @@ Apart from the section parsers (``proxy.config.sections``), which each know only
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -16,10 +17,11 @@ from typing import Any
 from acl.config import parse_trust
 from acl.peers import Trust, TrustedPeer
 from proxy.config.fields import _domain, _table, _unknown
-from proxy.config.model import Config, OwnSide, TlsConfig
+from proxy.config.model import Config, ControlConfig, OwnSide, TlsConfig
 from proxy.config.own import check_own_side
 from proxy.config.sections import (
     PROXY_KEYS,
+    UNIX_PATH_MAX,
     _dns,
     _hep,
     _limits,
@@ -112,6 +114,8 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str], check_own: b
     xmpp_routes: tuple[StaticRoute, ...] = ()
     if xmpp is not None:
         xmpp_routes, trust = _xmpp_federation(xmpp, tls, routes, trust, problems)
+    if settings["workers"] > 1:
+        _workers_against(settings["workers"], xmpp, control, problems)
     own = OwnSide()
     if tls is not None and check_own and not problems:  # our own side first (issue 16), once the files exist
         own = check_own_side(tls, listeners, problems, warnings, None)
@@ -136,6 +140,20 @@ def _build(raw: Mapping[str, Any], path: Path, problems: list[str], check_own: b
         own=own,
         warnings=tuple(warnings),
     )
+
+
+def _workers_against(workers: int, xmpp: XmppConfig | None, control: ControlConfig | None, problems: list[str]) -> None:
+    """``[proxy] workers`` > 1 against the sections a worker process cannot share."""
+    if xmpp is not None:
+        problems.append(
+            f"proxy.workers: {workers} processes cannot share [xmpp]: its S2S streams, dialback keys and the "
+            "gateway's presence state live in one process; set workers = 1 to federate with XMPP"
+        )
+    if control is not None and len(os.fsencode(control.socket)) + len(f".{workers - 1}") > UNIX_PATH_MAX:
+        problems.append(
+            f"control.socket: with workers = {workers} each worker's socket is {str(control.socket)!r} plus "
+            f"'.N', longer than a Unix socket path may be ({UNIX_PATH_MAX} bytes); choose a shorter path"
+        )
 
 
 def _xmpp_federation(

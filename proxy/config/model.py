@@ -200,6 +200,9 @@ class Config:
     """Largest message accepted; larger gets 513 (RFC 3261 §21.5.14)."""
     log_level: str = "info"
     """Python logging level name."""
+    workers: int = 1
+    """``[proxy] workers``: processes sharing the listeners (SO_REUSEPORT, proxy/supervisor.py); 1: one process,
+    no supervisor."""
     keepalive_seconds: float = 90.0
     """RFC 5626 §4.4.1: a CRLFCRLF ping on a connection sipfed opened that was idle this long; 0: off."""
     keepalive_timeout_seconds: float = 10.0

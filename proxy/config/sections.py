@@ -43,6 +43,7 @@ PROXY_KEYS = {
     "keepalive_seconds",
     "keepalive_timeout_seconds",
     "in_dialog_networks",
+    "workers",
 }
 DNS_KEYS = {"nameservers", "port", "timeout_seconds"}
 LISTENER_KEYS = {"name", "transport", "address", "port", "fqdn", "federation_fqdn", "require_client_cert", "untrusted"}
@@ -63,6 +64,8 @@ HEP_KEYS = {"address", "capture_id", "password"}
 CONTROL_KEYS = {"socket", "mode"}
 #: sockaddr_un.sun_path holds 108 bytes on Linux, the terminating NUL included.
 UNIX_PATH_MAX = 107
+MAX_WORKERS = 64
+"""``[proxy] workers``: at most this many processes (a 2-core lab gains nothing past 2; a big host past ~32)."""
 
 
 def _limits(raw: object, problems: list[str]) -> LimitsConfig:
@@ -358,6 +361,11 @@ def _settings(proxy: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
             problems.append(f"proxy.{key}: {value!r} must be a number of seconds from {low:g} to {high:g}{off}")
             value = default
         out[key] = float(value)
+    workers = proxy.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        problems.append(f"proxy.workers: {workers!r} must be a whole number of processes from 1 to {MAX_WORKERS}")
+        workers = 1
+    out["workers"] = workers
     level = str(proxy.get("log_level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         problems.append(f"proxy.log_level: {level!r} must be debug, info, warning or error")

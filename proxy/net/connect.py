@@ -50,7 +50,7 @@ async def resolve_and_send(
     if token:
         driver.proxy.sent_on(token, address[0])
     if driver.hep is not None:
-        driver._hep_udp(hop.listener, (str(address[0]), int(address[1])), data)
+        driver._hep_udp(hop.listener, (str(address[0]), int(address[1])), data, driver.udp_out)
     udp.sendto(data, address)
 
 

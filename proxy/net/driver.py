@@ -89,6 +89,9 @@ class Driver:
         self.by_remote: dict[tuple[str, str, int], StreamConnection] = {}
         self.pending: dict[HopKey, list[tuple[bytes, int]]] = {}
         self.udp: dict[str, DatagramEndpoint] = {}
+        self.udp_out: dict[str, DatagramEndpoint] = {}
+        """Worker mode: each UDP listener's second socket, this worker's own, that the requests it sends leave
+        from (their Via names its port, so their answers come back here); empty in one process."""
         self.own = OwnSide()
         """What is known of our own certificate (proxy/config/own.py): failures explain themselves with it."""
         self.topology = Topology({}, {})
@@ -278,12 +281,12 @@ class Driver:
             self._send_to_gateway(hop, data, token)
             return
         if hop.transport == "udp":
-            udp = self._udp_for(hop.listener)
+            udp = self._udp_for(hop.listener, self.udp_out)
             if udp is None:
                 self.proxy.hop_failed(token, "no UDP listener is configured to send from", self.loop.time())
             elif is_ip_literal(hop.host):
                 if self.hep is not None:
-                    self._hep_udp(hop.listener, (hop.host.strip("[]"), hop.port), data)
+                    self._hep_udp(hop.listener, (hop.host.strip("[]"), hop.port), data, self.udp_out)
                 udp.sendto(data, (hop.host.strip("[]"), hop.port))
             else:  # a name: resolve off the loop's critical path, then send (or fail the transaction)
                 task = self.loop.create_task(resolve_and_send(self, udp, hop, data, token))
@@ -422,13 +425,18 @@ class Driver:
         """The route's candidate a connection was opened to (as health marks know it)."""
         return candidate_of(self.liveness.known.get(route.name) or route.static_candidates, hop)
 
-    def _udp_for(self, listener: str) -> asyncio.DatagramTransport | None:
-        endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
+    def _udp_for(
+        self, listener: str, first: dict[str, DatagramEndpoint] | None = None
+    ) -> asyncio.DatagramTransport | None:
+        """The UDP socket a message leaves on: the listener's (``first``'s, when it has one), else any."""
+        endpoint = (first and first.get(listener)) or self.udp.get(listener) or next(iter(self.udp.values()), None)
         return endpoint.transport if endpoint is not None else None
 
-    def _hep_udp(self, listener: str, remote: tuple[str, int], data: bytes) -> None:
+    def _hep_udp(
+        self, listener: str, remote: tuple[str, int], data: bytes, first: dict[str, DatagramEndpoint] | None = None
+    ) -> None:
         """[hep]: a message leaves on the UDP socket ``_udp_for`` chose."""
-        endpoint = self.udp.get(listener) or next(iter(self.udp.values()), None)
+        endpoint = (first and first.get(listener)) or self.udp.get(listener) or next(iter(self.udp.values()), None)
         if self.hep is not None and endpoint is not None:
             self.hep.capture("udp", endpoint.local, remote, data)
 

@@ -91,8 +91,21 @@ class StatusServer:
         registry: CollectorRegistry,
         loop: asyncio.AbstractEventLoop,
         ready: Callable[[], Readiness],
+        health: Callable[[], str | None] | None = None,
     ) -> None:
-        handler = type("StatusHandler", (_Handler,), {"registry": registry, "loop": loop, "ready": staticmethod(ready)})
+        """``health`` (worker mode's supervisor): ``/healthz`` and ``/ready`` are computed in the HTTP thread, by
+        ``health()`` (None: healthy, else why not) and ``ready()``, which ask the workers; without it both are
+        computed on ``loop``."""
+        handler = type(
+            "StatusHandler",
+            (_Handler,),
+            {
+                "registry": registry,
+                "loop": loop,
+                "ready": staticmethod(ready),
+                "health": staticmethod(health) if health is not None else None,
+            },
+        )
         self.httpd = _HTTPServer.bound(host, port, handler)
         self.port: int = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="sipfed-http", daemon=True)
@@ -120,6 +133,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(MetricsHandler):
     loop: asyncio.AbstractEventLoop
     ready: Callable[[], Readiness]
+    health: Callable[[], str | None] | None
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -138,11 +152,12 @@ class _Handler(MetricsHandler):
         except (TimeoutError, RuntimeError):
             self._text(503, f"event loop not answering within {LOOP_TIMEOUT_SECONDS:g} s\n")
             return
-        self._text(200, "ok\n")
+        problem = self.health() if self.health is not None else None
+        self._text(503 if problem else 200, f"{problem}\n" if problem else "ok\n")
 
     def _ready(self) -> None:
         try:
-            state = on_loop(self.loop, self.ready)
+            state = self.ready() if self.health is not None else on_loop(self.loop, self.ready)
         except (TimeoutError, RuntimeError) as exc:
             self._text(
                 503, f"not ready\nevent loop not answering within {LOOP_TIMEOUT_SECONDS:g} s ({exc or 'timeout'})\n"

@@ -100,7 +100,7 @@ class RelayPolicy:
         addresses: set[tuple[str, int]] = set()
         for ident in identities:
             bound = ["127.0.0.1"] if ident.address in ("0.0.0.0", "::") else [ident.address]
-            addresses.update((addr, ident.port) for addr in bound)
+            addresses.update((addr, port) for addr in bound for port in {ident.port, ident.via_port or ident.port})
         return cls(
             {i.listener: i for i in identities},
             routes,
@@ -354,10 +354,11 @@ def prepare_forward(request: Request, hop: NextHop, policy: RelayPolicy, inbound
 
 
 def via_value(identity: Identity, transport: str, branch: str) -> str:
-    """§16.6 step 8 / §18.1.1: our Via; UDP asks for rport (RFC 3581) so answers come back to us."""
+    """§16.6 step 8 / §18.1.1: our Via; UDP asks for rport (RFC 3581) so answers come back to us (§18.2.2: to
+    the sent-by port; in worker mode that is the sending worker's own socket, ``via_port``)."""
     if transport == "udp":
         host = identity.address if identity.address not in ("0.0.0.0", "::") else identity.fqdn
-        return f"SIP/2.0/UDP {host}:{identity.port};branch={branch};rport"
+        return f"SIP/2.0/UDP {host}:{identity.via_port or identity.port};branch={branch};rport"
     return f"SIP/2.0/{transport.upper()} {identity.fqdn}:{identity.port};branch={branch}"
 
 

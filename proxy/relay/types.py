@@ -48,6 +48,9 @@ class Identity:
     """Name in Record-Route maddr."""
     untrusted: str = "admit"
     """What requests from sources neither trusted nor exempt get: admit, challenge or refuse."""
+    via_port: int = 0
+    """UDP in worker mode: the worker's own socket's port, written in the Via of the requests it sends so that
+    their answers come back to it and not to whichever worker the shared port would hand them (0: ``port``)."""
 
 
 @dataclass(frozen=True, slots=True)

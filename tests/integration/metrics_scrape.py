@@ -5,9 +5,17 @@ to wait for, rather than a fixed sleep."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tests.integration.conftest import free_port
+from tests.integration.processes import stop_process
 from tests.integration.waiting import async_wait_until
 
 if TYPE_CHECKING:
@@ -72,3 +80,57 @@ async def metric_equals(
         timeout,
         lambda: f"{name}{labels} is {seen[-1] if seen else None}, expected {value}; log:\n{sipfed.log_text()}",
     )
+
+
+class Prometheus:
+    """Debian's prometheus server scraping one target every second, on loopback; evaluating ``rules`` each second."""
+
+    def __init__(self, workdir: Path, target: str, rules: Path | None = None) -> None:
+        if shutil.which("prometheus") is None:
+            raise RuntimeError("prometheus is not installed: apt-get install prometheus")
+        self.port = free_port()
+        cfg = workdir / "prometheus.yml"
+        rule_files = f'rule_files: ["{rules}"]\n' if rules is not None else ""
+        cfg.write_text(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+{rule_files}scrape_configs:
+  - job_name: sipfed
+    static_configs:
+      - targets: ["{target}"]
+""")
+        self.log = workdir / "prometheus.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={workdir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def query(self, expr: str) -> float | None:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=3) as reply:
+                data = json.load(reply)
+        except OSError:
+            return None
+        result = data.get("data", {}).get("result", [])
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, expr: str, expected: float, timeout: float = 40) -> float | None:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            value = self.query(expr)
+            if value == expected:
+                return value
+            time.sleep(0.5)
+        return value
+
+    def stop(self) -> None:
+        stop_process(self.proc)

@@ -20,8 +20,7 @@ from cryptography import x509
 
 from proxy.admin.certs import issue_leaf
 from tests.integration.conftest import ROOT, Sipfed, lab_config
-from tests.integration.metrics_scrape import metric_reaches, scrape
-from tests.integration.test_metrics import Prometheus
+from tests.integration.metrics_scrape import Prometheus, metric_reaches, scrape
 from tests.integration.waiting import async_wait_until
 from tests.peers.sippeer import Peer
 

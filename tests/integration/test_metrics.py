@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import shutil
 import ssl
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,66 +15,11 @@ import pytest
 
 from proxy.admin.certs import issue_leaf
 from tests.integration.conftest import Sipfed, free_port, lab_config
-from tests.integration.metrics_scrape import sample, scrape
-from tests.integration.processes import stop_process
+from tests.integration.metrics_scrape import Prometheus, sample, scrape
 from tests.integration.sipp_tools import SippUas, errors, run_uac, sipp_config
 from tests.peers.sippeer import Peer
 
 pytestmark = pytest.mark.integration
-
-
-class Prometheus:
-    """Debian's prometheus server scraping one target every second, on loopback; evaluating ``rules`` each second."""
-
-    def __init__(self, workdir: Path, target: str, rules: Path | None = None) -> None:
-        if shutil.which("prometheus") is None:
-            raise RuntimeError("prometheus is not installed: apt-get install prometheus")
-        self.port = free_port()
-        cfg = workdir / "prometheus.yml"
-        rule_files = f'rule_files: ["{rules}"]\n' if rules is not None else ""
-        cfg.write_text(f"""global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-{rule_files}scrape_configs:
-  - job_name: sipfed
-    static_configs:
-      - targets: ["{target}"]
-""")
-        self.log = workdir / "prometheus.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={cfg}",
-                    f"--storage.tsdb.path={workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def query(self, expr: str) -> float | None:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        try:
-            with urllib.request.urlopen(url, timeout=3) as reply:
-                data = json.load(reply)
-        except OSError:
-            return None
-        result = data.get("data", {}).get("result", [])
-        return float(result[0]["value"][1]) if result else None
-
-    def wait_for(self, expr: str, expected: float, timeout: float = 40) -> float | None:
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            value = self.query(expr)
-            if value == expected:
-                return value
-            time.sleep(0.5)
-        return value
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 def test_prometheus_scrapes_the_relay(tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]) -> None:

@@ -45,8 +45,12 @@ LAYERS: dict[str, frozenset[str]] = {
             "proxy.logs",
             "proxy.hep",
             "proxy.xmpp",
+            "proxy.workers",  # the slot a worker is started with
         }
     ),
+    "proxy.workers": frozenset(),  # worker mode's shared rules: the slot, the restart budget, merging answers
+    # Worker mode's supervisor: binds the listeners, runs the workers (each a proxy.server), merges their answers.
+    "proxy.supervisor": frozenset({"proxy.config", "proxy.net", "proxy.ctl", "proxy.server", "proxy.workers"}),
     "proxy.ctl": frozenset({"proxy.config", "proxy.net"}),  # the control socket's client
     "proxy.cli": frozenset(
         {
@@ -59,6 +63,8 @@ LAYERS: dict[str, frozenset[str]] = {
             "routes",
             "acl",
             "proxy.admin",
+            "proxy.supervisor",
+            "proxy.workers",
         }
     ),
     "proxy.__main__": frozenset({"proxy.cli"}),
