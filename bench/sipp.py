@@ -118,10 +118,12 @@ def run_uac(
     keys: dict[str, str],
     timeout_seconds: float,
     recv_timeout_ms: int = 5000,
+    local_port: int | None = None,
 ) -> UacResult:
     """Run the SIPp UAC to completion against 127.0.0.1:target_port, bounded by ``timeout_seconds``.
 
-    ``scenario_xml`` is a file in tests/integration/sipp/ or an absolute path."""
+    ``scenario_xml`` is a file in tests/integration/sipp/ or an absolute path; ``local_port``: SIPp's own port
+    (default: a free one; SIPps started at once need ports picked together, see bench/workers.py)."""
     log, stat = workdir / f"{tag}.lat.log", workdir / f"{tag}.stat.csv"
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     args = [
@@ -134,7 +136,7 @@ def run_uac(
         "-i",
         LOOPBACK,
         "-p",
-        str(free_port(kind)),
+        str(local_port or free_port(kind)),
         "-s",
         "alice",
         "-m",

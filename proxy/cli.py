@@ -88,6 +88,11 @@ def describe(config: object) -> str:
 
     assert isinstance(config, Config)
     lines = [f"{config.path}: OK", f"proxy fqdn {config.fqdn}, Record-Route maddr {config.federation_fqdn}"]
+    if config.workers > 1:
+        lines.append(
+            f"workers: {config.workers} processes share every listener (SO_REUSEPORT), under a supervisor; "
+            "[limits] apply in each"
+        )
     for lst in config.listeners:
         mtls = ", client certificate required" if lst.transport == "tls" and lst.require_client_cert else ""
         lines.append(

@@ -62,6 +62,9 @@ log = logging.getLogger("sipfed")
 
 START_SECONDS = 60.0
 """A worker that has not reported ready this long after it was started is taken as failed."""
+FANNED_OUT = ("status", "connections", "routes", "subscriptions", "reload", "trace", "log_level")
+"""The control methods (proxy/net/control_methods.py) the supervisor answers by asking every worker; ``trace``'s
+``file`` becomes ``<file>.<worker>``, as ``run --trace`` does."""
 ASK_SECONDS = 2.0
 """How long a scrape, probe or control request waits for one worker."""
 
@@ -356,8 +359,7 @@ class Supervisor:
         return None
 
     def control_methods(self) -> dict[str, Method]:
-        names = ("status", "connections", "routes", "subscriptions", "reload", "trace", "log-level")
-        return {name: self._fan_out(name) for name in names}
+        return {name: self._fan_out(name) for name in FANNED_OUT}
 
     def _fan_out(self, method: str) -> Method:
         assert self.config.control is not None
@@ -368,8 +370,11 @@ class Supervisor:
             for worker in self.workers:
                 path = Path(f"{base}.{worker.index}")
                 entry: dict[str, Any] = {"worker": worker.index, "pid": worker.pid}
+                given = params
+                if method == "trace" and isinstance(params.get("file"), str):  # a file each: no two writers
+                    given = {**params, "file": f"{params['file']}.{worker.index}"}
                 try:
-                    entry["result"] = ask(path, method, params, ASK_SECONDS)
+                    entry["result"] = ask(path, method, given, ASK_SECONDS)
                 except RpcError as exc:
                     if method == "reload":  # every worker reads the same file: the first refusal is the answer
                         raise

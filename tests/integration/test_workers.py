@@ -151,6 +151,10 @@ def test_reload_and_status_reach_every_worker(
     assert isinstance(reloaded, list)
     assert [entry["worker"] for entry in reloaded] == [0, 1]
     assert all("result" in entry for entry in reloaded), reloaded
+    levels = ctl(config, "log-level", "debug")["workers"]
+    assert [entry["result"] for entry in levels] == [{"level": "debug", "previous": "info"}] * WORKERS, levels
+    traced = ctl(config, "trace", "on", "--file", str(tmp_path / "sip.trace"))["workers"]
+    assert [entry["result"]["file"] for entry in traced] == [str(tmp_path / f"sip.trace.{i}") for i in range(WORKERS)]
     # A broken file is refused by the workers, and the supervisor passes the refusal on (exit status 1).
     config.write_text(config.read_text() + "\n[nonsense]\n")
     command, env = sipfed_command("ctl", "--config", str(config), "reload")

@@ -11,10 +11,13 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from proxy.cli import describe
 from proxy.config import ConfigError, load_config
 from proxy.ctl import format_log_level, format_workers, is_fanned_out
+from proxy.net.control_methods import ServerMethods
 from proxy.relay.forwarding import RelayPolicy, via_value
 from proxy.relay.types import Identity
+from proxy.supervisor import FANNED_OUT
 from proxy.workers import (
     WORKER_ENV,
     RestartBudget,
@@ -139,8 +142,12 @@ def test_a_worker_names_its_own_udp_port_in_via_and_keeps_the_listener_in_record
 
 
 def test_workers_is_one_by_default_and_read_when_given(tmp_path: Path) -> None:
-    assert load_config(config_with(tmp_path, "")).workers == 1
-    assert load_config(config_with(tmp_path, "workers = 4")).workers == 4
+    alone = load_config(config_with(tmp_path, ""))
+    assert alone.workers == 1
+    assert "\nworkers: " not in describe(alone)
+    four = load_config(config_with(tmp_path, "workers = 4"))
+    assert four.workers == 4
+    assert "workers: 4 processes share every listener (SO_REUSEPORT)" in describe(four)  # sipfed check-config
 
 
 @pytest.mark.parametrize("value", ["0", "65", "1.5", '"2"', "true"])
@@ -167,6 +174,11 @@ def test_a_control_socket_too_long_for_the_workers_suffix_is_refused(tmp_path: P
 
 
 # -- sipfed ctl on the supervisor's answers ------------------------------------------------------------------
+
+
+def test_the_supervisor_answers_every_control_method_a_worker_has() -> None:
+    methods = ServerMethods.__new__(ServerMethods).table()  # the names only: nothing is called
+    assert set(FANNED_OUT) == set(methods)
 
 
 def test_ctl_shows_each_workers_answer_under_its_number() -> None:
