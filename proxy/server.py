@@ -353,6 +353,13 @@ class Server:
             config = load_config(self.config.path)
             if _listener_layout(config) != _listener_layout(self.config):
                 raise ConfigError(config.path, ["listeners: adding, removing or moving a listener needs a restart"])
+            if config.workers != self.config.workers:
+                log.warning(
+                    "proxy.workers: %d -> %d takes effect at the next restart (processes are not added or "
+                    "stopped by a reload)",
+                    self.config.workers,
+                    config.workers,
+                )
             self.apply(config)
         except (ConfigError, OSError, ssl.SSLError, SSL.Error) as exc:
             log.error("reload refused, the running config stays: %s", exc)

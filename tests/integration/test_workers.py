@@ -66,11 +66,12 @@ def worker_pids(config: Path) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie whose parent is gone, left for init to reap, is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def relayed_by_worker(sipfed: Sipfed) -> list[float]:
@@ -140,6 +141,22 @@ def test_a_killed_worker_is_started_again_on_the_same_port(
     assert sipfed.stop() == 0
     assert not any(alive(pid) for pid in after), "a worker outlived its supervisor's SIGTERM"
     assert "stopped: 0 transaction(s) answered by the drain, 0 unanswered" in sipfed.log_text()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
+    """SIGKILL leaves the supervisor no chance to pass a SIGTERM on: the workers notice their parent is gone,
+    drain and exit, and the ports are free again (no orphan keeps serving, or holding them)."""
+    config = lab_config(
+        tmp_path / "sipfed.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=free_port(), cisco_port=free_port()
+    )
+    sipfed = start_sipfed(in_worker_mode(config, tmp_path / "ctl.sock"))
+    pids = worker_pids(config)
+    os.kill(sipfed.proc.pid, signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in pids), 15, f"workers {pids} gone after their supervisor")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", sipfed.ports["cisco"]))  # nothing holds the listener's port any more
 
 
 def test_reload_and_status_reach_every_worker(
