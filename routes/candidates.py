@@ -38,6 +38,30 @@ class Candidate:
     rank: int = 0
     """The preference of the NAPTR record or SRV service it came from: every rank-0 candidate before rank 1."""
 
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        transport: str,
+        tls_name: str,
+        priority: int = 0,
+        weight: int = 0,
+        source: str = "static",
+        target: str = "",
+        rank: int = 0,
+    ) -> None:
+        # Written out, not generated: mypyc compiles this one (routes/candidates.py is in the compiled core), and
+        # runs a generated __init__ as Python.
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "tls_name", tls_name)
+        object.__setattr__(self, "priority", priority)
+        object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "rank", rank)
+
     @property
     def key(self) -> HealthKey:
         """Health is kept per endpoint and expected name, so a DNS refresh keeps what was learnt."""

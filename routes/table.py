@@ -105,13 +105,23 @@ class StaticRoute:
 class RouteTable:
     """Routes ordered most specific first; lookup is the first that matches."""
 
-    __slots__ = ("_exact", "_wildcards", "by_name", "routes")
+    __slots__ = ("_at_host", "_destinations", "_exact", "_wildcards", "by_name", "routes")
 
     def __init__(self, routes: Iterable[StaticRoute]) -> None:
         self.routes = sorted(routes, key=lambda r: r.specificity, reverse=True)
         self._exact = {r.match_uri: r for r in reversed(self.routes) if r.specificity[0] == 2}
         self._wildcards = [r for r in self.routes if r.specificity[0] < 2]
         self.by_name = {r.name: r for r in self.routes}
+        # Made once: every in-dialog request with a Route or Contact host asks these (issue 19's SUBSCRIBE
+        # profile: building each route's candidates per request was 2% of the process).
+        self._at_host: dict[str, list[tuple[StaticRoute, Candidate]]] = {}
+        for route in self.routes:
+            for candidate in route.static_candidates:
+                self._at_host.setdefault(candidate.host, []).append((route, candidate))
+        self._destinations: dict[str, tuple[StaticRoute, Candidate]] = {}
+        for route in self.routes:
+            own = Candidate(route.destination, route.port, route.transport, route.tls_name)
+            self._destinations.setdefault(route.destination, (route, own))
 
     def lookup(self, domain: str) -> StaticRoute | None:
         """The most specific route for a Request-URI host (compared case-insensitively)."""
@@ -126,21 +136,20 @@ class RouteTable:
 
     def by_destination(self, host: str) -> StaticRoute | None:
         """The first route whose destination is ``host`` (used for Route-header next hops)."""
-        host = host.lower().rstrip(".")
-        for route in self.routes:
-            if route.destination == host:
-                return route
-        return None
+        found = self._destinations.get(host.lower().rstrip("."))
+        return found[0] if found is not None else None
+
+    def destination_candidate(self, host: str) -> tuple[StaticRoute, Candidate] | None:
+        """``by_destination``'s route with its own destination as a Candidate (made once, not per request)."""
+        return self._destinations.get(host.lower().rstrip("."))
 
     def candidate_for_host(self, host: str, port: int | None = None) -> tuple[StaticRoute, Candidate] | None:
         """The configured next hop named ``host`` (and on ``port``, if given) among every route's
         destinations: a request to one pool member keeps that member's port, transport and
         certificate name, where ``by_destination`` knows only each route's first destination."""
-        host = host.lower().rstrip(".")
-        for route in self.routes:
-            for candidate in route.static_candidates:
-                if candidate.host == host and port in (None, candidate.port):
-                    return route, candidate
+        for route, candidate in self._at_host.get(host.lower().rstrip("."), ()):
+            if port is None or port == candidate.port:
+                return route, candidate
         return None
 
 

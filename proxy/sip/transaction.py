@@ -142,6 +142,19 @@ class Timer:
     """While in the queue's heap and not cancelled: the queue (which counts cancelled timers)."""
     cancelled: bool = False
 
+    def __init__(
+        self,
+        deadline: float,
+        callback: Callable[[float], None],
+        queue: TimerQueue | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        # Written out, not generated: mypyc compiles this one, and runs a generated __init__ as Python.
+        self.deadline = deadline
+        self.callback = callback
+        self.queue = queue
+        self.cancelled = cancelled
+
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
