@@ -85,7 +85,9 @@ def format_workers(answers: list[dict[str, Any]], form: Callable[[Any], str]) ->
     """Each worker's answer under its number, as one process's would be shown."""
     blocks = []
     for answer in answers:
-        head = f"== worker {answer.get('worker')} (pid {answer.get('pid')})"
+        restarts = answer.get("restarts") or 0
+        again = f", started again {restarts} time{'s' if restarts != 1 else ''}" if restarts else ""
+        head = f"== worker {answer.get('worker')} (pid {answer.get('pid')}{again})"
         if "result" in answer:
             blocks.append(f"{head}\n{form(answer['result'])}")
         else:

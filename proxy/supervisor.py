@@ -14,6 +14,7 @@ What it does, in order (proxy/workers.py says how the sockets are shared):
    Serves ``[control] socket`` by asking every worker's (``<socket>.<i>``) and answering with all the answers.
 5. A worker that dies is started again on the same sockets (connections that arrive meanwhile wait in its
    listening socket's queue), at most ``RestartBudget.limit`` times a minute; past that it stops everything.
+   One that cannot start gives its sockets up (the others take its share) and is tried again later.
 6. SIGHUP is passed to every worker (each re-reads the config); SIGTERM/SIGINT too, then it waits for them to
    drain and exit, closing its own copies of the listening sockets first so no new connection is queued.
 """
@@ -32,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ START_SECONDS = 60.0
 FANNED_OUT = ("status", "connections", "routes", "subscriptions", "reload", "trace", "log_level")
 """The control methods (proxy/net/control_methods.py) the supervisor answers by asking every worker; ``trace``'s
 ``file`` becomes ``<file>.<worker>``, as ``run --trace`` does."""
+RETRY_SECONDS = 10.0
+"""How often a worker that could not start again is tried."""
 ASK_SECONDS = 2.0
 """How long a scrape, probe or control request waits for one worker."""
 
@@ -74,11 +77,10 @@ class Worker:
     index: int
     sockets: dict[str, socket.socket]
     process: asyncio.subprocess.Process | None = None
+    """None while not running (not started yet, exited, or could not start)."""
     pid: int = 0
     metrics_port: int | None = None
-    started: float = 0.0
     restarts: int = 0
-    exits: list[int] = field(default_factory=list)
 
 
 class Supervisor:
@@ -87,6 +89,8 @@ class Supervisor:
         self.argv = list(argv)
         self.loop = asyncio.get_running_loop()
         self.ports: dict[str, int] = {}
+        self._where: dict[str, tuple[socket.AddressFamily, socket.SocketKind, tuple[Any, ...]]] = {}
+        """Each listener's family, kind and address (with its settled port), to bind a worker's copy again."""
         self.workers = [Worker(i, {}) for i in range(config.workers)]
         self.budget = RestartBudget()
         self.registry = CollectorRegistry()
@@ -121,27 +125,40 @@ class Supervisor:
         )[0]
         # First without SO_REUSEPORT: a port another process holds (another sipfed in worker mode included, whose
         # SO_REUSEPORT group we would otherwise join and split its traffic with) fails here as in one process.
+        # It also settles a port 0.
         with socket.socket(family, kind) as probe:
             if kind == socket.SOCK_STREAM:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
-            port = probe.getsockname()[1]
+            self.ports[listener.name] = probe.getsockname()[1]
+        self._where[listener.name] = (family, kind, (address[0], self.ports[listener.name], *address[2:]))
         for worker in self.workers:
-            sock = socket.socket(family, kind)
-            worker.sockets[listener.name] = sock
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((address[0], port, *address[2:]))
-            port = sock.getsockname()[1]  # the first settles a port 0; the others join it
-            if kind == socket.SOCK_STREAM:
-                sock.listen(BACKLOG)
-            else:
-                own = socket.socket(family, kind)
-                worker.sockets[listener.name + OUT_SUFFIX] = own
-                own.bind((address[0], 0, *address[2:]))
-        self.ports[listener.name] = port
+            self._bind_for(worker, listener.name)
+
+    def _bind_for(self, worker: Worker, name: str) -> None:
+        """``worker``'s copy of listener ``name`` (SO_REUSEPORT, at the settled port), and for UDP its own socket."""
+        family, kind, address = self._where[name]
+        sock = socket.socket(family, kind)
+        worker.sockets[name] = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(BACKLOG)
+        else:
+            own = socket.socket(family, kind)
+            worker.sockets[name + OUT_SUFFIX] = own
+            own.bind((address[0], 0, *address[2:]))
+
+    def unbind(self, worker: Worker) -> None:
+        """A worker that could not start leaves the SO_REUSEPORT groups, so the kernel gives its share of new
+        connections and datagrams to the workers that serve (those waiting in its queue are reset); its next
+        attempt binds afresh."""
+        for sock in worker.sockets.values():
+            sock.close()
+        worker.sockets.clear()
 
     def close_sockets(self, kinds: tuple[int, ...] = (socket.SOCK_STREAM, socket.SOCK_DGRAM)) -> None:
         for worker in self.workers:
@@ -170,7 +187,7 @@ class Supervisor:
             )
         finally:
             os.close(write)
-        worker.process, worker.pid, worker.started = process, process.pid, time.monotonic()
+        worker.process, worker.pid = process, process.pid
         reader = asyncio.StreamReader()
         with os.fdopen(read, "rb", buffering=0) as pipe:
             transport, _ = await self.loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
@@ -184,6 +201,7 @@ class Supervisor:
                 transport.close()
         ready = parse_ready(line)
         if ready is None:
+            worker.process = None
             code = await process.wait()
             raise StartupError(
                 f"worker {worker.index} (pid {process.pid}) did not start (exit status {code}); its log says why"
@@ -236,18 +254,23 @@ class Supervisor:
             self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         stopping = asyncio.ensure_future(stop.wait())
         code = 0
-        while True:
-            exits = {asyncio.ensure_future(w.process.wait()): w for w in self.workers if w.process is not None}
-            done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
-            for task in exits:
-                if task not in done:
-                    task.cancel()
+        while code == 0:
+            exits: dict[asyncio.Future[Any], Worker] = {
+                asyncio.ensure_future(w.process.wait()): w for w in self.workers if w.process is not None
+            }
+            waiting: set[asyncio.Future[Any]] = {stopping, *exits}
+            if any(w.process is None for w in self.workers):  # one could not start: try it again in a while
+                waiting.add(asyncio.ensure_future(asyncio.sleep(RETRY_SECONDS)))
+            done, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending - {stopping}:
+                task.cancel()
             if stopping in done:
                 break
-            dead = [exits[task] for task in done if task in exits]
-            if not await self.restart(dead):
-                code = 1
-                break
+            for task in done:
+                if task in exits and not self.died(exits[task]):
+                    code = 1  # crashing faster than the budget allows: restarting will not mend it
+            if code == 0:
+                await self.start_missing()
         if not stopping.done():
             stopping.cancel()
         log.info("stopping: the workers drain and exit")
@@ -258,34 +281,44 @@ class Supervisor:
         self.close_sockets()
         return code if clean else 1
 
-    async def restart(self, dead: list[Worker]) -> bool:
-        """Start each dead worker again; False when the restart budget is spent (sipfed then stops)."""
-        for worker in dead:
-            assert worker.process is not None
-            status = worker.process.returncode
-            self.up.labels(str(worker.index)).set(0)
-            worker.exits.append(status if status is not None else -1)
-            if not self.budget.allow(time.monotonic()):
-                log.error(
-                    "worker %d (pid %d) exited (status %s): %d restarts within %g s already; stopping sipfed",
-                    worker.index,
-                    worker.pid,
-                    status,
-                    self.budget.limit,
-                    self.budget.window,
-                )
-                worker.process = None
-                return False
-            log.error("worker %d (pid %d) exited (status %s); starting it again", worker.index, worker.pid, status)
-            worker.process = None
+    def died(self, worker: Worker) -> bool:
+        """A running worker exited: log it and count it; False when the restart budget is spent."""
+        assert worker.process is not None
+        status = worker.process.returncode
+        worker.process = None
+        self.up.labels(str(worker.index)).set(0)
+        if not self.budget.allow(time.monotonic()):
+            log.error(
+                "worker %d (pid %d) exited (status %s): %d restarts within %g s already; stopping sipfed",
+                worker.index,
+                worker.pid,
+                status,
+                self.budget.limit,
+                self.budget.window,
+            )
+            return False
+        log.error("worker %d (pid %d) exited (status %s); starting it again", worker.index, worker.pid, status)
+        return True
+
+    async def start_missing(self) -> None:
+        """Start every worker that is not running. One that cannot start (its log says why: a config file
+        broken since, a port table full) is tried again every ``RETRY_SECONDS`` while the others serve, and
+        ``/ready`` says it is missing; that is no crash loop, so it spends no restart budget."""
+        for worker in self.workers:
+            if worker.process is not None:
+                continue
             try:
+                if not worker.sockets:
+                    for name in self._where:
+                        self._bind_for(worker, name)
                 await self.start(worker)
-            except StartupError as exc:
-                log.error("%s", exc)
-                return False
+            except (StartupError, OSError) as exc:
+                worker.process = None
+                self.unbind(worker)
+                log.error("%s; trying again in %g s (the other workers serve meanwhile)", exc, RETRY_SECONDS)
+                continue
             worker.restarts += 1
             self.restarted.labels(str(worker.index)).inc()
-        return True
 
     def reload(self) -> None:
         """SIGHUP: every worker re-reads the config (each answers for itself in its log)."""
@@ -369,7 +402,7 @@ class Supervisor:
             answers: list[dict[str, Any]] = []
             for worker in self.workers:
                 path = Path(f"{base}.{worker.index}")
-                entry: dict[str, Any] = {"worker": worker.index, "pid": worker.pid}
+                entry: dict[str, Any] = {"worker": worker.index, "pid": worker.pid, "restarts": worker.restarts}
                 given = params
                 if method == "trace" and isinstance(params.get("file"), str):  # a file each: no two writers
                     given = {**params, "file": f"{params['file']}.{worker.index}"}

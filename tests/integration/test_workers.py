@@ -143,6 +143,56 @@ def test_a_killed_worker_is_started_again_on_the_same_port(
     assert "stopped: 0 transaction(s) answered by the drain, 0 unanswered" in sipfed.log_text()
 
 
+def test_a_worker_that_cannot_start_is_tried_again_while_the_other_serves(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
+    """The config file broken after start (an admin mid-edit), then a worker crashes: its successor cannot
+    load the file. sipfed keeps the other worker serving, says so, and starts the missing one once the file
+    is good again; a start that fails is no crash, so it spends no restart budget."""
+    uas_port = free_port()
+    uas = SippUas("uas_message.xml", uas_port, 10, "t1", tmp_path)
+    config = sipp_config(tmp_path / "sipfed.toml", certs, transport="tcp", uas_port=uas_port)
+    sipfed = start_sipfed(in_worker_mode(config, tmp_path / "ctl.sock"))
+    good = config.read_text()
+    before = worker_pids(config)
+    config.write_text(good + "\n[nonsense]\n")
+    os.kill(before[0], signal.SIGKILL)
+    sipfed.wait_for_log("did not start (exit status 2); its log says why; trying again in 10 s", timeout=30)
+    assert "nonsense: unknown section" in sipfed.log_text()
+    assert sipfed.proc.poll() is None
+    code, _ = run_uac("uac_message.xml", sipfed.ports["lync"], "t1", 10, 100, tmp_path, "domain", "tomt.local")
+    assert code == 0, errors(tmp_path)  # worker 1 took the connection: the port never stopped serving
+    assert uas.wait() == 0, errors(tmp_path)
+    config.write_text(good)
+    wait_until(
+        lambda: sample(scrape(sipfed.ports["metrics"]), "sipfed_worker_up") == WORKERS,
+        40,
+        "the missing worker started again once the file was good",
+    )
+    assert worker_pids(config)[1] == before[1]
+
+
+def test_a_worker_crashing_in_a_loop_stops_sipfed(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
+    """Five restarts a minute at most (RestartBudget): the sixth crash stops sipfed with exit status 1 and says
+    why, rather than restart forever."""
+    config = lab_config(tmp_path / "sipfed.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=free_port())
+    sipfed = start_sipfed(in_worker_mode(config, tmp_path / "ctl.sock"))
+    for crash in range(6):
+        pid = worker_pids(config)[1]
+        os.kill(pid, signal.SIGKILL)
+        if crash < 5:
+            sipfed.wait_for_log(re.compile(rf"worker 1 \(pid {pid}\) exited \(status -9\); starting it again"))
+            wait_until(
+                lambda: sample(scrape(sipfed.ports["metrics"]), "sipfed_worker_up") == WORKERS,
+                20,
+                "worker 1 up again",
+            )
+    assert sipfed.proc.wait(60) == 1
+    assert "5 restarts within 60 s already; stopping sipfed" in sipfed.log_text()
+
+
 def test_workers_stop_when_their_supervisor_is_killed(
     tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
 ) -> None:
