@@ -188,37 +188,69 @@ def prepared(scenario: Scenario, work: Path) -> Scenario:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class UasSide:
+    """Where a scenario's SIPp UAS listens, and what the proxies' route names (its server stunnel over TLS)."""
+
+    host: str
+    port: int
+    route_port: int
+    keys: dict[str, str] | None
+    """SIPp keys for the UAS (its Contact, for TLS dialogs)."""
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> UasSide:
+        host = lab.UAS_TLS_HOST if scenario.tls_dialogs else lab.LOOPBACK
+        port = lab.free_port(socket.SOCK_DGRAM if scenario.uas_transport == "udp" else socket.SOCK_STREAM)
+        route_port = lab.free_port(host=host) if scenario.uas_transport == "tls" else port
+        return cls(host, port, route_port, {"uas_contact": f"{host}:{route_port}"} if scenario.tls_dialogs else None)
+
+    def start_uas(self, scenario: Scenario, work: Path) -> lab.Child:
+        transport = "udp" if scenario.uas_transport == "udp" else "tcp"
+        return lab.start_uas(work, scenario.uas_xml, self.port, transport, lifetime_seconds=900, keys=self.keys)
+
+    def start_tunnel(
+        self, stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path
+    ) -> lab.Tunnel | None:
+        """The UAS's server stunnel when the route is TLS."""
+        if scenario.uas_transport != "tls":
+            return None
+        server = lab.start_server_tunnel(work, certs, accept_port=self.route_port, uas_port=self.port, host=self.host)
+        stack.callback(server.stop)
+        return server
+
+    def start_sipfed(
+        self, stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path, source: Path | None
+    ) -> tuple[lab.Child, int]:
+        """sipfed with the bench config for ``scenario``, routing to this UAS; its listener port."""
+        config = lab.sipfed_config(
+            work / "sipfed.toml",
+            certs,
+            listener_transport=scenario.uac_transport,
+            route_transport=scenario.uas_transport,
+            uas_port=self.route_port,
+            uas_host=self.host,
+        )
+        sipfed, port = lab.start_sipfed(work, config, source)
+        stack.callback(sipfed.stop)
+        return sipfed, port
+
+
 def start_lab(
     stack: contextlib.ExitStack, scenario: Scenario, certs: Path, work: Path, sipfed_source: Path | None
 ) -> Lab:
     """UAS (+ server stunnel), sipfed, Kamailio, the bare relay and, for a TLS UAC, a client stunnel in front of
     each."""
     udp = scenario.uas_transport == "udp"
-    uas_host = lab.UAS_TLS_HOST if scenario.tls_dialogs else lab.LOOPBACK
-    uas_port = lab.free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
-    route_port = lab.free_port(host=uas_host) if scenario.uas_transport == "tls" else uas_port
-    keys = {"uas_contact": f"{uas_host}:{route_port}"} if scenario.tls_dialogs else None
-
-    def start_uas() -> lab.Child:
-        return lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900, keys=keys)
-
-    uas = Uas(start_uas, start_uas())
+    side = UasSide.of(scenario)
+    uas_host, uas_port, route_port = side.host, side.port, side.route_port
+    uas = Uas(lambda: side.start_uas(scenario, work), side.start_uas(scenario, work))
     stack.callback(uas.stop)
     helpers: list[tuple[str, Callable[[], bool], int]] = []
-    if scenario.uas_transport == "tls":
-        server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port, host=uas_host)
-        stack.callback(server.stop)
+    server = side.start_tunnel(stack, scenario, certs, work)
+    if server is not None:
         helpers.append(("UAS stunnel", server.running, server.pid))
-    config = lab.sipfed_config(
-        work / "sipfed.toml",
-        certs,
-        listener_transport=scenario.uac_transport,
-        route_transport=scenario.uas_transport,
-        uas_port=route_port,
-        uas_host=uas_host,
-    )
-    sipfed, sipfed_port = lab.start_sipfed(work, config, sipfed_source)
-    stack.callback(sipfed.stop)
+    sipfed, sipfed_port = side.start_sipfed(stack, scenario, certs, work, sipfed_source)
     kamailio, ports = lab.start_kamailio(
         work,
         certs,

@@ -22,7 +22,6 @@ import contextlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import lab, procstat
-from bench.cli import SCENARIOS, prepared
+from bench.cli import SCENARIOS, UasSide, prepared
 from bench.sipp import run_uac
 
 SPY_RATE = 400
@@ -49,26 +48,11 @@ def start(
     """UAS (+ server stunnel), sipfed, a client stunnel for TLS; returns sipfed, the UAC's target port, SIPp keys."""
     scenario = prepared(SCENARIOS[name], work)
     certs = lab.make_certs(work / "certs")
-    udp = scenario.uas_transport == "udp"
-    uas_host = lab.UAS_TLS_HOST if scenario.tls_dialogs else lab.LOOPBACK
-    uas_port = lab.free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
-    route_port = lab.free_port(host=uas_host) if scenario.uas_transport == "tls" else uas_port
-    keys = {"uas_contact": f"{uas_host}:{route_port}"} if scenario.tls_dialogs else None
-    uas = lab.start_uas(work, scenario.uas_xml, uas_port, "udp" if udp else "tcp", lifetime_seconds=900, keys=keys)
+    side = UasSide.of(scenario)
+    uas = side.start_uas(scenario, work)
     stack.callback(uas.stop)
-    if scenario.uas_transport == "tls":
-        server = lab.start_server_tunnel(work, certs, accept_port=route_port, uas_port=uas_port, host=uas_host)
-        stack.callback(server.stop)
-    config = lab.sipfed_config(
-        work / "sipfed.toml",
-        certs,
-        listener_transport=scenario.uac_transport,
-        route_transport=scenario.uas_transport,
-        uas_port=route_port,
-        uas_host=uas_host,
-    )
-    sipfed, port = lab.start_sipfed(work, config, source)
-    stack.callback(sipfed.stop)
+    side.start_tunnel(stack, scenario, certs, work)
+    sipfed, port = side.start_sipfed(stack, scenario, certs, work, source)
     if scenario.uac_transport == "tls":
         accept = lab.free_port()
         client = lab.start_client_tunnel(work, certs, accept_port=accept, proxy_port=port, name="sipfed")
