@@ -60,6 +60,8 @@ from proxy.workers import (
 )
 
 log = logging.getLogger("sipfed")
+PACKAGE = __name__.rpartition(".")[0]
+"""The package whose ``__main__`` a worker runs: this one's."""
 
 START_SECONDS = 60.0
 """A worker that has not reported ready this long after it was started is taken as failed."""
@@ -171,8 +173,9 @@ class Supervisor:
 
     def command(self) -> list[str]:
         """This very program again: the same interpreter, its -P (the compiled tree on PYTHONPATH), the same
-        arguments (the config file, --log-level, --log-format, --trace)."""
-        return [sys.executable, *(["-P"] if sys.flags.safe_path else []), "-m", "proxy", *self.argv]
+        package (``proxy`` in the checkout, ``sipfed.proxy`` from the wheel), the same arguments (the config
+        file, --log-level, --log-format, --trace)."""
+        return [sys.executable, *(["-P"] if sys.flags.safe_path else []), "-m", PACKAGE, *self.argv]
 
     async def start(self, worker: Worker) -> None:
         """Start ``worker`` and wait for its ready line; StartupError when it exits or hangs first."""

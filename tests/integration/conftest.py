@@ -57,11 +57,24 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
 class Sipfed:
     """The real proxy as a child process; ``ports`` come from its readiness line."""
 
-    def __init__(self, config: Path, timeout: float = 15.0, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        timeout: float = 15.0,
+        args: tuple[str, ...] = (),
+        program: Path | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
+        """``program``: another ``sipfed`` to run (an installed wheel's) instead of the checkout's."""
         self.config = config
         command, env = sipfed_command("run", "--config", str(config), *args)
+        if program is not None:
+            command, env = (
+                [str(program), "run", "--config", str(config), *args],
+                {**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.proc = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         self.log: list[str] = []
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)

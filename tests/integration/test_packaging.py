@@ -8,13 +8,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import urllib.request
 import venv
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, lab_config
+from tests.integration.conftest import ROOT, Sipfed, lab_config
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,14 @@ def test_the_wheel_installs_beside_pypis_routes(tmp_path: Path, certs: Path) -> 
     assert pypi.parent.parent == site, pypi  # PyPI's routes, from the venv, untouched
     assert ours == site / "sipfed" / "routes" / "__init__.py", ours
     assert run(python, "-m", "sipfed", "--version", cwd=tmp_path).startswith("sipfed ")
+    # Worker mode from the wheel: the supervisor starts its workers as `python -m sipfed.proxy` (not `proxy`).
+    workers = tmp_path / "workers.toml"
+    workers.write_text(config.read_text().replace("[proxy]\n", "[proxy]\nworkers = 2\n", 1))
+    served = Sipfed(workers, timeout=60, program=sipfed, cwd=tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.ports['metrics']}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        assert 'sipfed_worker_up{worker="0"} 1.0' in text
+        assert 'sipfed_worker_up{worker="1"} 1.0' in text
+    finally:
+        assert served.stop() == 0, served.log_text()
