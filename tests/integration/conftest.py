@@ -150,6 +150,15 @@ def start_sipfed() -> Iterator[object]:
         proc.stop()
 
 
+UDP_LISTENER = """
+[[listeners]]
+name = "lab-udp"
+transport = "udp"
+address = "127.0.0.1"
+port = 0
+"""
+"""A UDP listener on a free port, for ``lab_config``'s ``extra``."""
+
 LAB_PEERS = """
 [[peers]]
 name = "lync"

@@ -5,10 +5,10 @@ to wait for, rather than a fixed sleep."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tests.integration.conftest import free_port
 from tests.integration.processes import stop_process
-from tests.integration.waiting import async_wait_until
+from tests.integration.waiting import async_wait_until, wait_until
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sipfed
@@ -123,14 +123,16 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_for(self, expr: str, expected: float, timeout: float = 40) -> float | None:
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            value = self.query(expr)
-            if value == expected:
-                return value
-            time.sleep(0.5)
-        return value
+        """``expr``'s value once it equals ``expected``; else, after ``timeout``, the last value seen."""
+        seen: list[float | None] = [None]
+
+        def reached() -> bool:
+            seen[0] = self.query(expr)
+            return seen[0] == expected
+
+        with contextlib.suppress(AssertionError):
+            wait_until(reached, timeout, f"Prometheus: {expr} == {expected}")
+        return seen[0]
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -321,6 +321,52 @@ def test_in_dialog_networks_is_the_documented_opt_in(
     run_lab(tmp_path, certs, start, scenario)
 
 
+def test_thousands_of_in_dialog_targets_neither_grow_nor_bend_the_verdict_cache(
+    tmp_path: Path, certs: Path, start_sipfed: Callable[[Path], Sipfed]
+) -> None:
+    """Issue 19 keeps each in-dialog host's ``in_dialog_networks`` verdict (proxy/relay/forwarding.py, at most
+    4,096 hosts). A peer sending in-dialog requests to 4,200 hosts outside the networks fills it past its bound:
+    every one is still refused, and afterwards a host inside the networks is still reached and one outside
+    still refused, the same as on a fresh process (a full cache judges, it does not guess)."""
+    hosts = 4200
+
+    async def scenario(lab: Lab) -> None:
+        other = Peer("cups.tomt.local", "127.0.0.2", certs)
+        await other.start()
+        try:
+            conn = await lab.lync_conn()
+            for i in range(hosts):
+                target = f"sip:x@10.{i // 250}.{i % 250}.1:5060;transport=tcp"
+                await conn.send(lab.lync.request("MESSAGE", target, to=f"<sip:alice@tomt.local>;tag=t{i}"))
+            refused = 0
+            for _ in range(hosts):  # bounded: one answer per request
+                answer, _ = await lab.lync.next(DEADLINE)
+                assert answer.status == 403, answer.reason
+                assert "is not a configured destination" in answer.reason
+                refused += 1
+            assert refused == hosts
+            inside = f"sip:alice@127.0.0.2:{other.port};transport=tcp"
+            await conn.send(lab.lync.request("MESSAGE", inside, to="<sip:alice@tomt.local>;tag=in"))
+            got, _ = await other.next(DEADLINE)
+            assert got.method == "MESSAGE"
+            answer, _ = await lab.lync.next(DEADLINE)
+            assert answer.status == 200
+            outside = "sip:x@10.99.99.99:5060;transport=tcp"
+            await conn.send(lab.lync.request("MESSAGE", outside, to="<sip:alice@tomt.local>;tag=out"))
+            answer, _ = await lab.lync.next(DEADLINE)
+            assert answer.status == 403
+            assert "10.99.99.99:5060 is not a configured destination" in answer.reason
+        finally:
+            await other.stop()
+
+    def start(config: Path) -> Sipfed:
+        body = config.read_text().replace("[proxy]\n", '[proxy]\nin_dialog_networks = ["127.0.0.2/32"]\n', 1)
+        config.write_text(body)
+        return start_sipfed(config)
+
+    run_lab(tmp_path, certs, start, scenario)
+
+
 # -- row 3: no downgrade --------------------------------------------------------------------------------
 
 

@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 
 from proxy.net.connection import UDP_RECEIVE_BUFFER
-from tests.integration.conftest import Sipfed, free_port, lab_config
+from tests.integration.conftest import UDP_LISTENER, Sipfed, free_port, lab_config
 
 pytestmark = pytest.mark.integration
-
-UDP_LISTENER = """
-[[listeners]]
-name = "lab-udp"
-transport = "udp"
-address = "127.0.0.1"
-port = 0
-"""
 
 
 def receive_buffer(port: int) -> int:

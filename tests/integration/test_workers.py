@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import LAB_PEERS, ROOT, Sipfed, free_port, lab_config, sipfed_command
+from tests.integration.conftest import LAB_PEERS, ROOT, UDP_LISTENER, Sipfed, free_port, lab_config, sipfed_command
 from tests.integration.metrics_scrape import Prometheus, sample, scrape
 from tests.integration.sipp_tools import SippUas, errors, run_uac, sipp_config
 from tests.integration.test_attacks_relay import raw_request
@@ -237,9 +237,12 @@ def test_the_workers_own_udp_socket_admits_as_the_listener_does(
 ) -> None:
     """A request from a source no [[peers]] entry binds, sent to the listener's port and to each worker's own
     UDP socket (found with ss, as an attacker scanning the host would): the same refusal from all of them."""
-    udp = '\n[[listeners]]\nname = "lab-udp"\ntransport = "udp"\naddress = "127.0.0.1"\nport = 0\n'
     config = lab_config(
-        tmp_path / "sipfed.toml", certs, cups_port=free_port("127.0.0.2"), lync_port=free_port(), extra=LAB_PEERS + udp
+        tmp_path / "sipfed.toml",
+        certs,
+        cups_port=free_port("127.0.0.2"),
+        lync_port=free_port(),
+        extra=LAB_PEERS + UDP_LISTENER,
     )
     sipfed = start_sipfed(in_worker_mode(config, tmp_path / "ctl.sock"))
     listener = sipfed.ports["lab-udp"]

@@ -4,8 +4,10 @@ route table answers from what it made once, and an in-dialog host's network is j
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from proxy.sip.uri import parse_uri
 from routes import Candidate, RouteTable, StaticRoute
 from tests.unit.test_relay import make_proxy
 
+ROOT = Path(__file__).resolve().parents[2]
 HOT = [ServerTx, ClientTx, Request, Response, Via, NameAddr, SendToHop, SendOnFlow, NextHop, RegisterAlias, Timer]
 
 
@@ -89,3 +92,64 @@ def test_an_in_dialog_hosts_network_is_judged_once_and_the_cache_is_bounded() ->
     size = len(policy.in_dialog_hosts)
     hop_for_uri(parse_uri("sip:127.0.0.10:7000;transport=tcp"), policy, "lync")
     assert len(policy.in_dialog_hosts) == size  # full: judged, not stored
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    return any(
+        (isinstance(d, ast.Call) and getattr(d.func, "id", "") == "dataclass") or getattr(d, "id", "") == "dataclass"
+        for d in node.decorator_list
+    )
+
+
+def _fields(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> dict[str, ast.expr | None]:
+    """The dataclass fields in dataclasses' order: a base's (defined in the same module) first, then its own."""
+    out: dict[str, ast.expr | None] = {}
+    for base in node.bases:
+        if isinstance(base, ast.Name) and base.id in classes:
+            out.update(_fields(classes[base.id], classes))
+    for item in node.body:
+        if (
+            isinstance(item, ast.AnnAssign)
+            and isinstance(item.target, ast.Name)
+            and "ClassVar" not in ast.unparse(item.annotation)
+        ):
+            out[item.target.id] = item.value
+    return out
+
+
+def _written_out_inits() -> list[tuple[str, ast.ClassDef, dict[str, ast.expr | None]]]:
+    found = []
+    for path in sorted((ROOT / "proxy").rglob("*.py")) + sorted((ROOT / "routes").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        classes = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+        for node in classes.values():
+            own_init = any(isinstance(item, ast.FunctionDef) and item.name == "__init__" for item in node.body)
+            if _is_dataclass(node) and own_init:
+                found.append((f"{path.relative_to(ROOT)}:{node.name}", node, _fields(node, classes)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("where", "node", "fields"), _written_out_inits(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_a_written_out_init_keeps_the_fields_order_and_defaults(
+    where: str, node: ast.ClassDef, fields: dict[str, ast.expr | None]
+) -> None:
+    """A dataclass with its own ``__init__`` (written out for mypyc) declares its fields twice: the parameters
+    must follow the fields' order and carry the same defaults, or positional callers and ``dataclasses.replace``
+    would get another object than the declaration says."""
+    init = next(item for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__")
+    positional = [a.arg for a in init.args.args[1:]]
+    params = positional + [a.arg for a in init.args.kwonlyargs]
+    assert [name for name in fields if name in params] == params, f"{where}: {params} against fields {list(fields)}"
+    defaults = dict(zip(positional[len(positional) - len(init.args.defaults) :], init.args.defaults, strict=True))
+    defaults.update(
+        {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True) if d is not None}
+    )
+    for name, default in defaults.items():
+        declared = fields[name]
+        if declared is None or "field(" in ast.unparse(declared):
+            continue
+        assert ast.unparse(default) == ast.unparse(declared), (
+            f"{where}: {name} defaults to {ast.unparse(default)} in __init__ but {ast.unparse(declared)} as a field"
+        )
